@@ -1,0 +1,321 @@
+"""The embedded MLBench-compatible server: the dashboard's REST API on one SQLite file.
+
+Run it in this process::
+
+    from mlbench_metrics.server import serve
+
+    with serve() as server:            # 127.0.0.1, a free port, a temporary database
+        client = ApiClient(url=server.address)
+        ...
+
+or in its own process (what benchmarks and crash tests do)::
+
+    with spawn(db_path="metrics.db") as server:
+        ...
+        server.kill()                  # SIGKILL, to test what survives
+        server.restart()
+
+or from a shell: ``mlbench-metrics serve --port 8080``.
+
+Threads: :func:`serve` starts the HTTP acceptor and one thread per connection, all
+owned by the returned :class:`ServerHandle` and joined by its ``stop()``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from types import TracebackType
+from typing import IO, Any, Final
+
+from .._version import __version__
+from ._http import HttpServer
+from .app import App, error_response
+from .store import Store
+
+__all__ = ["DEFAULT_MAX_BODY", "ServerHandle", "ServerProcess", "serve", "spawn"]
+
+DEFAULT_MAX_BODY: Final = 64 * 1024 * 1024
+"""The largest request body the server accepts by default (64 MiB)."""
+
+_READY_PREFIX: Final = "mlbench-metrics server listening on "
+
+
+class ServerHandle:
+    """A running embedded server; stop it with :meth:`stop` or a ``with`` block.
+
+    Attributes:
+        url: the base URL, e.g. ``http://127.0.0.1:54321``.
+        address: ``host:port``, the form ``ApiClient(url=...)`` takes as upstream does.
+        port: the bound port.
+        db_path: the SQLite file.
+        store: the store behind the API (for inspection in tests and tools).
+    """
+
+    def __init__(self, http: HttpServer, app: App, store: Store, db_path: str, tmpdir: str | None) -> None:
+        self._http = http
+        self.app = app
+        self.store = store
+        self.db_path = db_path
+        self._tmpdir = tmpdir
+        self.port = http.port
+        host = http.host if ":" not in http.host else f"[{http.host}]"
+        self.address = f"{host}:{self.port}"
+        self.url = f"http://{self.address}"
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving, join every server thread, close the database; idempotent.
+
+        A temporary database (``db_path=None``) is deleted.
+        """
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._http.stop(timeout)
+        self.store.close()
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+    @property
+    def connections(self) -> int:
+        """Client connections open right now (to check connection reuse)."""
+        return self._http.connections
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    db_path: str | None = None,
+    *,
+    token: str | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    idle_timeout: float = 60.0,
+) -> ServerHandle:
+    """Start the embedded server in background threads of this process.
+
+    Args:
+        host: the address to bind; loopback unless you mean otherwise.
+        port: the port; 0 picks a free one (see ``handle.port``).
+        db_path: the SQLite file; None for a fresh temporary database.
+        token: when set, requests need ``Authorization: Bearer <token>``.
+        max_body: the largest request body accepted (413 beyond it).
+        idle_timeout: seconds an idle kept-alive connection stays open.
+
+    Returns:
+        The running server's handle.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    tmpdir = None
+    if db_path is None:
+        tmpdir = tempfile.mkdtemp(prefix="mlbench-metrics-")
+        db_path = os.path.join(tmpdir, "metrics.db")
+    store = Store(db_path)
+    app = App(store, token=token, max_body=max_body)
+    try:
+        http = HttpServer(
+            host,
+            port,
+            app.handle,
+            error_response,
+            max_body=max_body,
+            idle_timeout=idle_timeout,
+            server_header=f"mlbench-metrics/{__version__}",
+        )
+    except BaseException:
+        store.close()
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    http.start()
+    return ServerHandle(http, app, store, db_path, tmpdir)
+
+
+class ServerProcess:
+    """The embedded server in a child process (see :func:`spawn`).
+
+    Attributes:
+        url, address, port: as on :class:`ServerHandle`; the port stays the same
+            across :meth:`restart`.
+        db_path: the SQLite file, which outlives the process.
+    """
+
+    def __init__(
+        self, db_path: str, host: str, port: int, extra_args: list[str], tmpdir: str | None, startup_timeout: float
+    ) -> None:
+        self.db_path = db_path
+        self.host = host
+        self.port = port
+        self._extra = extra_args
+        self._tmpdir = tmpdir
+        self._timeout = startup_timeout
+        self._proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.address = ""
+        self.start()
+
+    @property
+    def pid(self) -> int | None:
+        """The child's pid while it runs."""
+        return None if self._proc is None else self._proc.pid
+
+    def start(self) -> None:
+        """Start the child and wait until it listens."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlbench_metrics.server",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--db",
+            self.db_path,
+            *self._extra,
+        ]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, bufsize=1)
+        self._proc = proc
+        line = _read_ready_line(proc.stdout, self._timeout)
+        if line is None:
+            self._terminate(proc)
+            raise RuntimeError(f"the server process did not start (exit code {proc.poll()})")
+        self.url = line
+        self.address = line.split("://", 1)[1]
+        self.port = int(self.address.rsplit(":", 1)[1])
+        # Keep reading stdout so the child can never block on a full pipe.
+        threading.Thread(target=_drain, args=(proc.stdout,), name="mlbench-server-stdout", daemon=True).start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the child (SIGTERM, then SIGKILL after ``timeout``) and wait for it."""
+        if self._proc is not None:
+            self._terminate(self._proc, timeout)
+            self._proc = None
+
+    def kill(self) -> None:
+        """Kill the child with SIGKILL and reap it: a crash, not a shutdown."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGKILL)
+            self._proc.wait()
+            self._proc = None
+
+    def restart(self) -> None:
+        """Stop the child if it runs, then start a new one on the same port and file."""
+        self.stop()
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                self.start()
+                return
+            except RuntimeError:
+                # The port can linger for a moment after the old process is gone.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def close(self) -> None:
+        """Stop the child and delete a temporary database."""
+        self.stop()
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+    @staticmethod
+    def _terminate(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _read_ready_line(stream: IO[str] | None, timeout: float) -> str | None:
+    """Read lines until the ready line; None if the process ends or time runs out."""
+    if stream is None:
+        return None
+    result: list[str] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        for line in stream:
+            if line.startswith(_READY_PREFIX):
+                result.append(line[len(_READY_PREFIX) :].strip())
+                break
+        done.set()
+
+    thread = threading.Thread(target=reader, name="mlbench-server-ready", daemon=True)
+    thread.start()
+    done.wait(timeout)
+    return result[0] if result else None
+
+
+def _drain(stream: IO[str] | None) -> None:
+    if stream is None:
+        return
+    try:
+        for _ in stream:
+            pass
+    except (OSError, ValueError):
+        pass
+
+
+def spawn(
+    db_path: str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    args: list[str] | None = None,
+    startup_timeout: float = 30.0,
+) -> ServerProcess:
+    """Start the embedded server in a child process and wait until it listens.
+
+    Args:
+        db_path: the SQLite file; None for a temporary one, deleted by ``close()``.
+        host: the address to bind.
+        port: the port; 0 picks a free one, kept for later restarts.
+        args: more ``mlbench-metrics serve`` arguments, e.g. ``["--token", "t"]``.
+        startup_timeout: seconds to wait for the child to listen.
+    """
+    tmpdir = None
+    if db_path is None:
+        tmpdir = tempfile.mkdtemp(prefix="mlbench-metrics-")
+        db_path = os.path.join(tmpdir, "metrics.db")
+    return ServerProcess(db_path, host, port, list(args or []), tmpdir, startup_timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mlbench_metrics.server``: the same as ``mlbench-metrics serve``."""
+    from ..cli import main as cli_main
+
+    return cli_main(["serve", *(sys.argv[1:] if argv is None else argv)])
+
+
+def ready_line(url: str) -> str:
+    """The line ``serve`` prints once it listens (what :func:`spawn` waits for)."""
+    return f"{_READY_PREFIX}{url}"

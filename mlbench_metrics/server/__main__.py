@@ -1,0 +1,5 @@
+"""``python -m mlbench_metrics.server [serve options]``: run the embedded server."""
+
+from . import main
+
+raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""Shared fixtures: the embedded server on a real socket, and helpers to talk to it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from mlbench_metrics.server import ServerHandle, serve
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+# Nothing in the test suite may leave this machine: make sure no proxy setting
+# routes our 127.0.0.1 traffic elsewhere.
+for _var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+    os.environ.pop(_var, None)
+os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ServerHandle]:
+    """One embedded server for the whole session (tests create their own runs)."""
+    handle = serve()
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
+def fresh_server() -> Iterator[ServerHandle]:
+    """An embedded server with an empty database, for tests that count everything."""
+    handle = serve()
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    """A requests session closed after the test."""
+    with requests.Session() as session:
+        yield session

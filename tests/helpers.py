@@ -1,0 +1,77 @@
+"""Helpers shared by the tests: upstream request bodies, runs, raw HTTP."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from typing import Any
+
+import requests
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+# The exact bodies the upstream client sends (PROTOCOL.md, "Runs" and "Metrics").
+OFFICIAL_RUN_BODY = (
+    "name=run-official&num_workers=2&num_cpus=1.5&max_bandwidth=1000&gpu_enabled=true&light_target=false"
+    "&run_all_nodes=false&image_name=mlbench%2Fpytorch-cifar10-resnet20-all-reduce%3Alatest&backend=MPI"
+)
+CUSTOM_RUN_BODY = (
+    "name=run-custom&num_workers=1&num_cpus=2.0&max_bandwidth=1000&gpu_enabled=false&light_target=true"
+    "&run_all_nodes=true&image_name=custom_image&custom_image_name=me%2Fimg%3A1&custom_image_command=sleep+1"
+    "&backend=custom_backend&custom_backend=mybackend"
+)
+METRIC_BODY_1 = (
+    "run_id={run_id}&name=loss+%40+0&cumulative=False&date=2026-11-27+01%3A00%3A27.108829&value=0.5&metadata="
+)
+METRIC_BODY_2 = (
+    "run_id={run_id}&name=acc+%40+0&cumulative=True&date=2021-01-02+03%3A04%3A05&value=12"
+    "&metadata=%7Brank%3A+0%2C+epoch%3A1.5%7D"
+)
+
+_names = itertools.count()
+
+
+def unique_name(prefix: str = "run") -> str:
+    """A run name no other test uses."""
+    return f"{prefix}-{next(_names)}"
+
+
+def create_run(base_url: str, name: str | None = None, session: Any = requests, **fields: Any) -> dict[str, Any]:
+    """Create a custom-image run and return its JSON."""
+    data = {
+        "name": name or unique_name(),
+        "num_workers": 1,
+        "num_cpus": 1.0,
+        "max_bandwidth": 1000,
+        "gpu_enabled": "false",
+        "light_target": "false",
+        "run_all_nodes": "false",
+        "image_name": "custom_image",
+        "custom_image_name": "me/img:1",
+        "custom_image_command": "true",
+        "backend": "GLOO",
+    }
+    data.update(fields)
+    response = session.post(f"{base_url}/api/runs/", data=data)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def raw_exchange(
+    host: str, port: int, payload: bytes, *, read_until_close: bool = True, timeout: float = 10.0
+) -> bytes:
+    """Send raw bytes over one TCP connection and return everything read back."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        if not read_until_close:
+            return sock.recv(65536)
+        chunks = []
+        while True:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return b"".join(chunks)

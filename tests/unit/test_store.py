@@ -1,0 +1,90 @@
+"""The server's chunked storage: ordering, filters, counts, ids across restarts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import repeat
+from pathlib import Path
+
+import pytest
+
+from mlbench_metrics.server.store import DuplicateBatch, RunNotFound, Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(str(tmp_path / "m.db"))
+    yield s
+    s.close()
+
+
+def _run(store: Store) -> int:
+    return int(store.create_run(0, name="r", num_workers=1)["id"])
+
+
+def _batch(store: Store, run_id: int, names: list[str], dates: list[int], batch_id: str | None = None) -> None:
+    n = len(names)
+    values = [f"{n}:{d}" for n, d in zip(names, dates)]
+    store.add_batch(run_id, batch_id, (names, dates, values, repeat("", n), repeat(False, n)), n, 0)
+
+
+def test_points_are_ordered_by_date_then_arrival(store: Store) -> None:
+    run = _run(store)
+    _batch(store, run, ["a", "b", "a", "a"], [30, 5, 10, 20])  # out of order within a batch
+    _batch(store, run, ["a", "a"], [15, 40])  # overlaps the first batch
+    _batch(store, run, ["a"], [10])  # a tie: arrives later, so comes after
+    series = dict(store.series(run_id=run))
+    assert [p[0] for p in series["a"]] == [10, 10, 15, 20, 30, 40]
+    assert [p[1] for p in series["a"][:2]] == ["a:10", "a:10"]
+    assert [p[0] for p in series["b"]] == [5]
+    assert store.count_metrics(run) == 7
+
+
+def test_since_until_and_name_filters_cut_inside_chunks(store: Store) -> None:
+    run = _run(store)
+    _batch(store, run, ["a"] * 5, [1, 2, 3, 4, 5])
+    _batch(store, run, ["b"] * 2, [1, 9])
+    got = dict(store.series(run_id=run, since_us=2, until_us=4))
+    assert [p[0] for p in got["a"]] == [2, 3, 4]
+    assert "b" not in got
+    assert [n for n, _ in store.series(run_id=run, name="b")] == ["b"]
+    assert store.latest_value(run, "b") == "b:9"
+    assert store.latest_value(run, "zzz") is None
+
+
+def test_duplicate_batch_and_unknown_run(store: Store) -> None:
+    run = _run(store)
+    _batch(store, run, ["a"], [1], batch_id="x")
+    with pytest.raises(DuplicateBatch):
+        _batch(store, run, ["a"], [1], batch_id="x")
+    with pytest.raises(RunNotFound):
+        _batch(store, 999, ["a"], [1], batch_id="y")
+    with pytest.raises(RunNotFound):
+        store.add_metric(run_id=999, pod_id=None, row=("a", 1, "1", "", False))
+    assert store.count_metrics() == 1
+
+
+def test_pod_and_run_series_stay_apart(store: Store) -> None:
+    run = _run(store)
+    pod = store.upsert_pod("w-0", "{}", "Running", "127.0.0.1", run)
+    store.add_metric(run_id=None, pod_id=pod["id"], row=("cpu", 5, "0.5", "", False))
+    store.add_metric(run_id=run, pod_id=None, row=("cpu", 6, "0.7", "m", True))
+    assert dict(store.series(pod_id=pod["id"]))["cpu"] == [(5, "0.5", False, "")]
+    assert dict(store.series(run_id=run))["cpu"] == [(6, "0.7", True, "m")]
+    assert [(o, n) for o, n, _ in store.all_series("pod")] == [(pod["id"], "cpu")]
+    assert [(o, n) for o, n, _ in store.all_series("run")] == [(run, "cpu")]
+    with pytest.raises(ValueError):
+        list(store.series())
+
+
+def test_arrival_ids_continue_after_reopening(tmp_path: Path) -> None:
+    first = Store(str(tmp_path / "m.db"))
+    run = _run(first)
+    _batch(first, run, ["a"], [10])
+    first.close()
+    second = Store(str(tmp_path / "m.db"))
+    _batch(second, run, ["a"], [10])
+    points = dict(second.series(run_id=run))["a"]
+    assert len(points) == 2
+    second.close()
+    second.close()  # idempotent
