@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -21,6 +22,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             args.db,
             token=args.token,
             max_body=args.max_body,
+            extensions=not args.no_extensions,
         )
     except (OSError, ValueError) as exc:
         print(f"mlbench-metrics serve: {exc}", file=sys.stderr)
@@ -34,9 +36,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     print(ready_line(handle.url), flush=True)
     print(f"database: {handle.db_path}", flush=True)
+    parent = os.getppid()
     try:
         while not stop.wait(1.0):
-            pass
+            if args.exit_with_parent and os.getppid() != parent:
+                break  # the process that spawned us is gone: do not linger as an orphan
     finally:
         handle.stop()
     return 0
@@ -53,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", default=None, help="SQLite file (default: a temporary one)")
     serve.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN'")
     serve.add_argument("--max-body", type=int, default=64 * 1024 * 1024, help="largest request body in bytes")
+    serve.add_argument(
+        "--no-extensions",
+        action="store_true",
+        help="answer like the dashboard: no batch endpoint, run states or pod registration",
+    )
+    serve.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
     return parser
 

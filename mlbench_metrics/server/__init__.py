@@ -90,6 +90,11 @@ class ServerHandle:
         """Client connections open right now (to check connection reuse)."""
         return self._http.connections
 
+    @property
+    def connections_accepted(self) -> int:
+        """Client connections accepted since the server started."""
+        return self._http.accepted
+
     def __enter__(self) -> ServerHandle:
         return self
 
@@ -105,6 +110,7 @@ def serve(
     token: str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     idle_timeout: float = 60.0,
+    extensions: bool = True,
 ) -> ServerHandle:
     """Start the embedded server in background threads of this process.
 
@@ -115,6 +121,9 @@ def serve(
         token: when set, requests need ``Authorization: Bearer <token>``.
         max_body: the largest request body accepted (413 beyond it).
         idle_timeout: seconds an idle kept-alive connection stays open.
+        extensions: offer the batch endpoint, run states and pod registration. Without
+            them the server answers those routes as the dashboard does (a 500 for
+            ``GET /api/metrics/batch/``, 405 otherwise), to test code meant for it.
 
     Returns:
         The running server's handle.
@@ -127,7 +136,7 @@ def serve(
         tmpdir = tempfile.mkdtemp(prefix="mlbench-metrics-")
         db_path = os.path.join(tmpdir, "metrics.db")
     store = Store(db_path)
-    app = App(store, token=token, max_body=max_body)
+    app = App(store, token=token, max_body=max_body, extensions=extensions)
     try:
         http = HttpServer(
             host,

@@ -328,13 +328,24 @@ class App:
         token: when set, every request needs ``Authorization: Bearer <token>``.
         executor: runs created runs as local processes (``serve --exec``), or None.
         max_body: the body limit the HTTP layer enforces, reported to clients.
+        extensions: offer the routes the dashboard lacks; without them those routes
+            answer as on the dashboard, so clients can be tested against its behaviour.
     """
 
-    def __init__(self, store: Store, *, token: str | None = None, executor: Any = None, max_body: int = 0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        token: str | None = None,
+        executor: Any = None,
+        max_body: int = 0,
+        extensions: bool = True,
+    ) -> None:
         self.store = store
         self.token = token
         self.executor = executor
         self.max_body = max_body
+        self.extensions = extensions
         self._official = official_image_names()
         self._routes: list[tuple[re.Pattern[str], dict[str, Callable[..., Response]]]] = [
             (re.compile(r"/api/?"), {"GET": self.api_root}),
@@ -348,6 +359,13 @@ class App:
             (re.compile(r"/api/metrics/(?P<pk>[^/]+)/?"), {"GET": self.get_metrics}),
             (re.compile(r"/api/pods/?"), {"GET": self.list_pods, "POST": self.create_pod}),
         ]
+        if not extensions:
+            self._routes = [
+                (re.compile(r"/api/runs/(?P<pk>[^/]+)/?"), {"GET": self.get_run, "DELETE": self.delete_run}),
+                (re.compile(r"/api/metrics/batch/?"), {"GET": self.dashboard_batch_get}),
+                (re.compile(r"/api/pods/?"), {"GET": self.list_pods}),
+                *self._routes,
+            ]
 
     # -- dispatch ----------------------------------------------------------------
 
@@ -394,7 +412,7 @@ class App:
                 "server": {
                     "name": "mlbench-metrics",
                     "version": __version__,
-                    "extensions": ["batch", "run_state", "pods"],
+                    "extensions": ["batch", "run_state", "pods"] if self.extensions else [],
                 },
             },
         )
@@ -532,6 +550,10 @@ class App:
                 "cumulative": cumulative,
             },
         )
+
+    def dashboard_batch_get(self, request: Request) -> Response:
+        """Without extensions: the dashboard's answer (it looks up a pod named "batch")."""
+        return error_response(500, "AttributeError: 'NoneType' object has no attribute 'metrics'")
 
     def batch_info(self, request: Request) -> Response:
         """``GET /api/metrics/batch/`` (extension): what the batch endpoint accepts."""

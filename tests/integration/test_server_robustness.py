@@ -199,7 +199,7 @@ def test_stop_closes_open_connections_and_threads() -> None:
     session.get(f"{handle.url}/api/runs/")
     assert handle.connections == 1
     ours = set(threading.enumerate()) - existing
-    assert {t.name for t in ours} == {"mlbench-server", "mlbench-server-conn"}
+    assert {t.name for t in ours} == {"mlbench-server", "mlbench-server-worker"}
     handle.stop(timeout=5)
     assert handle.connections == 0
     assert not any(t.is_alive() for t in ours)
@@ -213,3 +213,26 @@ def test_responses_are_json_never_tracebacks(server: ServerHandle) -> None:
         r = requests.get(server.url + path)
         assert r.headers["Content-Type"] == "application/json"
         json.loads(r.text)
+
+
+def test_many_idle_connections_cost_no_threads() -> None:
+    """Upstream-style clients hold a connection per unanswered future; the server copes."""
+    existing = set(threading.enumerate())
+    with serve() as handle:
+        socks = []
+        try:
+            for _ in range(300):
+                sock = socket.create_connection(("127.0.0.1", handle.port), timeout=30)
+                sock.sendall(b"GET /api/runs/ HTTP/1.1\r\nHost: x\r\n\r\n")
+                socks.append(sock)
+            for sock in socks:
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+            assert handle.connections == 300
+            workers = [t for t in set(threading.enumerate()) - existing if t.name == "mlbench-server-worker"]
+            assert len(workers) <= 32
+            # Every connection still works after the others went quiet.
+            socks[0].sendall(b"GET /api/pods/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert socks[0].recv(65536).startswith(b"HTTP/1.1 200 OK")
+        finally:
+            for sock in socks:
+                sock.close()
