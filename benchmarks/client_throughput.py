@@ -1,0 +1,155 @@
+"""ApiClient against the upstream pattern: 2,000 metrics, all futures resolved.
+
+The server runs in its own process (``mlbench-metrics serve``). Measured in rounds,
+interleaved, so that the machine's noise hits every contender alike:
+
+* upstream: ``executor.submit(requests.post, url, data=..., timeout=180)``, 5 workers,
+  a new connection per call (what ``mlbench_core.api.ApiClient.post_metric`` does);
+* ``ApiClient.post_metric`` single calls (pooled keep-alive connections, 5 workers);
+* ``ApiClient.post_metrics`` through the batch endpoint;
+* ``ApiClient.post_metrics`` against a server without the batch endpoint
+  (``serve --no-extensions``, as the dashboard), which fans out single posts.
+
+Targets (issue 3): single >= 1.3x upstream; batch >= 50x; fan-out never slower.
+
+    python benchmarks/client_throughput.py [--metrics 2000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import statistics
+import time
+from typing import Callable
+
+import requests
+
+from mlbench_metrics import ApiClient, Metric
+from mlbench_metrics.server import spawn
+
+from _common import verdict, write_results
+
+
+def create_run(url: str, name: str) -> int:
+    r = requests.post(
+        f"{url}/api/runs/",
+        data={
+            "name": name,
+            "num_workers": 1,
+            "image_name": "custom_image",
+            "custom_image_name": "x",
+            "custom_image_command": "true",
+            "backend": "GLOO",
+        },
+    )
+    r.raise_for_status()
+    return int(r.json()["id"])
+
+
+def upstream(url: str, run_id: int, n: int) -> float:
+    """The upstream client's pattern, as in mlbench_core.api.ApiClient.post_metric."""
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=5)
+    endpoint = f"{url}/api/metrics/"
+    start = time.perf_counter()
+    futures = [
+        executor.submit(
+            requests.post,
+            endpoint,
+            data={
+                "run_id": run_id,
+                "name": "loss @ 0",
+                "cumulative": False,
+                "date": str(datetime.datetime.utcnow()),
+                "value": str(i * 0.5),
+                "metadata": "",
+            },
+            timeout=180,
+        )
+        for i in range(n)
+    ]
+    assert all(f.result().status_code == 201 for f in futures)
+    elapsed = time.perf_counter() - start
+    executor.shutdown()
+    return n / elapsed
+
+
+def singles(address: str, run_id: int, n: int) -> float:
+    with ApiClient(url=address, max_workers=5) as client:
+        start = time.perf_counter()
+        futures = [client.post_metric(run_id, "loss @ 0", i * 0.5) for i in range(n)]
+        assert all(f.result().status_code == 201 for f in futures)
+        return n / (time.perf_counter() - start)
+
+
+def batch(address: str, run_id: int, n: int) -> float:
+    with ApiClient(url=address, max_workers=5) as client:
+        client.post_metrics(run_id, [Metric("warm", 0)]).result()  # the one-time probe
+        start = time.perf_counter()
+        metrics = [Metric("loss @ 0", i * 0.5) for i in range(n)]
+        result = client.post_metrics(run_id, metrics).result()
+        assert result.ok and result.stored == n, result
+        return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--metrics", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    n = args.metrics
+    rates: dict[str, list[float]] = {"upstream": [], "single": [], "batch": [], "fanout": [], "upstream_no_ext": []}
+    with spawn() as full, spawn(args=["--no-extensions"]) as dashboard_like:
+        run_full = create_run(full.url, "bench")
+        run_plain = create_run(dashboard_like.url, "bench")
+        contenders: list[tuple[str, Callable[[], float]]] = [
+            ("upstream", lambda: upstream(full.url, run_full, n)),
+            ("single", lambda: singles(full.address, run_full, n)),
+            ("batch", lambda: batch(full.address, run_full, n)),
+            ("upstream_no_ext", lambda: upstream(dashboard_like.url, run_plain, n)),
+            ("fanout", lambda: batch_fanout(dashboard_like.address, run_plain, n)),
+        ]
+        for _ in range(args.rounds):
+            for name, fn in contenders:
+                rates[name].append(fn())
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    ratios = {
+        "single_vs_upstream": med["single"] / med["upstream"],
+        "batch_vs_upstream": med["batch"] / med["upstream"],
+        "fanout_vs_upstream_same_server": med["fanout"] / med["upstream_no_ext"],
+    }
+    print(f"{n:,} metrics, median of {args.rounds} interleaved rounds (metrics/s):")
+    print(f"  upstream pattern (new connection per call):  {med['upstream']:>10,.0f}")
+    print(
+        f"  ApiClient.post_metric, pooled keep-alive:    {med['single']:>10,.0f}  = "
+        f"{ratios['single_vs_upstream']:.2f}x "
+        f"-> {verdict(ratios['single_vs_upstream'], 1.3)} (>= 1.3x)"
+    )
+    print(
+        f"  ApiClient.post_metrics, batch endpoint:      {med['batch']:>10,.0f}  = {ratios['batch_vs_upstream']:.0f}x "
+        f"-> {verdict(ratios['batch_vs_upstream'], 50)} (>= 50x)"
+    )
+    print(f"  upstream pattern, server without batch:      {med['upstream_no_ext']:>10,.0f}")
+    print(
+        f"  ApiClient.post_metrics, fan-out:             {med['fanout']:>10,.0f}  = "
+        f"{ratios['fanout_vs_upstream_same_server']:.2f}x -> "
+        f"{verdict(ratios['fanout_vs_upstream_same_server'], 1.0)} (never slower)"
+    )
+    write_results(
+        "client_throughput", {"metrics": n, "rounds": args.rounds, "rates": rates, "median": med, "ratios": ratios}
+    )
+
+
+def batch_fanout(address: str, run_id: int, n: int) -> float:
+    with ApiClient(url=address, max_workers=5) as client:
+        client.post_metrics(run_id, [Metric("warm", 0)]).result()  # the probe finds no batch endpoint
+        assert client.batch_supported is False
+        start = time.perf_counter()
+        result = client.post_metrics(run_id, [Metric("loss @ 0", i * 0.5) for i in range(n)]).result()
+        assert result.ok and result.stored == n
+        return n / (time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main()
