@@ -1,6 +1,17 @@
 """mlbench-metrics: record training metrics to an MLBench dashboard.
 
-The wire layer, a drop-in replacement for ``mlbench_core.api.ApiClient``::
+In a training loop::
+
+    import mlbench_metrics
+
+    log = mlbench_metrics.init(run_id, url="127.0.0.1:8080", rank=rank)
+    for step, batch in enumerate(loader):
+        with log.timer("fwd_pass"):
+            loss = model(batch)
+        log.log("train_loss", loss, step=step)
+    mlbench_metrics.finish()
+
+The wire layer is a drop-in replacement for ``mlbench_core.api.ApiClient``::
 
     from mlbench_metrics import ApiClient
 
@@ -12,6 +23,7 @@ The embedded server that speaks the same API lives in :mod:`mlbench_metrics.serv
 
 from __future__ import annotations
 
+from ._dispatch import Stats
 from ._retry import RetryPolicy
 from ._version import __version__
 from .api import MLBENCH_BACKENDS, MLBENCH_IMAGES, ApiClient, BatchResult
@@ -26,10 +38,15 @@ from .errors import (
     DiscoveryError,
     MetricsError,
     SpoolError,
+    TimerError,
     TransientApiError,
     TransportError,
 )
+from .logger import MetricsLogger, current, finish, flush, increment, init, log, log_many, timer
+from .logger import timed_call as timed
 from .records import Metric, MetricBatch
+from .system import SystemMetrics
+from .timing import Timer
 
 # Sorted, and checked against the module's public names by tests/unit/test_public_api.py.
 __all__ = [
@@ -47,10 +64,24 @@ __all__ = [
     "Metric",
     "MetricBatch",
     "MetricsError",
+    "MetricsLogger",
     "RetryPolicy",
     "SpoolError",
+    "Stats",
+    "SystemMetrics",
     "Timeouts",
+    "Timer",
+    "TimerError",
     "TransientApiError",
     "TransportError",
     "__version__",
+    "current",
+    "finish",
+    "flush",
+    "increment",
+    "init",
+    "log",
+    "log_many",
+    "timed",
+    "timer",
 ]

@@ -53,6 +53,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from ._retry import RETRYABLE_STATUSES, RetryableResponse, RetryPolicy, parse_retry_after
+from ._transport import FastPoster
 from ._version import __version__
 from .config import ENV_TOKEN, ENV_URL, TimeoutLike, Timeouts, env_str
 from .errors import (
@@ -293,6 +294,7 @@ class ApiClient:
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self._batch_supported: bool | None = None
         self._batch_limit = _BATCH_CHUNK
+        self._packed = False
 
         if url is None:
             url = env_str(ENV_URL)
@@ -310,6 +312,7 @@ class ApiClient:
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="mlbench-api")
         self._session = session if session is not None else self._new_session()
         self._session.hooks.setdefault("response", []).append(_drop_connection_after_no_content)
+        self._fast = self._new_fast_poster()
         os.register_at_fork(after_in_child=_weak_call(self._after_fork_in_child))
 
     # -- construction ------------------------------------------------------------------
@@ -341,6 +344,16 @@ class ApiClient:
             session.headers["Authorization"] = f"Bearer {self._token}"
         return session
 
+    def _new_fast_poster(self) -> FastPoster | None:
+        """The lean path for batch posts, when nothing needs what only requests offers."""
+        scheme = self.endpoint.split("://", 1)[0]
+        proxies = self._session.proxies
+        if not self._own_session or proxies.get(scheme) or proxies.get("all"):
+            return None
+        headers = {k: str(v) for k, v in self._session.headers.items() if k in ("User-Agent", "Authorization")}
+        verify = self._session.verify if isinstance(self._session.verify, (bool, str)) else True
+        return FastPoster(self.endpoint, headers, self.timeouts, verify, self._connections)
+
     def _after_fork_in_child(self) -> None:
         # The child has none of the parent's threads, and its sockets are shared with the
         # parent: start over with a fresh executor and pool, without closing anything.
@@ -353,6 +366,7 @@ class ApiClient:
         if self._own_session:
             self._session = self._new_session()
             self._session.hooks.setdefault("response", []).append(_drop_connection_after_no_content)
+        self._fast = self._new_fast_poster()
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -374,6 +388,13 @@ class ApiClient:
         self, method: str, url: str, params: Any, body: bytes | None, headers: Mapping[str, str] | None
     ) -> requests.Response:
         """Send once; wrap ``requests`` errors; raise on a "try again" status."""
+        if self._fast is not None and method == "POST" and url.endswith("metrics/batch/") and body is not None:
+            response = self._fast.post("metrics/batch/", body, _JSON["Content-Type"])
+            if response.status_code in RETRYABLE_STATUSES:
+                error = _status_error(response)
+                assert isinstance(error, TransientApiError)
+                raise RetryableResponse(response, error)
+            return response
         try:
             response = self._session.request(
                 method, url, params=params, data=body, headers=headers, timeout=self.timeouts.as_tuple()
@@ -697,10 +718,11 @@ class ApiClient:
             TypeError, ValueError: a metric is malformed (nothing is sent).
         """
         batch = as_batch(metrics, _now_us())
-        for name in set(batch.names):
-            _check_name(name)
-        if batch.values and max(map(len, batch.values)) > SERVER_VALUE_MAX:
-            raise ValueError(f"a value is longer than {SERVER_VALUE_MAX} characters")
+        if not batch.checked:  # a MetricsLogger checked every record when it was logged
+            for name in set(batch.names):
+                _check_name(name)
+            if max((len(v) for v in batch.values if type(v) is str), default=0) > SERVER_VALUE_MAX:
+                raise ValueError(f"a value is longer than {SERVER_VALUE_MAX} characters")
         if self._closed.is_set():
             raise ClosedError("this ApiClient is closed")
         key = batch_id or batch.batch_id or uuid.uuid4().hex
@@ -730,6 +752,7 @@ class ApiClient:
                 supported = isinstance(info, dict) and info.get("batch") is True
                 if supported:
                     self._batch_limit = max(1, min(_BATCH_CHUNK, int(info.get("max_metrics", _BATCH_CHUNK))))
+                    self._packed = "packed" in (info.get("formats") or [])
             except ValueError:
                 supported = False
         self._batch_supported = supported
@@ -756,12 +779,15 @@ class ApiClient:
         for start in range(0, n, limit):
             part = batch if n <= limit else batch.subset(range(start, min(n, start + limit)))
             part_key = key if n <= limit else f"{key}:{start // limit}"
-            columns = part.to_columns()
-            if len(set(part.metadata)) == 1:
-                columns["metadata"] = part.metadata[0]
-            if len(set(part.cumulative)) == 1:
-                columns["cumulative"] = part.cumulative[0]
-            body = json.dumps({"run_id": run_id, "batch_id": part_key, "columns": columns}).encode()
+            if self._packed:
+                form, payload = "packed", part.to_packed()
+            else:
+                form, payload = "columns", part.to_columns()
+                if len(set(payload["metadata"])) == 1:
+                    payload["metadata"] = payload["metadata"][0]
+                if len(set(part.cumulative)) == 1:
+                    payload["cumulative"] = part.cumulative[0]
+            body = json.dumps({"run_id": run_id, "batch_id": part_key, form: payload}).encode()
             try:
                 response = self._call("POST", "metrics/batch/", body=body, headers=_JSON, idempotent=True)
             except ApiError as exc:
@@ -778,7 +804,9 @@ class ApiClient:
     def _fan_out(self, run_id: int, batch: MetricBatch, outer: Future[BatchResult]) -> None:
         """One single post per metric, in parallel; ``outer`` resolves when all are done."""
         gather = _Gather(outer, len(batch))
-        for index, (name, value, date_us, metadata, cumulative) in enumerate(batch.rows()):
+        for index, (name, value, date_us, metadata, cumulative) in enumerate(
+            zip(batch.names, batch.values, batch.dates_us, batch.metadata_texts(), batch.cumulative)
+        ):
             body = _form(
                 (
                     ("run_id", run_id),
@@ -825,7 +853,7 @@ class ApiClient:
 
     def _abort_connections(self) -> None:
         """Shut down every live socket, so requests blocked on an answer fail at once."""
-        for conn in list(self._connections):
+        for conn in list(self._connections):  # urllib3 and http.client connections alike
             sock = getattr(conn, "sock", None)
             if sock is not None:
                 try:

@@ -7,6 +7,7 @@ so code that catches ``ValueError`` or ``RuntimeError`` keeps working::
     MetricsError
     ├── ConfigError (ValueError)          a bad argument or setting
     ├── ClosedError (RuntimeError)        a logger or client used after close()
+    ├── TimerError (RuntimeError)         a timer stopped twice, or started twice
     ├── DiscoveryError (ValueError)       the dashboard cannot be found in Kubernetes
     ├── SpoolError (OSError)              the on-disk spool cannot be read or written
     └── ApiError                          a call to the dashboard failed
@@ -38,6 +39,7 @@ __all__ = [
     "DiscoveryError",
     "MetricsError",
     "SpoolError",
+    "TimerError",
     "TransientApiError",
     "TransportError",
 ]
@@ -53,6 +55,10 @@ class ConfigError(MetricsError, ValueError):
 
 class ClosedError(MetricsError, RuntimeError):
     """A logger or client was used after ``close()``."""
+
+
+class TimerError(MetricsError, RuntimeError):
+    """A :class:`~mlbench_metrics.Timer` was misused (stopped when not running, ...)."""
 
 
 class DiscoveryError(MetricsError, ValueError):

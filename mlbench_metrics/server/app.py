@@ -44,6 +44,8 @@ from ..records import (
     format_iso_date,
     format_zip_date,
     parse_date,
+    unpack_array,
+    unpack_metadata,
 )
 from ._http import Request, Response
 from .store import Columns, DuplicateBatch, Point, RunNotFound, Store
@@ -561,7 +563,7 @@ class App:
             200,
             {
                 "batch": True,
-                "formats": ["rows", "columns"],
+                "formats": ["rows", "columns", "packed"],
                 "max_metrics": MAX_BATCH,
                 "max_body": self.max_body,
                 "server": "mlbench-metrics",
@@ -578,12 +580,14 @@ class App:
         batch_id = d.get("batch_id")
         if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= 200):
             raise ApiFailure(400, "field 'batch_id' must be a string of 1 to 200 characters")
-        if "columns" in d:
+        if "packed" in d:
+            columns, count = _columns(_unpack(d["packed"]))
+        elif "columns" in d:
             columns, count = _columns(d["columns"])
         elif "metrics" in d:
             columns, count = _rows(d["metrics"])
         else:
-            raise ApiFailure(400, "give the metrics as 'metrics' (a list of objects) or 'columns'")
+            raise ApiFailure(400, "give the metrics as 'metrics' (a list of objects), 'columns' or 'packed'")
         try:
             self.store.add_batch(run_id, batch_id, columns, count, _now_us())
         except RunNotFound:
@@ -761,6 +765,51 @@ def _rows(metrics: Any) -> tuple[Columns, int]:
     return (names, dates, values, metas, cums), len(names)
 
 
+def _unpack(packed: Any) -> dict[str, Any]:
+    """The packed form (binary arrays in base64) as plain columns."""
+    if not isinstance(packed, dict):
+        raise ApiFailure(400, "field 'packed' must be an object")
+    count = packed.get("count")
+    if type(count) is not int or not 0 <= count <= MAX_BATCH:
+        raise ApiFailure(
+            413 if type(count) is int and count > MAX_BATCH else 400, f"packed.count must be 0 to {MAX_BATCH}"
+        )
+    distinct = packed.get("name")
+    if not isinstance(distinct, list) or not distinct or len(distinct) > count + 1:
+        raise ApiFailure(400, "packed.name must be a non-empty list of the batch's distinct names")
+    try:
+        if "name_index" in packed:
+            index = unpack_array(
+                "H" if len(distinct) < 65536 else "I", packed["name_index"], count, "packed.name_index"
+            )
+            if index and max(index) >= len(distinct):
+                raise ValueError("packed.name_index points past packed.name")
+            names = list(map(distinct.__getitem__, index))
+        else:
+            names = distinct * count if len(distinct) == 1 else []
+            if len(distinct) != 1:
+                raise ValueError("packed.name_index is required with more than one name")
+        values: Any = (
+            unpack_array("d", packed["value_f64"], count, "packed.value_f64")
+            if "value_f64" in packed
+            else packed.get("value")
+        )
+        if "date_ns" in packed:
+            dates = [t // 1000 for t in unpack_array("q", packed["date_ns"], count, "packed.date_ns")]
+        else:
+            dates = unpack_array("q", packed.get("date_us"), count, "packed.date_us")
+        metadata = unpack_metadata(packed.get("metadata", ""), count)
+    except ValueError as exc:
+        raise ApiFailure(400, str(exc)) from None
+    return {
+        "name": names,
+        "value": values,
+        "date_us": dates,
+        "metadata": metadata,
+        "cumulative": packed.get("cumulative", False),
+    }
+
+
 def _only(values: list[Any], kind: type) -> bool:
     """True when every entry is exactly of type ``kind`` (not a subclass)."""
     return set(map(type, values)) == {kind}
@@ -795,11 +844,17 @@ def _columns(cols: Any) -> tuple[Columns, int]:
     if not _only(names, str) or not all(0 < len(x) <= NAME_MAX for x in set(names)):
         i = _first_bad(names, lambda x: type(x) is str and 0 < len(x) <= NAME_MAX)
         raise ApiFailure(400, f"columns.name[{i}]: a name must be a string of 1 to {NAME_MAX} characters")
-    if not _only(values, str):
-        values = [_metric_value(v, f"columns.value[{i}]") for i, v in enumerate(values)]
-    if max(map(len, values)) > SERVER_VALUE_MAX:
-        i = _first_bad(values, lambda x: len(x) <= SERVER_VALUE_MAX)
-        raise ApiFailure(400, f"columns.value[{i}] is longer than {SERVER_VALUE_MAX} characters")
+    kinds = set(map(type, values))
+    if not kinds <= {str, float, int}:
+        i = _first_bad(values, lambda x: type(x) in (str, float, int))
+        raise ApiFailure(400, f"columns.value[{i}] must be a number or a string")
+    # Numbers are stored as they came and read back as str() of them, the text a client
+    # would have sent; only text and (huge) integers can be too long.
+    if str in kinds or int in kinds:
+        longest = max((len(v) if type(v) is str else len(str(v)) for v in values if type(v) is not float), default=0)
+        if longest > SERVER_VALUE_MAX:
+            i = _first_bad(values, lambda x: type(x) is float or len(str(x)) <= SERVER_VALUE_MAX)
+            raise ApiFailure(400, f"columns.value[{i}] is longer than {SERVER_VALUE_MAX} characters")
     if "date_us" in cols:
         dates = cols["date_us"]
         if not isinstance(dates, list) or len(dates) != n:

@@ -19,7 +19,7 @@ def test_batch_info_describes_the_endpoint(server: ServerHandle) -> None:
     for path in ("/api/metrics/batch/", "/api/metrics/batch"):
         info = requests.get(server.url + path).json()
         assert info["batch"] is True
-        assert info["formats"] == ["rows", "columns"]
+        assert info["formats"] == ["rows", "columns", "packed"]
         assert info["max_metrics"] > 0
 
 

@@ -1,0 +1,284 @@
+"""End to end, and what a paced training loop feels, with the server in its own process.
+
+1. **Burst**: 1,000,000 metrics logged as fast as the loop can; the clock runs from the
+   first ``log()`` until ``flush()`` says the server stored them all. Beside it, in the
+   same run, the upstream pattern (``executor.submit(requests.post, ...)``, 5 workers)
+   on 2,000 metrics. Peak RSS of this process is reported.
+   Targets (issue 4): all stored within 8 s, >= 150,000 metrics/s, > 200x upstream.
+
+2. **Paced**: a training step of ~1 ms of GIL-holding Python work with 10 ``log()``
+   calls, while the dispatcher delivers; blocks with and without logging alternate, and
+   the step rates are compared. Target: at most 3% slower with logging.
+
+wandb or MLflow, when installed, are measured as further paced baselines (offline).
+
+    python benchmarks/throughput.py [--metrics 1000000] [--paced-seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import os
+import resource
+import statistics
+import time
+from typing import Any, Callable
+
+import requests
+
+from mlbench_metrics import MetricsLogger
+from mlbench_metrics.server import spawn
+from mlbench_metrics.server.store import Store
+
+from _common import verdict, write_results
+
+NAMES = [f"metric_{i}" for i in range(10)]
+
+
+def create_run(url: str, name: str) -> int:
+    r = requests.post(
+        f"{url}/api/runs/",
+        data={
+            "name": name,
+            "num_workers": 1,
+            "image_name": "custom_image",
+            "custom_image_name": "x",
+            "custom_image_command": "true",
+            "backend": "GLOO",
+        },
+    )
+    r.raise_for_status()
+    return int(r.json()["id"])
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def upstream_rate(url: str, run_id: int, n: int) -> float:
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=5)
+    endpoint = f"{url}/api/metrics/"
+    start = time.perf_counter()
+    futures = [
+        executor.submit(
+            requests.post,
+            endpoint,
+            data={
+                "run_id": run_id,
+                "name": "loss @ 0",
+                "cumulative": False,
+                "date": str(datetime.datetime.utcnow()),
+                "value": str(i * 0.5),
+                "metadata": "",
+            },
+            timeout=180,
+        )
+        for i in range(n)
+    ]
+    assert all(f.result().status_code == 201 for f in futures)
+    elapsed = time.perf_counter() - start
+    executor.shutdown()
+    return n / elapsed
+
+
+def burst(address: str, run_id: int, n: int) -> dict[str, Any]:
+    rss_before = peak_rss_mib()
+    logger = MetricsLogger(run_id, url=address, rank=0, max_buffer=2 * n)
+    log = logger.log
+    names = NAMES
+    start = time.perf_counter()
+    for i in range(n):
+        log(names[i % 10], i * 0.001)
+    logged = time.perf_counter() - start
+    ok = logger.flush(120)
+    stored_at = time.perf_counter() - start
+    stats = logger.stats
+    logger.close()
+    return {
+        "metrics": n,
+        "log_loop_seconds": logged,
+        "all_stored_seconds": stored_at,
+        "metrics_per_s": n / stored_at,
+        "flush_ok": ok,
+        "stored": stats.stored,
+        "dropped": stats.dropped_total,
+        "peak_rss_mib_before": rss_before,
+        "peak_rss_mib_after": peak_rss_mib(),
+    }
+
+
+def calibrate_work(target_s: float = 0.001) -> int:
+    """How many loop iterations of plain Python make ``target_s`` of GIL-holding work."""
+    k = 1000
+    while True:
+        t0 = time.perf_counter()
+        work(k)
+        took = time.perf_counter() - t0
+        if took > 0.02:
+            return max(1, int(k * target_s / took))
+        k *= 2
+
+
+def work(k: int) -> int:
+    total = 0
+    for i in range(k):
+        total += i * i % 7
+    return total
+
+
+def paced(address: str, run_id: int, seconds: float, block_steps: int = 100) -> dict[str, Any]:
+    """Step rate with and without logging, in adjacent blocks.
+
+    Blocks run in ABBA order (plain, logging, logging, plain, ...) so that a drift of the
+    machine's speed hits both alike, and the figure is the median over pairs of adjacent
+    blocks: the shared machine's noise moves both members of a pair together.
+    """
+    k = calibrate_work()
+    logger = MetricsLogger(run_id, url=address, rank=0)
+    log = logger.log
+    names = NAMES
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    pair_slowdowns: list[float] = []
+    step = 0
+    deadline = time.perf_counter() + seconds
+    order = (False, True, True, False)
+    while time.perf_counter() < deadline:
+        quad = []
+        for logging_on in order:
+            t0 = time.perf_counter()
+            if logging_on:
+                for _ in range(block_steps):
+                    work(k)
+                    for name in names:
+                        log(name, 0.5, step=step)
+                    step += 1
+            else:
+                for _ in range(block_steps):
+                    work(k)
+            rate = block_steps / (time.perf_counter() - t0)
+            rates[logging_on].append(rate)
+            quad.append(rate)
+        pair_slowdowns += [1 - quad[1] / quad[0], 1 - quad[2] / quad[3]]
+    assert logger.flush(60)
+    stats = logger.stats
+    logger.close()
+    return {
+        "work_iterations_per_step": k,
+        "block_steps": block_steps,
+        "steps_per_s_without": statistics.median(rates[False]),
+        "steps_per_s_with": statistics.median(rates[True]),
+        "slowdown": statistics.median(pair_slowdowns),
+        "slowdown_of_medians": 1 - statistics.median(rates[True]) / statistics.median(rates[False]),
+        "pairs": len(pair_slowdowns),
+        "records": stats.stored,
+        "dropped": stats.dropped_total,
+    }
+
+
+def third_party_baselines(seconds: float) -> dict[str, Any]:
+    """Paced slowdown with wandb (offline) or MLflow (local file store), when installed."""
+    results: dict[str, Any] = {}
+    loggers: dict[str, Callable[[], tuple[Callable[[str, float, int], None], Callable[[], None]]]] = {}
+    try:
+        import wandb  # type: ignore[import-not-found]
+
+        def wandb_logger() -> tuple[Callable[[str, float, int], None], Callable[[], None]]:
+            run = wandb.init(mode="offline", project="mlbench-metrics-bench")
+            return (lambda name, value, step: run.log({name: value}, step=step)), run.finish
+
+        loggers["wandb_offline"] = wandb_logger
+    except ImportError:
+        pass
+    try:
+        import mlflow  # type: ignore[import-not-found]
+
+        def mlflow_logger() -> tuple[Callable[[str, float, int], None], Callable[[], None]]:
+            mlflow.set_tracking_uri("file:///tmp/mlbench-metrics-mlflow")
+            mlflow.start_run()
+            return (lambda name, value, step: mlflow.log_metric(name, value, step=step)), mlflow.end_run
+
+        loggers["mlflow_local"] = mlflow_logger
+    except ImportError:
+        pass
+    k = calibrate_work() if loggers else 0
+    for label, make in loggers.items():
+        log, close = make()
+        without, with_logging, step = [], [], 0
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            for _ in range(100):
+                work(k)
+            without.append(100 / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            for _ in range(100):
+                work(k)
+                for name in NAMES:
+                    log(name, 0.5, step)
+                step += 1
+            with_logging.append(100 / (time.perf_counter() - t0))
+        close()
+        results[label] = {"slowdown": 1 - statistics.median(with_logging) / statistics.median(without)}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--metrics", type=int, default=1_000_000)
+    parser.add_argument("--upstream", type=int, default=2000)
+    parser.add_argument("--paced-seconds", type=float, default=20.0)
+    args = parser.parse_args()
+
+    with spawn() as server:
+        run_burst = create_run(server.url, "burst")
+        run_up = create_run(server.url, "upstream")
+        run_paced = create_run(server.url, "paced")
+        up = upstream_rate(server.url, run_up, args.upstream)
+        result = burst(server.address, run_burst, args.metrics)
+        pace = paced(server.address, run_paced, args.paced_seconds)
+        store = Store(server.db_path)
+        stored_on_server = store.count_metrics(run_burst)
+        store.close()
+    others = third_party_baselines(args.paced_seconds / 2)
+
+    ratio = result["metrics_per_s"] / up
+    print(
+        f"burst: {args.metrics:,} metrics logged in {result['log_loop_seconds']:.2f} s, all stored after "
+        f"{result['all_stored_seconds']:.2f} s -> {verdict(result['all_stored_seconds'], 8.0, higher_is_better=False)} "
+        f"(<= 8 s)"
+    )
+    print(
+        f"       {result['metrics_per_s']:,.0f} metrics/s -> {verdict(result['metrics_per_s'], 150_000)} "
+        f"(>= 150,000/s); "
+        f"upstream pattern {up:,.0f}/s, ratio {ratio:.0f}x -> {verdict(ratio, 200)} (> 200x)"
+    )
+    print(
+        f"       server holds {stored_on_server:,}; peak RSS of this process {result['peak_rss_mib_after']:.0f} MiB "
+        f"(before the burst {result['peak_rss_mib_before']:.0f} MiB)"
+    )
+    print(
+        f"paced: {pace['steps_per_s_without']:.0f} steps/s without logging, {pace['steps_per_s_with']:.0f} with "
+        f"10 log() per step: slowdown {pace['slowdown'] * 100:.2f}% -> "
+        f"{verdict(pace['slowdown'], 0.03, higher_is_better=False)} (<= 3%)"
+    )
+    for label, fig in others.items():
+        print(f"       {label}: slowdown {fig['slowdown'] * 100:.1f}% (same loop)")
+    write_results(
+        "throughput",
+        {
+            "burst": result,
+            "upstream_metrics_per_s": up,
+            "burst_vs_upstream": ratio,
+            "stored_on_server": stored_on_server,
+            "paced": pace,
+            "third_party": others,
+            "pid": os.getpid(),
+        },
+    )
+    assert stored_on_server == args.metrics, (stored_on_server, args.metrics)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Logging processes that end every way a training process ends: return, sys.exit,
+SIGTERM, fork, multiprocessing, and a server that never answers. Real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any
+
+import pytest
+
+from fakes import HANG, ScriptedServer
+from mlbench_metrics.server import ServerHandle
+
+from helpers import create_run
+
+
+def run_script(server_address: str, run_id: int, body: str, **kwargs: Any) -> subprocess.Popen[str]:
+    env = {**os.environ, "MLBENCH_METRICS_URL": server_address, "MLBENCH_METRICS_RUN_ID": str(run_id)}
+    env.pop("RANK", None)
+    env.pop("MLBENCH_METRICS_RANK", None)
+    code = "import mlbench_metrics, os, sys, signal, time\n" + textwrap.dedent(body)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def test_records_are_delivered_when_the_script_returns(fresh_server: ServerHandle) -> None:
+    run = create_run(fresh_server.url)
+    proc = run_script(
+        fresh_server.address,
+        run["id"],
+        """
+        log = mlbench_metrics.init(flush_interval=30)
+        for i in range(5000):
+            log.log("x", i)
+        # no flush, no close: the exit hook delivers
+    """,
+    )
+    code, _, err = finish(proc)
+    assert code == 0, err
+    assert fresh_server.store.count_metrics(run["id"]) == 5000
+
+
+def test_records_are_delivered_on_sys_exit(fresh_server: ServerHandle) -> None:
+    run = create_run(fresh_server.url)
+    proc = run_script(
+        fresh_server.address,
+        run["id"],
+        """
+        log = mlbench_metrics.init(flush_interval=30)
+        for i in range(3000):
+            log.log("x", i)
+        sys.exit(3)
+    """,
+    )
+    code, _, err = finish(proc)
+    assert code == 3, err
+    assert fresh_server.store.count_metrics(run["id"]) == 3000
+
+
+def test_sigterm_flushes_then_ends_as_sigterm_would(fresh_server: ServerHandle) -> None:
+    run = create_run(fresh_server.url)
+    proc = run_script(
+        fresh_server.address,
+        run["id"],
+        """
+        log = mlbench_metrics.init(flush_interval=30)
+        for i in range(4000):
+            log.log("x", i)
+        print("logged", flush=True)
+        while True:
+            time.sleep(0.1)   # the training loop, busy elsewhere
+    """,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "logged"
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = finish(proc)
+    assert code == -signal.SIGTERM, err
+    assert fresh_server.store.count_metrics(run["id"]) == 4000
+
+
+def test_a_program_with_its_own_sigterm_handler_keeps_it(fresh_server: ServerHandle) -> None:
+    run = create_run(fresh_server.url)
+    proc = run_script(
+        fresh_server.address,
+        run["id"],
+        """
+        signal.signal(signal.SIGTERM, lambda s, f: sys.exit(42))
+        log = mlbench_metrics.init(flush_interval=30)
+        for i in range(100):
+            log.log("x", i)
+        print("ready", flush=True)
+        while True:
+            time.sleep(0.1)
+    """,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = finish(proc)
+    assert code == 42, err  # theirs ran; the exit hook still delivered
+    assert fresh_server.store.count_metrics(run["id"]) == 100
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_sends_its_own_records_and_not_the_parents(fresh_server: ServerHandle) -> None:
+    run = create_run(fresh_server.url)
+    proc = run_script(
+        fresh_server.address,
+        run["id"],
+        """
+        log = mlbench_metrics.init(flush_interval=30, batch_size=100000, max_buffer=1000000)
+        for i in range(1000):
+            log.log("parent", i)            # still buffered when we fork
+        pid = os.fork()
+        if pid == 0:
+            for i in range(500):
+                log.log("child", i)
+            sys.exit(0)                      # the child's own exit hook delivers its records
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        for i in range(200):
+            log.log("parent", 1000 + i)
+    """,
+    )
+    code, _, err = finish(proc)
+    assert code == 0, err
+    body = fresh_server.store.series(run_id=run["id"])
+    counts = {name: len(points) for name, points in body}
+    assert counts == {"parent": 1200, "child": 500}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_a_multiprocessing_worker_delivers_before_os_exit(fresh_server: ServerHandle) -> None:
+    run = create_run(fresh_server.url)
+    proc = run_script(
+        fresh_server.address,
+        run["id"],
+        """
+        import multiprocessing
+        log = mlbench_metrics.init(flush_interval=30)
+        log.log("parent", 1)
+
+        def worker(n):
+            for i in range(n):
+                mlbench_metrics.log("worker", i)   # a DataLoader worker, say
+
+        if __name__ == "__main__":
+            ctx = multiprocessing.get_context("fork")
+            p = ctx.Process(target=worker, args=(700,))
+            p.start()
+            p.join()
+            assert p.exitcode == 0
+    """,
+    )
+    code, _, err = finish(proc)
+    assert code == 0, err
+    counts = {name: len(points) for name, points in fresh_server.store.series(run_id=run["id"])}
+    assert counts == {"parent": 1, "worker": 700}
+
+
+def test_a_server_that_never_answers_does_not_hold_exit(fresh_server: ServerHandle) -> None:
+    run = create_run(fresh_server.url)
+    with ScriptedServer(lambda seen, i: HANG) as silent:
+        proc = run_script(
+            silent.address,
+            run["id"],
+            """
+            log = mlbench_metrics.init(shutdown_timeout=2.0)
+            for i in range(100):
+                log.log("x", i)
+            print(time.monotonic(), flush=True)   # the end of the program's own code
+        """,
+        )
+        assert proc.stdout is not None
+        done = float(proc.stdout.readline())
+        code, _, err = finish(proc)
+        ended = time.monotonic()  # CLOCK_MONOTONIC: comparable across processes
+    assert code == 0, err
+    assert ended - done < 2.0 + 1.0, "exit must come within the close timeout plus one second"
+    assert "100 records were not delivered at exit (dropped)" in err
