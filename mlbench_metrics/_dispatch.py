@@ -16,10 +16,15 @@ Everything else happens in the ``mlbench-dispatcher`` thread owned by
   ``batch_id``, so the embedded server stores each exactly once;
 * resolve flush markers, count everything in :class:`Stats`.
 
-When memory would grow past ``max_buffer`` records, the overflow goes to ``on_overflow``
-(the spool, when there is one) or the oldest records are dropped and counted. Nothing
-here ever raises into the training thread. Record layout and encoding live here too, so
-that the hot path and the thread agree on one definition.
+With a store (``spool.SpoolStore`` or ``spool.DurableStore``) batches that failed, that
+memory cannot hold (past ``max_buffer`` records), or that are left when ``close`` runs
+out of time are *parked* on disk and sent again from there, oldest first; without one
+they are dropped and counted. In durable mode the buffer is a ``spool.DurableBuffer``:
+the training thread writes each record to the log and queues its slot number, batches
+are ranges of slots marked in the log before they are sent, and their records are read
+back from the log just before sending. Nothing here ever raises into the training
+thread. Record layout and encoding live here too, so the hot path and the thread agree
+on one definition.
 """
 
 from __future__ import annotations
@@ -32,25 +37,26 @@ import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Final, Mapping, Optional, Sequence, cast
+from typing import Any, Callable, Final, Iterator, Mapping, Optional, Sequence, cast
 
 from .api import BatchResult
 from .errors import ClosedError
 from .records import MetricBatch, SteppedMetadata
 
-__all__ = ["Context", "Dispatcher", "Stats", "encode"]
+__all__ = ["Context", "Dispatcher", "Stats", "encode", "encode_columns"]
 
 _log = logging.getLogger("mlbench_metrics")
 
-_BACKOFF_FIRST: Final = 0.5
-_BACKOFF_MAX: Final = 30.0
+_BACKOFF_FIRST: Final = 0.1
+_BACKOFF_MAX: Final = 10.0
 
 
 # -- records ----------------------------------------------------------------------------
 #
 # A record is the tuple the hot path builds: (name, value, time_ns, step, context).
 # ``context`` is a shared Context, rebuilt only when the epoch, the default step or the
-# extra metadata change, so a record costs one small tuple.
+# extra metadata change, so a record costs one small tuple. In durable mode the buffer
+# holds only each record's slot number in the log (see ``spool.DurableBuffer``).
 
 
 @dataclass(frozen=True)
@@ -90,11 +96,22 @@ def encode(records: Sequence[Record], batch_id: str | None = None) -> MetricBatc
     Metadata stays templates and steps (see :class:`SteppedMetadata`). This runs in the
     logging process, so it does as little per record as it can: a few list passes.
     """
-    n = len(records)
-    names, values, times, step_tuple, contexts = zip(*records)  # one C-speed pass
-    batch = MetricBatch(names=list(names), values=list(values), dates_ns=list(times), batch_id=batch_id)
+    names, values, times, steps, contexts = zip(*records)  # one C-speed pass
+    return encode_columns(list(names), list(values), list(times), list(steps), contexts, batch_id)
+
+
+def encode_columns(
+    names: list[str],
+    values: list[Any],
+    times: list[int],
+    steps: list[Any],
+    contexts: Sequence[Context],
+    batch_id: str | None = None,
+) -> MetricBatch:
+    """:func:`encode` for records given as columns (the lists become the batch's own)."""
+    n = len(names)
+    batch = MetricBatch(names=names, values=values, dates_ns=times, batch_id=batch_id)
     batch.checked = True  # log() refused anything the dashboard would refuse
-    steps: list[Any] = list(step_tuple)
     ctx = contexts[0]
     if contexts.count(ctx) == n:  # one context (identity compares in C): the common case
         batch.cumulative = [ctx.cumulative] * n
@@ -134,26 +151,46 @@ class _Marker:
 
 
 class _Batch:
-    """A batch in the dispatcher: its records until first needed, then their encoding."""
+    """A batch in the dispatcher: its records, then their encoding, or a place on disk.
 
-    __slots__ = ("_encoded", "_records", "attempts", "batch_id", "count", "due", "seq")
+    In durable mode it starts on disk: its records are the log's slots
+    ``first..first+count-1``. Otherwise ``first`` is 0.
+    """
 
-    def __init__(self, seq: int, batch_id: str, records: list[Any] | None = None, encoded: MetricBatch | None = None):
+    __slots__ = ("_encoded", "_records", "attempts", "batch_id", "count", "due", "first", "handle", "seq")
+
+    def __init__(self, seq: int, batch_id: str, first: int, records: list[Any] | None, count: int) -> None:
         self.seq = seq
         self.batch_id = batch_id
+        self.first = first
         self._records = records
-        self._encoded = encoded
-        self.count = len(records) if records is not None else len(encoded) if encoded is not None else 0
+        self._encoded: MetricBatch | None = None
+        self.count = count
+        self.handle: Any = None if records is not None else True  # set once parked on disk
         self.attempts = 0
         self.due = 0.0  # time.monotonic() before which it is not sent again
 
     @property
-    def batch(self) -> MetricBatch:
-        """The encoded batch; encoded on first use, so the thread encodes just in time."""
+    def in_memory(self) -> bool:
+        """Whether its records are held in memory (else only on disk)."""
+        return self._records is not None or self._encoded is not None
+
+    def encoded(self) -> MetricBatch:
+        """The batch, encoded on first use so the thread encodes just in time."""
         if self._encoded is None:
             self._encoded = encode(self._records or [], self.batch_id)
             self._records = None
         return self._encoded
+
+    def set_encoded(self, batch: MetricBatch) -> None:
+        self._encoded = batch
+        self._records = None
+        self.count = len(batch)
+
+    def release(self) -> None:
+        """Forget the records: they are on disk now."""
+        self._records = None
+        self._encoded = None
 
     def __len__(self) -> int:
         return self.count
@@ -167,13 +204,14 @@ class Stats:
         logged: records accepted by ``log``/``increment``/timers.
         stored: records the server has stored (duplicates of a re-send count once).
         retried: records sent again after a failure.
-        dropped: records given up, by reason: ``"overflow"`` (the buffer was full and
-            there was no spool), ``"rejected"`` (the server refused them for good),
-            ``"shutdown"`` (not delivered when ``close`` ran out of time, no spool),
-            ``"spool_full"`` (the spool hit its size bound).
-        spooled: records written to the on-disk spool.
+        dropped: records given up, by reason: ``"overflow"`` (memory was full and there
+            is no spool), ``"rejected"`` (the server refused them for good),
+            ``"shutdown"`` (undelivered when ``close`` ran out of time, no spool),
+            ``"spool_full"`` (the spool's size bound), ``"spool_failed"`` (it could not
+            be written or read back).
+        spooled: records written to the on-disk spool (durable mode: parked on disk).
         in_flight: records sent and not answered yet.
-        pending: records buffered or waiting to be sent again.
+        pending: records buffered, waiting to be sent again, or parked on disk.
         last_error: the most recent delivery error, as text.
     """
 
@@ -202,8 +240,8 @@ class Dispatcher:
         flush_interval: seconds between deliveries when fewer records arrive.
         max_buffer: most records held in memory (buffered, waiting, or in flight).
         max_in_flight: batches sent and not answered yet, at most.
-        spool: takes batches memory cannot hold and those left at shutdown; returns
-            False when it cannot. None drops them (counted in ``stats.dropped``).
+        store: where batches are parked on disk (``spool.SpoolStore`` or
+            ``spool.DurableStore``), or None to drop (and count) what memory cannot hold.
         on_drained: called by the thread each time it has emptied the buffer.
     """
 
@@ -215,7 +253,7 @@ class Dispatcher:
         flush_interval: float,
         max_buffer: int,
         max_in_flight: int = 4,
-        spool: Callable[[MetricBatch], bool] | None = None,
+        store: Any = None,
         on_drained: Callable[[], None] | None = None,
     ) -> None:
         self.buffer: collections.deque[Any] = collections.deque()
@@ -224,7 +262,7 @@ class Dispatcher:
         self._flush_interval = flush_interval
         self._max_buffer = max_buffer
         self._max_in_flight = max_in_flight
-        self._spool = spool
+        self.store = store
         self._on_drained = on_drained
         self._init_state()
 
@@ -233,31 +271,33 @@ class Dispatcher:
         self._stopping = threading.Event()
         self._deadline = float("inf")
         self._lock = threading.Lock()
+        self._drain_lock = threading.Lock()  # between the thread's drain and the training thread's trim
         self._thread: threading.Thread | None = None
         self._overflow: collections.deque[list[Any]] = collections.deque()
+        self._overflow_records = 0
         self._completed: collections.deque[tuple[_Batch, Future[BatchResult]]] = collections.deque()
         self._outbox: collections.deque[_Batch] = collections.deque()
         self._in_flight: dict[int, _Batch] = {}
         self._markers: list[tuple[int, _Marker]] = []
+        self._markers_waiting = 0
         self._lost_seqs: list[int] = []
         self._last_marker_upto = -1
-        self._seq = 0
+        self._seq = 0  # batches made
+        self._untaken = 0  # durable: every slot below this one is in a batch already
+        self._taken_ahead: dict[int, int] = {}  # durable: slot ranges in batches beyond it
         self._taken = 0
         self._stored = 0
         self._retried = 0
         self._spooled = 0
         self._dropped: dict[str, int] = {}
+        self._trim_drops = 0
+        self._trim_drops_seen = 0
         self._last_error: str | None = None
         self._error_kinds: set[str] = set()
         self._batch_prefix = uuid.uuid4().hex
         self._undelivered_at_close = 0
         self._drain_now = False
         self._last_drain = time.monotonic()
-        self._drain_lock = threading.Lock()
-        self._markers_waiting = 0
-        self._overflow_records = 0
-        self._trim_drops = 0
-        self._trim_drops_seen = 0
         self._gave_up = False
 
     # -- for the owner ------------------------------------------------------------------
@@ -277,13 +317,20 @@ class Dispatcher:
         """Ask the thread to deliver now."""
         self._wake_event.set()
 
+    def count_dropped(self, reason: str, records: int) -> None:
+        """Count records lost outside the thread's sight (the spool's size bound)."""
+        with self._lock:
+            self._dropped[reason] = self._dropped.get(reason, 0) + records
+        self._warn_once(f"drop:{reason}", f"mlbench-metrics: dropped {records} records ({reason})")
+
     def trim(self) -> None:
         """Called from the training thread when the buffer holds ``max_buffer`` records.
 
-        Moves the oldest records out of the buffer in one piece, for the thread to spool
-        (or drop and count); O(batch_size), no I/O, never blocks. When the thread has not
-        even taken the previous overflow (it is starved or stuck), the piece is dropped
-        here and counted: memory stays under twice ``max_buffer`` whatever happens.
+        Moves the oldest records out of the buffer in one piece, for the thread to park
+        on disk (or drop and count); O(batch_size), no I/O, never blocks. When the thread
+        has not even taken the previous overflow (it is starved or stuck), the piece is
+        dropped here and counted: memory stays under twice ``max_buffer`` whatever happens.
+        In durable mode the records are on disk already, so the piece is always kept.
         """
         with self._drain_lock:
             excess = min(len(self.buffer), len(self.buffer) - self._max_buffer + self._batch_size)
@@ -294,8 +341,8 @@ class Dispatcher:
         if not chunk:
             return
         with self._lock:
-            waiting = self._overflow_records
-            if waiting + len(chunk) <= self._max_buffer:
+            durable = self.store is not None and self.store.durable
+            if durable or self._overflow_records + len(chunk) <= self._max_buffer:
                 self._overflow_records += len(chunk)
                 self._overflow.append(chunk)
             else:
@@ -327,8 +374,8 @@ class Dispatcher:
     def close(self, timeout: float) -> int:
         """Deliver what is left until ``timeout`` runs out, then stop the thread.
 
-        What is still undelivered at the deadline goes to the spool, or is counted as
-        dropped (``"shutdown"``). Returns the number of records not delivered.
+        What is still undelivered at the deadline is parked on disk (for ``sync``), or
+        counted as dropped (``"shutdown"``). Returns the number of records not delivered.
         """
         self._deadline = time.monotonic() + max(0.0, timeout)
         self._stopping.set()
@@ -337,15 +384,16 @@ class Dispatcher:
             self._thread.join(max(0.0, timeout) + 1.0)
         if not self._gave_up:
             # Never started (nothing was logged in this process) or gone: nothing can be
-            # sent from here without starting a thread, so hand everything to the spool.
+            # sent from here without starting a thread, so park or count what is left.
             self._take_overflow()
             self._take_buffer()
             self._give_up()
         return self._undelivered_at_close
 
-    def after_fork_in_child(self) -> None:
-        """Forget the parent's records and thread; the owner starts a new thread on demand."""
+    def after_fork_in_child(self, store: Any = None) -> None:
+        """Forget the parent's records, thread and store; the owner starts a thread on demand."""
         self.buffer.clear()
+        self.store = store
         self._init_state()
 
     def stats(self) -> Stats:
@@ -417,12 +465,11 @@ class Dispatcher:
                 chunk = self._overflow.popleft()
                 self._overflow_records -= len(chunk)
                 self._taken += sum(1 for r in chunk if type(r) is not _Marker)
-            markers = [r for r in chunk if type(r) is _Marker]
-            records = [r for r in chunk if type(r) is not _Marker]
-            for i in range(0, len(records), self._batch_size):
-                item = self._new_batch(records[i : i + self._batch_size])
-                self._park_or_drop(item, "overflow")
-            for marker in markers:  # cut out by the trim: they cover what was dropped
+            for records, first, count in self._pieces([r for r in chunk if type(r) is not _Marker]):
+                item = self._new_batch(records, first, count)
+                self._outbox.append(item)
+                self._park(item, "overflow")
+            for marker in (r for r in chunk if type(r) is _Marker):  # cut out by the trim
                 self._add_marker(marker)
 
     def _take_buffer(self) -> None:
@@ -434,10 +481,8 @@ class Dispatcher:
             items = [popleft() for _ in range(n)]
             markers = self._markers_waiting
             self._markers_waiting = 0
-        size = self._batch_size
-        if not markers:  # the common case: records only, cut at C speed
-            for start in range(0, n, size):
-                self._cut(items[start : start + size])
+        if not markers:  # the common case: records only
+            self._cut(items)
         else:
             records: list[Any] = []
             for item in items:
@@ -447,26 +492,68 @@ class Dispatcher:
                     self._add_marker(item)
                 else:
                     records.append(item)
-                    if len(records) == size:
-                        self._cut(records)
-                        records = []
             self._cut(records)
         if self._on_drained is not None:
             self._on_drained()
 
     def _cut(self, records: list[Any]) -> None:
+        """Queue ``records`` (taken from the buffer, in its order) as batches."""
         if not records:
             return
         with self._lock:
             self._taken += len(records)
-        item = self._new_batch(records)
-        self._outbox.append(item)
-        self._bound_memory()
+        for piece, first, count in self._pieces(records):
+            self._outbox.append(self._new_batch(piece, first, count))
+            self._bound_memory()
 
-    def _new_batch(self, records: list[Any]) -> _Batch:
+    def _pieces(self, records: list[Any]) -> Iterator[tuple[list[Any] | None, int, int]]:
+        """``records`` cut into batches of at most ``batch_size``: (records, first, count).
+
+        In durable mode ``records`` are slot numbers and a batch is a range of
+        consecutive slots (its id and its marks name the range; its records are read
+        back from the log when it is sent): in queue order when that is consecutive
+        (the common case, checked at C speed), else sorted and split where numbers jump
+        (threads that queued out of turn).
+        """
+        size = self._batch_size
+        if self.store is None or not self.store.durable:
+            for start in range(0, len(records), size):
+                piece = records[start : start + size]
+                yield piece, 0, len(piece)
+            return
+        first = records[0]
+        if records == list(range(first, first + len(records))):
+            runs = [(first, len(records))]
+        else:
+            records = sorted(records)
+            runs, start = [], 0
+            for i in range(1, len(records) + 1):
+                if i == len(records) or records[i] != records[i - 1] + 1:
+                    runs.append((records[start], i - start))
+                    start = i
+        for first, count in runs:
+            self._note_taken(first, first + count)
+            for start in range(0, count, size):
+                yield None, first + start, min(size, count - start)
+
+    def _note_taken(self, first: int, end: int) -> None:
+        """Durable: slots ``first..end-1`` are in batches; move the untaken mark past them."""
+        if first != self._untaken:
+            self._taken_ahead[first] = end
+            return
+        while end in self._taken_ahead:
+            end = self._taken_ahead.pop(end)
+        self._untaken = end
+
+    def _new_batch(self, records: list[Any] | None, first: int, count: int) -> _Batch:
         seq = self._seq
         self._seq += 1
-        return _Batch(seq, f"{self._batch_prefix}-{seq}", records)
+        end = first + count
+        store = self.store
+        batch_id = store.batch_id(first, end) if store is not None else None
+        if batch_id is not None:
+            store.cut(first, end)  # marked on disk before it can be sent
+        return _Batch(seq, batch_id or f"{self._batch_prefix}-{seq}", first, records, count)
 
     def _add_marker(self, marker: _Marker) -> None:
         marker.upto = self._seq - 1
@@ -477,35 +564,48 @@ class Dispatcher:
         self._last_marker_upto = marker.upto
 
     def _bound_memory(self) -> None:
-        """Keep batches waiting in memory under ``max_buffer`` records: spool or drop the oldest."""
+        """Keep batches in memory under ``max_buffer`` records: park (or drop) the oldest."""
         if len(self._outbox) * self._batch_size <= self._max_buffer:
             return  # cannot be over: skip the count
-        waiting = sum(len(b) for b in self._outbox) + sum(len(b) for b in self._in_flight.values())
-        while waiting > self._max_buffer and len(self._outbox) > 1:
-            oldest = self._outbox.popleft()
-            waiting -= len(oldest)
-            self._park_or_drop(oldest, "overflow")
+        held = sum(len(b) for b in self._outbox if b.in_memory) + sum(len(b) for b in self._in_flight.values())
+        for item in list(self._outbox)[:-1]:
+            if held <= self._max_buffer:
+                return
+            if item.in_memory:
+                held -= len(item)
+                if not self._park(item, "overflow"):
+                    self._outbox.remove(item)
 
-    def _park_or_drop(self, item: _Batch, reason: str) -> None:
-        """Hand a batch to the spool, or drop it and count why."""
-        if self._spool is not None:
+    def _park(self, item: _Batch, reason: str) -> bool:
+        """Put a batch on disk (it stays queued, without its records in memory).
+
+        Without a store, or when the store fails, the batch is dropped and counted under
+        ``reason``; returns False then, and the caller takes it out of the queue.
+        """
+        if item.handle is not None:
+            item.release()
+            return True
+        store = self.store
+        if store is not None:
             try:
-                if self._spool(item.batch):
-                    with self._lock:
-                        self._spooled += len(item)
-                    self._lose(item.seq)  # not stored (yet): a flush covering it is not clean
-                    return
-                reason = "spool_full"
+                item.handle = store.park(item.encoded()) if not store.durable else True
+                item.release()
+                with self._lock:
+                    self._spooled += len(item)
+                return True
             except Exception as exc:
                 self._note_error("spool", exc)
                 reason = "spool_failed"
+        self._drop(item, reason)
+        return False
+
+    def _drop(self, item: _Batch, reason: str) -> None:
         with self._lock:
             self._dropped[reason] = self._dropped.get(reason, 0) + len(item)
-        self._lose(item.seq)
+        self._lost_seqs.append(item.seq)
+        if item in self._outbox:
+            self._outbox.remove(item)
         self._warn_once(f"drop:{reason}", f"mlbench-metrics: dropped {len(item)} records ({reason})")
-
-    def _lose(self, seq: int) -> None:
-        self._lost_seqs.append(seq)
 
     def _send(self) -> None:
         now = time.monotonic()
@@ -516,20 +616,39 @@ class Dispatcher:
                 return
             if stopping and now >= self._deadline:
                 return
+            if not head.in_memory and not self._reload(head):
+                continue
             self._outbox.popleft()
             try:
-                future = self._deliver(head.batch)
+                future = self._deliver(head.encoded())
             except ClosedError:
                 self._outbox.appendleft(head)
                 return
             except Exception as exc:  # the client refused the batch itself: nothing can fix it
                 self._note_error("deliver", exc)
-                self._park_or_drop(head, "rejected")
+                self._drop(head, "rejected")
                 continue
             head.attempts += 1
             with self._lock:
                 self._in_flight[head.seq] = head
             future.add_done_callback(functools.partial(self._on_done, head))
+
+    def _reload(self, item: _Batch) -> bool:
+        """Bring a parked batch back from disk to send it; False (and dropped) if it is gone."""
+        store = self.store
+        try:
+            batch = store.reload(item.handle, item.first, item.first + item.count, item.batch_id)
+        except Exception as exc:
+            self._note_error("spool", exc)
+            batch = None
+        if batch is None:
+            self._drop(item, "spool_failed" if store is not None and not store.durable else "spool_full")
+            return False
+        if len(batch) < item.count:  # durable: part of the range was deleted by the size bound
+            self.count_dropped("spool_full", item.count - len(batch))
+        batch.batch_id = item.batch_id
+        item.set_encoded(batch)
+        return True
 
     def _on_done(self, item: _Batch, future: Future[BatchResult]) -> None:
         """Runs on a client thread: hand the answer over and wake the dispatcher."""
@@ -539,7 +658,9 @@ class Dispatcher:
     def _settle(self) -> None:
         """Account for answered batches, re-queue what may succeed later, resolve markers."""
         retry: list[_Batch] = []
+        settled = False
         while self._completed:
+            settled = True
             item, future = self._completed.popleft()
             with self._lock:
                 self._in_flight.pop(item.seq, None)
@@ -552,32 +673,53 @@ class Dispatcher:
             stored = result.total - len(result.failed) if result.duplicate else result.stored
             with self._lock:
                 self._stored += stored
-            if result.failed:
-                self._note_error("deliver", result.error)
-                again = result.retryable()
-                rejected = result.rejected()
-                if rejected:
-                    with self._lock:
-                        self._dropped["rejected"] = self._dropped.get("rejected", 0) + len(rejected)
-                    self._lose(item.seq)
-                    self._warn_once(
-                        "rejected", f"mlbench-metrics: the server refused {len(rejected)} records: {result.error}"
-                    )
-                if again:
-                    if len(again) < len(item):
-                        subset = item.batch.subset(again)
-                        subset.batch_id = f"{self._batch_prefix}-{item.seq}-r{item.attempts}"
-                        attempts = item.attempts
-                        item = _Batch(item.seq, subset.batch_id, encoded=subset)
-                        item.attempts = attempts
-                    retry.append(item)
+            if not result.failed:
+                self._delivered(item)
+                continue
+            self._note_error("deliver", result.error)
+            again = result.retryable()
+            rejected = result.rejected()
+            if rejected:
+                with self._lock:
+                    self._dropped["rejected"] = self._dropped.get("rejected", 0) + len(rejected)
+                self._lost_seqs.append(item.seq)
+                self._warn_once(
+                    "rejected", f"mlbench-metrics: the server refused {len(rejected)} records: {result.error}"
+                )
+            if not again:
+                self._delivered(item)  # done with it, one way or the other
+                continue
+            if len(again) < len(item):  # fan-out: only some single posts failed
+                subset = item.encoded().subset(again)
+                subset.batch_id = f"{item.batch_id}-r{item.attempts}"
+                item.set_encoded(subset)
+            retry.append(item)
         now = time.monotonic()
         for item in sorted(retry, key=lambda b: b.seq, reverse=True):
             item.due = now + min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** max(0, item.attempts - 1))
             with self._lock:
                 self._retried += len(item)
             self._outbox.appendleft(item)  # oldest first, ahead of newer batches
+            if self.store is not None and item.handle is None and not self.store.durable:
+                self._park(item, "spool_failed")  # a failed batch goes to the spool at once
+        if settled:
+            self._advance_watermark()
         self._resolve_markers()
+
+    def _delivered(self, item: _Batch) -> None:
+        if self.store is not None:
+            try:
+                self.store.delivered(item.handle, item.first)
+            except Exception as exc:
+                self._note_error("spool", exc)
+
+    def _advance_watermark(self) -> None:
+        """Durable mode: everything before the oldest undelivered record is delivered."""
+        store = self.store
+        if store is None or not store.durable:
+            return
+        firsts = [b.first for b in self._outbox] + [b.first for b in self._in_flight.values()]
+        store.set_watermark(min([self._untaken, *firsts]))
 
     def _resolve_markers(self) -> None:
         if not self._markers:
@@ -594,21 +736,35 @@ class Dispatcher:
         self._markers = keep
 
     def _give_up(self) -> None:
-        """At the deadline: spool or drop what is left, and release every waiting flush."""
+        """At the end: park (or count) what is left, release every waiting flush."""
         self._gave_up = True
-        leftovers = list(self._outbox) + [b for b in self._in_flight.values()]
-        self._outbox.clear()
+        self._take_overflow()
+        leftovers = list(self._outbox) + list(self._in_flight.values())
         with self._lock:
             self._in_flight.clear()
-        self._take_overflow()
         undelivered = sum(len(b) for b in leftovers)
+        self._outbox = collections.deque(leftovers)
         for item in leftovers:
-            self._park_or_drop(item, "shutdown")
+            if not self._park(item, "shutdown"):
+                continue
         self._undelivered_at_close = undelivered
+        self._advance_watermark()
+        if self.store is not None:
+            try:
+                self.store.finish(everything_delivered=not undelivered)
+            except Exception as exc:
+                self._note_error("spool", exc)
         for _, marker in self._markers:
             marker.ok = False
             marker.event.set()
         self._markers = []
+        if undelivered and self.store is not None and self.store.dir.created:
+            _log.warning(
+                "mlbench-metrics: %d records wait in %s; deliver them with: mlbench-metrics sync %s",
+                undelivered,
+                self.store.dir.path,
+                self.store.dir.path,
+            )
 
     # -- errors -------------------------------------------------------------------------
 

@@ -117,16 +117,16 @@ class FastPoster:
             else:
                 self._context = ssl.create_default_context()
 
-    def _connection(self) -> _Conn:
+    def _connection(self, url: str) -> _Conn:
         conn: _Conn | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
         try:
             sock = socket.create_connection((self._host, self._port), timeout=self._timeouts.connect)
         except (TimeoutError, socket.timeout) as exc:
-            raise ApiTimeout(f"POST {self._endpoint}: connecting timed out", sent=False, method="POST") from exc
+            raise ApiTimeout(f"POST {url}: connecting timed out", sent=False, method="POST", url=url) from exc
         except OSError as exc:
-            raise ApiConnectionError(f"POST {self._endpoint}: {exc}", sent=False, method="POST") from exc
+            raise ApiConnectionError(f"POST {url}: {exc}", sent=False, method="POST", url=url) from exc
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._context is not None:
@@ -134,7 +134,7 @@ class FastPoster:
             sock.settimeout(self._timeouts.read)
         except OSError as exc:
             sock.close()
-            raise ApiConnectionError(f"POST {self._endpoint}: {exc}", sent=False, method="POST") from exc
+            raise ApiConnectionError(f"POST {url}: {exc}", sent=False, method="POST", url=url) from exc
         conn = _Conn(sock)
         self._local.conn = conn
         self._registry.add(conn)
@@ -148,7 +148,7 @@ class FastPoster:
                 request may have reached the server).
         """
         url = self._endpoint + path
-        conn = self._connection()
+        conn = self._connection(url)
         head = (
             f"POST {self._path}{path} HTTP/1.1\r\n{self._head}"
             f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"

@@ -200,8 +200,12 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) < 300 else text[:300] + "..."
 
 
-def _status_error(response: requests.Response) -> ApiError:
-    """The error a non-2xx answer means."""
+def _status_error(response: requests.Response, *, transient: bool = False) -> ApiError:
+    """The error a non-2xx answer means.
+
+    ``transient`` makes any 5xx transient: for a request that is safe to repeat (a batch
+    carrying its id), a server error is worth trying again later.
+    """
     status = response.status_code
     request = response.request
     body = response.text[:_BODY_PREVIEW] if response.content else ""
@@ -219,7 +223,7 @@ def _status_error(response: requests.Response) -> ApiError:
         "url": str(request.url),
         "retry_after": parse_retry_after(response.headers.get("Retry-After")),
     }
-    if status in RETRYABLE_STATUSES:
+    if status in RETRYABLE_STATUSES or (transient and status >= 500):
         return TransientApiError(message, **kwargs)
     return ClientApiError(message, **kwargs)
 
@@ -739,22 +743,24 @@ class ApiClient:
     def _probe_batch(self) -> bool:
         """Ask once whether the server has the batch endpoint, and remember the answer.
 
-        Only a definitive answer is remembered: a 200 describing the endpoint (yes), or any
-        other answer but "try again later" (no: the dashboard answers this GET with a 500).
+        The API root tells: the embedded server describes itself and its batch endpoint
+        there, the dashboard lists its routes. Only a definitive answer is remembered; an
+        error (a flaky proxy, a restart) is raised, and the next call asks again.
         """
-        response = self._call("GET", "metrics/batch/", idempotent=True)
-        if response.status_code in RETRYABLE_STATUSES:
-            raise _status_error(response)
-        supported = False
-        if response.status_code == 200:
-            try:
-                info = response.json()
-                supported = isinstance(info, dict) and info.get("batch") is True
-                if supported:
-                    self._batch_limit = max(1, min(_BATCH_CHUNK, int(info.get("max_metrics", _BATCH_CHUNK))))
-                    self._packed = "packed" in (info.get("formats") or [])
-            except ValueError:
-                supported = False
+        response = self._call("GET", "", idempotent=True)
+        if response.status_code != 200:
+            raise _status_error(response, transient=True)
+        try:
+            info = response.json()
+        except ValueError:
+            info = None
+        server = info.get("server") if isinstance(info, dict) else None
+        batch = server.get("batch") if isinstance(server, dict) else None
+        supported = isinstance(batch, dict)
+        if supported:
+            assert isinstance(batch, dict)
+            self._batch_limit = max(1, min(_BATCH_CHUNK, int(batch.get("max_metrics", _BATCH_CHUNK))))
+            self._packed = "packed" in (batch.get("formats") or [])
         self._batch_supported = supported
         _log.debug("batch endpoint %s at %s", "found" if supported else "not found", self.endpoint)
         return supported
@@ -797,8 +803,9 @@ class ApiClient:
                 answer = response.json()
                 stored += int(answer.get("stored", 0))
                 duplicate = duplicate or bool(answer.get("duplicate"))
-            else:
-                failed.update(dict.fromkeys(range(start, start + len(part)), _status_error(response)))
+            else:  # a 5xx is worth another try later: the batch id makes re-sending safe
+                error = _status_error(response, transient=True)
+                failed.update(dict.fromkeys(range(start, start + len(part)), error))
         return BatchResult(n, stored, duplicate, failed, key)
 
     def _fan_out(self, run_id: int, batch: MetricBatch, outer: Future[BatchResult]) -> None:

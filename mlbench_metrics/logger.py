@@ -29,13 +29,15 @@ import sys
 import threading
 import time
 import weakref
+from pathlib import Path
 from typing import Any, Callable, Final, Mapping, TypeVar
 
-from ._dispatch import Context, Dispatcher, Stats
+from ._dispatch import Context, Dispatcher, Stats, encode_columns
 from .api import ApiClient
 from .config import ENV_FLUSH_INTERVAL, ENV_RANK, ENV_RUN_ID, env_float, env_int, env_str
 from .errors import ClosedError, ConfigError
 from .records import NAME_MAX, VALUE_MAX
+from .spool import DurableBuffer, DurableLog, DurableStore, SpoolDir, SpoolStore
 from .timing import Timer, timed
 
 __all__ = [
@@ -101,6 +103,16 @@ class MetricsLogger:
         handle_sigterm: on SIGTERM, when the program has no handler of its own, flush
             within ``shutdown_timeout`` and then end as SIGTERM would.
         token: a bearer token for the client the logger creates.
+        spool: keep what cannot be delivered (or held in memory) on disk and send it
+            from there later; False drops it instead (counted in ``stats.dropped``).
+        spool_dir: the spool's root (else ``MLBENCH_METRICS_SPOOL_DIR``, else
+            ``~/.cache/mlbench-metrics/spool``); a directory per run and process inside.
+        spool_max_bytes: the most this process's spool may take on disk (at least 1 MiB;
+            a durable log keeps at least two 16 MiB segments); past it the oldest
+            spooled records are deleted and counted (``"spool_full"``).
+        durable: write every record to a memory-mapped file before ``log()`` returns,
+            so a process killed at any moment (SIGKILL, OOM) loses nothing logged;
+            ``mlbench-metrics sync`` delivers what it left.
 
     Raises:
         ConfigError: an argument is invalid or the run id is missing.
@@ -120,6 +132,10 @@ class MetricsLogger:
         shutdown_timeout: float = 10.0,
         handle_sigterm: bool = True,
         token: str | None = None,
+        spool: bool = True,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = 1 << 30,
+        durable: bool = False,
     ) -> None:
         self.run_id = _resolve_run_id(run_id)
         self.rank = _resolve_rank(rank)
@@ -137,6 +153,12 @@ class MetricsLogger:
         self.shutdown_timeout = _positive(shutdown_timeout, "shutdown_timeout")
         self.batch_size = batch_size
         self.max_buffer = max_buffer
+        if isinstance(spool_max_bytes, bool) or not isinstance(spool_max_bytes, int) or spool_max_bytes < 1 << 20:
+            raise ConfigError(f"spool_max_bytes must be an integer of at least 1 MiB, got {spool_max_bytes!r}")
+        if durable and not spool:
+            raise ConfigError("durable=True writes to the spool: it needs spool=True")
+        self.durable = durable
+        self._spool_options = (spool, spool_dir, spool_max_bytes)
 
         self._own_client = client is None
         self.client = client if client is not None else ApiClient(url=url, token=token)
@@ -158,7 +180,9 @@ class MetricsLogger:
             max_in_flight=max_in_flight,
             on_drained=_weak_call(self._reset_wake_threshold),
         )
-        self._buf: Any = self._dispatcher.buffer
+        self._buf: Any = None
+        self._write: Callable[[str, Any, int, int | None, Context], None] | None = None
+        self._open_buffer()
         self._wake_at = batch_size
         self._dispatcher.start()
         os.register_at_fork(after_in_child=_weak_call(self._after_fork_in_child))
@@ -191,9 +215,13 @@ class MetricsLogger:
             value = _check_value(final, value)
         if step is not None and type(step) is not int:
             step = _check_step(step)
-        buf = self._buf
-        buf.append((final, value, _time_ns(), step, self._ctx if not metadata else self._context_with(metadata)))
-        if len(buf) >= self._wake_at:
+        ctx = self._ctx if not metadata else self._context_with(metadata)
+        write = self._write
+        if write is None:
+            self._buf.append((final, value, _time_ns(), step, ctx))
+        else:  # durable: straight to disk, without a tuple
+            write(final, value, _time_ns(), step, ctx)
+        if len(self._buf) >= self._wake_at:
             self._threshold()
 
     def log_many(self, values: Mapping[str, float | int | str], step: int | None = None, **metadata: Any) -> None:
@@ -337,6 +365,38 @@ class MetricsLogger:
         self._wake_at = len(self._buf) + self.batch_size
         dispatcher.wake()
 
+    def _open_buffer(self) -> None:
+        """Give the dispatcher its disk store; set the buffer (and writer) the hot path uses."""
+        spool, spool_dir, max_bytes = self._spool_options
+        dispatcher = self._dispatcher
+        self._buf, self._write = dispatcher.buffer, None
+        if not spool:
+            return
+        meta = {"endpoint": self.client.endpoint, "durable": self.durable, "batch_size": self.batch_size}
+        directory = SpoolDir(spool_dir, self.run_id, meta)
+        if not self.durable:
+            dispatcher.store = SpoolStore(
+                directory, max_bytes, functools.partial(dispatcher.count_dropped, "spool_full")
+            )
+            return
+
+        def open_log() -> DurableLog:
+            log = DurableLog(directory, max_bytes)
+            dispatcher.store = DurableStore(log, encode_columns)
+            return log
+
+        buffer = DurableBuffer(open_log)
+        dispatcher.buffer = buffer  # the dispatcher drains it like any deque
+        self._buf, self._write = buffer, buffer.write
+
+    @property
+    def spool_dir(self) -> Path | None:
+        """This process's spool directory, when something was written there."""
+        store = self._dispatcher.store
+        if store is None or not store.dir.created:
+            return None
+        return Path(store.dir.path)
+
     def _reset_wake_threshold(self) -> None:
         self._wake_at = self.batch_size
 
@@ -418,10 +478,11 @@ class MetricsLogger:
             if self._closed:
                 return 0
             self._closed = True
-            self._buf = _ClosedBuffer()
         deadline = time.monotonic() + (self.shutdown_timeout if timeout is None else max(0.0, timeout))
-        for sampler in list(self._samplers):
+        for sampler in list(self._samplers):  # before the buffer closes: a sample may be under way
             sampler.stop(max(0.0, deadline - time.monotonic()))
+        self._write = None
+        self._buf = _ClosedBuffer()
         left = self._dispatcher.close(max(0.0, deadline - time.monotonic()))
         if self._own_client:
             self.client.close(timeout=max(0.0, deadline - time.monotonic()))
@@ -437,6 +498,7 @@ class MetricsLogger:
         if self._closed:
             return
         self._dispatcher.after_fork_in_child()
+        self._open_buffer()  # the child's own spool, never the parent's
         self._wake_at = 1
         self._samplers = []
         _register_in_child(self)

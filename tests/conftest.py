@@ -46,3 +46,9 @@ def http() -> Iterator[requests.Session]:
     """A requests session closed after the test."""
     with requests.Session() as session:
         yield session
+
+
+@pytest.fixture(autouse=True)
+def _spool_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test spools under its own temporary directory, never in ~/.cache."""
+    monkeypatch.setenv("MLBENCH_METRICS_SPOOL_DIR", str(tmp_path_factory.mktemp("spool")))

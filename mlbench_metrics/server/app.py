@@ -415,6 +415,7 @@ class App:
                     "name": "mlbench-metrics",
                     "version": __version__,
                     "extensions": ["batch", "run_state", "pods"] if self.extensions else [],
+                    **({"batch": self._batch_description()} if self.extensions else {}),
                 },
             },
         )
@@ -557,18 +558,13 @@ class App:
         """Without extensions: the dashboard's answer (it looks up a pod named "batch")."""
         return error_response(500, "AttributeError: 'NoneType' object has no attribute 'metrics'")
 
+    def _batch_description(self) -> dict[str, Any]:
+        return {"formats": ["rows", "columns", "packed"], "max_metrics": MAX_BATCH, "max_body": self.max_body}
+
     def batch_info(self, request: Request) -> Response:
         """``GET /api/metrics/batch/`` (extension): what the batch endpoint accepts."""
         return _json(
-            200,
-            {
-                "batch": True,
-                "formats": ["rows", "columns", "packed"],
-                "max_metrics": MAX_BATCH,
-                "max_body": self.max_body,
-                "server": "mlbench-metrics",
-                "version": __version__,
-            },
+            200, {"batch": True, **self._batch_description(), "server": "mlbench-metrics", "version": __version__}
         )
 
     def create_batch(self, request: Request) -> Response:

@@ -194,7 +194,7 @@ def test_close_aborts_a_request_the_server_never_answers() -> None:
 
 
 def test_post_metrics_with_a_batch_id_retries_like_a_get() -> None:
-    info = http_response(200, json.dumps({"batch": True, "max_metrics": 100000}))
+    info = http_response(200, json.dumps({"server": {"name": "mlbench-metrics", "batch": {"max_metrics": 100000}}}))
     stored = http_response(201, json.dumps({"stored": 1, "duplicate": False}))
     delays: list[float] = []
     with ScriptedServer(scripted(info, http_response(502, "{}"), RESET, then=stored)) as fake:

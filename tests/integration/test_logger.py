@@ -284,7 +284,9 @@ def test_dashboard_without_the_batch_endpoint() -> None:
 def test_overflow_without_a_spool_drops_the_oldest_and_counts(fresh_server: ServerHandle, run: dict[str, Any]) -> None:
     # A server that never answers: everything piles up in memory.
     with ScriptedServer(lambda seen, i: HANG) as silent:
-        log = MetricsLogger(run["id"], url=silent.address, batch_size=100, max_buffer=1000, max_in_flight=1)
+        log = MetricsLogger(
+            run["id"], url=silent.address, batch_size=100, max_buffer=1000, max_in_flight=1, spool=False
+        )
         for i in range(5000):
             log.log("x", i)
         stats = log.stats
@@ -298,7 +300,7 @@ def test_overflow_without_a_spool_drops_the_oldest_and_counts(fresh_server: Serv
 
 def test_a_server_that_never_answers_does_not_hold_close(run: dict[str, Any]) -> None:
     with ScriptedServer(lambda seen, i: HANG) as silent:
-        log = MetricsLogger(run["id"], url=silent.address)
+        log = MetricsLogger(run["id"], url=silent.address, spool=False)
         for i in range(50):
             log.log("x", i)
         log.flush(0.2)
