@@ -45,6 +45,7 @@ from .errors import (
 from .logger import MetricsLogger, current, finish, flush, increment, init, log, log_many, timer
 from .logger import timed_call as timed
 from .records import Metric, MetricBatch
+from .runs import Run
 from .system import SystemMetrics
 from .timing import Timer
 
@@ -66,6 +67,7 @@ __all__ = [
     "MetricsError",
     "MetricsLogger",
     "RetryPolicy",
+    "Run",
     "SpoolError",
     "Stats",
     "SystemMetrics",

@@ -39,7 +39,7 @@ ENV_TOKEN: Final = "MLBENCH_METRICS_TOKEN"
 """A bearer token sent as ``Authorization: Bearer <token>`` when no ``token`` is given."""
 
 ENV_RUN_ID: Final = "MLBENCH_METRICS_RUN_ID"
-"""The run to log to when ``init()`` is given neither ``run_id`` nor ``run_name``."""
+"""The run to log to when a logger is given neither ``run_id`` nor ``new_run``."""
 
 ENV_RANK: Final = "MLBENCH_METRICS_RANK"
 """This process's rank when none is given (``RANK``, as torch.distributed sets it, is

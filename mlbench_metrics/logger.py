@@ -113,6 +113,10 @@ class MetricsLogger:
         durable: write every record to a memory-mapped file before ``log()`` returns,
             so a process killed at any moment (SIGKILL, OOM) loses nothing logged;
             ``mlbench-metrics sync`` delivers what it left.
+        new_run: instead of ``run_id``, create a run with this name (a custom run whose
+            command is this program's) and log to it; ``close()`` marks it finished,
+            or failed when the program ends with an uncaught exception or SIGTERM
+            (where the server supports run states; the dashboard does not).
 
     Raises:
         ConfigError: an argument is invalid or the run id is missing.
@@ -136,8 +140,11 @@ class MetricsLogger:
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int = 1 << 30,
         durable: bool = False,
+        new_run: str | None = None,
     ) -> None:
-        self.run_id = _resolve_run_id(run_id)
+        if new_run is not None and run_id is not None:
+            raise ConfigError("give run_id or new_run, not both")
+        self.run_id = _resolve_run_id(run_id) if new_run is None else 0
         self.rank = _resolve_rank(rank)
         self.flush_interval = _positive(
             flush_interval if flush_interval is not None else env_float(ENV_FLUSH_INTERVAL, 1.0), "flush_interval"
@@ -162,6 +169,14 @@ class MetricsLogger:
 
         self._own_client = client is None
         self.client = client if client is not None else ApiClient(url=url, token=token)
+        self._owns_run = new_run is not None
+        if new_run is not None:
+            try:
+                self.run_id = _create_own_run(self.client, new_run)
+            except BaseException:
+                if self._own_client:
+                    self.client.close()
+                raise
         self._lock = threading.Lock()
         self._close_lock = threading.RLock()
         self._closed = False
@@ -461,13 +476,16 @@ class MetricsLogger:
             self._dispatcher.start()
         return self._dispatcher.flush(timeout)
 
-    def close(self, timeout: float | None = None) -> int:
+    def close(self, timeout: float | None = None, *, failed: bool | None = None) -> int:
         """Deliver what is left, then stop; calling it again does nothing.
 
         Args:
             timeout: seconds to spend delivering (default ``shutdown_timeout``). What is
                 still undelivered then is spooled when there is a spool, else dropped and
                 counted.
+            failed: for a run this logger created (``new_run``): mark it failed rather
+                than finished. By default it is failed when the program is ending with
+                an uncaught exception or on SIGTERM.
 
         Returns:
             How many records were not delivered.
@@ -484,10 +502,25 @@ class MetricsLogger:
         self._write = None
         self._buf = _ClosedBuffer()
         left = self._dispatcher.close(max(0.0, deadline - time.monotonic()))
+        if self._owns_run:
+            if failed is None:
+                failed = _terminating or getattr(sys, "last_value", None) is not None
+            self._mark_own_run("failed" if failed else "finished", max(0.5, deadline - time.monotonic()))
         if self._own_client:
             self.client.close(timeout=max(0.0, deadline - time.monotonic()))
         _unregister(self)
         return left
+
+    def _mark_own_run(self, state: str, timeout: float) -> None:
+        try:
+            answer = self.client.set_run_state(self.run_id, state).result(timeout)
+        except Exception as exc:  # closing must not raise: say it and go on
+            _log.warning("mlbench-metrics: could not mark run %s %s: %s", self.run_id, state, exc)
+            return
+        if answer.status_code == 405:
+            _log.info("mlbench-metrics: the server cannot mark runs %s (the dashboard ends runs itself)", state)
+        elif answer.status_code >= 400:
+            _log.warning("mlbench-metrics: marking run %s %s answered %s", self.run_id, state, answer.status_code)
 
     def _after_fork_in_child(self) -> None:
         # Only the forking thread survives: new locks, an empty buffer, and a dispatcher
@@ -495,6 +528,7 @@ class MetricsLogger:
         # nothing and one that does never re-sends the parent's records.
         self._lock = threading.Lock()
         self._close_lock = threading.RLock()
+        self._owns_run = False  # the parent ends the run, not each child
         if self._closed:
             return
         self._dispatcher.after_fork_in_child()
@@ -506,8 +540,9 @@ class MetricsLogger:
     def __enter__(self) -> MetricsLogger:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        quiet_exit = exc_type is None or (isinstance(exc, SystemExit) and exc.code in (None, 0))
+        self.close(failed=None if quiet_exit else True)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -531,6 +566,20 @@ def _resolve_run_id(run_id: int | str | None) -> int:
     if number < 1:
         raise ConfigError(f"run_id must be a positive integer, got {run_id!r}")
     return number
+
+
+def _create_own_run(client: ApiClient, name: str) -> int:
+    """Create the run a ``new_run=`` logger logs to: a custom run of this program."""
+    from .runs import Run  # runs imports api only; imported here to keep logger's imports light
+
+    command = " ".join([os.path.basename(sys.executable), *sys.argv]) or "python"
+    try:
+        run = Run.create(
+            name, 1, custom_image_name="local", custom_image_command=command, custom_backend="local", client=client
+        )
+    except ValueError as exc:
+        raise ConfigError(f"new_run: {exc}") from None
+    return run.id
 
 
 def _resolve_rank(rank: int | None) -> int | None:
@@ -602,6 +651,7 @@ def _weak_call(method: Callable[[], None]) -> Callable[[], None]:
 # -- the process-wide exit hook and SIGTERM handler ----------------------------------------------
 
 _live: weakref.WeakSet[MetricsLogger] = weakref.WeakSet()
+_terminating = False  # SIGTERM arrived: runs this process created end as failed
 _hooks_lock = threading.Lock()
 _exit_hook_installed = False
 _sigterm_installed = False
@@ -680,6 +730,8 @@ def _close_all_at_exit() -> None:
 
 def _on_sigterm(signum: int, frame: object) -> None:
     """Flush within each logger's shutdown_timeout, then end as SIGTERM would."""
+    global _terminating
+    _terminating = True
     _close_all_at_exit()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
@@ -744,8 +796,8 @@ def flush(timeout: float | None = 30.0) -> bool:
     return current().flush(timeout)
 
 
-def finish(timeout: float | None = None) -> int:
+def finish(timeout: float | None = None, *, failed: bool | None = None) -> int:
     """Close the current logger (see :meth:`MetricsLogger.close`); returns undelivered records."""
     global _current
     logger, _current = _current, None
-    return 0 if logger is None else logger.close(timeout)
+    return 0 if logger is None else logger.close(timeout, failed=failed)

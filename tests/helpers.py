@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import socket
-from typing import Any
+import threading
+import time
+from typing import Any, Callable
 
 import requests
 
@@ -34,6 +36,16 @@ _names = itertools.count()
 def unique_name(prefix: str = "run") -> str:
     """A run name no other test uses."""
     return f"{prefix}-{next(_names)}"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0, what: str = "the condition") -> None:
+    """Poll ``condition`` (every 20 ms, on an Event's wait) until true; fail after ``timeout``."""
+    tick = threading.Event()  # never set: its wait() is the pause between polls
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        tick.wait(0.02)
 
 
 def create_run(base_url: str, name: str | None = None, session: Any = requests, **fields: Any) -> dict[str, Any]:

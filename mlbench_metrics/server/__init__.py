@@ -23,6 +23,7 @@ owned by the returned :class:`ServerHandle` and joined by its ``stop()``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import signal
@@ -37,6 +38,7 @@ from typing import IO, Any, Final
 from .._version import __version__
 from ._http import HttpServer
 from .app import App, error_response
+from .executor import LocalExecutor
 from .store import Store
 
 __all__ = ["DEFAULT_MAX_BODY", "ServerHandle", "ServerProcess", "serve", "spawn"]
@@ -81,6 +83,8 @@ class ServerHandle:
                 return
             self._stopped = True
         self._http.stop(timeout)
+        if self.app.executor is not None:
+            self.app.executor.close()
         self.store.close()
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
@@ -111,6 +115,8 @@ def serve(
     max_body: int = DEFAULT_MAX_BODY,
     idle_timeout: float = 60.0,
     extensions: bool = True,
+    exec_runs: bool = False,
+    exec_workdir: str | None = None,
 ) -> ServerHandle:
     """Start the embedded server in background threads of this process.
 
@@ -124,13 +130,22 @@ def serve(
         extensions: offer the batch endpoint, run states and pod registration. Without
             them the server answers those routes as the dashboard does (a 500 for
             ``GET /api/metrics/batch/``, 405 otherwise), to test code meant for it.
+        exec_runs: run created runs' commands on this machine (see
+            :mod:`mlbench_metrics.server.executor`). It runs what any client sends, so
+            it is refused unless ``host`` is a loopback address or ``token`` is set.
+        exec_workdir: the working directory of those commands (default: this one).
 
     Returns:
         The running server's handle.
 
     Raises:
         OSError: the address cannot be bound.
+        ValueError: ``exec_runs`` on a non-loopback address without a token.
     """
+    if exec_runs and not token and not _is_loopback(host):
+        raise ValueError(
+            f"--exec runs the commands clients send: bind a loopback address (not {host}) or require a --token"
+        )
     tmpdir = None
     if db_path is None:
         tmpdir = tempfile.mkdtemp(prefix="mlbench-metrics-")
@@ -152,8 +167,20 @@ def serve(
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
         raise
+    handle = ServerHandle(http, app, store, db_path, tmpdir)
+    if exec_runs:
+        app.executor = LocalExecutor(store, handle.url, token, exec_workdir)
     http.start()
-    return ServerHandle(http, app, store, db_path, tmpdir)
+    return handle
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class ServerProcess:

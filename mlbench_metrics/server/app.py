@@ -473,7 +473,10 @@ class App:
         else:
             raise ApiFailure(400, f"unknown backend {backend[:50]!r}; use MPI, GLOO, NCCL or custom_backend")
         if self.executor is not None:
-            self.executor.check_runnable(image_is_official=image in self._official, command=command)
+            try:
+                self.executor.check_runnable(image_is_official=image in self._official, command=command)
+            except ValueError as exc:
+                raise ApiFailure(400, str(exc)) from None
         run = self.store.create_run(
             _now_us(),
             name=name,

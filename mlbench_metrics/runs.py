@@ -1,0 +1,330 @@
+"""Benchmark runs from Python: create, find, follow, read and delete them.
+
+::
+
+    from mlbench_metrics import Run
+
+    run = Run.create("my-run", num_workers=2, custom_image_name="me/img",
+                     custom_image_command="python train.py --rank {rank}", backend="gloo",
+                     url="127.0.0.1:8080")
+    run.wait(timeout=3600)                 # until finished or failed
+    loss = run.metrics(metric_filter="loss @ 0")["loss @ 0"]   # [(datetime, value), ...]
+    run.download("run.zip")
+
+Every call is one request through an :class:`~mlbench_metrics.ApiClient` (with its
+retries); give ``client=`` to use yours, else each call opens and closes its own from
+``url``/``token`` (or the environment, or Kubernetes discovery, as ApiClient does).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import datetime as _dt
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+
+from .api import ApiClient, _status_error
+from .errors import ClientApiError
+from .records import parse_date, us_to_datetime
+
+__all__ = ["DONE_STATES", "Run"]
+
+DONE_STATES = ("finished", "failed")
+"""The states a run does not leave."""
+
+Point = tuple[_dt.datetime, Any]
+
+
+class Run:
+    """One benchmark run on the dashboard (or the embedded server).
+
+    Attributes are the server's answer when the handle was made or last refreshed; call
+    :meth:`refresh` for a newer one. Get handles from :meth:`create`, :meth:`get` or
+    :meth:`list`.
+    """
+
+    def __init__(
+        self, data: dict[str, Any], *, client: ApiClient | None = None, url: str | None = None, token: str | None = None
+    ) -> None:
+        self._data = dict(data)
+        self._client = client
+        self._url = url
+        self._token = token
+
+    # -- finding runs ----------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        num_workers: int = 1,
+        num_cpus: float = 2.0,
+        max_bandwidth: int = 1000,
+        image: str | None = None,
+        backend: str | None = None,
+        custom_image_name: str | None = None,
+        custom_image_command: str | None = None,
+        custom_backend: str | None = None,
+        run_all_nodes: bool = False,
+        gpu_enabled: bool = False,
+        light_target: bool = False,
+        *,
+        client: ApiClient | None = None,
+        url: str | None = None,
+        token: str | None = None,
+    ) -> Run:
+        """Create a run; the arguments are those of :meth:`ApiClient.create_run`.
+
+        Raises:
+            ValueError: an argument the dashboard would refuse (checked before sending).
+            ApiError: the server refused it or could not be reached.
+        """
+        handle = cls({}, client=client, url=url, token=token)
+        with handle._api() as api:
+            answer = api.create_run(
+                name,
+                num_workers,
+                num_cpus=num_cpus,
+                max_bandwidth=max_bandwidth,
+                image=image,
+                backend=backend,
+                custom_image_name=custom_image_name,
+                custom_image_command=custom_image_command,
+                custom_backend=custom_backend,
+                run_all_nodes=run_all_nodes,
+                gpu_enabled=gpu_enabled,
+                light_target=light_target,
+            ).result()
+        handle._data = _json(answer)
+        return handle
+
+    @classmethod
+    def get(
+        cls, run_id: int, *, client: ApiClient | None = None, url: str | None = None, token: str | None = None
+    ) -> Run:
+        """The run with this id.
+
+        Raises:
+            ClientApiError: there is none (404).
+        """
+        handle = cls({"id": run_id}, client=client, url=url, token=token)
+        return handle.refresh()
+
+    @classmethod
+    def list(cls, *, client: ApiClient | None = None, url: str | None = None, token: str | None = None) -> list[Run]:
+        """Every run, oldest first (without their ``job_metadata``, as the server lists them)."""
+        handle = cls({}, client=client, url=url, token=token)
+        with handle._api() as api:
+            runs = _json(api.get_runs().result())
+        return [cls(r, client=client, url=url, token=token) for r in runs]
+
+    # -- what the server says --------------------------------------------------------------
+
+    @property
+    def id(self) -> int:
+        """The run's id."""
+        return int(self._data["id"])
+
+    @property
+    def name(self) -> str:
+        """The run's name."""
+        return str(self._data.get("name", ""))
+
+    @property
+    def state(self) -> str:
+        """``initialized``, ``started``, ``finished`` or ``failed``."""
+        return str(self._data.get("state", ""))
+
+    @property
+    def done(self) -> bool:
+        """Whether the run is finished or failed."""
+        return self.state in DONE_STATES
+
+    @property
+    def num_workers(self) -> int:
+        """How many workers the run has."""
+        return int(self._data.get("num_workers", 0))
+
+    @property
+    def created_at(self) -> _dt.datetime | None:
+        """When the run was created (UTC)."""
+        return _date(self._data.get("created_at"))
+
+    @property
+    def finished_at(self) -> _dt.datetime | None:
+        """When the run finished or failed (UTC), else None."""
+        return _date(self._data.get("finished_at"))
+
+    @property
+    def job_metadata(self) -> dict[str, Any]:
+        """The job's details (``stdout``/``stderr`` tails and more); empty in :meth:`list`."""
+        return dict(self._data.get("job_metadata") or {})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The server's JSON for this run, as last fetched."""
+        return dict(self._data)
+
+    # -- acting on it ----------------------------------------------------------------------
+
+    def refresh(self) -> Run:
+        """Fetch the run again; returns self."""
+        with self._api() as api:
+            self._data = _json(api.get_run(self.id).result())
+        return self
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        poll: float = 1.0,
+        progress: Callable[[Run], None] | None = None,
+    ) -> Run:
+        """Poll until the run is finished or failed; returns self.
+
+        Args:
+            timeout: seconds to wait at most (None: as long as it takes).
+            poll: seconds between polls.
+            progress: called with the run after each poll.
+
+        Raises:
+            TimeoutError: ``timeout`` passed first.
+        """
+        if poll <= 0:
+            raise ValueError(f"poll must be positive, got {poll!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._api() as api:
+            while True:
+                self._data = _json(api.get_run(self.id).result())
+                if progress is not None:
+                    progress(self)
+                if self.done:
+                    return self
+                left = math.inf if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"run {self.id} is still {self.state} after {timeout} s")
+                time.sleep(min(poll, left))
+
+    def metrics(
+        self,
+        since: _dt.datetime | str | None = None,
+        summarize: int | None = None,
+        metric_filter: str | None = None,
+        last_n: int | None = None,
+    ) -> dict[str, builtins.list[Point]]:
+        """The run's metrics: name -> [(date, value), ...], oldest first.
+
+        Values come back as numbers where they are numbers (the server keeps text), dates
+        as aware UTC datetimes. The arguments filter as :meth:`ApiClient.get_run_metrics`.
+        """
+        with self._api() as api:
+            raw = _json(api.get_run_metrics(self.id, since, summarize, metric_filter, last_n).result())
+        return {
+            name: [(_date_or_raise(p["date"]), _number(p["value"])) for p in points] for name, points in raw.items()
+        }
+
+    def download(
+        self,
+        path: str | os.PathLike[str],
+        since: _dt.datetime | str | None = None,
+        summarize: int | None = None,
+    ) -> Path:
+        """Save the run's metrics as the dashboard's zip file (one JSON file per metric).
+
+        Returns:
+            The path written.
+        """
+        with self._api() as api:
+            answer = api.download_run_metrics(self.id, since, summarize).result()
+        if answer.status_code >= 400:
+            raise _status_error(answer)
+        target = Path(path)
+        tmp = target.with_name(target.name + ".part")
+        tmp.write_bytes(answer.content)
+        tmp.replace(target)
+        return target
+
+    def delete(self) -> None:
+        """Delete the run and its metrics (the server stops it if it runs)."""
+        with self._api() as api:
+            answer = api.delete_run(self.id).result()
+        if answer.status_code >= 400:
+            raise _status_error(answer)
+
+    def mark(self, state: str) -> Run:
+        """Set the run's state (``started``, ``finished`` or ``failed``); returns self.
+
+        Raises:
+            ClientApiError: the server cannot (the dashboard answers 405: its runs end
+                when their Kubernetes job does).
+        """
+        with self._api() as api:
+            self._data = _json(api.set_run_state(self.id, state).result())
+        return self
+
+    def mark_finished(self) -> Run:
+        """:meth:`mark` ``"finished"``."""
+        return self.mark("finished")
+
+    def mark_failed(self) -> Run:
+        """:meth:`mark` ``"failed"``."""
+        return self.mark("failed")
+
+    @contextlib.contextmanager
+    def _api(self) -> Iterator[ApiClient]:
+        if self._client is not None:
+            yield self._client
+            return
+        client = ApiClient(url=self._url, token=self._token)
+        try:
+            yield client
+        finally:
+            client.close()
+
+    def __repr__(self) -> str:
+        return f"Run(id={self._data.get('id')}, name={self.name!r}, state={self.state!r})"
+
+
+def _json(answer: requests.Response) -> Any:
+    if answer.status_code >= 400:
+        raise _status_error(answer)
+    try:
+        return answer.json()
+    except ValueError:
+        raise ClientApiError(
+            f"{answer.request.method} {answer.request.url} answered {answer.status_code} with no JSON",
+            status_code=answer.status_code,
+            body=answer.text[:200],
+        ) from None
+
+
+def _date(text: Any) -> _dt.datetime | None:
+    if not text:
+        return None
+    try:
+        return _date_or_raise(text)
+    except ValueError:
+        return None
+
+
+def _date_or_raise(text: str) -> _dt.datetime:
+    return us_to_datetime(parse_date(text))
+
+
+def _number(value: Any) -> Any:
+    """``"0.5"`` -> 0.5, ``"12"`` -> 12; anything else stays as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        return value

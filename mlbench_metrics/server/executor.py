@@ -1,0 +1,282 @@
+"""Local execution of runs (``mlbench-metrics serve --exec``): what Kubernetes does for the dashboard.
+
+A run created with a custom image's command runs on this machine instead of in pods:
+``num_workers`` processes (only rank 0 unless ``run_all_nodes``), each the command with
+``{run_id}``, ``{rank}``, ``{hosts}`` and ``{backend}`` filled in as the dashboard fills
+them (``hosts`` is ``127.0.0.1`` once per worker, where the dashboard lists its pods),
+and ``--gpu``/``--light`` appended when the run asks for them, as the dashboard does. The
+command is split like a shell would (``shlex``) but never run by one. The image name is
+ignored: nothing is pulled or isolated, so only enable this for commands you trust.
+
+Each process also gets ``MLBENCH_METRICS_URL``, ``MLBENCH_METRICS_RUN_ID``,
+``MLBENCH_METRICS_RANK`` (and ``MLBENCH_METRICS_TOKEN``), so ``mlbench_metrics.init()``
+inside it logs to this server and run with no arguments.
+
+States go ``initialized`` -> ``started`` -> ``finished`` (every process exited 0) or
+``failed``; ``finished_at`` is set; ``job_metadata`` holds the command, the pids, the
+exit codes and the last lines of stdout and stderr (as the dashboard's job does),
+updated while the run goes. Deleting the run stops its processes.
+
+Threads: one ``mlbench-exec-<run id>`` thread per running run, owned by
+:class:`LocalExecutor`, which stops them all (and their processes) in :meth:`close`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import selectors
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from typing import Any, Final
+
+from .store import Store
+
+__all__ = ["ExecError", "LocalExecutor"]
+
+_log = logging.getLogger("mlbench_metrics.server")
+
+_TAIL_LINES: Final = 200
+_PUBLISH_EVERY: Final = 0.5  # seconds between job_metadata updates while a run goes
+_TERM_GRACE: Final = 5.0  # seconds between SIGTERM and SIGKILL when a run is stopped
+
+
+class ExecError(ValueError):
+    """A run this executor cannot run (the server answers 400 with the message)."""
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class _LocalRun:
+    """The processes of one run and the thread that watches them."""
+
+    def __init__(self, run: dict[str, Any], commands: list[list[str]], env: dict[str, str]) -> None:
+        self.run_id: int = run["id"]
+        self.commands = commands
+        self.env = env
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.stdout: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        self.stderr: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+
+class LocalExecutor:
+    """Runs runs as local processes; plugged into the server's app by ``serve(exec_runs=True)``.
+
+    Args:
+        store: the server's store (states and job metadata are written there).
+        base_url: the server's own URL, given to the processes.
+        token: the server's bearer token, given to the processes.
+        workdir: the processes' working directory (default: the server's).
+    """
+
+    def __init__(self, store: Store, base_url: str, token: str | None = None, workdir: str | None = None) -> None:
+        self.store = store
+        self.base_url = base_url
+        self.token = token
+        self.workdir = workdir
+        self._runs: dict[int, _LocalRun] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- called by the app -----------------------------------------------------------
+
+    def check_runnable(self, *, image_is_official: bool, command: str) -> None:
+        """Refuse what cannot run here, before the run is stored.
+
+        Raises:
+            ExecError: an official image (it needs Kubernetes), or an empty command.
+        """
+        if image_is_official:
+            raise ExecError(
+                "official images need Kubernetes (the MLBench dashboard); here, create the run with "
+                "custom_image_name and a custom_image_command to run on this machine"
+            )
+        if not command.strip():
+            raise ExecError("custom_image_command is empty: there is nothing to run")
+        try:
+            shlex.split(command)
+        except ValueError as exc:
+            raise ExecError(f"custom_image_command cannot be split into arguments: {exc}") from None
+
+    def start(self, run: dict[str, Any]) -> None:
+        """Start the run's processes in the background (its thread marks it started)."""
+        workers = int(run["num_workers"])
+        ranks = range(workers) if run["run_on_all_nodes"] else range(1)
+        hosts = ",".join(["127.0.0.1"] * workers)
+        extra = (["--gpu"] if run["gpu_enabled"] else []) + (["--light"] if run["light_target"] else [])
+        commands = [
+            shlex.split(run["command"].format(run_id=run["id"], rank=rank, hosts=hosts, backend=run["backend"])) + extra
+            for rank in ranks
+        ]
+        env = dict(os.environ)
+        env.update({"MLBENCH_METRICS_URL": self.base_url, "MLBENCH_METRICS_RUN_ID": str(run["id"])})
+        if self.token:
+            env["MLBENCH_METRICS_TOKEN"] = self.token
+        local = _LocalRun(run, commands, env)
+        with self._lock:
+            if self._closed:
+                return
+            self._runs[local.run_id] = local
+            local.thread = threading.Thread(target=self._watch, args=(local,), name=f"mlbench-exec-{local.run_id}")
+            local.thread.start()
+
+    def stop(self, run_id: int, timeout: float = 10.0) -> None:
+        """Stop the run's processes (SIGTERM, then SIGKILL) and wait for its thread."""
+        with self._lock:
+            local = self._runs.get(run_id)
+        if local is None:
+            return
+        local.stopping.set()
+        for process in local.processes:
+            _signal_group(process, signal.SIGTERM)
+        if local.thread is not None:
+            local.thread.join(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop every run; no run starts afterwards."""
+        with self._lock:
+            self._closed = True
+            run_ids = list(self._runs)
+        for run_id in run_ids:
+            self.stop(run_id, timeout)
+
+    # -- the run's thread ----------------------------------------------------------------
+
+    def _watch(self, local: _LocalRun) -> None:
+        try:
+            self._run(local)
+        except Exception as exc:  # a bug here must still end the run
+            _log.exception("local run %s failed", local.run_id)
+            local.stderr.append(f"Run failed: {type(exc).__name__}: {exc}")
+            self._finish(local, "failed", [])
+        finally:
+            with self._lock:
+                self._runs.pop(local.run_id, None)
+
+    def _run(self, local: _LocalRun) -> None:
+        local.stdout.append("Initializing run")
+        self.store.update_run(local.run_id, state="started", job_id=f"local-{local.run_id}")
+        selector = selectors.DefaultSelector()
+        try:
+            for rank, command in enumerate(local.commands):
+                env = dict(local.env, MLBENCH_METRICS_RANK=str(rank))
+                try:
+                    process = subprocess.Popen(
+                        command,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        env=env,
+                        cwd=self.workdir,
+                        start_new_session=True,  # its own process group, so stop() reaches its children
+                    )
+                except OSError as exc:
+                    local.stderr.append(f"Run failed: cannot start {command[0]!r}: {exc}")
+                    local.stopping.set()
+                    break
+                local.processes.append(process)
+                assert process.stdout is not None and process.stderr is not None
+                selector.register(process.stdout, selectors.EVENT_READ, (local.stdout, rank))
+                selector.register(process.stderr, selectors.EVENT_READ, (local.stderr, rank))
+            if not local.stopping.is_set():
+                local.stdout.append(f"Started run: {len(local.processes)} process(es)")
+            self._publish(local)
+            self._pump(local, selector)
+        finally:
+            selector.close()
+            for process in local.processes:
+                for pipe in (process.stdout, process.stderr):
+                    if pipe is not None:
+                        pipe.close()
+        codes = [self._reap(local, process) for process in local.processes]
+        ok = bool(codes) and all(code == 0 for code in codes) and not local.stopping.is_set()
+        if not ok:
+            local.stderr.append("Run stopped" if local.stopping.is_set() else f"Run failed: exit codes {codes}")
+        self._finish(local, "finished" if ok else "failed", codes)
+
+    def _pump(self, local: _LocalRun, selector: selectors.BaseSelector) -> None:
+        """Read every pipe until all are closed, publishing the tails as they grow.
+
+        Stops early when every process has exited and only their orphans hold the pipes,
+        and enforces a stop: SIGTERM was sent by :meth:`stop`, SIGKILL follows after
+        the grace period.
+        """
+        partial: dict[int, bytes] = {}
+        published = time.monotonic()
+        exited_at: float | None = None
+        kill_at: float | None = None
+        processes = len(local.commands)
+        while selector.get_map():
+            for key, _ in selector.select(timeout=_PUBLISH_EVERY):
+                fd = key.fd
+                tail, rank = key.data
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    rest = partial.pop(fd, b"")
+                    if rest:
+                        tail.append(_line(rank, rest, processes))
+                    continue
+                lines = (partial.pop(fd, b"") + chunk).split(b"\n")
+                partial[fd] = lines.pop()
+                tail.extend(_line(rank, line, processes) for line in lines)
+            now = time.monotonic()
+            if local.stopping.is_set():
+                kill_at = kill_at or now + _TERM_GRACE
+                if now >= kill_at:
+                    for process in local.processes:
+                        _signal_group(process, signal.SIGKILL)
+            if all(process.poll() is not None for process in local.processes):
+                exited_at = exited_at or now
+                if now - exited_at >= 2 * _PUBLISH_EVERY:
+                    break  # what still holds the pipes outlived its parent
+            if now - published >= _PUBLISH_EVERY:
+                self._publish(local)
+                published = now
+
+    def _reap(self, local: _LocalRun, process: subprocess.Popen[bytes]) -> int:
+        """Wait for ``process``; once the run is stopping, SIGKILL it after the grace period."""
+        kill_at: float | None = None
+        while True:
+            try:
+                return process.wait(_PUBLISH_EVERY)
+            except subprocess.TimeoutExpired:
+                if local.stopping.is_set():
+                    kill_at = kill_at or time.monotonic() + _TERM_GRACE
+                    if time.monotonic() >= kill_at:
+                        _signal_group(process, signal.SIGKILL)
+
+    def _publish(self, local: _LocalRun, codes: list[int] | None = None) -> None:
+        meta: dict[str, Any] = {
+            "stdout": list(local.stdout),
+            "stderr": list(local.stderr),
+            "command": " ".join(shlex.quote(a) for a in local.commands[0]) if local.commands else "",
+            "pids": [p.pid for p in local.processes],
+            "executor": "local",
+        }
+        if codes is not None:
+            meta["exit_codes"] = codes
+        self.store.update_run(local.run_id, job_metadata=meta)
+
+    def _finish(self, local: _LocalRun, state: str, codes: list[int]) -> None:
+        self._publish(local, codes)
+        self.store.update_run(local.run_id, state=state, finished_at=_now_us())
+
+
+def _line(rank: int, raw: bytes, processes: int) -> str:
+    text = raw.decode("utf-8", "replace").rstrip("\r")
+    return text if processes == 1 else f"[{rank}] {text}"
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)

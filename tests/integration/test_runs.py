@@ -1,0 +1,242 @@
+"""The Run handle, local execution (``serve(exec_runs=True)``) and loggers that own their run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mlbench_metrics import ApiClient, ClientApiError, MetricsLogger, Run
+from mlbench_metrics.server import ServerHandle, serve
+
+from helpers import unique_name, wait_until
+
+
+@pytest.fixture
+def exec_server(tmp_path: Path) -> Iterator[ServerHandle]:
+    """A server that runs runs' commands on this machine, in ``tmp_path``."""
+    handle = serve(exec_runs=True, exec_workdir=str(tmp_path))
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def python_command(code: str) -> str:
+    """A custom_image_command running ``code`` with this interpreter."""
+    return f"{shlex.quote(sys.executable)} -c {shlex.quote(textwrap.dedent(code))}"
+
+
+def create_local(server: ServerHandle, code: str, **kwargs: object) -> Run:
+    return Run.create(
+        unique_name(),
+        custom_image_name="local",
+        custom_image_command=python_command(code),
+        backend="gloo",
+        url=server.address,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_create_get_list_refresh_metrics_download_delete(server: ServerHandle, tmp_path: Path) -> None:
+    run = Run.create(
+        unique_name(), 2, custom_image_name="me/img", custom_image_command="true", backend="mpi", url=server.address
+    )
+    assert (run.state, run.num_workers, run.done) == ("initialized", 2, False)
+    assert run.created_at is not None and run.created_at.tzinfo is not None and run.finished_at is None
+    with ApiClient(url=server.address) as client:
+        assert Run.get(run.id, client=client).name == run.name
+        assert run.id in [r.id for r in Run.list(client=client)]
+        client.post_metric(run.id, "loss @ 0", 0.5).result()
+        client.post_metric(run.id, "loss @ 0", 0.25).result()
+        client.post_metric(run.id, "phase @ 0", "warmup").result()
+    metrics = run.metrics()
+    assert [v for _, v in metrics["loss @ 0"]] == [0.5, 0.25]
+    assert metrics["phase @ 0"][0][1] == "warmup"
+    assert all(isinstance(d, dt.datetime) and d.tzinfo is not None for d, _ in metrics["loss @ 0"])
+    assert list(run.metrics(metric_filter="phase @ 0")) == ["phase @ 0"]
+    assert [v for _, v in run.metrics(last_n=1)["loss @ 0"]] == [0.25]
+    path = run.download(tmp_path / "m.zip")
+    with zipfile.ZipFile(path) as z:
+        assert any("loss" in n for n in z.namelist())
+    assert run.mark_finished().state == "finished" and run.refresh().finished_at is not None
+    run.delete()
+    with pytest.raises(ClientApiError, match="404"):
+        run.refresh()
+
+
+def test_wait_times_out_and_reports_progress(server: ServerHandle) -> None:
+    run = Run.create(
+        unique_name(), custom_image_name="x", custom_image_command="true", backend="gloo", url=server.address
+    )
+    seen: list[str] = []
+    with pytest.raises(TimeoutError, match="still initialized"):
+        run.wait(timeout=0.3, poll=0.1, progress=lambda r: seen.append(r.state))
+    assert seen and set(seen) == {"initialized"}
+    with pytest.raises(ValueError, match="poll"):
+        run.wait(poll=0)
+
+
+def test_bad_arguments_are_refused_before_sending(server: ServerHandle) -> None:
+    with pytest.raises(ValueError, match="invalid run name"):
+        Run.create(
+            "Not A Name!", url=server.address, custom_image_name="x", custom_image_command="true", backend="gloo"
+        )
+    with pytest.raises(ValueError, match="image"):
+        Run.create(unique_name(), url=server.address, image="no such benchmark", backend="gloo")
+
+
+def test_a_local_run_finishes_with_its_output_and_metrics(exec_server: ServerHandle) -> None:
+    run = create_local(
+        exec_server,
+        """
+        import sys, mlbench_metrics
+        log = mlbench_metrics.init()
+        for i in range(50):
+            log.log("loss", 1 / (i + 1), step=i)
+        mlbench_metrics.finish()
+        print("args", sys.argv[1:])
+        print("to stderr", file=sys.stderr)
+        """,
+        num_workers=2,
+        run_all_nodes=True,
+    )
+    run.wait(timeout=120, poll=0.1)
+    assert run.state == "finished", run.job_metadata
+    assert run.finished_at is not None
+    meta = run.job_metadata
+    assert meta["exit_codes"] == [0, 0] and len(meta["pids"]) == 2
+    assert any(line.endswith("to stderr") for line in meta["stderr"])
+    assert {line[:3] for line in meta["stdout"] if "args" in line} == {"[0]", "[1]"}  # both ranks ran
+    metrics = run.metrics()
+    assert sorted(metrics) == ["loss @ 0", "loss @ 1"]  # the environment told each process its rank
+    assert len(metrics["loss @ 1"]) == 50
+
+
+def test_placeholders_are_filled_as_the_dashboard_fills_them(exec_server: ServerHandle, tmp_path: Path) -> None:
+    run = Run.create(
+        unique_name(),
+        3,
+        custom_image_name="local",
+        custom_image_command=python_command("import sys; print(sys.argv[1:])") + " {run_id} {rank} {hosts} {backend}",
+        custom_backend="mybackend",
+        light_target=True,
+        url=exec_server.address,
+    )
+    run.wait(timeout=60, poll=0.1)
+    assert run.state == "finished"
+    expected = [str(run.id), "0", "127.0.0.1,127.0.0.1,127.0.0.1", "mybackend", "--light"]
+    assert str(expected) in run.job_metadata["stdout"]  # rank 0 only: run_all_nodes is off
+    assert len(run.job_metadata["pids"]) == 1
+
+
+def test_a_failing_command_fails_the_run(exec_server: ServerHandle) -> None:
+    run = create_local(exec_server, "import sys; print('about to fail'); sys.exit(3)")
+    run.wait(timeout=60, poll=0.1)
+    assert run.state == "failed" and run.finished_at is not None
+    assert run.job_metadata["exit_codes"] == [3]
+    assert "Run failed: exit codes [3]" in run.job_metadata["stderr"]
+    missing = Run.create(
+        unique_name(),
+        custom_image_name="x",
+        custom_image_command="/no/such/program",
+        backend="gloo",
+        url=exec_server.address,
+    )
+    missing.wait(timeout=60, poll=0.1)
+    assert missing.state == "failed" and "cannot start" in " ".join(missing.job_metadata["stderr"])
+
+
+def test_deleting_a_run_stops_its_processes(exec_server: ServerHandle, tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    run = create_local(
+        exec_server,
+        f"""
+        import pathlib, threading
+        pathlib.Path({str(marker)!r}).write_text("yes")
+        threading.Event().wait()  # run until stopped
+        """,
+    )
+    wait_until(marker.exists, what="the run's process to start")
+    pid = run.refresh().job_metadata["pids"][0]
+    run.delete()
+    with pytest.raises(psutil.NoSuchProcess):
+        psutil.Process(pid).status()  # reaped, not a zombie
+
+
+def test_official_images_are_refused_with_a_clear_400(exec_server: ServerHandle) -> None:
+    with pytest.raises(ClientApiError, match="official images need Kubernetes") as info:
+        Run.create(unique_name(), image="PyTorch Cifar-10 ResNet-20", backend="gloo", url=exec_server.address)
+    assert info.value.status_code == 400
+
+
+def test_exec_is_refused_on_a_public_address_without_a_token() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        serve(host="0.0.0.0", exec_runs=True)  # refused before anything is bound
+
+
+def test_a_logger_that_creates_its_run_marks_it_finished_or_failed(server: ServerHandle) -> None:
+    with MetricsLogger(new_run=unique_name("own"), url=server.address) as log:
+        log.log("x", 1)
+    assert Run.get(log.run_id, url=server.address).state == "finished"
+    with pytest.raises(RuntimeError), MetricsLogger(new_run=unique_name("own"), url=server.address) as failing:
+        failing.log("x", 1)
+        raise RuntimeError("training diverged")
+    assert Run.get(failing.run_id, url=server.address).state == "failed"
+    with pytest.raises(ValueError, match="not both"):
+        MetricsLogger(7, new_run="x", url=server.address)
+
+
+def test_an_uncaught_exception_fails_the_loggers_own_run(server: ServerHandle, tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import mlbench_metrics
+            log = mlbench_metrics.init(new_run="crashing-run", url={server.address!r})
+            print(log.run_id, flush=True)
+            log.log("x", 1)
+            raise RuntimeError("boom")
+            """
+        )
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "boom" in result.stderr
+    run = Run.get(int(result.stdout.split()[0]), url=server.address)
+    assert run.state == "failed"
+    assert [v for _, v in run.metrics()["x"]] == [1]  # what was logged got there first
+
+
+def test_sigterm_fails_the_loggers_own_run(server: ServerHandle, tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import threading, mlbench_metrics
+            log = mlbench_metrics.init(new_run="terminated-run", url={server.address!r})
+            log.log("x", 1)
+            print(log.run_id, flush=True)
+            threading.Event().wait()
+            """
+        )
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        run_id = int(proc.stdout.readline())
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == -signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
+    assert Run.get(run_id, url=server.address).state == "failed"

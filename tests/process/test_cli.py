@@ -1,0 +1,177 @@
+"""Every ``mlbench-metrics`` command end to end, as a subprocess, against the embedded server."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import shlex
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlbench_metrics import ApiClient
+from mlbench_metrics.server import ServerHandle, serve
+
+from helpers import create_run, unique_name
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mlbench_metrics.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The error a failed command printed: one line, no traceback."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("mlbench-metrics: error: ")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def exec_server(tmp_path: Path) -> Iterator[ServerHandle]:
+    handle = serve(exec_runs=True, exec_workdir=str(tmp_path))
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+def test_runs_create_list_show_wait_delete(exec_server: ServerHandle) -> None:
+    url = ["--url", exec_server.address]
+    code = 'print("hello from the run")'
+    command = f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
+    name = unique_name("cli")
+    created = cli("runs", "create", name, "--custom-image", "local", "--command", command, "--json", *url)
+    assert created.returncode == 0, created.stderr
+    run_id = json.loads(created.stdout)["id"]
+
+    waited = cli("runs", "wait", str(run_id), "--poll", "0.1", "--timeout", "60", *url)
+    assert waited.returncode == 0, waited.stderr
+    assert waited.stdout.strip() == f"run {run_id} ({name}) finished"
+    assert f"run {run_id} ({name}): finished" in waited.stderr  # progress
+
+    listed = cli("runs", "list", *url)
+    assert listed.returncode == 0
+    header, rule, *rows = listed.stdout.splitlines()
+    assert header.split()[:4] == ["id", "name", "state", "workers"] and set(rule) <= {"-", " "}
+    assert any(row.split()[:3] == [str(run_id), name, "finished"] for row in rows)
+    assert any(r["id"] == run_id for r in json.loads(cli("runs", "list", "--json", *url).stdout))
+
+    shown = cli("runs", "show", str(run_id), *url)
+    assert shown.returncode == 0 and "hello from the run" in shown.stdout
+    assert json.loads(cli("runs", "show", str(run_id), "--json", *url).stdout)["job_metadata"]["exit_codes"] == [0]
+
+    deleted = cli("runs", "delete", str(run_id), *url)
+    assert deleted.returncode == 0 and deleted.stdout.strip() == f"deleted run {run_id}"
+    gone = cli("runs", "show", str(run_id), *url)
+    assert gone.returncode == 1 and "404" in one_line_error(gone)
+
+
+def test_a_failing_run_makes_wait_exit_1(exec_server: ServerHandle) -> None:
+    url = ["--url", exec_server.address]
+    command = f"{shlex.quote(sys.executable)} -c 'raise SystemExit(2)'"
+    created = cli("runs", "create", unique_name("cli"), "--custom-image", "x", "--command", command, "--json", *url)
+    run_id = json.loads(created.stdout)["id"]
+    waited = cli("runs", "wait", str(run_id), "--poll", "0.1", *url)
+    assert waited.returncode == 1 and waited.stdout.strip().endswith("failed")
+
+
+def test_wait_times_out_with_exit_4(server: ServerHandle) -> None:
+    run = create_run(server.url)  # no --exec: it stays initialized
+    waited = cli("runs", "wait", str(run["id"]), "--timeout", "0.5", "--poll", "0.1", "--url", server.address)
+    assert waited.returncode == 4 and "still initialized" in one_line_error(waited)
+
+
+def test_usage_errors_exit_2_with_one_line(server: ServerHandle) -> None:
+    url = ["--url", server.address]
+    bad_name = cli("runs", "create", "Bad Name", "--custom-image", "x", "--command", "true", *url)
+    assert bad_name.returncode == 2 and "invalid run name" in one_line_error(bad_name)
+    neither = cli("runs", "create", "ok-name", *url)
+    assert neither.returncode == 2 and "--image" in one_line_error(neither)
+    official = cli("runs", "create", unique_name("cli"), "--image", "PyTorch Cifar-10 ResNet-20", *url)
+    assert official.returncode == 0  # without --exec the server records official runs as the dashboard does
+    bad_since = cli("metrics", "show", "1", "--since", "yesterday", *url)
+    assert bad_since.returncode == 2 and "date" in one_line_error(bad_since)
+    assert cli("runs", "frobnicate").returncode == 2  # argparse's own usage error
+
+
+def test_an_unreachable_server_exits_3(server: ServerHandle) -> None:
+    with ApiClient(url=server.address):
+        pass
+    port = serve()  # a port that was free a moment ago and is closed again
+    address = port.address
+    port.stop()
+    result = cli("runs", "list", "--url", address)
+    assert result.returncode == 3 and address in one_line_error(result)
+
+
+def test_metrics_show_and_download(server: ServerHandle, tmp_path: Path) -> None:
+    run = create_run(server.url)
+    start = dt.datetime.now(dt.timezone.utc)  # the zip keeps only points after the run's creation
+    with ApiClient(url=server.address) as client:
+        for i in range(10):
+            client.post_metric(run["id"], "loss @ 0", 1.0 / (i + 1), date=start + dt.timedelta(seconds=i)).result()
+        client.post_metric(run["id"], "acc @ 0", 0.9, date=start + dt.timedelta(hours=1)).result()
+    url = ["--url", server.address]
+    rid = str(run["id"])
+
+    shown = cli("metrics", "show", rid, *url)
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split()[0] + " " + line.split()[1]: line.split() for line in shown.stdout.splitlines()[2:]}
+    assert rows["loss @"][3:6] == ["10", "0.1", "0.1"]  # points, last, min
+    as_json = json.loads(cli("metrics", "show", rid, "--json", "--filter", "loss @ 0", "--last-n", "3", *url).stdout)
+    assert list(as_json) == ["loss @ 0"] and [p["value"] for p in as_json["loss @ 0"]] == [
+        0.125,
+        0.1111111111111111,
+        0.1,
+    ]
+    later = (start + dt.timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    since = json.loads(cli("metrics", "show", rid, "--json", "--since", later, *url).stdout)
+    assert list(since) == ["acc @ 0"]
+
+    out = tmp_path / "m.csv"
+    downloaded = cli("metrics", "download", rid, "--format", "csv", "-o", str(out), *url)
+    assert downloaded.returncode == 0 and f"wrote {out}" in downloaded.stdout
+    assert "downloading the metrics" in downloaded.stderr  # progress
+    table = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert len(table) == 11 and table[0].keys() == {"name", "date", "value"}
+
+    out = tmp_path / "m.json"
+    assert cli("metrics", "download", rid, "--format", "json", "--summarize", "5", "-o", str(out), *url).returncode == 0
+    assert len(json.loads(out.read_text())["loss @ 0"]) == 5
+
+    out = tmp_path / "m.zip"
+    assert cli("metrics", "download", rid, "-o", str(out), *url).returncode == 0
+    with zipfile.ZipFile(out) as z:
+        assert len(z.namelist()) == 2
+    both = cli("metrics", "download", rid, "--format", "zip", "--filter", "x", *url)
+    assert both.returncode == 2 and "zip" in one_line_error(both)
+
+
+def test_demo_exits_0_and_prints_its_summary() -> None:
+    result = cli("demo", "--seconds", "2", timeout=60)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for expected in ("metric", "count", "last", "min", "max", "train_loss @ 0", "fwd_pass @ 0", "samples_seen @ 0"):
+        assert expected in out
+    assert "0 dropped" in out and "cost of one logging call" in out and "train_loss" in out
+    assert any(ch in out for ch in "▁▂▃▄▅▆▇█")  # the sparkline
+
+
+def test_serve_refuses_exec_on_a_public_address_without_a_token() -> None:
+    result = cli("serve", "--host", "0.0.0.0", "--port", "0", "--exec")
+    assert result.returncode == 2 and "loopback" in one_line_error(result)
+
+
+def test_version_and_help() -> None:
+    assert cli("--version").stdout.startswith("mlbench-metrics ")
+    helped = cli("--help")
+    assert helped.returncode == 0 and "exit codes" in helped.stdout

@@ -1,0 +1,30 @@
+"""The examples run as a new user would run them, each starting its own embedded server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run_example(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=120, cwd=EXAMPLES.parent
+    )
+
+
+def test_the_training_loop_example() -> None:
+    result = run_example("train_loop.py", "--epochs", "2")
+    assert result.returncode == 0, result.stderr
+    assert "epoch 1:" in result.stdout and "metrics stored" in result.stdout
+    assert "Traceback" not in result.stderr and "failed" not in result.stderr
+
+
+def test_the_multi_rank_example() -> None:
+    result = run_example("multi_rank.py", "--ranks", "3", "--steps", "100")
+    assert result.returncode == 0, result.stderr
+    for rank in range(3):
+        assert f"train_loss @ {rank}: 100 points" in result.stdout
+    assert result.stdout.strip().endswith("finished")
