@@ -103,18 +103,21 @@ class LocalExecutor:
         if not command.strip():
             raise ExecError("custom_image_command is empty: there is nothing to run")
         try:
-            shlex.split(command)
-        except ValueError as exc:
-            raise ExecError(f"custom_image_command cannot be split into arguments: {exc}") from None
+            shlex.split(_fill(command, run_id=1, rank=0, workers=1, backend="gloo"))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ExecError(
+                f"custom_image_command cannot be run: {type(exc).__name__}: {exc} (placeholders are {{run_id}}, "
+                "{rank}, {hosts} and {backend}; write other braces twice, {{ and }})"
+            ) from None
 
     def start(self, run: dict[str, Any]) -> None:
         """Start the run's processes in the background (its thread marks it started)."""
         workers = int(run["num_workers"])
         ranks = range(workers) if run["run_on_all_nodes"] else range(1)
-        hosts = ",".join(["127.0.0.1"] * workers)
         extra = (["--gpu"] if run["gpu_enabled"] else []) + (["--light"] if run["light_target"] else [])
         commands = [
-            shlex.split(run["command"].format(run_id=run["id"], rank=rank, hosts=hosts, backend=run["backend"])) + extra
+            shlex.split(_fill(run["command"], run_id=run["id"], rank=rank, workers=workers, backend=run["backend"]))
+            + extra
             for rank in ranks
         ]
         env = dict(os.environ)
@@ -168,6 +171,8 @@ class LocalExecutor:
         selector = selectors.DefaultSelector()
         try:
             for rank, command in enumerate(local.commands):
+                if local.stopping.is_set():  # deleted while starting
+                    break
                 env = dict(local.env, MLBENCH_METRICS_RANK=str(rank))
                 try:
                     process = subprocess.Popen(
@@ -270,6 +275,12 @@ class LocalExecutor:
     def _finish(self, local: _LocalRun, state: str, codes: list[int]) -> None:
         self._publish(local, codes)
         self.store.update_run(local.run_id, state=state, finished_at=_now_us())
+
+
+def _fill(command: str, *, run_id: int, rank: int, workers: int, backend: str) -> str:
+    """The command with its placeholders filled, as the dashboard's ``str.format`` fills them."""
+    hosts = ",".join(["127.0.0.1"] * workers)
+    return command.format(run_id=run_id, rank=rank, hosts=hosts, backend=backend)
 
 
 def _line(rank: int, raw: bytes, processes: int) -> str:

@@ -180,6 +180,16 @@ def test_official_images_are_refused_with_a_clear_400(exec_server: ServerHandle)
     assert info.value.status_code == 400
 
 
+def test_a_command_with_stray_braces_is_refused_before_it_is_stored(exec_server: ServerHandle) -> None:
+    before = len(Run.list(url=exec_server.address))
+    with pytest.raises(ClientApiError, match="write other braces twice") as info:
+        create_local(exec_server, "print({'a': 1})")
+    assert info.value.status_code == 400 and len(Run.list(url=exec_server.address)) == before
+    doubled = create_local(exec_server, "print({{'a': 1}})")  # as with the dashboard, doubled braces are literal
+    assert doubled.wait(timeout=60, poll=0.1).state == "finished"
+    assert "{'a': 1}" in doubled.job_metadata["stdout"]
+
+
 def test_exec_is_refused_on_a_public_address_without_a_token() -> None:
     with pytest.raises(ValueError, match="loopback"):
         serve(host="0.0.0.0", exec_runs=True)  # refused before anything is bound
