@@ -573,14 +573,13 @@ class Dispatcher:
                 return
             if item.in_memory:
                 held -= len(item)
-                if not self._park(item, "overflow"):
-                    self._outbox.remove(item)
+                self._park(item, "overflow")  # (dropped and taken out of the queue when it cannot be)
 
     def _park(self, item: _Batch, reason: str) -> bool:
         """Put a batch on disk (it stays queued, without its records in memory).
 
-        Without a store, or when the store fails, the batch is dropped and counted under
-        ``reason``; returns False then, and the caller takes it out of the queue.
+        Without a store, or when the store fails, the batch is dropped, counted under
+        ``reason`` and taken out of the queue; returns False then.
         """
         if item.handle is not None:
             item.release()
@@ -745,8 +744,7 @@ class Dispatcher:
         undelivered = sum(len(b) for b in leftovers)
         self._outbox = collections.deque(leftovers)
         for item in leftovers:
-            if not self._park(item, "shutdown"):
-                continue
+            self._park(item, "shutdown")
         self._undelivered_at_close = undelivered
         self._advance_watermark()
         if self.store is not None:
