@@ -42,6 +42,16 @@ def fresh_server() -> Iterator[ServerHandle]:
 
 
 @pytest.fixture
+def exec_server(tmp_path: Path) -> Iterator[ServerHandle]:
+    """A server that runs runs' commands on this machine (``serve --exec``), in ``tmp_path``."""
+    handle = serve(exec_runs=True, exec_workdir=str(tmp_path))
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
 def http() -> Iterator[requests.Session]:
     """A requests session closed after the test."""
     with requests.Session() as session:

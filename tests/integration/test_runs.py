@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -20,16 +19,6 @@ from mlbench_metrics import ApiClient, ClientApiError, MetricsLogger, Run
 from mlbench_metrics.server import ServerHandle, serve
 
 from helpers import unique_name, wait_until
-
-
-@pytest.fixture
-def exec_server(tmp_path: Path) -> Iterator[ServerHandle]:
-    """A server that runs runs' commands on this machine, in ``tmp_path``."""
-    handle = serve(exec_runs=True, exec_workdir=str(tmp_path))
-    try:
-        yield handle
-    finally:
-        handle.stop()
 
 
 def python_command(code: str) -> str:

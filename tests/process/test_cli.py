@@ -10,10 +10,7 @@ import shlex
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from mlbench_metrics import ApiClient
 from mlbench_metrics.server import ServerHandle, serve
@@ -33,15 +30,6 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     lines = [line for line in result.stderr.splitlines() if line.startswith("mlbench-metrics: error: ")]
     assert len(lines) == 1, result.stderr
     return lines[0]
-
-
-@pytest.fixture
-def exec_server(tmp_path: Path) -> Iterator[ServerHandle]:
-    handle = serve(exec_runs=True, exec_workdir=str(tmp_path))
-    try:
-        yield handle
-    finally:
-        handle.stop()
 
 
 def test_runs_create_list_show_wait_delete(exec_server: ServerHandle) -> None:
