@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import requests
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -54,3 +55,20 @@ def percentile(values: list[float], q: float) -> float:
 def verdict(value: float, target: float, *, higher_is_better: bool = True) -> str:
     ok = value >= target if higher_is_better else value <= target
     return "meets target" if ok else "MISSES target"
+
+
+def create_run(url: str, name: str = "bench") -> int:
+    """Create a custom-image run on the server at ``url`` (``http://host:port``); its id."""
+    r = requests.post(
+        f"{url}/api/runs/",
+        data={
+            "name": name,
+            "num_workers": 1,
+            "image_name": "custom_image",
+            "custom_image_name": "x",
+            "custom_image_command": "true",
+            "backend": "GLOO",
+        },
+    )
+    r.raise_for_status()
+    return int(r.json()["id"])

@@ -29,23 +29,7 @@ import requests
 from mlbench_metrics import ApiClient, Metric
 from mlbench_metrics.server import spawn
 
-from _common import verdict, write_results
-
-
-def create_run(url: str, name: str) -> int:
-    r = requests.post(
-        f"{url}/api/runs/",
-        data={
-            "name": name,
-            "num_workers": 1,
-            "image_name": "custom_image",
-            "custom_image_name": "x",
-            "custom_image_command": "true",
-            "backend": "GLOO",
-        },
-    )
-    r.raise_for_status()
-    return int(r.json()["id"])
+from _common import create_run, verdict, write_results
 
 
 def upstream(url: str, run_id: int, n: int) -> float:

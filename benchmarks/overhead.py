@@ -36,7 +36,7 @@ import requests
 from mlbench_metrics import MetricsLogger
 from mlbench_metrics.server import spawn
 
-from _common import verdict, write_results
+from _common import create_run, verdict, write_results
 
 perf = time.perf_counter_ns
 
@@ -149,22 +149,6 @@ def make_upstream(url: str, run_id: int) -> tuple[Callable[[int], int], Callable
     return run, finish
 
 
-def create_run(url: str) -> int:
-    r = requests.post(
-        f"{url}/api/runs/",
-        data={
-            "name": "overhead",
-            "num_workers": 1,
-            "image_name": "custom_image",
-            "custom_image_name": "x",
-            "custom_image_command": "true",
-            "backend": "GLOO",
-        },
-    )
-    r.raise_for_status()
-    return int(r.json()["id"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=300)
@@ -173,7 +157,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with spawn() as server:
-        run_id = create_run(server.url)
+        run_id = create_run(server.url, "overhead")
         logger = MetricsLogger(run_id, url=server.address, rank=0, max_buffer=5_000_000)
         contenders: dict[str, Callable[[int], int]] = {
             "floor_a": floor_a,

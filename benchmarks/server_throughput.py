@@ -26,7 +26,7 @@ import requests
 from mlbench_metrics.server import spawn
 from mlbench_metrics.server.store import Store
 
-from _common import median, percentile, verdict, write_results
+from _common import create_run, median, percentile, verdict, write_results
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 JSON = {"Content-Type": "application/json"}
@@ -35,22 +35,6 @@ JSON = {"Content-Type": "application/json"}
 def connect(address: str) -> http.client.HTTPConnection:
     host, port = address.rsplit(":", 1)
     return http.client.HTTPConnection(host, int(port), timeout=60)
-
-
-def create_run(url: str, name: str) -> int:
-    r = requests.post(
-        f"{url}/api/runs/",
-        data={
-            "name": name,
-            "num_workers": 1,
-            "image_name": "custom_image",
-            "custom_image_name": "x",
-            "custom_image_command": "true",
-            "backend": "GLOO",
-        },
-    )
-    r.raise_for_status()
-    return int(r.json()["id"])
 
 
 def singles(address: str, run_id: int, count: int) -> dict[str, Any]:

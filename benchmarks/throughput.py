@@ -32,25 +32,9 @@ from mlbench_metrics import MetricsLogger
 from mlbench_metrics.server import spawn
 from mlbench_metrics.server.store import Store
 
-from _common import verdict, write_results
+from _common import create_run, verdict, write_results
 
 NAMES = [f"metric_{i}" for i in range(10)]
-
-
-def create_run(url: str, name: str) -> int:
-    r = requests.post(
-        f"{url}/api/runs/",
-        data={
-            "name": name,
-            "num_workers": 1,
-            "image_name": "custom_image",
-            "custom_image_name": "x",
-            "custom_image_command": "true",
-            "backend": "GLOO",
-        },
-    )
-    r.raise_for_status()
-    return int(r.json()["id"])
 
 
 def peak_rss_mib() -> float:
