@@ -6,6 +6,8 @@ machines are shared and noisy) and writes its figures to ``benchmarks/results/``
 
 from __future__ import annotations
 
+import concurrent.futures
+import datetime
 import json
 import os
 import platform
@@ -72,3 +74,32 @@ def create_run(url: str, name: str = "bench") -> int:
     )
     r.raise_for_status()
     return int(r.json()["id"])
+
+
+def upstream_rate(url: str, run_id: int, n: int) -> float:
+    """Metrics/s of the upstream client's pattern (``mlbench_core.api.ApiClient.post_metric``):
+    ``executor.submit(requests.post, url, data=..., timeout=180)`` per metric, 5 workers,
+    a new connection per call."""
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=5)
+    endpoint = f"{url}/api/metrics/"
+    start = time.perf_counter()
+    futures = [
+        executor.submit(
+            requests.post,
+            endpoint,
+            data={
+                "run_id": run_id,
+                "name": "loss @ 0",
+                "cumulative": False,
+                "date": str(datetime.datetime.utcnow()),
+                "value": str(i * 0.5),
+                "metadata": "",
+            },
+            timeout=180,
+        )
+        for i in range(n)
+    ]
+    assert all(f.result().status_code == 201 for f in futures)
+    elapsed = time.perf_counter() - start
+    executor.shutdown()
+    return n / elapsed

@@ -18,45 +18,14 @@ Targets (issue 3): single >= 1.3x upstream; batch >= 50x; fan-out never slower.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import datetime
 import statistics
 import time
 from typing import Callable
 
-import requests
-
 from mlbench_metrics import ApiClient, Metric
 from mlbench_metrics.server import spawn
 
-from _common import create_run, verdict, write_results
-
-
-def upstream(url: str, run_id: int, n: int) -> float:
-    """The upstream client's pattern, as in mlbench_core.api.ApiClient.post_metric."""
-    executor = concurrent.futures.ThreadPoolExecutor(max_workers=5)
-    endpoint = f"{url}/api/metrics/"
-    start = time.perf_counter()
-    futures = [
-        executor.submit(
-            requests.post,
-            endpoint,
-            data={
-                "run_id": run_id,
-                "name": "loss @ 0",
-                "cumulative": False,
-                "date": str(datetime.datetime.utcnow()),
-                "value": str(i * 0.5),
-                "metadata": "",
-            },
-            timeout=180,
-        )
-        for i in range(n)
-    ]
-    assert all(f.result().status_code == 201 for f in futures)
-    elapsed = time.perf_counter() - start
-    executor.shutdown()
-    return n / elapsed
+from _common import create_run, upstream_rate, verdict, write_results
 
 
 def singles(address: str, run_id: int, n: int) -> float:
@@ -88,10 +57,10 @@ def main() -> None:
         run_full = create_run(full.url, "bench")
         run_plain = create_run(dashboard_like.url, "bench")
         contenders: list[tuple[str, Callable[[], float]]] = [
-            ("upstream", lambda: upstream(full.url, run_full, n)),
+            ("upstream", lambda: upstream_rate(full.url, run_full, n)),
             ("single", lambda: singles(full.address, run_full, n)),
             ("batch", lambda: batch(full.address, run_full, n)),
-            ("upstream_no_ext", lambda: upstream(dashboard_like.url, run_plain, n)),
+            ("upstream_no_ext", lambda: upstream_rate(dashboard_like.url, run_plain, n)),
             ("fanout", lambda: batch_fanout(dashboard_like.address, run_plain, n)),
         ]
         for _ in range(args.rounds):

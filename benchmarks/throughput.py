@@ -18,53 +18,23 @@ wandb or MLflow, when installed, are measured as further paced baselines (offlin
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import datetime
 import os
 import resource
 import statistics
 import time
 from typing import Any, Callable
 
-import requests
-
 from mlbench_metrics import MetricsLogger
 from mlbench_metrics.server import spawn
 from mlbench_metrics.server.store import Store
 
-from _common import create_run, verdict, write_results
+from _common import create_run, upstream_rate, verdict, write_results
 
 NAMES = [f"metric_{i}" for i in range(10)]
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def upstream_rate(url: str, run_id: int, n: int) -> float:
-    executor = concurrent.futures.ThreadPoolExecutor(max_workers=5)
-    endpoint = f"{url}/api/metrics/"
-    start = time.perf_counter()
-    futures = [
-        executor.submit(
-            requests.post,
-            endpoint,
-            data={
-                "run_id": run_id,
-                "name": "loss @ 0",
-                "cumulative": False,
-                "date": str(datetime.datetime.utcnow()),
-                "value": str(i * 0.5),
-                "metadata": "",
-            },
-            timeout=180,
-        )
-        for i in range(n)
-    ]
-    assert all(f.result().status_code == 201 for f in futures)
-    elapsed = time.perf_counter() - start
-    executor.shutdown()
-    return n / elapsed
 
 
 def burst(address: str, run_id: int, n: int) -> dict[str, Any]:
