@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Final, Mapping, TypeVar
 
 from ._dispatch import Context, Dispatcher, Stats, encode_columns
-from .api import ApiClient
+from .api import ApiClient, _weak_call
 from .config import ENV_FLUSH_INTERVAL, ENV_RANK, ENV_RUN_ID, env_float, env_int, env_str
 from .errors import ClosedError, ConfigError
 from .records import NAME_MAX, VALUE_MAX
@@ -635,17 +635,6 @@ def _check_step(step: Any) -> int:
     if isinstance(step, bool) or not isinstance(step, numbers.Integral):
         raise TypeError(f"step must be an integer, not {type(step).__name__}")
     return int(step)
-
-
-def _weak_call(method: Callable[[], None]) -> Callable[[], None]:
-    ref = weakref.WeakMethod(method)
-
-    def call() -> None:
-        target = ref()
-        if target is not None:
-            target()
-
-    return call
 
 
 # -- the process-wide exit hook and SIGTERM handler ----------------------------------------------
