@@ -79,7 +79,7 @@ def test_sigterm_flushes_then_ends_as_sigterm_would(fresh_server: ServerHandle) 
             log.log("x", i)
         print("logged", flush=True)
         while True:
-            time.sleep(0.1)   # the training loop, busy elsewhere
+            signal.pause()   # the training loop, busy elsewhere, until the signal comes
     """,
     )
     assert proc.stdout is not None
@@ -102,7 +102,7 @@ def test_a_program_with_its_own_sigterm_handler_keeps_it(fresh_server: ServerHan
             log.log("x", i)
         print("ready", flush=True)
         while True:
-            time.sleep(0.1)
+            signal.pause()
     """,
     )
     assert proc.stdout is not None
