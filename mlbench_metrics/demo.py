@@ -126,7 +126,7 @@ def _train(run_id: int, client: ApiClient, seconds: float) -> tuple[list[int], A
     batch_size = 32
     blocks: list[int] = []  # ns spent in each step's three logging calls
     with MetricsLogger(run_id, client=client, rank=0, flush_interval=0.25) as log:
-        SystemMetrics(log, interval=0.5)  # stopped when the logger closes
+        system = SystemMetrics(log, interval=0.5)
         deadline = time.monotonic() + seconds
         step = 0
         epoch = 0
@@ -152,6 +152,7 @@ def _train(run_id: int, client: ApiClient, seconds: float) -> tuple[list[int], A
                 val = sum((net.forward(x, y)[1] >= 0.5) == bool(label) for x, y, label in test) / len(test)
             log.log("val_accuracy", val)
             epoch += 1
+        system.stop()  # before the last flush: a sample after it would be counted, not yet stored
         log.flush(30)
         stats = log.stats
     return blocks, stats
