@@ -216,21 +216,6 @@ def writer_dirs(paths: list[Path]) -> Iterator[Path]:
             yield meta.parent
 
 
-def owner_alive(path: Path) -> bool:
-    """Whether the process that wrote ``path`` still holds its lock."""
-    try:
-        fd = os.open(path / "owner.lock", os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 # -- batches that failed or overflowed --------------------------------------------------
 
 
@@ -365,12 +350,6 @@ class BatchSpool:
                 for path in (entry.file, entry.file.with_suffix(".acks")):
                     with contextlib.suppress(OSError):
                         path.unlink()
-
-    @property
-    def pending_records(self) -> int:
-        """Records in the spool not delivered yet."""
-        with self._lock:
-            return sum(e.count for entries in self._pending.values() for e in entries)
 
     def close(self) -> bool:
         """Close the file; True when nothing is left in it (the directory can go)."""
