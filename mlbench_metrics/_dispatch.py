@@ -39,6 +39,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Final, Iterator, Mapping, Optional, Sequence, cast
 
+from ._threads import start_thread
 from .api import BatchResult
 from .errors import ClosedError
 from .records import MetricBatch, SteppedMetadata
@@ -305,8 +306,7 @@ class Dispatcher:
     def start(self) -> None:
         """Start the thread; a second call does nothing."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="mlbench-dispatcher", daemon=True)
-            self._thread.start()
+            self._thread = start_thread(self._run, "mlbench-dispatcher")
 
     @property
     def started(self) -> bool:

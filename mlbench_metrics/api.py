@@ -53,6 +53,7 @@ import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from ._retry import RETRYABLE_STATUSES, RetryableResponse, RetryPolicy, parse_retry_after
+from ._threads import block_signals
 from ._transport import FastPoster
 from ._version import __version__
 from .config import ENV_TOKEN, ENV_URL, TimeoutLike, Timeouts, env_str
@@ -313,7 +314,7 @@ class ApiClient:
                 load_config=load_config,
             )
         self.endpoint = self._endpoint(url)
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="mlbench-api")
+        self.executor = _new_executor(max_workers)
         self._session = session if session is not None else self._new_session()
         self._session.hooks.setdefault("response", []).append(_drop_connection_after_no_content)
         self._fast = self._new_fast_poster()
@@ -364,9 +365,7 @@ class ApiClient:
         self._lock = threading.Lock()
         self._pending = set()
         self._connections = weakref.WeakSet()
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.max_workers, thread_name_prefix="mlbench-api"
-        )
+        self.executor = _new_executor(self.max_workers)
         if self._own_session:
             self._session = self._new_session()
             self._session.hooks.setdefault("response", []).append(_drop_connection_after_no_content)
@@ -926,6 +925,13 @@ class _Gather:
 
 
 # -- argument handling -----------------------------------------------------------------
+
+
+def _new_executor(max_workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    """The request workers: their threads leave SIGTERM and SIGINT to the main thread."""
+    return concurrent.futures.ThreadPoolExecutor(
+        max_workers=max_workers, thread_name_prefix="mlbench-api", initializer=block_signals
+    )
 
 
 def _weak_call(method: Callable[[], None]) -> Callable[[], None]:

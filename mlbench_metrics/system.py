@@ -15,6 +15,7 @@ from typing import Any, Callable, Final
 
 import psutil
 
+from ._threads import start_thread
 from .errors import ConfigError
 
 __all__ = ["SystemMetrics"]
@@ -83,8 +84,7 @@ class SystemMetrics:
         self.samples = 0
         self._ps.cpu_percent(None)  # primes the counter: the next call measures since now
         logger._samplers.append(self)
-        self._thread = threading.Thread(target=self._run, name="mlbench-sampler", daemon=True)
-        self._thread.start()
+        self._thread = start_thread(self._run, "mlbench-sampler")
 
     def _run(self) -> None:
         while True:

@@ -31,6 +31,8 @@ from http import HTTPStatus
 from typing import Callable, Final
 from urllib.parse import unquote, urlsplit
 
+from .._threads import start_blocked, start_thread
+
 __all__ = ["HttpServer", "Request", "Response"]
 
 _log = logging.getLogger("mlbench_metrics.server")
@@ -198,8 +200,7 @@ class HttpServer:
         """Start accepting connections in the ``mlbench-server`` thread."""
         if self._selector_thread is not None:
             return
-        self._selector_thread = threading.Thread(target=self._select_loop, name="mlbench-server", daemon=True)
-        self._selector_thread.start()
+        self._selector_thread = start_thread(self._select_loop, "mlbench-server")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting, close every connection and join all threads; idempotent."""
@@ -335,7 +336,7 @@ class HttpServer:
                 self._idle_workers -= 1
         self._work.put(conn)
         if start:
-            worker.start()
+            start_blocked(worker)
 
     def _work_loop(self) -> None:
         while True:

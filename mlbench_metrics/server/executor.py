@@ -35,6 +35,7 @@ import threading
 import time
 from typing import Any, Final
 
+from .._threads import start_thread
 from .store import Store
 
 __all__ = ["ExecError", "LocalExecutor"]
@@ -129,8 +130,7 @@ class LocalExecutor:
             if self._closed:
                 return
             self._runs[local.run_id] = local
-            local.thread = threading.Thread(target=self._watch, args=(local,), name=f"mlbench-exec-{local.run_id}")
-            local.thread.start()
+            local.thread = start_thread(self._watch, f"mlbench-exec-{local.run_id}", args=(local,))
 
     def stop(self, run_id: int, timeout: float = 10.0) -> None:
         """Stop the run's processes (SIGTERM, then SIGKILL) and wait for its thread."""
