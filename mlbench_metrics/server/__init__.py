@@ -35,10 +35,12 @@ import time
 from types import TracebackType
 from typing import IO, Any, Final
 
+from .._threads import start_thread
 from .._version import __version__
 from ._http import HttpServer
-from .app import App, error_response
 from .executor import LocalExecutor
+from .parsing import error_response
+from .routes import App
 from .store import Store
 
 __all__ = ["DEFAULT_MAX_BODY", "ServerHandle", "ServerProcess", "serve", "spawn"]
@@ -237,7 +239,7 @@ class ServerProcess:
         self.address = line.split("://", 1)[1]
         self.port = int(self.address.rsplit(":", 1)[1])
         # Keep reading stdout so the child can never block on a full pipe.
-        threading.Thread(target=_drain, args=(proc.stdout,), name="mlbench-server-stdout", daemon=True).start()
+        start_thread(_drain, "mlbench-server-stdout", args=(proc.stdout,))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the child (SIGTERM, then SIGKILL after ``timeout``) and wait for it."""
@@ -305,8 +307,7 @@ def _read_ready_line(stream: IO[str] | None, timeout: float) -> str | None:
                 break
         done.set()
 
-    thread = threading.Thread(target=reader, name="mlbench-server-ready", daemon=True)
-    thread.start()
+    start_thread(reader, "mlbench-server-ready")
     done.wait(timeout)
     return result[0] if result else None
 
@@ -343,13 +344,6 @@ def spawn(
         tmpdir = tempfile.mkdtemp(prefix="mlbench-metrics-")
         db_path = os.path.join(tmpdir, "metrics.db")
     return ServerProcess(db_path, host, port, list(args or []), tmpdir, startup_timeout)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m mlbench_metrics.server``: the same as ``mlbench-metrics serve``."""
-    from ..cli import main as cli_main
-
-    return cli_main(["serve", *(sys.argv[1:] if argv is None else argv)])
 
 
 def ready_line(url: str) -> str:

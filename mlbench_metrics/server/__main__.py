@@ -1,5 +1,11 @@
-"""``python -m mlbench_metrics.server [serve options]``: run the embedded server."""
+"""``python -m mlbench_metrics.server [serve options]``: the same as ``mlbench-metrics serve``.
 
-from . import main
+The command line owns the options; the server package never imports it (that would
+make the circle cli -> server -> cli).
+"""
 
-raise SystemExit(main())
+import sys
+
+from ..cli import main
+
+raise SystemExit(main(["serve", *sys.argv[1:]]))

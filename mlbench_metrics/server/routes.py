@@ -1,0 +1,506 @@
+"""The dashboard's REST API, route by route, over :class:`~.store.Store`.
+
+Shapes, status codes and date formats are the dashboard's (see PROTOCOL.md); where the
+dashboard answers a 500 to bad input, this answers a 4xx with a JSON
+``{"status", "message"}``. Extensions the dashboard lacks, detectable by clients:
+
+* ``GET /api/metrics/batch/`` describes the batch endpoint (the dashboard 500s there);
+* ``POST /api/metrics/batch/`` stores many metrics in one transaction, once per
+  ``batch_id``;
+* ``PATCH /api/runs/{id}/`` with ``{"state": "finished"|"failed"|"started"}`` marks a
+  run (the dashboard answers 405);
+* ``POST /api/pods/`` registers a pod, so pod metrics can be posted locally.
+
+No threads are started here; the HTTP layer calls :meth:`App.handle` from its
+connection threads, and the store serialises writes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import json
+import logging
+import re
+import sqlite3
+import zipfile
+from typing import Any, Callable, Final, Mapping
+
+from .._version import __version__
+from ..images import official_image_names
+from ..records import format_dashboard_date, format_iso_date, format_zip_date, parse_date
+from ._http import Request, Response
+from .parsing import (
+    MAX_BATCH,
+    ApiFailure,
+    as_bool,
+    as_date,
+    as_float,
+    as_int,
+    as_text,
+    decode_batch,
+    error_response,
+    field,
+    json_response,
+    metric_name,
+    metric_value,
+    now_us,
+    parse_body,
+    query,
+    secure_filename,
+)
+from .store import DuplicateBatch, Point, RunNotFound, Store
+
+__all__ = ["App", "run_json"]
+
+_log = logging.getLogger("mlbench_metrics.server")
+
+_RUN_NAME_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_RUN_NAME_MAX: Final = 100
+_BACKENDS: Final = ("mpi", "gloo", "nccl")
+_RUN_STATES: Final = ("started", "finished", "failed")
+
+
+# -- representations ---------------------------------------------------------------
+
+
+def run_json(run: Mapping[str, Any], *, with_metadata: bool) -> dict[str, Any]:
+    """A run as the dashboard's serializer shows it."""
+    finished = run["finished_at"]
+    return {
+        "id": run["id"],
+        "name": run["name"],
+        "created_at": format_iso_date(run["created_at"]),
+        "finished_at": None if finished is None else format_iso_date(finished),
+        "state": run["state"],
+        "job_id": run["job_id"],
+        "job_metadata": run["job_metadata"] if with_metadata else {},
+        "num_workers": run["num_workers"],
+    }
+
+
+def _serialized_metric(name: str, p: Point) -> dict[str, Any]:
+    date_us, value, cumulative, metadata = p
+    return {
+        "name": name,
+        "value": value,
+        "date": format_dashboard_date(date_us),
+        "metadata": metadata,
+        "cumulative": cumulative,
+    }
+
+
+def _summarize(points: list[Point], summarize: int | None, last_n: int | None, name: str) -> list[Point]:
+    """Average consecutive points down to at most ``summarize``, then keep the last ``last_n``.
+
+    The dashboard drops the trailing partial group (so the newest points vanish); this
+    averages it over its own size instead.
+    """
+    count = len(points)
+    if summarize and 0 < summarize < count:
+        factor = -(-count // summarize)
+        out: list[Point] = []
+        for start in range(0, count, factor):
+            group = points[start : start + factor]
+            total = 0.0
+            for point in group:
+                try:
+                    total += float(point[1])
+                except ValueError:
+                    raise ApiFailure(
+                        400, f"cannot summarize metric {name!r}: value {point[1][:50]!r} is not a number"
+                    ) from None
+            first = group[0]
+            out.append((first[0], str(total / len(group)), first[2], first[3]))
+        points = out
+    if last_n:
+        points = points[-last_n:]
+    return points
+
+
+class App:
+    """Routes requests to handlers.
+
+    Args:
+        store: where runs, pods and metrics live.
+        token: when set, every request needs ``Authorization: Bearer <token>``.
+        executor: runs created runs as local processes (``serve --exec``), or None.
+        max_body: the body limit the HTTP layer enforces, reported to clients.
+        extensions: offer the routes the dashboard lacks; without them those routes
+            answer as on the dashboard, so clients can be tested against its behaviour.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        token: str | None = None,
+        executor: Any = None,
+        max_body: int = 0,
+        extensions: bool = True,
+    ) -> None:
+        self.store = store
+        self.token = token
+        self.executor = executor
+        self.max_body = max_body
+        self.extensions = extensions
+        self._official = official_image_names()
+        self._routes: list[tuple[re.Pattern[str], dict[str, Callable[..., Response]]]] = [
+            (re.compile(r"/api/?"), {"GET": self.api_root}),
+            (re.compile(r"/api/runs/?"), {"GET": self.list_runs, "POST": self.create_run}),
+            (
+                re.compile(r"/api/runs/(?P<pk>[^/]+)/?"),
+                {"GET": self.get_run, "DELETE": self.delete_run, "PATCH": self.update_run},
+            ),
+            (re.compile(r"/api/metrics/?"), {"GET": self.all_metrics, "POST": self.create_metric}),
+            (re.compile(r"/api/metrics/batch/?"), {"GET": self.batch_info, "POST": self.create_batch}),
+            (re.compile(r"/api/metrics/(?P<pk>[^/]+)/?"), {"GET": self.get_metrics}),
+            (re.compile(r"/api/pods/?"), {"GET": self.list_pods, "POST": self.create_pod}),
+        ]
+        if not extensions:
+            self._routes = [
+                (re.compile(r"/api/runs/(?P<pk>[^/]+)/?"), {"GET": self.get_run, "DELETE": self.delete_run}),
+                (re.compile(r"/api/metrics/batch/?"), {"GET": self.dashboard_batch_get}),
+                (re.compile(r"/api/pods/?"), {"GET": self.list_pods}),
+                *self._routes,
+            ]
+
+    # -- dispatch ----------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response:
+        """Answer one request; never raises."""
+        try:
+            if self.token is not None and not self._authorized(request):
+                return error_response(
+                    401, "missing or wrong bearer token", headers=[("WWW-Authenticate", 'Bearer realm="mlbench"')]
+                )
+            for pattern, methods in self._routes:
+                match = pattern.fullmatch(request.path)
+                if match is None:
+                    continue
+                handler = methods.get(request.method)
+                if handler is None:
+                    allowed = ", ".join(sorted(methods))
+                    detail = f'Method "{request.method}" not allowed.'
+                    return error_response(405, detail, {"detail": detail}, [("Allow", allowed)])
+                return handler(request, **match.groupdict())
+            return error_response(404, f"no such endpoint: {request.path}")
+        except ApiFailure as exc:
+            return error_response(exc.status, exc.message, exc.extra)
+        except sqlite3.OperationalError as exc:
+            _log.warning("database busy: %s", exc)
+            return error_response(503, f"the database is busy ({exc}); try again")
+
+    def _authorized(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, credentials = header.partition(" ")
+        assert self.token is not None
+        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self.token.encode())
+
+    def api_root(self, request: Request) -> Response:
+        """The API root, like the dashboard's router, plus what this server is."""
+        host = request.headers.get("host", "")
+        base = f"http://{host}/api/" if host else "/api/"
+        return json_response(
+            200,
+            {
+                "pods": base + "pods/",
+                "runs": base + "runs/",
+                "metrics": base + "metrics/",
+                "server": {
+                    "name": "mlbench-metrics",
+                    "version": __version__,
+                    "extensions": ["batch", "run_state", "pods"] if self.extensions else [],
+                    **({"batch": self._batch_description()} if self.extensions else {}),
+                },
+            },
+        )
+
+    # -- runs --------------------------------------------------------------------
+
+    def _run_or_404(self, pk: str) -> dict[str, Any]:
+        try:
+            run_id = int(pk)
+        except ValueError:
+            raise ApiFailure(404, f"run {pk!r} not found") from None
+        run = self.store.get_run(run_id)
+        if run is None:
+            raise ApiFailure(404, f"run {run_id} not found")
+        return run
+
+    def list_runs(self, request: Request) -> Response:
+        """``GET /api/runs/``."""
+        return json_response(200, [run_json(r, with_metadata=False) for r in self.store.list_runs()])
+
+    def get_run(self, request: Request, pk: str) -> Response:
+        """``GET /api/runs/{id}/``."""
+        return json_response(200, run_json(self._run_or_404(pk), with_metadata=True))
+
+    def create_run(self, request: Request) -> Response:
+        """``POST /api/runs/``: validate as the dashboard does, then store."""
+        d = parse_body(request)
+        name = field(d, "name")
+        if not isinstance(name, str) or len(name) > _RUN_NAME_MAX or not _RUN_NAME_RE.fullmatch(name.lower()):
+            raise ApiFailure(400, f"Invalid run name {name}", extra={"status": "ERROR"})
+        num_workers = as_int(field(d, "num_workers"), "num_workers", minimum=1)
+        num_cpus = as_float(d.get("num_cpus", 2.0), "num_cpus")
+        if num_cpus <= 0:
+            raise ApiFailure(400, "field 'num_cpus' must be positive")
+        image = field(d, "image_name")
+        gpu = as_bool(d.get("gpu_enabled", "false"), "gpu_enabled")
+        if image == "custom_image":
+            image = as_text(field(d, "custom_image_name"), "custom_image_name")
+            command = as_text(field(d, "custom_image_command"), "custom_image_command")
+            if not image:
+                raise ApiFailure(400, "field 'custom_image_name' must not be empty")
+        elif isinstance(image, str) and image in self._official:
+            _, command, gpu_supported = self._official[image]
+            gpu = gpu and gpu_supported
+        else:
+            known = ", ".join(sorted(self._official))
+            raise ApiFailure(400, f"unknown image {str(image)[:100]!r}; use custom_image or one of: {known}")
+        backend = as_text(field(d, "backend"), "backend")
+        if backend == "custom_backend":
+            backend = as_text(field(d, "custom_backend"), "custom_backend")
+            if not backend:
+                raise ApiFailure(400, "field 'custom_backend' must not be empty")
+        elif backend.lower() in _BACKENDS:
+            backend = backend.lower()
+        else:
+            raise ApiFailure(400, f"unknown backend {backend[:50]!r}; use MPI, GLOO, NCCL or custom_backend")
+        if self.executor is not None:
+            try:
+                self.executor.check_runnable(image_is_official=image in self._official, command=command)
+            except ValueError as exc:
+                raise ApiFailure(400, str(exc)) from None
+        run = self.store.create_run(
+            now_us(),
+            name=name,
+            num_workers=num_workers,
+            cpu_limit=f"{num_cpus * 1000}m",
+            image=image,
+            command=command,
+            backend=backend,
+            run_on_all_nodes=as_bool(d.get("run_all_nodes", "false"), "run_all_nodes"),
+            gpu_enabled=gpu,
+            light_target=as_bool(d.get("light_target", "false"), "light_target"),
+        )
+        if self.executor is not None:
+            self.executor.start(run)
+        return json_response(201, run_json(run, with_metadata=True))
+
+    def delete_run(self, request: Request, pk: str) -> Response:
+        """``DELETE /api/runs/{id}/``: 204 with no body (the dashboard sends one)."""
+        run = self._run_or_404(pk)
+        if self.executor is not None:
+            self.executor.stop(run["id"])
+        if not self.store.delete_run(run["id"]):
+            raise ApiFailure(404, f"run {run['id']} not found")
+        return Response(204)
+
+    def update_run(self, request: Request, pk: str) -> Response:
+        """``PATCH /api/runs/{id}/`` (extension): mark a run started, finished or failed."""
+        run = self._run_or_404(pk)
+        d = parse_body(request)
+        state = d.get("state")
+        if state not in _RUN_STATES:
+            raise ApiFailure(400, f"field 'state' must be one of {', '.join(_RUN_STATES)}")
+        if state == "started":
+            updated = self.store.update_run(run["id"], state=state, clear_finished=True)
+        else:
+            finished = run["finished_at"] if run["state"] == state and run["finished_at"] else now_us()
+            updated = self.store.update_run(run["id"], state=state, finished_at=finished)
+        if updated is None:
+            raise ApiFailure(404, f"run {run['id']} not found")
+        return json_response(200, run_json(updated, with_metadata=True))
+
+    # -- metrics -------------------------------------------------------------------
+
+    def create_metric(self, request: Request) -> Response:
+        """``POST /api/metrics/``: one metric for a run (``run_id``) or a pod (``pod_name``)."""
+        d = parse_body(request)
+        if "pod_name" in d:
+            pod = self.store.get_pod(as_text(d["pod_name"], "pod_name"))
+            if pod is None:
+                raise ApiFailure(404, "Pod not found")
+            run_id, pod_id = None, pod["id"]
+        elif "run_id" in d:
+            run_id, pod_id = as_int(d["run_id"], "run_id"), None
+        else:
+            raise ApiFailure(400, "Run ID has to be supplied", extra={"data": d})
+        for key in ("name", "value", "date", "metadata", "cumulative"):
+            field(d, key)
+        row = (
+            metric_name(d["name"]),
+            as_date(d["date"]),
+            metric_value(d["value"]),
+            as_text(d["metadata"], "metadata"),
+            as_bool(d["cumulative"], "cumulative"),
+        )
+        try:
+            self.store.add_metric(run_id=run_id, pod_id=pod_id, row=row)
+        except RunNotFound:
+            raise ApiFailure(404, f"run {run_id} not found") from None
+        name, date_us, value, metadata, cumulative = row
+        return json_response(
+            201,
+            {
+                "name": name,
+                "value": value,
+                "date": format_dashboard_date(date_us),
+                "metadata": metadata,
+                "cumulative": cumulative,
+            },
+        )
+
+    def dashboard_batch_get(self, request: Request) -> Response:
+        """Without extensions: the dashboard's answer (it looks up a pod named "batch")."""
+        return error_response(500, "AttributeError: 'NoneType' object has no attribute 'metrics'")
+
+    def _batch_description(self) -> dict[str, Any]:
+        return {"formats": ["rows", "columns", "packed"], "max_metrics": MAX_BATCH, "max_body": self.max_body}
+
+    def batch_info(self, request: Request) -> Response:
+        """``GET /api/metrics/batch/`` (extension): what the batch endpoint accepts."""
+        return json_response(
+            200, {"batch": True, **self._batch_description(), "server": "mlbench-metrics", "version": __version__}
+        )
+
+    def create_batch(self, request: Request) -> Response:
+        """``POST /api/metrics/batch/`` (extension): many metrics, one transaction, once per id."""
+        if request.headers.get("content-type", "").split(";", 1)[0].strip().lower() != "application/json":
+            raise ApiFailure(415, "the batch endpoint takes application/json")
+        d = parse_body(request)
+        run_id = as_int(field(d, "run_id"), "run_id")
+        batch_id = d.get("batch_id")
+        if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= 200):
+            raise ApiFailure(400, "field 'batch_id' must be a string of 1 to 200 characters")
+        columns, count = decode_batch(d)
+        try:
+            self.store.add_batch(run_id, batch_id, columns, count, now_us())
+        except RunNotFound:
+            raise ApiFailure(404, f"run {run_id} not found") from None
+        except DuplicateBatch:
+            return json_response(200, {"status": "OK", "stored": 0, "duplicate": True, "batch_id": batch_id})
+        return json_response(201, {"status": "Created", "stored": count, "duplicate": False, "batch_id": batch_id})
+
+    def all_metrics(self, request: Request) -> Response:
+        """``GET /api/metrics/``: everything, keyed by pod name and by run *name*."""
+        pods = {p["id"]: p["name"] for p in self.store.list_pods()}
+        runs = self.store.list_runs()
+        pod_metrics: dict[str, dict[str, list[dict[str, Any]]]] = {name: {} for name in pods.values()}
+        by_run: dict[int, dict[str, list[dict[str, Any]]]] = {r["id"]: {} for r in runs}
+        for pod_id, name, points in self.store.all_series("pod"):
+            target = pod_metrics.setdefault(pods.get(pod_id, str(pod_id)), {})
+            target[name] = [_serialized_metric(name, p) for p in points]
+        for run_id, name, points in self.store.all_series("run"):
+            by_run.setdefault(run_id, {})[name] = [_serialized_metric(name, p) for p in points]
+        # Keyed by run name as the dashboard does: a later run overwrites an earlier namesake.
+        run_metrics = {r["name"]: by_run[r["id"]] for r in runs}
+        return json_response(200, {"pod_metrics": pod_metrics, "run_metrics": run_metrics})
+
+    def get_metrics(self, request: Request, pk: str) -> Response:
+        """``GET /api/metrics/{pk}/?metric_type=run|pod&since=&summarize=&metric_filter=&last_n=&format=``."""
+        q = query(request)
+        since = q.get("since")
+        since_us = None
+        if since:
+            try:
+                since_us = parse_date(since)
+            except ValueError as exc:
+                raise ApiFailure(400, f"parameter 'since': {exc}") from None
+        summarize = as_int(q["summarize"], "summarize", minimum=0) if q.get("summarize") else None
+        last_n = as_int(q["last_n"], "last_n", minimum=0) if q.get("last_n") else None
+        metric_filter = q.get("metric_filter") or None
+        fmt = q.get("format", "json") or "json"
+        if fmt not in ("json", "zip"):
+            raise ApiFailure(404, f"unknown format {fmt!r}; use json or zip")
+        q_opts = (metric_filter, summarize, last_n)
+        # The dashboard treats a missing metric_type as "pod" and anything else as "run".
+        is_pod = q.get("metric_type", "pod") == "pod"
+        if is_pod:
+            pod = self.store.get_pod(pk)
+            if pod is None:
+                raise ApiFailure(404, f"pod {pk!r} not found")
+            if fmt == "zip":
+                sources = [("result", {"pod_id": pod["id"]})]
+                return self._zip(secure_filename(pod["name"]), sources, since_us, None, q_opts, None)
+            series = self.store.series(pod_id=pod["id"], since_us=since_us, name=metric_filter)
+        else:
+            run = self._run_or_404(pk)
+            if fmt == "zip":
+                lower: int | None = run["created_at"] if since_us is None else max(since_us, run["created_at"])
+                sources = [("result", {"run_id": run["id"]})]
+                sources += [(p["name"], {"pod_id": p["id"]}) for p in self.store.list_pods(run_id=run["id"])]
+                official = self.store.latest_value(run["id"], "TaskResult @ 0")
+                return self._zip(secure_filename(run["name"]), sources, lower, run["finished_at"], q_opts, official)
+            series = self.store.series(run_id=run["id"], since_us=since_us, name=metric_filter)
+        result: dict[str, list[dict[str, Any]]] = {}
+        for name, points in series:
+            points = _summarize(points, summarize, last_n, name)
+            if points:
+                result[name] = [{"date": format_iso_date(p[0]), "value": p[1], "cumulative": p[2]} for p in points]
+        return json_response(200, result)
+
+    def _zip(
+        self,
+        filename: str,
+        sources: list[tuple[str, dict[str, int]]],
+        since_us: int | None,
+        until_us: int | None,
+        options: tuple[str | None, int | None, int | None],
+        official: str | None,
+    ) -> Response:
+        """The zip download; unlike the dashboard, ``last_n`` applies here too."""
+        metric_filter, summarize, last_n = options
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, mode="w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for index, (prefix, owner) in enumerate(sources):
+                series = self.store.series(since_us=since_us, until_us=until_us, name=metric_filter, **owner)
+                for name, points in series:
+                    if "TaskResult" in name:
+                        continue
+                    points = _summarize(points, summarize, last_n, name)
+                    if not points:
+                        continue
+                    data = [{"date": format_zip_date(p[0]), "value": p[1], "cumulative": p[2]} for p in points]
+                    zf.writestr(f"{prefix}_{name}.json", json.dumps(data, indent=4))
+                if index == 0 and official is not None:
+                    zf.writestr("official_result.txt", official)
+        return Response(
+            200,
+            buffer.getvalue(),
+            "application/octet-stream",
+            [("content-disposition", f"attachment; filename=metrics_{filename}.zip")],
+        )
+
+    # -- pods ------------------------------------------------------------------------
+
+    def list_pods(self, request: Request) -> Response:
+        """``GET /api/pods/``."""
+        pods = self.store.list_pods()
+        return json_response(
+            200, [{"name": p["name"], "labels": p["labels"], "phase": p["phase"], "ip": p["ip"]} for p in pods]
+        )
+
+    def create_pod(self, request: Request) -> Response:
+        """``POST /api/pods/`` (extension): register or update a pod."""
+        d = parse_body(request)
+        name = field(d, "name")
+        if not isinstance(name, str) or not name or len(name) > 253:
+            raise ApiFailure(400, "field 'name' must be a non-empty string of at most 253 characters")
+        raw_run = d.get("run_id")
+        run_id = None if raw_run in (None, "") else self._run_or_404(str(raw_run))["id"]
+        labels = d.get("labels", "{}")
+        if isinstance(labels, dict):
+            labels = repr(labels)
+        pod = self.store.upsert_pod(
+            name,
+            as_text(labels, "labels"),
+            as_text(d.get("phase", "Running"), "phase"),
+            as_text(d.get("ip", ""), "ip"),
+            run_id,
+        )
+        return json_response(
+            201, {"name": pod["name"], "labels": pod["labels"], "phase": pod["phase"], "ip": pod["ip"]}
+        )
