@@ -23,11 +23,11 @@ The embedded server that speaks the same API lives in :mod:`mlbench_metrics.serv
 
 from __future__ import annotations
 
-from ._dispatch import Stats
 from ._retry import RetryPolicy
 from ._version import __version__
 from .api import MLBENCH_BACKENDS, MLBENCH_IMAGES, ApiClient, BatchResult
 from .config import Timeouts
+from .delivery import Stats
 from .errors import (
     ApiConnectionError,
     ApiError,

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import mlbench_metrics
 
-MODULES = ["mlbench_metrics", "mlbench_metrics.api", "mlbench_metrics.errors", "mlbench_metrics.records"]
+MODULES = [
+    "mlbench_metrics",
+    "mlbench_metrics.api",
+    "mlbench_metrics.delivery",
+    "mlbench_metrics.errors",
+    "mlbench_metrics.records",
+    "mlbench_metrics.spool",
+]
 
 
 def _isort_key(name: str) -> tuple[int, str]:
