@@ -23,6 +23,8 @@ The embedded server that speaks the same API lives in :mod:`mlbench_metrics.serv
 
 from __future__ import annotations
 
+from ._current import current, finish, flush, increment, init, log, log_many, timer
+from ._current import timed_call as timed
 from ._retry import RetryPolicy
 from ._version import __version__
 from .api import MLBENCH_BACKENDS, MLBENCH_IMAGES, ApiClient, BatchResult
@@ -42,8 +44,7 @@ from .errors import (
     TransientApiError,
     TransportError,
 )
-from .logger import MetricsLogger, current, finish, flush, increment, init, log, log_many, timer
-from .logger import timed_call as timed
+from .logger import MetricsLogger
 from .records import Metric, MetricBatch
 from .runs import Run
 from .system import SystemMetrics

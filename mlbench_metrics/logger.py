@@ -1,4 +1,4 @@
-"""MetricsLogger: what the training loop touches, and the module-level API around it.
+"""MetricsLogger: what the training loop touches.
 
 ``log``, ``increment`` and timers validate, stamp the time and append one tuple to the
 store's buffer (in durable mode: write one slot of the log): no network, no lock on the
@@ -9,8 +9,9 @@ counted in ``stats.dropped``, never silently lost.
 The logger builds its parts and passes them in: a :class:`LoggerConfig`, a store
 (memory, spool or durable: see ``delivery/store.py``), a :class:`Dispatcher` that owns
 the one delivery thread, and ``deliver`` (``ApiClient.post_metrics`` for its run). Exit,
-SIGTERM and fork hooks are ``_lifecycle``'s. After ``os.fork()`` the child starts empty
-and builds its own parts on its first record. This module starts no threads itself.
+SIGTERM and fork hooks are ``_lifecycle``'s; the module-level API (``init``, ``log``,
+``finish``...) is ``_current``'s. After ``os.fork()`` the child starts empty and builds
+its own parts on its first record. This module starts no threads itself.
 """
 
 from __future__ import annotations
@@ -24,33 +25,21 @@ import os
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Final, Mapping, Protocol, TypeVar
 
 from . import _lifecycle
+from ._own_run import create_own_run, mark_own_run
+from ._parts import Parts, open_parts, placeholder_parts
 from .api import ApiClient
 from .config import LoggerConfig
-from .delivery import BatchStore, Dispatcher, MemoryStore, Stats
-from .errors import ClosedError, ConfigError, SpoolError
+from .delivery import Stats
+from .errors import ClosedError
 from .records import Context, check_name, check_number, check_step, coerce_value
-from .records.batch import Record
 from .records.checks import Value
-from .spool import DurableStore, SpoolDir, SpoolStore
 from .timing import Timer, timed
 
-__all__ = [
-    "MetricsLogger",
-    "current",
-    "finish",
-    "flush",
-    "increment",
-    "init",
-    "log",
-    "log_many",
-    "timed_call",
-    "timer",
-]
+__all__ = ["MetricsLogger", "Sampler"]
 
 _log = logging.getLogger("mlbench_metrics")
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -170,7 +159,7 @@ class MetricsLogger:
         self.client = client if client is not None else ApiClient(url=url, token=token)
         self._owns_run = self.config.new_run is not None
         try:
-            self.run_id = self.config.run_id or _create_own_run(self.client, str(self.config.new_run))
+            self.run_id = self.config.run_id or create_own_run(self.client, str(self.config.new_run))
         except BaseException:
             if self._own_client:
                 self.client.close()
@@ -192,38 +181,24 @@ class MetricsLogger:
 
     def _open_parts(self) -> None:
         """Build the store and the dispatcher; point the hot path at the store's buffer."""
-        config = self.config
-        prefix = uuid.uuid4().hex
-        store: BatchStore = MemoryStore(prefix)
-        self._write: Callable[[str, Value, int, int | None, Context], None] | None = None
-        if config.spool:
-            meta = {"endpoint": self.client.endpoint, "durable": config.durable, "batch_size": config.batch_size}
-            directory = SpoolDir(config.spool_dir, self.run_id, meta)
-            if not config.durable:
-                store = SpoolStore(directory, config.spool_max_bytes, prefix)
-            else:
-                try:
-                    durable = DurableStore(directory, config.spool_max_bytes, prefix, self._on_log_frozen)
-                except SpoolError as exc:
-                    _log.warning("mlbench-metrics: %s; records are kept in memory only (not durable)", exc)
-                else:
-                    store, self._write = durable, durable.write
-        self._store = store
-        self._buf: Any = store.buffer
-        self._append: Callable[[Record], None] = store.buffer.append
-        if isinstance(store, DurableStore):
-            self._append = store.append
-        self._wake_at = config.batch_size
-        self._dispatcher = Dispatcher(
-            functools.partial(self.client.post_metrics, self.run_id),
-            store,
-            batch_size=config.batch_size,
-            flush_interval=config.flush_interval,
-            max_buffer=config.max_buffer,
-            max_in_flight=config.max_in_flight,
-            on_drained=_lifecycle.weak_call(self._reset_wake_threshold),
+        self._use(
+            open_parts(
+                self.config,
+                functools.partial(self.client.post_metrics, self.run_id),
+                run_id=self.run_id,
+                endpoint=self.client.endpoint,
+                on_frozen=self._on_log_frozen,
+                on_drained=_lifecycle.weak_call(self._reset_wake_threshold),
+            )
         )
-        self._dispatcher.start()
+        self._wake_at = self.config.batch_size
+
+    def _use(self, parts: Parts) -> None:
+        self._store = parts.store
+        self._dispatcher = parts.dispatcher
+        self._buf: Any = parts.store.buffer
+        self._append = parts.append
+        self._write = parts.write
 
     def _on_log_frozen(self) -> None:
         """The durable log cannot grow: from now on the hot path appends to memory."""
@@ -522,7 +497,7 @@ class MetricsLogger:
         if self._owns_run:
             if failed is None:
                 failed = _lifecycle.terminating() or getattr(sys, "last_value", None) is not None
-            self._mark_own_run("failed" if failed else "finished", deadline - time.monotonic())
+            mark_own_run(self.client, self.run_id, "failed" if failed else "finished", deadline - time.monotonic())
         if self._own_client:
             self.client.close(timeout=max(0.0, deadline - time.monotonic()))
         _lifecycle.unregister(self)
@@ -543,20 +518,6 @@ class MetricsLogger:
             where = f"{stats.spooled} spooled in {self.spool_dir}, {stats.dropped_total} dropped"
         return f"mlbench-metrics: {left} records were not delivered at exit ({where})"
 
-    def _mark_own_run(self, state: str, timeout: float) -> None:
-        if timeout <= 0:
-            _log.warning("mlbench-metrics: no time was left to mark run %s %s", self.run_id, state)
-            return
-        try:
-            answer = self.client.set_run_state(self.run_id, state).result(timeout)
-        except Exception as exc:  # closing must not raise: say it and go on
-            _log.warning("mlbench-metrics: could not mark run %s %s: %s", self.run_id, state, exc)
-            return
-        if answer.status_code == 405:
-            _log.info("mlbench-metrics: the server cannot mark runs %s (the dashboard ends runs itself)", state)
-        elif answer.status_code >= 400:
-            _log.warning("mlbench-metrics: marking run %s %s answered %s", self.run_id, state, answer.status_code)
-
     def _after_fork_in_child(self) -> None:
         # Only the forking thread survives: new locks, and a buffer of its own; the store
         # and the dispatcher are built on the first record (_start_in_child), so a
@@ -567,11 +528,7 @@ class MetricsLogger:
         self._owns_run = False  # the parent ends the run, not each child
         if self._closed:
             return
-        self._store = MemoryStore(uuid.uuid4().hex)
-        self._buf = self._store.buffer
-        self._append = self._buf.append
-        self._write = None
-        self._dispatcher = Dispatcher(functools.partial(self.client.post_metrics, self.run_id), self._store)
+        self._use(placeholder_parts(functools.partial(self.client.post_metrics, self.run_id)))
         self._wake_at = 1
         self._samplers = []
 
@@ -603,83 +560,3 @@ def _value(name: str, value: object) -> Value:
         return coerce_value(value)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"metric {name!r}: {exc}") from None
-
-
-def _create_own_run(client: ApiClient, name: str) -> int:
-    """Create the run a ``new_run=`` logger logs to: a custom run of this program."""
-    from .runs import Run  # runs imports api only; imported here to keep logger's imports light
-
-    command = " ".join([os.path.basename(sys.executable), *sys.argv]) or "python"
-    try:
-        run = Run.create(
-            name, 1, custom_image_name="local", custom_image_command=command, custom_backend="local", client=client
-        )
-    except ValueError as exc:
-        raise ConfigError(f"new_run: {exc}") from None
-    return run.id
-
-
-# -- the module-level API -----------------------------------------------------------------
-
-_current: MetricsLogger | None = None
-
-
-def init(run_id: int | str | None = None, **kwargs: Any) -> MetricsLogger:
-    """Create a :class:`MetricsLogger`, make it the current one and return it.
-
-    A current logger from an earlier ``init()`` is closed first. Arguments are those of
-    :class:`MetricsLogger`.
-    """
-    global _current
-    if _current is not None and not _current.closed:
-        _current.close()
-    _current = MetricsLogger(run_id, **kwargs)
-    return _current
-
-
-def current() -> MetricsLogger:
-    """The logger the module-level functions use.
-
-    Raises:
-        ClosedError: there is none (call ``init()`` first).
-    """
-    if _current is None:
-        raise ClosedError("no current logger: call mlbench_metrics.init(run_id, ...) first")
-    return _current
-
-
-def log(name: str, value: float | int | str, step: int | None = None, **metadata: Any) -> None:
-    """:meth:`MetricsLogger.log` on the current logger."""
-    current().log(name, value, step, **metadata)
-
-
-def log_many(values: Mapping[str, float | int | str], step: int | None = None, **metadata: Any) -> None:
-    """:meth:`MetricsLogger.log_many` on the current logger."""
-    current().log_many(values, step, **metadata)
-
-
-def increment(name: str, delta: float | int = 1) -> float | int:
-    """:meth:`MetricsLogger.increment` on the current logger."""
-    return current().increment(name, delta)
-
-
-def timer(name: str, cumulative: bool = False) -> Timer:
-    """:meth:`MetricsLogger.timer` on the current logger."""
-    return current().timer(name, cumulative)
-
-
-def timed_call(name: str, cumulative: bool = False) -> Callable[[_F], _F]:
-    """:meth:`MetricsLogger.timed` on the current logger (exported as ``timed``)."""
-    return current().timed(name, cumulative)
-
-
-def flush(timeout: float | None = 30.0) -> bool:
-    """:meth:`MetricsLogger.flush` on the current logger."""
-    return current().flush(timeout)
-
-
-def finish(timeout: float | None = None, *, failed: bool | None = None) -> int:
-    """Close the current logger (see :meth:`MetricsLogger.close`); returns undelivered records."""
-    global _current
-    logger, _current = _current, None
-    return 0 if logger is None else logger.close(timeout, failed=failed)

@@ -1,7 +1,8 @@
 """Delivery: one dispatcher thread, a store protocol, and what a delivery achieved.
 
-* ``dispatcher.py``: :class:`Dispatcher` (the ``mlbench-dispatcher`` thread) and
-  :class:`Stats`;
+* ``dispatcher.py``: :class:`Dispatcher`, the ``mlbench-dispatcher`` thread;
+* ``ledger.py``: :class:`Ledger`, where every record is (one lock, one invariant), the
+  flush markers, and :class:`Stats`;
 * ``store.py``: the :class:`BatchStore` protocol, :class:`Parcel` and :class:`MemoryStore`
   (the spool and durable stores live with their files, in ``mlbench_metrics.spool``);
 * ``result.py``: :class:`BatchResult` and :class:`BatchFuture`, with per-metric results
@@ -13,7 +14,8 @@ callable and passes both in; an agent process can run the same pair.
 
 from __future__ import annotations
 
-from .dispatcher import BACKOFF_FIRST, BACKOFF_MAX, Dispatcher, Stats
+from .dispatcher import BACKOFF_FIRST, BACKOFF_MAX, Dispatcher
+from .ledger import Ledger, Stats
 from .result import BatchFuture, BatchResult, Gather
 from .store import BatchStore, MemoryStore, Parcel, next_batch_id
 
@@ -25,6 +27,7 @@ __all__ = [
     "BatchStore",
     "Dispatcher",
     "Gather",
+    "Ledger",
     "MemoryStore",
     "Parcel",
     "Stats",

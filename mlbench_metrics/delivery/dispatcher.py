@@ -17,10 +17,9 @@ happens in the ``mlbench-dispatcher`` thread owned by :class:`Dispatcher`:
 * resolve flush markers; at ``close`` leave what is undelivered to the store before the
   deadline.
 
-Accounting is one invariant, true whenever nothing is in flight: ``logged == stored +
-spooled + dropped`` (by reason), where ``spooled`` is what waits on disk. The clock and
-the wait are injected (tests run the thread on a fake clock). Nothing here raises into
-the training thread.
+Every record's state is counted in a :class:`~.ledger.Ledger` (``logged == stored +
+spooled + dropped``). The clock and the wait are injected (tests run the thread on a
+fake clock). Nothing here raises into the training thread.
 """
 
 from __future__ import annotations
@@ -31,12 +30,12 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Callable, Final, Mapping
+from typing import Callable, Final
 
 from .._threads import start_thread
 from ..errors import ClosedError
 from ..records import MetricBatch
+from .ledger import Ledger, Marker, Stats
 from .result import BatchFuture, BatchResult
 from .store import BatchStore, Parcel
 
@@ -59,55 +58,6 @@ Wait = Callable[[threading.Event, float], bool]
 
 def _event_wait(event: threading.Event, seconds: float) -> bool:
     return event.wait(seconds)
-
-
-@dataclass(frozen=True)
-class Stats:
-    """What the logger has done so far.
-
-    After :meth:`~mlbench_metrics.MetricsLogger.flush` returns True, or after ``close()``,
-    ``logged == stored + spooled + dropped_total`` exactly.
-
-    Attributes:
-        logged: records accepted by ``log``/``increment``/timers.
-        stored: records the server has stored (a re-sent duplicate counts once).
-        retried: records sent again after a failure.
-        dropped: records given up, by reason: ``"overflow"`` (memory was full and no
-            spool could take them), ``"rejected"`` (the server refused them for good),
-            ``"shutdown"`` (undelivered when ``close`` ran out of time, and not on disk),
-            ``"spool_full"`` (the spool's size bound), ``"spool_failed"`` (the disk
-            could not be written or read back).
-        spooled: records waiting on disk (after ``close()``: left for ``sync``).
-        in_flight: records sent and not answered yet.
-        pending: records not settled yet: buffered, waiting, in flight or on disk.
-        last_error: the most recent delivery error, as text.
-    """
-
-    logged: int
-    stored: int
-    retried: int
-    dropped: Mapping[str, int]
-    spooled: int
-    in_flight: int
-    pending: int
-    last_error: str | None
-
-    @property
-    def dropped_total(self) -> int:
-        """All dropped records, whatever the reason."""
-        return sum(self.dropped.values())
-
-
-class _Marker:
-    """A flush request travelling through the buffer behind the records it covers."""
-
-    __slots__ = ("event", "ok", "since", "upto")
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.ok = False
-        self.since = -1  # it covers batches after this one ...
-        self.upto = -1  # ... up to this one
 
 
 class Dispatcher:
@@ -162,32 +112,16 @@ class Dispatcher:
         self._finished = threading.Event()
         self._send_until = self._answers_until = float("inf")
         self._thread: threading.Thread | None = None
-        # Lock order: _drain_lock, then _lock. _drain_lock is held while items leave the
-        # buffer and are cut into parcels, so parcels are numbered in buffer order.
+        # Held while items leave the buffer and are cut into parcels (by this thread or a
+        # trim), so parcels are numbered in buffer order. Taken before the ledger's lock.
         self._drain_lock = threading.Lock()
-        self._lock = threading.Lock()
+        self._ledger = Ledger()
         self._seq = 0
-        self._live: dict[int, Parcel] = {}  # every parcel cut and not settled, in seq order
+        self._markers_waiting = 0  # flush markers in the buffer
         self._overflow: deque[Parcel] = deque()  # cut by trim(), not taken by the thread yet
-        self._outbox: deque[Parcel] = deque()  # waiting to be sent, oldest first
+        self._outbox: deque[Parcel] = deque()  # waiting to be sent, oldest first (the thread's)
         self._in_flight: dict[int, tuple[Parcel, BatchFuture]] = {}
         self._answered: deque[tuple[Parcel, BatchFuture]] = deque()
-        self._markers: list[_Marker] = []
-        self._markers_waiting = 0  # flush markers in the buffer
-        self._last_marker_upto = -1
-        self._lost_seqs: list[int] = []  # batches that lost records, since the last resolved flush
-        # Counters, under _lock: records cut into parcels; of those still live, how many
-        # and how many on disk; in flight; settled (stored, dropped by reason).
-        self._cut_records = 0
-        self._held = 0
-        self._parked = 0
-        self._flying = 0
-        self._overflow_records = 0
-        self._stored = 0
-        self._retried = 0
-        self._dropped: dict[str, int] = {}
-        self._abandoned = False
-        self._last_error: str | None = None
         self._warned: set[str] = set()
         self._last_take = clock()
 
@@ -222,14 +156,10 @@ class Dispatcher:
             if excess <= 0:
                 return
             parcels = self._take(excess)
-        with self._lock:  # the parcels are counted already: is memory outside the buffer full?
-            behind = self._held - self._parked > self._max_buffer
-        if behind:
+        if self._ledger.in_memory() > self._max_buffer:  # (the parcels are counted already)
             self._put_out_of_memory(parcels, "overflow", queued=False)
             parcels = [p for p in parcels if p.on_disk]
-        with self._lock:
-            self._overflow.extend(parcels)
-            self._overflow_records += sum(p.count for p in parcels)
+        self._overflow.extend(parcels)  # a deque: safe to extend here while the thread pops
         self._wake_event.set()
 
     def flush(self, timeout: float | None) -> bool:
@@ -241,7 +171,7 @@ class Dispatcher:
         """
         if self._thread is None or not self._thread.is_alive():
             return self.stats().pending == 0
-        marker = _Marker()
+        marker = Marker()
         with self._drain_lock:
             self._buffer.append(marker)
             self._markers_waiting += 1
@@ -271,28 +201,14 @@ class Dispatcher:
                 self._abandon()
 
     def stats(self) -> Stats:
-        """A snapshot of the counters."""
+        """A snapshot of the counts."""
         # With a timeout: a signal handler may ask while this thread holds the lock in trim().
         drained = self._drain_lock.acquire(timeout=0.5)
         try:
-            with self._lock:
-                buffered = len(self._buffer) - self._markers_waiting
-                return self._stats(buffered)
+            return self._ledger.stats(len(self._buffer) - self._markers_waiting)
         finally:
             if drained:
                 self._drain_lock.release()
-
-    def _stats(self, buffered: int) -> Stats:
-        return Stats(
-            logged=self._cut_records + buffered,
-            stored=self._stored,
-            retried=self._retried,
-            dropped=dict(self._dropped),
-            spooled=self._parked,
-            in_flight=self._flying,
-            pending=self._held + buffered,
-            last_error=self._last_error,
-        )
 
     # -- the thread ---------------------------------------------------------------------
 
@@ -321,7 +237,7 @@ class Dispatcher:
         return max(0.0, wait)
 
     def _all_done(self) -> bool:
-        return not self._live and not (len(self._buffer) - self._markers_waiting)
+        return self._ledger.everything_settled() and not (len(self._buffer) - self._markers_waiting)
 
     def _cycle(self) -> None:
         self._settle()
@@ -350,11 +266,11 @@ class Dispatcher:
         taken = 0
         while taken < limit and self._buffer:
             item = popleft()
-            if type(item) is _Marker:
+            if type(item) is Marker:
                 self._markers_waiting -= 1
                 parcels += self._cut(records)
                 records = []
-                self._add_marker(item)
+                self._ledger.add_marker(item, self._seq - 1)
             else:
                 records.append(item)
                 taken += 1
@@ -365,29 +281,12 @@ class Dispatcher:
             return []
         parcels = self._store.cut(records, self._batch_size, self._seq)
         self._seq += len(parcels)
-        with self._lock:
-            self._cut_records += len(records)
-            if self._abandoned:  # close() has counted what it could not wait for
-                self._dropped["shutdown"] = self._dropped.get("shutdown", 0) + len(records)
-                return []
-            self._held += len(records)
-            for parcel in parcels:
-                self._live[parcel.seq] = parcel
-                if parcel.on_disk:
-                    self._parked += parcel.count
-        return parcels
-
-    def _add_marker(self, marker: _Marker) -> None:
-        marker.since, marker.upto = self._last_marker_upto, self._seq - 1
-        self._last_marker_upto = marker.upto
-        with self._lock:
-            self._markers.append(marker)
+        return parcels if self._ledger.cut(len(records), parcels) else []
 
     def _take_overflow(self) -> None:
-        with self._lock:
-            parcels = list(self._overflow)
-            self._overflow.clear()
-            self._overflow_records = 0
+        parcels = []
+        while self._overflow:
+            parcels.append(self._overflow.popleft())
         if parcels:
             self._outbox.extend(parcels)
             self._put_out_of_memory([p for p in parcels if not p.on_disk], "overflow")
@@ -403,8 +302,7 @@ class Dispatcher:
     def _bound_memory(self) -> None:
         """Keep memory under ``max_buffer`` records (waiting, in flight or still in the
         buffer): the oldest waiting batches go to disk, or are dropped without one."""
-        with self._lock:
-            over = self._held - self._parked + len(self._buffer) - self._markers_waiting - self._max_buffer
+        over = self._ledger.in_memory() + len(self._buffer) - self._markers_waiting - self._max_buffer
         spill = []
         for parcel in self._outbox:
             if over <= 0:
@@ -423,11 +321,7 @@ class Dispatcher:
         except Exception as exc:
             self._note_error("spool", exc)
             kept, reason = 0, "spool_failed"
-        with self._lock:
-            for parcel in parcels[:kept]:
-                parcel.on_disk = True
-                if not self._abandoned:
-                    self._parked += parcel.count
+        self._ledger.parked(parcels[:kept])
         for parcel in parcels[kept:]:
             self._drop(parcel, reason, queued=queued)
 
@@ -452,8 +346,7 @@ class Dispatcher:
             self._outbox.popleft()
             head.attempts += 1
             self._in_flight[head.seq] = (head, future)
-            with self._lock:
-                self._flying += head.count
+            self._ledger.flying(head.count)
             future.add_done_callback(functools.partial(self._on_answer, head))
 
     def _load(self, parcel: Parcel) -> MetricBatch | None:
@@ -466,7 +359,7 @@ class Dispatcher:
         gone = parcel.count - (len(batch) if batch is not None else 0)
         if gone > 0:
             _, reason = self._store.lost(parcel)
-            self._settle_records(parcel, gone, reason or "spool_failed")
+            self._count(parcel, gone, reason or "spool_failed")
         if batch is None or not len(batch):
             self._outbox.remove(parcel)
             self._forget(parcel)
@@ -501,16 +394,13 @@ class Dispatcher:
                 self._store.failed(parcel)
             except Exception as exc:  # it stays in memory: nothing is lost
                 self._note_error("spool", exc)
-            if parcel.place is not None and not parcel.on_disk:
-                with self._lock:
-                    parcel.on_disk = True
-                    self._parked += parcel.count
-        self._resolve_markers()
+            if parcel.place is not None:
+                self._ledger.parked([parcel])
+        self._ledger.resolve_markers(self._seq)
 
     def _apply(self, parcel: Parcel, result: BatchResult) -> bool:
         """Count an answer for an in-flight parcel; True when some of it is to be sent again."""
-        with self._lock:
-            self._flying -= parcel.count
+        self._ledger.flying(-parcel.count)
         if result.failed:
             self._note_error("deliver", result.error)
         again = result.retryable()
@@ -524,37 +414,23 @@ class Dispatcher:
             except Exception as exc:  # the whole batch will be sent again: at least once
                 self._note_error("spool", exc)
                 again, stored, rejected = list(range(parcel.count)), 0, 0
-        self._settle_records(parcel, stored, None)
-        self._settle_records(parcel, rejected, "rejected")
+        self._count(parcel, stored, None)
+        self._count(parcel, rejected, "rejected")
         if not again:
             self._forget(parcel)
             return False
-        with self._lock:
-            self._retried += len(again)
+        self._ledger.retried(len(again))
         return True
 
-    def _settle_records(self, parcel: Parcel, n: int, reason: str | None) -> None:
+    def _count(self, parcel: Parcel, n: int, reason: str | None) -> None:
         """``n`` of the parcel's records are done: stored (no reason) or dropped."""
-        if n <= 0:
-            return
-        with self._lock:
-            parcel.count -= n
-            if self._abandoned:
-                return
-            self._held -= n
-            if parcel.on_disk:
-                self._parked -= n
-            if reason is None:
-                self._stored += n
-            else:
-                self._dropped[reason] = self._dropped.get(reason, 0) + n
-                self._lost_seqs.append(parcel.seq)
-        if reason is not None:
+        self._ledger.settled(parcel, n, reason)
+        if n > 0 and reason is not None:
             self._warn_once(f"drop:{reason}", f"mlbench-metrics: dropped {n} records ({reason}); see stats.dropped")
 
     def _drop(self, parcel: Parcel, reason: str, *, queued: bool = True) -> None:
         """Give the parcel up; ``queued``: it may be in the outbox (only the thread's)."""
-        self._settle_records(parcel, parcel.count, reason)
+        self._count(parcel, parcel.count, reason)
         if queued and parcel in self._outbox:
             self._outbox.remove(parcel)
         self._forget(parcel)
@@ -564,24 +440,7 @@ class Dispatcher:
             self._store.settle(parcel)
         except Exception as exc:
             self._note_error("spool", exc)
-        with self._lock:
-            self._live.pop(parcel.seq, None)
-
-    def _resolve_markers(self) -> None:
-        with self._lock:
-            if not self._markers:
-                return
-            oldest = next(iter(self._live), self._seq)
-            keep = []
-            for marker in self._markers:
-                if marker.upto < oldest:
-                    marker.ok = not any(marker.since < s <= marker.upto for s in self._lost_seqs)
-                    marker.event.set()
-                    # later flushes cover only batches after this one
-                    self._lost_seqs = [s for s in self._lost_seqs if s > marker.upto]
-                else:
-                    keep.append(marker)
-            self._markers = keep
+        self._ledger.forget(parcel)
 
     def _finish(self) -> None:
         """At the end: put what waits on disk, give what is in flight until its last
@@ -604,15 +463,13 @@ class Dispatcher:
         self._put_out_of_memory(self._waiting_in_memory(), "shutdown")
         for parcel in list(self._outbox):
             lost, reason = self._store.lost(parcel)
-            self._settle_records(parcel, lost, reason)
-        with self._lock:
-            left = self._parked
-            settled = not self._live
+            self._count(parcel, lost, reason)
         try:
-            self._store.close(everything_settled=settled)
+            self._store.close(everything_settled=self._ledger.everything_settled())
         except Exception as exc:
             self._note_error("spool", exc)
-        self._release_markers()
+        self._ledger.release_markers()
+        left = self._ledger.stats(0).spooled
         where = self._store.location
         if left and where is not None:
             _log.warning(
@@ -624,13 +481,7 @@ class Dispatcher:
 
     def _abandon(self) -> None:
         """The thread did not finish in time: count what is not on disk as dropped."""
-        with self._lock:
-            self._abandoned = True
-            lost = self._held - self._parked
-            self._held = self._parked
-            self._flying = 0
-            if lost:
-                self._dropped["shutdown"] = self._dropped.get("shutdown", 0) + lost
+        uncut = 0
         if self._drain_lock.acquire(timeout=0.05):
             try:
                 uncut = len(self._buffer) - self._markers_waiting
@@ -638,19 +489,9 @@ class Dispatcher:
                 self._markers_waiting = 0
             finally:
                 self._drain_lock.release()
-            with self._lock:
-                self._cut_records += uncut
-                if uncut:
-                    self._dropped["shutdown"] = self._dropped.get("shutdown", 0) + uncut
-        self._release_markers()
+        self._ledger.abandon(uncut)
+        self._ledger.release_markers()
         _log.warning("mlbench-metrics: delivery did not finish within the close timeout; see stats.dropped")
-
-    def _release_markers(self) -> None:
-        with self._lock:
-            markers, self._markers = self._markers, []
-        for marker in markers:
-            marker.ok = False
-            marker.event.set()
 
     # -- errors -------------------------------------------------------------------------
 
@@ -658,8 +499,7 @@ class Dispatcher:
         if exc is None:
             return
         text = f"{type(exc).__name__}: {exc}"
-        with self._lock:
-            self._last_error = text
+        self._ledger.error(text)
         self._warn_once(f"{kind}:{type(exc).__name__}", f"mlbench-metrics: {kind} failed: {text}")
 
     def _warn_once(self, key: str, message: str) -> None:

@@ -3,9 +3,8 @@
 * ``files.py``: spool directories (one per run and writing process) and the frame format
   every appended file uses;
 * ``batches.py``: the batch spool (batches that failed or overflowed) and its store;
-* ``durable.py``: the durable log (every record, memory-mapped, before ``log()``
-  returns), its reader and its marks;
-* ``durable_store.py``: durable mode's store (the buffer is the log);
+* ``durable/``: the durable log (every record, memory-mapped, before ``log()``
+  returns), durable mode's store (the buffer is the log), its reader and its marks;
 * ``sync.py``: delivering what dead processes left (``mlbench-metrics sync``).
 
 Each file format has one owner module, which alone writes and reads it. No threads are
@@ -16,8 +15,7 @@ writes durable slots (and puts overflow on disk when the dispatcher falls behind
 from __future__ import annotations
 
 from .batches import BatchSpool, SpoolStore, read_spool_file
-from .durable import DurableLog, read_durable
-from .durable_store import DurableStore
+from .durable import DurableLog, DurableStore, read_durable
 from .files import SpoolDir, default_spool_root, writer_dirs
 from .sync import SyncReport, sync_writer
 

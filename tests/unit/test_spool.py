@@ -9,8 +9,7 @@ import pytest
 
 from mlbench_metrics.records import Context, MetricBatch
 from mlbench_metrics.spool import BatchSpool, DurableStore, SpoolDir, read_durable, read_spool_file
-from mlbench_metrics.spool import durable as durable_module
-from mlbench_metrics.spool.durable import CTL_END, CTL_START, DurableRecord, replay_batches
+from mlbench_metrics.spool.durable import CTL_END, CTL_START, DurableRecord, layout, replay_batches
 from mlbench_metrics.spool.files import frame, read_frames
 
 CTX = Context(None, 0, None)
@@ -145,7 +144,7 @@ def test_replay_batches_respect_marks_and_size() -> None:
 
 
 def test_the_durable_size_bound_deletes_the_oldest_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(durable_module, "SEGMENT_SLOTS", 1000)  # small segments reach the bound quickly
+    monkeypatch.setattr(layout, "SEGMENT_SLOTS", 1000)  # small segments reach the bound quickly
     store = durable_store(tmp_path, max_bytes=0)  # keeps the two newest segments
     for i in range(3500):
         store.write("x", i, i, None, CTX)

@@ -21,12 +21,13 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Final
 
-from ..delivery import MemoryStore, Parcel, next_batch_id
-from ..errors import SpoolError
-from ..records import Context, MetricBatch, encode_columns
-from ..records.batch import Record
-from ..records.checks import Value
-from .durable import (
+from ...delivery import MemoryStore, Parcel, next_batch_id
+from ...errors import SpoolError
+from ...records import Context, MetricBatch, encode_columns
+from ...records.batch import Record
+from ...records.checks import Value
+from ..files import SpoolDir
+from .layout import (
     FLAG_CUMULATIVE,
     FLAG_STEP,
     KIND_FLOAT,
@@ -36,9 +37,8 @@ from .durable import (
     SLOT,
     SLOT_F,
     SLOT_I,
-    DurableLog,
 )
-from .files import SpoolDir
+from .log import DurableLog
 
 __all__ = ["DurableStore", "Writer"]
 
