@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -15,37 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
-from fakes import HANG, ScriptedServer, Seen, http_response
+from fakes import HANG, ScriptedServer, Seen, forward, http_response
 from mlbench_metrics import MetricsLogger, Stats
 from mlbench_metrics.server import ServerHandle, serve
 from mlbench_metrics.server.store import Store
 
-from helpers import create_run
-
-
-def closed_port() -> str:
-    """An address on 127.0.0.1 where nothing listens (connections are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
+from helpers import closed_port, create_run
 
 
 def balanced(stats: Stats) -> bool:
     return stats.logged == stats.stored + stats.spooled + stats.dropped_total
-
-
-def forward(target: str, seen: Seen) -> bytes:
-    """Send ``seen`` on to the real server at ``target`` and return its answer as bytes."""
-    r = requests.request(
-        seen.method,
-        target + seen.path,
-        params={k: v[0] for k, v in seen.query.items()},
-        data=seen.body,
-        headers={"Content-Type": seen.headers.get("content-type", "application/octet-stream")},
-    )
-    return http_response(r.status_code, r.content, {"Content-Type": r.headers.get("Content-Type", "")})
 
 
 def sync(*args: str) -> subprocess.CompletedProcess[str]:

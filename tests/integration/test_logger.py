@@ -13,7 +13,7 @@ import pytest
 import requests
 
 import mlbench_metrics
-from fakes import HANG, ScriptedServer, Seen, http_response
+from fakes import HANG, ScriptedServer, Seen, forward, http_response
 from mlbench_metrics import ClosedError, ConfigError, MetricsLogger, SystemMetrics, TimerError
 from mlbench_metrics.server import ServerHandle, serve
 
@@ -344,13 +344,7 @@ def test_transient_failures_are_retried_and_stored_once(fresh_server: ServerHand
         if seen.method == "POST" and seen.path.endswith("/batch/") and failures["left"] > 0:
             failures["left"] -= 1
             return http_response(503, "{}", {"Retry-After": "0"})
-        r = requests.request(
-            seen.method,
-            fresh_server.url + seen.path,
-            data=seen.body,
-            headers={"Content-Type": seen.headers.get("content-type", "")},
-        )
-        return http_response(r.status_code, r.content, {"Content-Type": r.headers.get("Content-Type", "")})
+        return forward(fresh_server.url, seen)
 
     with ScriptedServer(script) as proxy:
         log = MetricsLogger(run["id"], url=proxy.address, batch_size=50, flush_interval=0.05)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
-from fakes import ScriptedServer, Seen, http_response
+from fakes import ScriptedServer, Seen, forward
 from mlbench_metrics import MetricsLogger
 from mlbench_metrics.server import ServerHandle
 
-from helpers import create_run
+from helpers import closed_port, create_run
 
 
 def mount_tmpfs(path: Path, options: str) -> None:
@@ -56,8 +54,7 @@ def test_a_full_disk_in_durable_mode_is_never_a_crash(
     def gated(seen: Seen, index: int) -> Any:
         if seen.method == "POST":
             gate.wait(120)
-        r = requests.request(seen.method, fresh_server.url + seen.path, data=seen.body, headers=dict(seen.headers))
-        return http_response(r.status_code, r.content, {"Content-Type": r.headers.get("Content-Type", "")})
+        return forward(fresh_server.url, seen)
 
     code = textwrap.dedent(f"""
         import json, sys, mlbench_metrics
@@ -84,12 +81,6 @@ def test_a_full_disk_in_durable_mode_is_never_a_crash(
     warnings = [line for line in err.splitlines() if "mlbench-metrics" in line]
     assert len(warnings) == 1 and "memory" in warnings[0], err[-2000:]
     assert fresh_server.store.count_metrics(run["id"]) == records
-
-
-def closed_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 def read_only_dir(tmp_path: Path) -> Path:

@@ -71,28 +71,6 @@ def test_records_are_delivered_on_sys_exit(fresh_server: ServerHandle) -> None:
     assert fresh_server.store.count_metrics(run["id"]) == 3000
 
 
-def test_sigterm_flushes_then_ends_as_sigterm_would(fresh_server: ServerHandle) -> None:
-    run = create_run(fresh_server.url)
-    proc = run_script(
-        fresh_server.address,
-        run["id"],
-        """
-        log = mlbench_metrics.init(flush_interval=30)
-        for i in range(4000):
-            log.log("x", i)
-        print("logged", flush=True)
-        while True:
-            signal.pause()   # the training loop, busy elsewhere, until the signal comes
-    """,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "logged"
-    proc.send_signal(signal.SIGTERM)
-    code, _, err = finish(proc)
-    assert code == -signal.SIGTERM, err
-    assert fresh_server.store.count_metrics(run["id"]) == 4000
-
-
 def test_a_program_with_its_own_sigterm_handler_keeps_it(fresh_server: ServerHandle) -> None:
     run = create_run(fresh_server.url)
     proc = run_script(

@@ -18,9 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import requests
-
-from fakes import RESET, ScriptedServer, Seen, http_response
+from fakes import RESET, ScriptedServer, Seen, forward, http_response
 from mlbench_metrics import ApiClient, MetricsLogger, RetryPolicy
 from mlbench_metrics.server import ServerHandle, spawn
 from mlbench_metrics.server.store import Store
@@ -80,15 +78,9 @@ def flaky_proxy(target: str, rng: random.Random) -> Any:
             roll = rng.random()
         forward_first = roll < 0.15 or 0.30 <= roll < 0.35
         if roll >= 0.40 or forward_first:
-            r = requests.request(
-                seen.method,
-                target + seen.path,
-                params={k: v[0] for k, v in seen.query.items()},
-                data=seen.body,
-                headers={"Content-Type": seen.headers.get("content-type", "application/octet-stream")},
-            )
+            answer = forward(target, seen)
             if roll >= 0.40:
-                return http_response(r.status_code, r.content, {"Content-Type": r.headers.get("Content-Type", "")})
+                return answer
         if roll < 0.30:
             return http_response(500, "{}")
         return RESET

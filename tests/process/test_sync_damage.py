@@ -5,7 +5,6 @@ other directories are still delivered."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,13 +16,7 @@ from mlbench_metrics import MetricsLogger
 from mlbench_metrics.server import ServerHandle
 from mlbench_metrics.server.store import Store
 
-from helpers import create_run
-
-
-def closed_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
+from helpers import closed_port, create_run
 
 
 def sync(*args: str) -> subprocess.CompletedProcess[str]:
