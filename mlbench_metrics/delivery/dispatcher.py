@@ -258,23 +258,21 @@ class Dispatcher:
         self._settle()
 
     def _take(self, limit: int) -> list[Parcel]:
-        """Under ``_drain_lock``: pop up to ``limit`` records (and the markers among
-        them) from the buffer and cut them into parcels, numbered in buffer order."""
+        """Under ``_drain_lock``: pop up to ``limit`` items from the buffer and cut the
+        records among them into parcels, numbered in buffer order."""
         popleft = self._buffer.popleft
-        records: list[object] = []
+        items = [popleft() for _ in range(min(limit, len(self._buffer)))]  # at C speed
+        if not self._markers_waiting:
+            return self._cut(items)
         parcels: list[Parcel] = []
-        taken = 0
-        while taken < limit and self._buffer:
-            item = popleft()
+        start = 0
+        for i, item in enumerate(items):  # a flush is waiting: find its marker
             if type(item) is Marker:
                 self._markers_waiting -= 1
-                parcels += self._cut(records)
-                records = []
+                parcels += self._cut(items[start:i])
                 self._ledger.add_marker(item, self._seq - 1)
-            else:
-                records.append(item)
-                taken += 1
-        return parcels + self._cut(records)
+                start = i + 1
+        return parcels + self._cut(items[start:])
 
     def _cut(self, records: list[object]) -> list[Parcel]:
         if not records:
