@@ -16,7 +16,6 @@ its own parts on its first record. This module starts no threads itself.
 
 from __future__ import annotations
 
-import collections
 import functools
 import json
 import logging
@@ -36,6 +35,7 @@ from .config import LoggerConfig
 from .delivery import Stats
 from .errors import ClosedError
 from .records import Context, check_name, check_number, check_step, coerce_value
+from .records.batch import Record
 from .records.checks import Value
 from .timing import Timer, timed
 
@@ -53,6 +53,16 @@ class Sampler(Protocol):
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop recording and join the thread."""
+
+
+class _Buffer(Protocol):
+    """What the hot path appends to: the store's deque, or the closed stand-in."""
+
+    def append(self, item: Record, /) -> None:
+        """Add one record (or raise: closed)."""
+
+    def __len__(self) -> int:
+        """Records waiting."""
 
 
 class _ClosedBuffer:
@@ -196,7 +206,7 @@ class MetricsLogger:
     def _use(self, parts: Parts) -> None:
         self._store = parts.store
         self._dispatcher = parts.dispatcher
-        self._buf: Any = parts.store.buffer
+        self._buf: _Buffer = parts.store.buffer
         self._append = parts.append
         self._write = parts.write
 
@@ -534,7 +544,7 @@ class MetricsLogger:
 
     def _start_in_child(self) -> None:
         """Build this process's own parts, and hand them what was logged since the fork."""
-        waiting: collections.deque[object] = self._buf
+        waiting = self._store.buffer  # the placeholder's
         self._open_parts()
         append = self._append
         while waiting:

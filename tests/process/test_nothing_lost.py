@@ -140,8 +140,7 @@ def _spool_with_undelivered(tmp_path: Path, run_id: int, records: int, **kwargs:
         log = MetricsLogger(run_id, client=client, batch_size=100, spool_dir=tmp_path, **kwargs)
         for i in range(records):
             log.log("x", i)
-        log.flush(2)
-        log.close(timeout=2)
+        log.close(timeout=1)
         client.close()
     writer = log.spool_dir
     assert writer is not None and writer.exists()

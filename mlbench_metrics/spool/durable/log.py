@@ -18,10 +18,11 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ...errors import SpoolError
 from ...records import Context
+from ...records.checks import Value
 from ..files import SpoolDir, frame
 from . import layout
 from .layout import (
@@ -43,9 +44,20 @@ from .layout import (
     segment_name,
 )
 
-__all__ = ["DurableLog"]
+__all__ = ["Columns", "DurableLog"]
 
 _log = logging.getLogger("mlbench_metrics")
+
+
+class Columns(NamedTuple):
+    """Records read back from the log, as columns (what ``records.encode_columns`` takes)."""
+
+    names: list[str]
+    values: list[Value]
+    times_ns: list[int]
+    steps: list[int | None]
+    contexts: list[Context]
+    seqs: list[int]
 
 
 @dataclass
@@ -251,9 +263,8 @@ class DurableLog:
             held = sum(max(0, min(end, s.end) - max(first, s.first)) for s in self._segments)
         return end - first - held
 
-    def read(self, first: int, end: int) -> tuple[list[Any], ...]:
-        """Records ``first..end-1`` not marked done, as columns: (names, values,
-        times_ns, steps, contexts, seqs).
+    def read(self, first: int, end: int) -> Columns:
+        """Records ``first..end-1`` not marked done, as columns.
 
         Slots whose segment the size bound deleted are missing from the answer. The
         slots are copied under the lock and unpacked at C speed; only non-float values
@@ -269,11 +280,11 @@ class DurableLog:
         columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
         for lo, data in pieces:
             self._unpack(lo, data, columns)
-        if not columns[0]:
-            return columns
-        names = _pick(self._names_by_id, columns[0])
-        contexts = _pick(self._context_refs, columns[4])
-        return names, columns[1], columns[2], columns[3], contexts, columns[5]
+        name_ids, values, times, steps, context_ids, seqs = columns
+        if not name_ids:
+            return Columns([], [], [], [], [], [])
+        names = _pick(self._names_by_id, name_ids)
+        return Columns(names, values, times, steps, _pick(self._context_refs, context_ids), seqs)
 
     def _unpack(self, lo: int, data: bytes, out: tuple[list[Any], ...]) -> None:
         words = memoryview(data).cast("q")  # six per slot
