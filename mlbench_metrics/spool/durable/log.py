@@ -94,6 +94,7 @@ class DurableLog:
         self._keep = max(2, max_bytes // (layout.SEGMENT_SLOTS * SLOT))
         self._segments: list[_Segment] = []
         self._lock = threading.Lock()  # the dictionary and the segment list
+        self._growing = threading.Lock()  # one segment reserved at a time, outside _lock
         self._names: dict[str, int] = {}
         self._names_by_id: list[str] = []
         self._contexts: dict[int, int] = {}
@@ -107,7 +108,7 @@ class DurableLog:
             os.posix_fallocate(self._state_fd, 0, mmap.PAGESIZE)
             self._state = mmap.mmap(self._state_fd, mmap.PAGESIZE)
             STATE.pack_into(self._state, 0, STATE_MAGIC, 0, 0)
-            self._map(0)
+            self._segments.append(self._reserve(0))
         except OSError as exc:
             raise SpoolError(f"cannot create the durable log in {self.path}: {exc}") from exc
 
@@ -172,13 +173,15 @@ class DurableLog:
         Raises:
             SpoolError: a segment cannot be reserved (the disk is full).
         """
-        with self._lock:
-            while self._segments[-1].end <= seq:
-                self._map(self._segments[-1].end)
-            for segment in reversed(self._segments):
-                if segment.first <= seq < segment.end:
-                    return segment.mm, segment.first, segment.end
-        return bytearray(SLOT), seq, seq + 1
+        while True:
+            with self._lock:
+                for segment in reversed(self._segments):
+                    if segment.first <= seq < segment.end:
+                        return segment.mm, segment.first, segment.end
+                newest_end = self._segments[-1].end if self._segments else seq + 1
+            if newest_end > seq:
+                return bytearray(SLOT), seq, seq + 1
+            self._grow(newest_end)
 
     def prepare(self, seq: int) -> None:
         """Reserve the segment after the newest when ``seq`` is past half of it, so the
@@ -188,12 +191,32 @@ class DurableLog:
             newest = self._segments[-1] if self._segments else None
             if newest is None or self.closed or seq < newest.first + layout.SEGMENT_SLOTS // 2:
                 return
-            with contextlib.suppress(SpoolError, OSError):
-                self._map(newest.end)
+        with contextlib.suppress(SpoolError):
+            self._grow(newest.end)
 
-    def _map(self, first: int) -> None:
-        """Reserve and map the segment starting at ``first`` (under the lock); past the
-        size bound, delete the oldest."""
+    def _grow(self, first: int) -> None:
+        """Add the segment starting at ``first`` unless another thread did; past the size
+        bound, delete the oldest. The reservation (which may take a while) holds only
+        ``_growing``, so writers of names and strings are not kept waiting.
+
+        Raises:
+            SpoolError: it cannot be reserved.
+        """
+        with self._growing:
+            with self._lock:
+                if self.closed or (self._segments and self._segments[-1].end > first):
+                    return
+            segment = self._reserve(first)
+            with self._lock:
+                self._segments.append(segment)
+                oldest = self._segments.pop(0) if len(self._segments) > self._keep else None
+            if oldest is not None:
+                _log.warning("mlbench-metrics: the durable log passed its size bound; deleted %s", oldest.path.name)
+                with self._lock:
+                    self._unmap(oldest, delete=True)
+
+    def _reserve(self, first: int) -> _Segment:
+        """Reserve the disk for the segment starting at ``first``, and map it."""
         path = self.path / segment_name(first)
         size = layout.SEGMENT_SLOTS * SLOT
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
@@ -205,11 +228,7 @@ class DurableLog:
             with contextlib.suppress(OSError):
                 path.unlink()
             raise SpoolError(f"cannot reserve {size >> 20} MiB for {path}: {exc}") from exc
-        self._segments.append(_Segment(first, path, mm, fd))
-        if len(self._segments) > self._keep:
-            oldest = self._segments.pop(0)
-            _log.warning("mlbench-metrics: the durable log passed its size bound; deleted %s", oldest.path.name)
-            self._unmap(oldest, delete=True)
+        return _Segment(first, path, mm, fd)
 
     @staticmethod
     def _unmap(segment: _Segment, delete: bool) -> None:

@@ -123,8 +123,6 @@ class DurableStore(MemoryStore):
                     self._outstanding[start] = end
                 parcels.append(Parcel(seq, self.log.batch_id(start, end), end - start, place=_Range(start, end)))
                 seq += 1
-        if slots:
-            self.log.prepare(max(slots))
         return parcels
 
     def load(self, parcel: Parcel) -> MetricBatch | None:
@@ -132,6 +130,7 @@ class DurableStore(MemoryStore):
         place = parcel.place
         if not isinstance(place, _Range):
             return super().load(parcel)
+        self.log.prepare(place.end)  # here, in the dispatcher thread, outside the buffer's lock
         if parcel.batch is None:
             names, values, times, steps, contexts, place.seqs = self.log.read(place.first, place.end)
             if names:
