@@ -30,10 +30,12 @@ __all__ = ["BatchStore", "MemoryStore", "Parcel", "next_batch_id"]
 class Parcel:
     """A batch on its way from the buffer to the server.
 
-    The dispatcher keeps ``seq`` (the order batches were cut in: oldest first),
+    A record the dispatcher and its store share, each keeping its own fields. The
+    dispatcher (with its ledger): ``seq`` (the order batches were cut in: oldest first),
     ``count`` (records it still stands for), ``attempts``, ``due`` and ``on_disk``. The
-    store keeps its contents: ``records`` (taken from the buffer, not encoded yet),
-    ``batch`` (encoded, ready to send) and ``place`` (where it is on disk).
+    store: ``batch_id`` (a new one for what is left after a partial answer) and the
+    contents: ``records`` (taken from the buffer, not encoded yet), ``batch`` (encoded,
+    ready to send) and ``place`` (where it is on disk).
     """
 
     __slots__ = ("attempts", "batch", "batch_id", "count", "due", "on_disk", "place", "records", "seq")
