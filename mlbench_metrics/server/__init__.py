@@ -23,21 +23,24 @@ owned by the returned :class:`ServerHandle` and joined by its ``stop()``.
 
 from __future__ import annotations
 
-import ipaddress
 import os
+import secrets
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import IO, Any, Final
 
 from .._threads import start_thread
 from .._version import __version__
 from ._http import HttpServer
+from .access import AccessPolicy, is_loopback
 from .executor import LocalExecutor
 from .parsing import error_response
 from .routes import App
@@ -59,11 +62,16 @@ class ServerHandle:
         address: ``host:port``, the form ``ApiClient(url=...)`` takes as upstream does.
         port: the bound port.
         db_path: the SQLite file.
+        token: the bearer token clients need, or None; generated when ``exec_runs``
+            was asked for without one.
         store: the store behind the API (for inspection in tests and tools).
     """
 
-    def __init__(self, http: HttpServer, app: App, store: Store, db_path: str, tmpdir: str | None) -> None:
+    def __init__(
+        self, http: HttpServer, app: App, store: Store, db_path: str, tmpdir: str | None, token: str | None
+    ) -> None:
         self._http = http
+        self.token = token
         self.app = app
         self.store = store
         self.db_path = db_path
@@ -114,6 +122,7 @@ def serve(
     db_path: str | None = None,
     *,
     token: str | None = None,
+    allow_hosts: Sequence[str] = (),
     max_body: int = DEFAULT_MAX_BODY,
     idle_timeout: float = 60.0,
     extensions: bool = True,
@@ -127,33 +136,41 @@ def serve(
         port: the port; 0 picks a free one (see ``handle.port``).
         db_path: the SQLite file; None for a fresh temporary database.
         token: when set, requests need ``Authorization: Bearer <token>``.
+        allow_hosts: names besides loopback ones (and ``host``) that clients may reach
+            the server by, checked in the ``Host`` header against DNS rebinding; ``"*"``
+            for any (see :mod:`~mlbench_metrics.server.access`).
         max_body: the largest request body accepted (413 beyond it).
         idle_timeout: seconds an idle kept-alive connection stays open.
         extensions: offer the batch endpoint, run states and pod registration. Without
             them the server answers those routes as the dashboard does (a 500 for
             ``GET /api/metrics/batch/``, 405 otherwise), to test code meant for it.
         exec_runs: run created runs' commands on this machine (see
-            :mod:`mlbench_metrics.server.executor`). It runs what any client sends, so
-            it is refused unless ``host`` is a loopback address or ``token`` is set.
+            :mod:`mlbench_metrics.server.executor`). It runs what clients send, so it
+            always needs a token: without ``token``, one is generated (see
+            ``handle.token``) on a loopback ``host``; another ``host`` needs ``token``.
         exec_workdir: the working directory of those commands (default: this one).
 
     Returns:
         The running server's handle.
 
     Raises:
-        OSError: the address cannot be bound.
+        OSError: the address cannot be bound, or the database cannot be opened.
         ValueError: ``exec_runs`` on a non-loopback address without a token.
     """
-    if exec_runs and not token and not _is_loopback(host):
-        raise ValueError(
-            f"--exec runs the commands clients send: bind a loopback address (not {host}) or require a --token"
-        )
+    if exec_runs and not token:
+        if not is_loopback(host):
+            raise ValueError(
+                f"--exec runs the commands clients send: on {host}, which is not a loopback address, "
+                "give the --token clients must present"
+            )
+        token = secrets.token_urlsafe(24)
     tmpdir = None
     if db_path is None:
         tmpdir = tempfile.mkdtemp(prefix="mlbench-metrics-")
         db_path = os.path.join(tmpdir, "metrics.db")
-    store = Store(db_path)
-    app = App(store, token=token, max_body=max_body, extensions=extensions)
+    store = _open_store(db_path, tmpdir)
+    access = AccessPolicy(token=token, allowed_hosts=allow_hosts, bind_host=host)
+    app = App(store, access=access, max_body=max_body, extensions=extensions)
     try:
         http = HttpServer(
             host,
@@ -169,20 +186,25 @@ def serve(
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
         raise
-    handle = ServerHandle(http, app, store, db_path, tmpdir)
+    handle = ServerHandle(http, app, store, db_path, tmpdir, token)
     if exec_runs:
-        app.executor = LocalExecutor(store, handle.url, token, exec_workdir)
+        # The runs reach the server over loopback even when it listens on every interface.
+        local = handle.url if host not in ("0.0.0.0", "::", "") else f"http://127.0.0.1:{handle.port}"
+        app.executor = LocalExecutor(store, local, token, exec_workdir)
     http.start()
     return handle
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+def _open_store(db_path: str, tmpdir: str | None) -> Store:
+    """The store on ``db_path``; a clear ``OSError`` when SQLite cannot open it."""
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+        return Store(db_path)
+    except sqlite3.Error as exc:
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        folder = os.path.dirname(os.path.abspath(db_path))
+        hint = f" (the folder {folder} does not exist)" if not os.path.isdir(folder) else ""
+        raise OSError(f"cannot open the database {db_path}: {exc}{hint}") from None
 
 
 class ServerProcess:
