@@ -125,6 +125,7 @@ def serve(
     allow_hosts: Sequence[str] = (),
     max_body: int = DEFAULT_MAX_BODY,
     idle_timeout: float = 60.0,
+    header_timeout: float = 10.0,
     extensions: bool = True,
     exec_runs: bool = False,
     exec_workdir: str | None = None,
@@ -141,6 +142,8 @@ def serve(
             for any (see :mod:`~mlbench_metrics.server.access`).
         max_body: the largest request body accepted (413 beyond it).
         idle_timeout: seconds an idle kept-alive connection stays open.
+        header_timeout: seconds a request's head may take to arrive, from its first
+            byte (408 after); a total, so trickling bytes does not extend it.
         extensions: offer the batch endpoint, run states and pod registration. Without
             them the server answers those routes as the dashboard does (a 500 for
             ``GET /api/metrics/batch/``, 405 otherwise), to test code meant for it.
@@ -179,6 +182,7 @@ def serve(
             error_response,
             max_body=max_body,
             idle_timeout=idle_timeout,
+            header_timeout=header_timeout,
             server_header=f"mlbench-metrics/{__version__}",
         )
     except BaseException:
