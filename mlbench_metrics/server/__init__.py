@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final
 
@@ -46,7 +47,7 @@ from .parsing import error_response
 from .routes import App
 from .store import Store
 
-__all__ = ["DEFAULT_MAX_BODY", "ServerHandle", "ServerProcess", "serve", "spawn"]
+__all__ = ["DEFAULT_MAX_BODY", "ServerHandle", "ServerProcess", "default_db_path", "ready_line", "serve", "spawn"]
 
 DEFAULT_MAX_BODY: Final = 64 * 1024 * 1024
 """The largest request body the server accepts by default (64 MiB)."""
@@ -197,6 +198,17 @@ def serve(
         app.executor = LocalExecutor(store, local, token, exec_workdir)
     http.start()
     return handle
+
+
+def default_db_path() -> Path:
+    """Where ``mlbench-metrics serve`` keeps its data without ``--db``.
+
+    ``$XDG_DATA_HOME/mlbench-metrics/metrics.db``, by default
+    ``~/.local/share/mlbench-metrics/metrics.db``: a file that outlives the server, as
+    MLflow's ``mlruns`` does, rather than a temporary one deleted on exit.
+    """
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data) / "mlbench-metrics" / "metrics.db"
 
 
 def _open_store(db_path: str, tmpdir: str | None) -> Store:

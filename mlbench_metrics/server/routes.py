@@ -187,6 +187,7 @@ class App:
                     "name": "mlbench-metrics",
                     "version": __version__,
                     "extensions": ["batch", "run_state", "pods"] if self.extensions else [],
+                    "exec": self.executor is not None,
                     **({"batch": self._batch_description()} if self.extensions else {}),
                 },
             },
