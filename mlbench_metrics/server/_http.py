@@ -470,7 +470,7 @@ class HttpServer:
                     _log.exception("unhandled error for %s %s", request.method, request.path)
                     response = self._error(500, "internal server error; the server log has the details")
                 close = response.close or not keep_alive or self._stopping.is_set()
-                self._send(sock, response, close=close)
+                self._send(sock, response, close=close, head_only=request.method == "HEAD")
                 if close:
                     break
                 answered = True
@@ -559,9 +559,10 @@ class HttpServer:
             lines.append("Connection: close")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), body
 
-    def _send(self, sock: socket.socket, response: Response, *, close: bool) -> None:
+    def _send(self, sock: socket.socket, response: Response, *, close: bool, head_only: bool = False) -> None:
+        """Send ``response`` in one write; for a HEAD request, its head alone (HTTP forbids a body)."""
         head, body = self._head_bytes(response, close)
-        sock.sendall(head + body)
+        sock.sendall(head if head_only else head + body)
 
     def _send_nowait(self, sock: socket.socket, response: Response) -> None:
         """Best effort from the selector thread: whatever fits in the socket's buffer now."""

@@ -7,7 +7,8 @@ its request a byte at a time costs no thread while it does (see ``_http.py``).
 
 Strict where leniency lets requests be smuggled or limits be dodged: a ``Content-Length``
 is digits only, a chunk size is 1 to 16 hex digits, ``Transfer-Encoding`` other than
-``chunked`` is refused (501), and both framings at once are refused (400). No threads.
+``chunked`` is refused, and so are both framings at once (400: RFC 9112 suggests 501
+for an unknown coding, but a 5xx would say the server failed, and nothing did). No threads.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def parse_head(buf: bytearray, max_body: int) -> Head | None:
 
     Raises:
         BadRequest: a malformed or oversized head (400, 414, 431), a body framing this
-            server refuses (400, 501), or a ``Content-Length`` over ``max_body`` sent
+            server refuses (400), or a ``Content-Length`` over ``max_body`` sent
             with ``Expect: 100-continue`` (413: the client has not sent the body yet).
     """
     match = _HEAD_END.search(buf)
@@ -163,7 +164,7 @@ def _framing(headers: dict[str, str]) -> tuple[bool, int]:
             raise BadRequest(400, "both Transfer-Encoding and Content-Length")
         codings = [c.strip().lower() for c in coding.split(",")]
         if codings != ["chunked"]:
-            raise BadRequest(501, f"Transfer-Encoding {coding[:50]!r} is not supported; send chunked or Content-Length")
+            raise BadRequest(400, f"Transfer-Encoding {coding[:50]!r} is not supported; send chunked or Content-Length")
         return True, 0
     if "content-length" in headers:
         text = headers["content-length"].strip()

@@ -98,7 +98,6 @@ _STATUS_WORDS: Final = {
     415: "Unsupported Media Type",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
-    501: "Not Implemented",
     503: "Service Unavailable",
 }
 
