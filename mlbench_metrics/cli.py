@@ -33,7 +33,6 @@ from ._cli_common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_TIMEOUT,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     CliError,
@@ -45,17 +44,7 @@ from ._cli_common import progress_done as _progress_done
 from ._version import __version__
 from .errors import ApiError, ConfigError, DiscoveryError, MetricsError, TransportError
 
-__all__ = [
-    "EXIT_FAILED",
-    "EXIT_INTERRUPTED",
-    "EXIT_OK",
-    "EXIT_TIMEOUT",
-    "EXIT_UNREACHABLE",
-    "EXIT_USAGE",
-    "CliError",
-    "build_parser",
-    "main",
-]
+__all__ = ["build_parser", "main"]
 
 
 # -- serve --------------------------------------------------------------------------------

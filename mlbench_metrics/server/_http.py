@@ -17,7 +17,8 @@ parked with what came so far, the selector reads the rest without blocking, and 
 connection gets a worker again once the request is whole. So clients trickling their
 headers a byte at a time (slowloris) hold no worker, and each request must arrive whole
 within a total deadline (``header_timeout`` for the head, ``body_timeout`` for the
-body; 408 after), not a timeout that restarts with every byte. Parsing is ``_wire.py``.
+body; 408 after), not a timeout that restarts with every byte. A connection and its
+request in progress are ``_conn.py``; parsing and answers' bytes, ``_wire.py``.
 
 When the process runs out of file descriptors, ``accept`` fails at once for as long as
 it lasts; the selector then stops watching the listening socket for a growing pause
@@ -38,113 +39,24 @@ import selectors
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Callable, Final
 
 from .._threads import start_blocked, start_thread
-from ._wire import BadRequest, Head, head_complete, parse_chunked, parse_head, skip_blank_lines
+from ._conn import RECV_SIZE, BodyTooLarge, Closed, Connection
+from ._wire import BadRequest, Request, Response, encode_response
 
 __all__ = ["HttpServer", "Request", "Response"]
 
 _log = logging.getLogger("mlbench_metrics.server")
 
-_RECV: Final = 65536
-_DRAIN_LIMIT: Final = 256 * 1024 * 1024
-_DRAIN_SECONDS: Final = 5.0
 # accept() errors that mean "out of descriptors or memory, for now": pause, do not spin.
 _EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _PAUSE_MIN: Final = 0.05
 _PAUSE_MAX: Final = 1.0
 
 
-@dataclass
-class Request:
-    """One parsed HTTP request."""
-
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: bytes
-    client: str = ""
-
-
-@dataclass
-class Response:
-    """One HTTP answer; ``body`` is sent as is (no body for 204 and 304)."""
-
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    close: bool = False
-
-
 Handler = Callable[[Request], Response]
 ErrorFactory = Callable[[int, str], Response]
-
-
-class _Closed(Exception):
-    """The peer closed the connection (between requests, or in the middle of one)."""
-
-
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
-
-
-class _Conn:
-    """A client connection and its request in progress.
-
-    ``buf`` holds bytes received and not yet consumed; ``head`` the parsed head of a
-    request whose body is still arriving; ``deadline`` when the request in progress must
-    be whole (None between requests); ``scanned`` how much of ``buf`` was searched for
-    the end of the head. Only the thread that holds the connection (its worker, or the
-    selector while it is parked) touches these.
-    """
-
-    __slots__ = ("buf", "client", "deadline", "head", "last_active", "scanned", "sock")
-
-    def __init__(self, sock: socket.socket, client: str) -> None:
-        self.sock = sock
-        self.client = client
-        self.buf = bytearray()
-        self.head: Head | None = None
-        self.deadline: float | None = None
-        self.scanned = 0
-        self.last_active = time.monotonic()
-
-    def received(self, data: bytes, header_timeout: float) -> None:
-        """Add ``data``; the first bytes of a request start its header deadline."""
-        if not data:
-            raise _Closed
-        if self.deadline is None:
-            self.deadline = time.monotonic() + header_timeout
-        self.buf += data
-
-    def fill(self, header_timeout: float) -> None:
-        """One blocking ``recv`` (under the socket's timeout) into ``buf``."""
-        self.received(self.sock.recv(_RECV), header_timeout)
-
-    def ready(self) -> bool:
-        """Whether ``buf`` holds enough for a worker to make progress without waiting."""
-        if self.head is None:
-            skip_blank_lines(self.buf)
-            ready = head_complete(self.buf, self.scanned)
-            self.scanned = len(self.buf)
-            return ready
-        return self.head.chunked or len(self.buf) >= self.head.length
-
-    def request_done(self, used: int) -> None:
-        """Consume a whole request's bytes; what follows (pipelined) starts a new one."""
-        del self.buf[:used]
-        self.head = None
-        self.scanned = 0
-        self.deadline = None
-        self.last_active = time.monotonic()
 
 
 class HttpServer:
@@ -210,9 +122,9 @@ class HttpServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._open: set[_Conn] = set()
-        self._to_park: list[_Conn] = []
-        self._work: queue.SimpleQueue[_Conn | None] = queue.SimpleQueue()
+        self._open: set[Connection] = set()
+        self._to_park: list[Connection] = []
+        self._work: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
         self._idle_workers = 0
         self._exhausted_logged = False
@@ -274,7 +186,7 @@ class HttpServer:
         with selectors.DefaultSelector() as sel:
             sel.register(self._sock, selectors.EVENT_READ)
             sel.register(self._wake_r, selectors.EVENT_READ)
-            parked: set[_Conn] = set()
+            parked: set[Connection] = set()
             next_expiry = time.monotonic() + 1.0
             accept_paused_until: float | None = None
             pause = _PAUSE_MIN
@@ -351,7 +263,7 @@ class HttpServer:
             sock.setblocking(True)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Conn(sock, str(addr))
+            conn = Connection(sock, str(addr))
             with self._lock:
                 full = len(self._open) >= self._max_connections
                 if not full:
@@ -366,7 +278,7 @@ class HttpServer:
                 continue
             self._dispatch(conn)
 
-    def _read_parked(self, conn: _Conn) -> bool | None:
+    def _read_parked(self, conn: Connection) -> bool | None:
         """Read what a parked connection sent, without blocking.
 
         Returns:
@@ -374,14 +286,14 @@ class HttpServer:
             when the peer closed it or it failed (the caller closes it).
         """
         try:
-            conn.received(conn.sock.recv(_RECV, socket.MSG_DONTWAIT), self._header_timeout)
+            conn.received(conn.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT), self._header_timeout)
         except (BlockingIOError, InterruptedError):
             return False
-        except (_Closed, OSError):
+        except (Closed, OSError):
             return None
         return conn.ready()
 
-    def _expire(self, sel: selectors.BaseSelector, parked: set[_Conn]) -> None:
+    def _expire(self, sel: selectors.BaseSelector, parked: set[Connection]) -> None:
         """Close parked connections silent for ``idle_timeout`` or late with their request (408)."""
         now = time.monotonic()
         for conn in list(parked):
@@ -393,14 +305,14 @@ class HttpServer:
                     self._send_nowait(conn.sock, self._error(408, "the request did not arrive in time"))
                 self._close(conn)
 
-    def _park(self, conn: _Conn) -> None:
+    def _park(self, conn: Connection) -> None:
         with self._lock:
             self._to_park.append(conn)
         self._wake()
 
     # -- workers ----------------------------------------------------------------------
 
-    def _dispatch(self, conn: _Conn) -> None:
+    def _dispatch(self, conn: Connection) -> None:
         with self._lock:
             # _idle_workers counts idle workers minus queued connections (negative: a backlog).
             start = self._idle_workers <= 0 and len(self._workers) < self._max_workers
@@ -426,7 +338,7 @@ class HttpServer:
             with self._lock:
                 self._idle_workers += 1
 
-    def _close(self, conn: _Conn) -> None:
+    def _close(self, conn: Connection) -> None:
         with self._lock:
             self._open.discard(conn)
         try:
@@ -434,7 +346,7 @@ class HttpServer:
         except OSError:
             pass
 
-    def _serve(self, conn: _Conn) -> None:
+    def _serve(self, conn: Connection) -> None:
         """Serve requests on ``conn`` until it closes, or park it when it has nothing whole to serve."""
         sock = conn.sock
         answered = False
@@ -442,11 +354,13 @@ class HttpServer:
             while not self._stopping.is_set():
                 sock.settimeout(self._idle_timeout)  # for the answers and 100 Continue
                 try:
-                    taken = self._take_request(conn)
+                    taken = conn.take_request(self._max_body, self._body_timeout)
+                except BodyTooLarge as exc:
+                    self._send(sock, self._error(413, exc.message), close=True)
+                    conn.drain(exc.length)  # so the client gets to read the 413
+                    break
                 except BadRequest as exc:
                     self._send(sock, self._error(exc.status, exc.message), close=True)
-                    break
-                if taken is _CLOSE:
                     break
                 if taken is None:
                     if conn.deadline is not None and time.monotonic() > conn.deadline:
@@ -462,7 +376,6 @@ class HttpServer:
                         self._park(conn)
                         return
                     continue
-                assert isinstance(taken, tuple)
                 request, keep_alive = taken
                 try:
                     response = self._handler(request)
@@ -475,103 +388,22 @@ class HttpServer:
                     break
                 answered = True
                 conn.last_active = time.monotonic()
-        except (_Closed, OSError):
+        except (Closed, OSError):
             # The peer went away, or stop() shut the socket down.
             pass
         self._close(conn)
 
     # -- requests and answers ---------------------------------------------------------
 
-    def _take_request(self, conn: _Conn) -> tuple[Request, bool] | object | None:
-        """The next whole request in ``conn.buf`` and whether to keep the connection.
-
-        Returns None while bytes are missing, :data:`_CLOSE` after a refused body was
-        answered (413) and drained.
-
-        Raises:
-            BadRequest: the request is malformed or over a limit.
-        """
-        head = conn.head
-        if head is None:
-            skip_blank_lines(conn.buf)
-            if not conn.buf:
-                conn.deadline = None  # only blank lines: no request started yet
-                return None
-            head = parse_head(conn.buf, self._max_body)
-            if head is None:
-                return None
-            del conn.buf[: head.size]
-            conn.head = head
-            conn.deadline = time.monotonic() + self._body_timeout
-            if not head.chunked and head.length > self._max_body:
-                message = f"body of {head.length} bytes is over the limit of {self._max_body}"
-                self._send(conn.sock, self._error(413, message), close=True)
-                self._drain(conn, head.length)
-                return _CLOSE
-        if head.chunked:
-            parsed = parse_chunked(conn.buf, self._max_body)
-            if parsed is None:
-                self._continue(conn, head)
-                return None
-            body, used = parsed
-        elif len(conn.buf) < head.length:
-            self._continue(conn, head)
-            return None
-        else:
-            body, used = bytes(conn.buf[: head.length]), head.length
-        conn.request_done(used)
-        return Request(head.method, head.path, head.query, head.headers, body, conn.client), head.keep_alive
-
-    @staticmethod
-    def _continue(conn: _Conn, head: Head) -> None:
-        """Send ``100 Continue`` once, to a client that waits for it before its body."""
-        if head.expect_continue and not head.continue_sent:
-            head.continue_sent = True
-            conn.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    @staticmethod
-    def _drain(conn: _Conn, length: int) -> None:
-        """Read and discard a refused body, so the client gets to read our 413."""
-        deadline = time.monotonic() + _DRAIN_SECONDS
-        left = min(length, _DRAIN_LIMIT) - len(conn.buf)
-        conn.buf.clear()
-        conn.sock.settimeout(1.0)
-        while left > 0 and time.monotonic() < deadline:
-            try:
-                data = conn.sock.recv(min(left, 1 << 20))
-            except (TimeoutError, socket.timeout):
-                continue
-            if not data:
-                return
-            left -= len(data)
-
-    def _head_bytes(self, response: Response, close: bool) -> tuple[bytes, bytes]:
-        status = response.status
-        lines = [f"HTTP/1.1 {status} {_reason(status)}", f"Server: {self._server_header}"]
-        body = response.body
-        if status in (204, 304) or 100 <= status < 200:
-            body = b""
-        else:
-            lines.append(f"Content-Type: {response.content_type}")
-            lines.append(f"Content-Length: {len(body)}")
-        lines.extend(f"{k}: {v}" for k, v in response.headers)
-        if close:
-            lines.append("Connection: close")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), body
-
     def _send(self, sock: socket.socket, response: Response, *, close: bool, head_only: bool = False) -> None:
         """Send ``response`` in one write; for a HEAD request, its head alone (HTTP forbids a body)."""
-        head, body = self._head_bytes(response, close)
+        head, body = encode_response(response, self._server_header, close=close)
         sock.sendall(head if head_only else head + body)
 
     def _send_nowait(self, sock: socket.socket, response: Response) -> None:
         """Best effort from the selector thread: whatever fits in the socket's buffer now."""
-        head, body = self._head_bytes(response, True)
+        head, body = encode_response(response, self._server_header, close=True)
         try:
             sock.send(head + body, socket.MSG_DONTWAIT)
         except OSError:
             pass
-
-
-_CLOSE: Final = object()
-"""What :meth:`HttpServer._take_request` returns when the connection must close."""

@@ -1,4 +1,4 @@
-"""HTTP/1.1 framing on a byte buffer: where a request's head ends, what it says, its body.
+"""HTTP/1.1 framing: a request's head and body from a byte buffer, an answer's bytes.
 
 Every function here looks at bytes already received and either answers (a parsed head,
 a whole body), says "not yet" (None: wait for more bytes), or raises :class:`BadRequest`
@@ -14,7 +14,8 @@ for an unknown coding, but a 5xx would say the server failed, and nothing did). 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
@@ -22,6 +23,9 @@ __all__ = [
     "MAX_HEAD",
     "BadRequest",
     "Head",
+    "Request",
+    "Response",
+    "encode_response",
     "head_complete",
     "parse_chunked",
     "parse_head",
@@ -44,6 +48,29 @@ _HEAD_END: Final = re.compile(rb"\n\r?\n")
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _DIGITS: Final = re.compile(r"[0-9]{1,18}")
 _CHUNK_SIZE: Final = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
+@dataclass
+class Request:
+    """One parsed HTTP request."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    client: str = ""
+
+
+@dataclass
+class Response:
+    """One HTTP answer; ``body`` is sent as is (no body for 204 and 304)."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    close: bool = False
 
 
 class BadRequest(Exception):
@@ -239,3 +266,29 @@ def _trailers(buf: bytearray, pos: int, body: bytes) -> tuple[bytes, int] | None
             return body, pos
         if pos - start > MAX_HEAD:
             raise BadRequest(431, "trailers too large")
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def encode_response(response: Response, server: str, *, close: bool) -> tuple[bytes, bytes]:
+    """The answer's head (status line and headers) and body, ready for one write.
+
+    204, 304 and 1xx answers carry no body whatever ``response.body`` holds.
+    """
+    status = response.status
+    lines = [f"HTTP/1.1 {status} {_reason(status)}", f"Server: {server}"]
+    body = response.body
+    if status in (204, 304) or 100 <= status < 200:
+        body = b""
+    else:
+        lines.append(f"Content-Type: {response.content_type}")
+        lines.append(f"Content-Length: {len(body)}")
+    lines.extend(f"{k}: {v}" for k, v in response.headers)
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), body
