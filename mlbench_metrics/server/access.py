@@ -73,12 +73,13 @@ class AccessPolicy:
 
     def __init__(self, *, token: str | None = None, allowed_hosts: Iterable[str] = (), bind_host: str = "") -> None:
         self.token = token
-        names = {h.strip().lower().rstrip(".").strip("[]") for h in allowed_hosts if h.strip()}
-        bind = bind_host.strip().lower().strip("[]")
-        if bind:
-            names.add(bind)
-        self._any_host = _ANY_HOST in names
-        self._names = frozenset(names - {_ANY_HOST})
+        self._any_host = any(h.strip() == _ANY_HOST for h in allowed_hosts)
+        names = {bind_host.strip().lower().strip("[]")} - {""}  # an address or a name, never with a port
+        for given in allowed_hosts:
+            split = _split_host(given) if given.strip() != _ANY_HOST else None
+            if split is not None:  # "name", "name:port", "10.0.0.1", "[::1]": the name counts
+                names.add(split[0].strip("[]"))
+        self._names = frozenset(names)
 
     def refuse(self, request: Request, *, public: bool = False) -> Response | None:
         """The error answer for a request that may not pass, or None when it may.

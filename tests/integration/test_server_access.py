@@ -129,9 +129,10 @@ def test_the_servers_own_pages_and_plain_clients_pass(fresh_server: ServerHandle
 
 
 def test_allow_host_admits_a_name_and_its_origin() -> None:
-    with serve(allow_hosts=["ml-box", "10.1.2.3"]) as server:
+    with serve(allow_hosts=["ml-box", "10.1.2.3", "Named-Box.:8080"]) as server:
         url = f"{server.url}/api/runs/"
         assert requests.get(url, headers={"Host": f"ml-box:{server.port}"}).status_code == 200
+        assert requests.get(url, headers={"Host": "named-box"}).status_code == 200  # the name counts, not the port
         assert requests.get(url, headers={"Host": "10.1.2.3"}).status_code == 200
         same = {"Host": f"ml-box:{server.port}", "Origin": f"http://ml-box:{server.port}"}
         assert requests.get(url, headers=same).status_code == 200
