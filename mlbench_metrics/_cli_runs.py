@@ -72,6 +72,7 @@ _NOT_STARTED_AFTER: Final = 3.0  # seconds "initialized" before runs wait asks w
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
+    """``runs list``: every run, as a table or JSON."""
     from .runs import Run
 
     with open_client(args) as client:
@@ -86,6 +87,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_create(args: argparse.Namespace) -> int:
+    """``runs create``: create a run from an official or a custom image."""
     from .runs import Run
 
     if (args.image is None) == (args.custom_image is None):
@@ -118,6 +120,7 @@ def cmd_runs_create(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_show(args: argparse.Namespace) -> int:
+    """``runs show``: one run, with the tails of its stdout and stderr."""
     from .runs import Run
 
     with open_client(args) as client:
@@ -140,6 +143,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_wait(args: argparse.Namespace) -> int:
+    """``runs wait``: poll until the run finishes (exit 0) or fails (exit 1)."""
     from .runs import Run
 
     started = time.monotonic()
@@ -148,7 +152,7 @@ def cmd_runs_wait(args: argparse.Namespace) -> int:
     with open_client(args) as client:
         asked: list[bool] = []
 
-        def on_poll(run: Any) -> None:
+        def on_poll(run: Run) -> None:
             elapsed = time.monotonic() - started
             if run.state != last_state[0] or sys.stderr.isatty():
                 progress(f"run {run.id} ({run.name}): {run.state}, {elapsed:.0f} s")
@@ -189,6 +193,7 @@ def _server_runs_runs(client: ApiClient) -> bool:
 
 
 def cmd_runs_delete(args: argparse.Namespace) -> int:
+    """``runs delete``: delete a run; fails when the server did not."""
     from .runs import Run
 
     with open_client(args) as client:
@@ -205,6 +210,7 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_metrics_show(args: argparse.Namespace) -> int:
+    """``metrics show``: a table (or JSON) of the run's metrics."""
     from .runs import Run
 
     with open_client(args) as client:
@@ -226,6 +232,7 @@ def cmd_metrics_show(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics_download(args: argparse.Namespace) -> int:
+    """``metrics download``: the run's metrics to a zip, JSON or CSV file."""
     from .runs import Run
 
     fmt = args.format
