@@ -255,6 +255,7 @@ def test_against_a_server_without_the_extensions_config_warns_and_detail_degrade
 ) -> None:
     run_id = create_run(dashboard_like.url)["id"]
     assert requests.get(f"{dashboard_like.url}/api/runs/{run_id}/points/").status_code == 404
+    assert requests.get(f"{dashboard_like.url}/").status_code == 404
     with caplog.at_level(logging.WARNING, logger="mlbench_metrics.config"):
         with ApiClient(url=dashboard_like.address) as client:
             with MetricsLogger(run_id, client=client, rank=2, config={"lr": 0.1}) as log:
@@ -262,6 +263,25 @@ def test_against_a_server_without_the_extensions_config_warns_and_detail_degrade
     assert "keeps no run configuration" in caplog.text
     (point,) = Run({"id": run_id}, url=dashboard_like.address).metrics(detail=True)["loss @ 2"]
     assert (point.step, point.epoch, point.rank, point.value) == (None, None, 2, 1.0)
+
+
+def test_pages_need_no_token_and_the_api_still_does() -> None:
+    with serve(token="s3cret") as handle:
+        page = requests.get(f"{handle.url}/")
+        assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+        assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+        assert b"s3cret" not in page.content
+        script = requests.get(f"{handle.url}/static/js/app.js")
+        assert script.status_code == 200 and script.headers["Content-Type"].startswith("text/javascript")
+        assert requests.get(f"{handle.url}/static/vendor/uPlot.iife.min.js").content.startswith(
+            b"/*! https://github.com/leeoniya/uPlot (v1.6.32)"
+        )
+        for path in ("/static/../store.py", "/static/%2e%2e/store.py", "/static/nope.js", "/static/js/"):
+            assert requests.get(handle.url + path).status_code in (401, 404), path
+        assert requests.get(f"{handle.url}/api/runs/").status_code == 401
+        assert requests.get(f"{handle.url}/api/runs/stats/").status_code == 401
+        auth = {"Authorization": "Bearer s3cret"}
+        assert requests.get(f"{handle.url}/api/runs/stats/", headers=auth).status_code == 200
 
 
 def test_api_root_lists_the_extensions(server: ServerHandle) -> None:
