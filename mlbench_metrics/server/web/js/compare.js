@@ -8,7 +8,8 @@ const FIELDS = "date_us,step,epoch,value";
 
 export async function comparePage(main, query) {
   const picked = new Set((query.get("runs") || "").split(",").filter((s) => /^\d+$/.test(s)).map(Number));
-  const opts = Object.assign(defaultOptions(), { x: "relative" });
+  const opts = defaultOptions();
+  let xChosen = false; // the x axis follows the data until the user picks one
   let metric = query.get("metric") || "";
   const runs = await getJson("runs/");
   const catalogs = new Map();
@@ -46,7 +47,14 @@ export async function comparePage(main, query) {
     el("div", { class: "heading" }, el("h1", {}, "Compare runs")),
     el("section", { class: "panel" }, el("h2", {}, "Runs"), runs.length ? runList : el("p", { class: "muted" }, "No runs yet.")),
     el("div", { class: "toolbar" }, el("label", {}, "metric ", metricSelect)),
-    toolbar(opts, () => chart && chart.render(true), false),
+    toolbar(
+      opts,
+      (what) => {
+        if (what === "x") xChosen = true;
+        if (chart) chart.render(what !== "smoothing");
+      },
+      false,
+    ),
     note,
     chartBox,
   );
@@ -64,6 +72,11 @@ export async function comparePage(main, query) {
     if (gen !== generation) return;
     const names = [...new Set(cats.flatMap((c) => c.series.map((s) => s.metric)))].sort();
     if (!names.includes(metric)) metric = names[0] || "";
+    if (!xChosen) {
+      const series = cats.flatMap((c) => c.series.filter((s) => s.metric === metric));
+      opts.x = series.some((s) => s.has_step) ? "step" : "relative";
+      main.querySelector('select[aria-label="x axis"]').value = opts.x;
+    }
     metricSelect.replaceChildren(...names.map((m) => el("option", { value: m, selected: m === metric }, m)));
     if (chart) chart.destroy();
     chart = null;
