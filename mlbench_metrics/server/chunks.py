@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from array import array
 from bisect import bisect_left, bisect_right
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Final, Sequence
+from typing import Any, Final, Iterable, Sequence
 
-__all__ = ["SeriesColumns", "merge_columns"]
+__all__ = ["Chunk", "ChunkCache", "SeriesColumns", "merge_columns"]
 
 _HEAD: Final = re.compile(r'\{\s*"d"\s*:\s*')
 _KEY_V: Final = re.compile(r',\s*"v"\s*:\s*')
@@ -58,8 +61,13 @@ def _cut_spaced(text: str) -> tuple[str, str, str, str] | None:
     return text[head.end() : v.start()], text[v.end() : m.start()], text[m.end() : c.start()], text[c.end() : end]
 
 
-class _Chunk:
-    """One chunk's columns; its metadata and flags stay text until asked for."""
+class Chunk:
+    """One stored chunk's dates and values, decoded; its metadata and flags stay text until asked for.
+
+    Args:
+        chunk_id: the chunk's id (its arrival order).
+        text: the chunk's stored ``data``.
+    """
 
     __slots__ = ("cumulative_text", "dates", "id", "metadata_text", "values")
 
@@ -68,14 +76,27 @@ class _Chunk:
         cut = _cut_compact(text) or _cut_spaced(text)
         if cut is None:
             whole = json.loads(text)  # not the writer's layout: decode it the slow way
-            self.dates: list[int] = whole["d"]
-            self.values: list[Any] = whole["v"]
+            self.dates: Sequence[int] = whole["d"]
+            self.values: Sequence[Any] = whole["v"]
             self.metadata_text = json.dumps(whole["m"])
             self.cumulative_text = json.dumps(whole["c"])
+            self._compact()
             return
         d_text, v_text, self.metadata_text, self.cumulative_text = cut
         self.dates = json.loads(d_text)
         self.values = json.loads(v_text)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Dates as an int64 array and float values as a double array: 16 bytes a point in the cache."""
+        self.dates = array("q", self.dates)
+        if all(type(v) is float for v in self.values):
+            self.values = array("d", self.values)
+
+    def size(self) -> int:
+        """Roughly what this chunk holds in memory, in bytes (for the cache's bound)."""
+        values = len(self.values) * (8 if isinstance(self.values, array) else 60)
+        return len(self.dates) * 8 + values + len(self.metadata_text) + len(self.cumulative_text)
 
     def metadata(self, positions: Sequence[int]) -> list[str]:
         """The metadata texts of the points at ``positions`` in this chunk."""
@@ -88,7 +109,10 @@ class _Chunk:
             every: list[str] = json.loads(text)
             return [every[p] for p in positions]
         # A list of strings: split it at the separators and decode only the strings asked for.
-        parts = _STRING_SEPARATOR.split(inner[1:-1])
+        body = inner[1:-1]
+        # The writer's compact layout separates with '","' (str.split, at C speed); any other
+        # spacing goes through the pattern.
+        parts = _STRING_SEPARATOR.split(body) if '", "' in body else body.split('","')
         if len(parts) != len(self.dates):
             every = json.loads(text)
             return [every[p] for p in positions]
@@ -100,6 +124,47 @@ class _Chunk:
         if isinstance(flags, list):
             return [bool(flags[p]) for p in positions]
         return [bool(flags)] * len(positions)
+
+
+class ChunkCache:
+    """Decoded chunks by id, least recently used dropped first, within a memory bound.
+
+    Chunks never change once written (a deleted run's are never read again, and ids
+    only grow within a process), so an entry never goes stale. Thread-safe.
+
+    Args:
+        max_bytes: what the decoded chunks may take, roughly (16 bytes a point for
+            float values, plus their metadata text).
+    """
+
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._chunks: OrderedDict[int, Chunk] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def lookup(self, chunk_ids: Iterable[int]) -> dict[int, Chunk]:
+        """The chunks among ``chunk_ids`` decoded before (now the most recently used)."""
+        found = {}
+        with self._lock:
+            for chunk_id in chunk_ids:
+                chunk = self._chunks.get(chunk_id)
+                if chunk is not None:
+                    self._chunks.move_to_end(chunk_id)
+                    found[chunk_id] = chunk
+        return found
+
+    def decode(self, chunk_id: int, text: str) -> Chunk:
+        """Decode chunk ``chunk_id`` from its stored ``text`` and keep it."""
+        chunk = Chunk(chunk_id, text)
+        with self._lock:
+            if chunk_id not in self._chunks:
+                self._chunks[chunk_id] = chunk
+                self._bytes += chunk.size()
+                while self._bytes > self.max_bytes and self._chunks:
+                    _, old = self._chunks.popitem(last=False)
+                    self._bytes -= old.size()
+        return chunk
 
 
 @dataclass
@@ -114,10 +179,10 @@ class SeriesColumns:
     """
 
     name: str
-    dates: list[int]
-    values: list[Any]
+    dates: Sequence[int]
+    values: Sequence[Any]
     cursor: int
-    _chunks: list[_Chunk] = field(repr=False, default_factory=list)
+    _chunks: list[Chunk] = field(repr=False, default_factory=list)
     # Where each point came from: (chunk index, position) pairs when chunks had to be
     # sorted, else None and the chunk starts (``_starts``) locate a point by bisection.
     _origin: list[tuple[int, int]] | None = field(repr=False, default=None)
@@ -153,15 +218,13 @@ class SeriesColumns:
         return [metadata[i] for i in indices], [cumulative[i] for i in indices]
 
 
-def merge_columns(
-    name: str, rows: Sequence[tuple[int, int, str]], since_us: int | None, until_us: int | None
-) -> SeriesColumns:
-    """One series from its chunks ``(first_date, id, data)``, ordered by first date, then id.
+def merge_columns(name: str, chunks: Sequence[Chunk], since_us: int | None, until_us: int | None) -> SeriesColumns:
+    """One series from its chunks, given ordered by first date, then id.
 
     Points come out in (date, arrival) order, as :meth:`.store.Store.series` gives them:
-    chunks that do not overlap are concatenated, overlapping ones sorted.
+    chunks that do not overlap are concatenated, overlapping ones sorted. Dates come as an
+    int64 array; values as a double array when every one is a float, else as a list.
     """
-    chunks = [_Chunk(chunk_id, data) for _, chunk_id, data in rows]
     ordered = True
     previous_last: int | None = None
     for chunk in chunks:  # the writer sorts the points within a chunk by date
@@ -169,15 +232,16 @@ def merge_columns(
         if previous_last is not None and first <= previous_last:
             ordered = False
         previous_last = last if previous_last is None else max(previous_last, last)
-    dates: list[int] = []
-    values: list[Any] = []
+    dates: Any = array("q")
+    floats = all(isinstance(c.values, array) for c in chunks)
+    values: Any = array("d") if floats else []
     origin: list[tuple[int, int]] | None = None
     starts: list[int] = []
     if ordered:
         for chunk in chunks:
             starts.append(len(dates))
             dates += chunk.dates
-            values += chunk.values
+            values += chunk.values if floats or isinstance(chunk.values, list) else list(chunk.values)
     else:
         keyed = [(d, c.id, k, ci) for ci, c in enumerate(chunks) for k, d in enumerate(c.dates)]
         keyed.sort()
@@ -189,4 +253,4 @@ def merge_columns(
     cursor = max((c.id for c in chunks), default=0)
     if lo > 0 or hi < len(dates):
         dates, values = dates[lo:hi], values[lo:hi]
-    return SeriesColumns(name, dates, values, cursor, chunks, origin, starts, lo)
+    return SeriesColumns(name, dates, values, cursor, list(chunks), origin, starts, lo)

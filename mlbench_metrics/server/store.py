@@ -26,7 +26,7 @@ from itertools import groupby, islice
 from operator import itemgetter, le
 from typing import Any, Iterable, Iterator, Sequence
 
-from .chunks import SeriesColumns, merge_columns
+from .chunks import Chunk, ChunkCache, SeriesColumns, merge_columns
 
 __all__ = ["DuplicateBatch", "RunNotFound", "Store"]
 
@@ -134,6 +134,7 @@ class Store:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        self._chunk_cache = ChunkCache()  # decoded chunks for charts (series_columns)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
@@ -425,7 +426,7 @@ class Store:
             }
         out = []
         for name, count, first, last, last_id in rows:
-            newest_chunk = merge_columns(name, [(first, last_id, newest[name])], None, None)
+            newest_chunk = merge_columns(name, [Chunk(last_id, newest[name])], None, None)
             (metadata,), (cumulative,) = newest_chunk.details([len(newest_chunk) - 1])
             out.append(
                 {
@@ -480,13 +481,23 @@ class Store:
         if names is not None:
             where.append(f"name IN ({', '.join('?' for _ in names)})")
             args.extend(names)
-        query = f"SELECT name, first_date, id, data FROM chunks WHERE {' AND '.join(where)}"
+        # Keys first: a chunk decoded before is not read again (its text is most of the row).
+        query = f"SELECT name, first_date, id FROM chunks WHERE {' AND '.join(where)}"
         with self._read() as conn:
-            rows = conn.execute(query, args).fetchall()
-        rows.sort(key=itemgetter(0, 1, 2))  # sorted here, so that SQLite may use either index
+            keys = conn.execute(query, args).fetchall()
+            chunks = self._chunk_cache.lookup(k[2] for k in keys)
+            missing = [k[2] for k in keys if k[2] not in chunks]
+            for start in range(0, len(missing), 500):
+                part = missing[start : start + 500]
+                marks = ", ".join("?" for _ in part)
+                for chunk_id, data in conn.execute(
+                    f"SELECT id, data FROM chunks WHERE owner = ? AND id IN ({marks})", [run_id, *part]
+                ):
+                    chunks[chunk_id] = self._chunk_cache.decode(chunk_id, data)
+        keys.sort(key=itemgetter(0, 1, 2))  # sorted here, so that SQLite may use either index
         out = []
-        for name, group in groupby(rows, key=itemgetter(0)):
-            columns = merge_columns(name, [r[1:] for r in group], since_us, until_us)
+        for name, group in groupby(keys, key=itemgetter(0)):
+            columns = merge_columns(name, [chunks[k[2]] for k in group], since_us, until_us)
             if len(columns):
                 out.append(columns)
         return out

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mlbench_metrics.points import EXPORT_COLUMNS, MetricPoint, parse_metadata, split_name, write_csv, write_json
-from mlbench_metrics.server.chunks import merge_columns
+from mlbench_metrics.server.chunks import Chunk, ChunkCache, merge_columns
 from mlbench_metrics.server.readback import minmax_indices
 from mlbench_metrics.server.store import Store
 
@@ -101,19 +101,19 @@ def test_chunk_columns_match_the_full_decode(tmp_path: Path, one_metadata: bool)
         assert columns.details(some)[0] == [expected[i][3] for i in some]
         (cut,) = store.series_columns(run, since_us=200, until_us=800)
         inside = [p for p in expected if 200 <= p[0] <= 800]
-        assert cut.dates == [p[0] for p in inside]
+        assert list(cut.dates) == [p[0] for p in inside]
         assert cut.details(list(range(len(cut))))[0] == [p[3] for p in inside]
     finally:
         store.close()
 
 
 def test_merge_columns_concatenates_ordered_chunks() -> None:
-    rows = [
-        (1, 1, '{"d":[1,2],"v":[1,2],"m":"","c":false}'),
-        (3, 2, '{"d":[3,4],"v":[3,4],"m":["a","b"],"c":[true,false]}'),
+    chunks = [
+        Chunk(1, '{"d":[1,2],"v":[1,2],"m":"","c":false}'),
+        Chunk(2, '{"d":[3,4],"v":[3,4],"m":["a","b"],"c":[true,false]}'),
     ]
-    columns = merge_columns("x", rows, 2, 3)
-    assert columns.dates == [2, 3] and columns.values == [2, 3] and columns.cursor == 2
+    columns = merge_columns("x", chunks, 2, 3)
+    assert list(columns.dates) == [2, 3] and columns.values == [2, 3] and columns.cursor == 2
     assert columns.details([0, 1]) == (["", "a"], [False, True])
 
 
@@ -130,3 +130,15 @@ def test_minmax_keeps_bucket_extremes_ends_and_skips_nan() -> None:
     assert minmax_indices([1, 2], [1.0, 2.0], 10) == [0, 1]
     with pytest.raises(TypeError):
         minmax_indices(list(range(100)), ["a"] * 100, 5)
+
+
+def test_the_chunk_cache_keeps_decoded_chunks_within_its_bound() -> None:
+    text = '{"d":[1,2,3],"v":[0.5,0.25,0.125],"m":"","c":false}'
+    cache = ChunkCache(max_bytes=Chunk(0, text).size() * 2)
+    one = cache.decode(1, text)
+    cache.decode(2, text)
+    assert sorted(cache.lookup([1, 2])) == [1, 2]
+    cache.lookup([1])  # 1 is now the most recently used
+    cache.decode(3, text)  # past the bound: 2, the least recently used, goes
+    assert sorted(cache.lookup([1, 2, 3])) == [1, 3]
+    assert list(one.dates) == [1, 2, 3] and list(one.values) == [0.5, 0.25, 0.125]
