@@ -37,8 +37,11 @@ export async function runPage(main, id) {
   const startUs = { value: 0 };
   const charts = new Map();
   let cursor = 0;
-  let run = await getJson(`runs/${id}/`);
-  const [details, catalog] = await Promise.all([getJson(`runs/${id}/details/`), getJson(`runs/${id}/series/`)]);
+  let [run, details, catalog] = await Promise.all([
+    getJson(`runs/${id}/`),
+    getJson(`runs/${id}/details/`),
+    getJson(`runs/${id}/series/`),
+  ]);
   startUs.value = Date.parse(run.created_at) * 1000;
   cursor = catalog.cursor || 0;
 
