@@ -32,7 +32,7 @@ import requests
 
 from .api import ApiClient, _status_error
 from .errors import ClientApiError
-from .points import MetricPoint, split_name
+from .points import MetricPoint, split_name, to_number
 from .records import parse_date, us_to_datetime
 
 __all__ = ["DONE_STATES", "Run"]
@@ -262,7 +262,7 @@ class Run:
         with self._api() as api:
             raw = _json(api.get_run_metrics(self.id, since, summarize, metric_filter, last_n).result())
         return {
-            name: [(_date_or_raise(p["date"]), _number(p["value"])) for p in points] for name, points in raw.items()
+            name: [(_date_or_raise(p["date"]), to_number(p["value"])) for p in points] for name, points in raw.items()
         }
 
     def _detailed(
@@ -276,7 +276,7 @@ class Run:
                     rank = split_name(name)[1]
                     out[name] = [
                         MetricPoint(
-                            _date_or_raise(p["date"]), _number(p["value"]), None, None, rank, bool(p["cumulative"]), ""
+                            _date_or_raise(p["date"]), to_number(p["value"]), None, None, rank, p["cumulative"], ""
                         )
                         for p in points
                     ]
@@ -286,7 +286,7 @@ class Run:
         for s in answer["series"]:
             c = s["points"]
             rows = zip(c["date_us"], c["value"], c["step"], c["epoch"], c["rank"], c["cumulative"], c["metadata"])
-            points = [MetricPoint(us_to_datetime(d), _number(v), *rest) for d, v, *rest in rows]
+            points = [MetricPoint(us_to_datetime(d), to_number(v), *rest) for d, v, *rest in rows]
             out[s["name"]] = points[-last_n:] if last_n else points
         return out
 
@@ -386,17 +386,3 @@ def _date(text: Any) -> _dt.datetime | None:
 
 def _date_or_raise(text: str) -> _dt.datetime:
     return us_to_datetime(parse_date(text))
-
-
-def _number(value: Any) -> Any:
-    """``"0.5"`` -> 0.5, ``"12"`` -> 12; anything else stays as it is."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    try:
-        return float(value)
-    except ValueError:
-        return value

@@ -467,17 +467,10 @@ class Store:
             after_id: only points that arrived after the chunk id a previous read
                 returned as its ``cursor`` (for live updates: nothing arriving late is missed).
         """
-        where = ["owner = ?"]
-        args: list[Any] = [run_id]
-        if after_id:
-            where.append("id > ?")
-            args.append(after_id)
-        if since_us is not None:
-            where.append("last_date >= ?")
-            args.append(since_us)
-        if until_us is not None:
-            where.append("first_date <= ?")
-            args.append(until_us)
+        conditions = [("owner = ?", run_id), ("id > ?", after_id or None)]
+        conditions += [("last_date >= ?", since_us), ("first_date <= ?", until_us)]
+        where = [condition for condition, value in conditions if value is not None]
+        args: list[Any] = [value for _, value in conditions if value is not None]
         if names is not None:
             where.append(f"name IN ({', '.join('?' for _ in names)})")
             args.extend(names)

@@ -131,6 +131,47 @@ def test_chart_settings_redraw_without_errors(probe: PageProbe, ui: dict[str, An
     assert page.locator(loss).is_hidden() and page.locator('.chart[data-metric="samples"]').is_visible()
 
 
+def test_zooming_into_a_downsampled_chart_fetches_the_window_at_full_resolution(
+    probe: PageProbe, ui: dict[str, Any]
+) -> None:
+    server = _server(ui)
+    run_id = requests.post(
+        f"{server.url}/api/runs/",
+        data={
+            "name": "dense",
+            "num_workers": 1,
+            "image_name": "custom_image",
+            "custom_image_name": "i",
+            "custom_image_command": "c",
+            "backend": "gloo",
+        },
+    ).json()["id"]
+    n = 20_000
+    steps = range(n)
+    metadata = [f'{{"rank": 0, "epoch": 0, "step": {s}}}' for s in steps]
+    values = [math.sin(s / 300) + (5.0 if s == 12_345 else 0.0) for s in steps]
+    server.store.add_batch(
+        run_id, None, (["loss @ 0"] * n, [10**15 + s for s in steps], values, metadata, [False] * n), n, 0
+    )
+    page = _open_run(probe, server, run_id)
+    note = page.locator('.chart[data-metric="loss"] .note')
+    assert note.inner_text().startswith("20,000 points") and "min and max of each pixel column" in note.inner_text()
+    box = page.locator('.chart[data-metric="loss"] .u-over').bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.60, box["y"] + 40)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.64, box["y"] + 40)
+    page.mouse.up()
+    page.wait_for_function(
+        "() => document.querySelector('.chart[data-metric=\"loss\"] .note').textContent.includes('zoomed')"
+    )
+    probe.shot("-zoomed")
+    assert page.evaluate(COLORED_PIXELS, '.chart[data-metric="loss"]') > 100
+    page.locator('.chart[data-metric="loss"] .u-over').dblclick()
+    page.wait_for_function(
+        "() => !document.querySelector('.chart[data-metric=\"loss\"] .note').textContent.includes('zoomed')"
+    )
+
+
 def test_a_new_point_appears_without_a_reload(probe: PageProbe, ui: dict[str, Any]) -> None:
     server = _server(ui)
     with ApiClient(url=server.address) as client:

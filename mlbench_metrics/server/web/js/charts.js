@@ -88,10 +88,12 @@ class Line {
     return this.s.some((s) => s !== null && s !== undefined);
   }
 
-  /** [xs, ys] for the chart's settings; cumulative series become a rate per second. */
-  table(opts) {
+  /** [xs, ys] for the chart's settings (and with `withIndex`, each x's point index);
+   *  cumulative series become a rate per second. */
+  table(opts, withIndex) {
     const xs = [];
     const ys = [];
+    const idx = [];
     const byIndex = opts.x === "step" && !this.hasSteps();
     let prevD = null;
     let prevV = null;
@@ -116,21 +118,22 @@ class Line {
       if (!isFinite(y) || (opts.log && y <= 0)) y = null;
       xs.push(x);
       ys.push(y);
+      idx.push(i);
     }
-    sortPairs(xs, ys);
+    sortPairs(xs, ys, idx);
     if (opts.smoothing > 0) smooth(ys, opts.smoothing);
-    return [xs, ys];
+    return withIndex ? [xs, ys, idx] : [xs, ys];
   }
 }
 
-function sortPairs(xs, ys) {
+function sortPairs(xs, ...others) {
   for (let i = 1; i < xs.length; i++) {
     if (xs[i] < xs[i - 1]) {
       const order = xs.map((_, k) => k).sort((a, b) => xs[a] - xs[b] || a - b);
-      const sx = order.map((k) => xs[k]);
-      const sy = order.map((k) => ys[k]);
-      xs.splice(0, xs.length, ...sx);
-      ys.splice(0, ys.length, ...sy);
+      for (const column of [xs, ...others]) {
+        const sorted = order.map((k) => column[k]);
+        for (let k = 0; k < sorted.length; k++) column[k] = sorted[k];
+      }
       return;
     }
   }
@@ -175,6 +178,12 @@ export class Chart {
     this.plot = null;
     this.shape = "";
     this.zoomed = false;
+    // Zooming into a downsampled chart asks `onZoom(sinceUs, untilUs)` for the points of the
+    // window at full resolution; they are drawn (`detail`) until the zoom is reset.
+    this.onZoom = null;
+    this.detail = null;
+    this.zoomGeneration = 0;
+    this.zoomTimer = null;
     this.heading = el("h3", {}, title);
     this.note = el("p", { class: "note" });
     this.body = el("div", { class: "plot" });
@@ -186,6 +195,18 @@ export class Chart {
       }
     });
     this.resizer.observe(this.body);
+    // A double-click resets the zoom: leave the detail first, so uPlot resets to the whole range.
+    this.body.addEventListener(
+      "dblclick",
+      () => {
+        if (!this.detail) return;
+        this.detail = null;
+        this.zoomed = false;
+        this.zoomGeneration++;
+        this.render(false);
+      },
+      true,
+    );
   }
 
   line(key, label, startUs, cumulative) {
@@ -201,16 +222,90 @@ export class Chart {
     return [...this.lines.values()].some((l) => l.cumulative);
   }
 
+  /** The dates (µs) of the window x = min..max, widened to the nearest points outside it. */
+  dateRange(min, max) {
+    let before = -Infinity;
+    let after = Infinity;
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (const line of this.lines.values()) {
+      const [xs, , idx] = line.table(Object.assign({}, this.opts, { smoothing: 0 }), true);
+      for (let k = 0; k < xs.length; k++) {
+        const d = line.d[idx[k]];
+        if (xs[k] < min) before = Math.max(before, d);
+        else if (xs[k] > max) after = Math.min(after, d);
+        else {
+          lo = Math.min(lo, d);
+          hi = Math.max(hi, d);
+        }
+      }
+    }
+    const since = isFinite(before) ? before : lo;
+    const until = isFinite(after) ? after : hi;
+    return isFinite(since) && isFinite(until) && since <= until ? [since, until] : null;
+  }
+
+  /** New data drawn in the same x window (uPlot draws nothing after setData(data, false) alone). */
+  keepWindow(data) {
+    const { min, max } = this.plot.scales.x;
+    this.plot.setData(data, false);
+    this.keeping = [min, max];
+    this.plot.setScale("x", { min, max });
+  }
+
+  zoomChanged(u) {
+    const [min, max] = [u.scales.x.min, u.scales.x.max];
+    if (this.keeping && this.keeping[0] === min && this.keeping[1] === max) {
+      this.keeping = null; // our own redraw of the same window, not the user's zoom
+      return;
+    }
+    this.keeping = null;
+    clearTimeout(this.zoomTimer);
+    const generation = ++this.zoomGeneration;
+    if (!this.zoomed) {
+      if (this.detail) {
+        this.detail = null;
+        this.render(false);
+      }
+      return;
+    }
+    if (!this.onZoom || ![...this.lines.values()].some((l) => l.downsampled)) return;
+    this.zoomTimer = setTimeout(async () => {
+      const range = this.dateRange(min, max);
+      if (!range) return;
+      try {
+        const series = await this.onZoom(range[0], range[1]);
+        if (generation !== this.zoomGeneration || !this.zoomed) return;
+        this.detail = new Map();
+        for (const s of series) {
+          const old = this.lines.get(s.name);
+          const line = new Line(s.name, s.name, old ? old.startUs : 0, s.cumulative);
+          line.set(s);
+          this.detail.set(s.name, line);
+        }
+        this.render(false);
+      } catch (e) {
+        // keep the downsampled points
+      }
+    }, 250);
+  }
+
   /** Redraw from the lines' points; `rebuild` when the settings changed. */
   render(rebuild) {
-    const lines = [...this.lines.values()].sort((a, b) => a.label.localeCompare(b.label, undefined, { numeric: true }));
+    if (rebuild) this.detail = null;
+    const source = this.detail || this.lines;
+    const lines = [...source.values()].sort((a, b) => a.label.localeCompare(b.label, undefined, { numeric: true }));
     const tables = lines.map((l) => l.table(this.opts));
-    const points = lines.reduce((n, l) => n + l.count, 0);
+    const points = [...this.lines.values()].reduce((n, l) => n + l.count, 0);
     const shown = tables.reduce((n, t) => n + t[0].length, 0);
     const byIndex = this.opts.x === "step" && lines.length > 0 && !lines.some((l) => l.hasSteps());
     this.heading.textContent = this.title + (this.isCumulative() ? " (rate per second)" : "");
     const parts = [`${points.toLocaleString()} points`];
-    if (lines.some((l) => l.downsampled)) parts.push(`${shown.toLocaleString()} drawn (min and max of each pixel column)`);
+    if (this.detail) {
+      const inWindow = lines.reduce((n, l) => n + l.count, 0);
+      parts.push(`zoomed: ${shown.toLocaleString()} drawn of the window's ${inWindow.toLocaleString()}`);
+    }
+    else if (lines.some((l) => l.downsampled)) parts.push(`${shown.toLocaleString()} drawn (min and max of each pixel column)`);
     if (!shown && points) parts.push(`none has ${this.opts.x === "epoch" ? "an epoch" : "this x value"}`);
     this.note.textContent = parts.join(" · ");
     if (!shown) {
@@ -219,8 +314,13 @@ export class Chart {
     }
     const data = tables.length === 1 ? tables[0] : uPlot.join(tables);
     const shape = JSON.stringify([lines.map((l) => l.key), this.opts, byIndex]);
+    if (this.detail && this.plot && !rebuild) {
+      this.keepWindow(data);
+      return;
+    }
     if (this.plot && !rebuild && shape === this.shape) {
-      this.plot.setData(data, !this.zoomed);
+      if (this.zoomed) this.keepWindow(data);
+      else this.plot.setData(data);
       return;
     }
     this.destroyPlot();
@@ -232,7 +332,10 @@ export class Chart {
         width: this.body.clientWidth || 600,
         height: HEIGHT,
         scales: { x: { time: this.opts.x === "time" }, y: { distr: this.opts.log ? 3 : 1 } },
-        axes: [{ label: xLabel(this.opts, byIndex) }, { size: 64, values: (u, ticks) => ticks.map(fmtTick) }],
+        axes: [
+          this.opts.x === "time" ? { label: xLabel(this.opts, byIndex) } : { label: xLabel(this.opts, byIndex), values: (u, ticks) => ticks.map(fmtTick) },
+          { size: 64, values: (u, ticks) => ticks.map(fmtTick) },
+        ],
         series: [
           { label: xLabel(this.opts, byIndex) },
           ...lines.map((l, i) => ({
@@ -248,8 +351,15 @@ export class Chart {
           setScale: [
             (u, key) => {
               if (key !== "x" || !u.data[0].length) return;
-              const xs = u.data[0];
-              chart.zoomed = u.scales.x.min > xs[0] || u.scales.x.max < xs[xs.length - 1];
+              if (chart.detail) {
+                // Drawing the detail keeps the scale; only a reset (double-click) leaves the zoom.
+                chart.zoomed = !(u.scales.x.min <= chart.fullX[0] && u.scales.x.max >= chart.fullX[1]);
+              } else {
+                const xs = u.data[0];
+                chart.fullX = [xs[0], xs[xs.length - 1]];
+                chart.zoomed = u.scales.x.min > xs[0] || u.scales.x.max < xs[xs.length - 1];
+              }
+              chart.zoomChanged(u);
             },
           ],
           draw: [

@@ -8,6 +8,13 @@ import { banner, el, every, fmtDate, fmtDuration, runSeconds, stateBadge } from 
 const FIELDS = "date_us,step,epoch,value";
 const TAIL = 200;
 
+/** Microseconds since the epoch as the ISO date the API takes, to the microsecond. */
+function isoUs(us) {
+  const ms = Math.floor(us / 1000);
+  const micros = String(Math.round(us - ms * 1000)).padStart(3, "0");
+  return new Date(ms).toISOString().replace("Z", micros + "Z");
+}
+
 /** Nested config as dotted keys: {"optim": {"lr": 0.1}} -> [["optim.lr", 0.1]]. */
 function flatten(value, prefix, out) {
   if (value && typeof value === "object" && !Array.isArray(value) && Object.keys(value).length) {
@@ -123,6 +130,12 @@ export async function runPage(main, id) {
     let chart = charts.get(metric);
     if (!chart) {
       chart = new Chart(chartsBox, metric, opts);
+      const zoomed = chart;
+      zoomed.onZoom = async (sinceUs, untilUs) => {
+        const params = { metric, since: isoUs(sinceUs), until: isoUs(untilUs), fields: FIELDS };
+        params.max_points = Math.max(200, Math.round(zoomed.body.clientWidth || 800));
+        return (await getJson(`runs/${id}/points/`, params)).series;
+      };
       charts.set(metric, chart);
       const sorted = [...charts.values()].sort((a, b) => a.title.localeCompare(b.title));
       chartsBox.append(...sorted.map((c) => c.card));
@@ -185,8 +198,9 @@ export async function runPage(main, id) {
     try {
       run = await getJson(`runs/${id}/`);
       drawHead();
+      banner("");
     } catch (e) {
-      if (e instanceof ApiError && e.status === 404) banner(`Run ${id} no longer exists (deleted).`);
+      banner(e instanceof ApiError && e.status === 404 ? `Run ${id} no longer exists (deleted).` : e.message);
       throw e;
     }
   }

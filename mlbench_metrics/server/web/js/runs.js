@@ -86,6 +86,14 @@ export async function runsPage(main, query) {
   }
 
   await load();
-  const stop = every(2000, load);
+  const stop = every(2000, async () => {
+    try {
+      await load();
+      banner("");
+    } catch (e) {
+      banner(e.message); // e.g. the server stopped; the list comes back when it answers again
+      throw e;
+    }
+  });
   return () => stop();
 }
