@@ -113,3 +113,14 @@ def test_serve_prints_the_page_address_with_its_token(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+def test_runs_show_prints_the_config(server: ServerHandle) -> None:
+    run_id = create_run(server.url)["id"]
+    with ApiClient(url=server.address) as client:
+        client.set_run_config(run_id, {"lr": 0.1, "optimizer": {"name": "sgd"}}).result()
+    shown = subprocess.run(
+        _cli("runs", "show", str(run_id), "--url", server.address), capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split("config:\n", 1)[1].splitlines() == ["  lr = 0.1", "  optimizer.name = sgd"]
