@@ -63,6 +63,7 @@ def _client(args: argparse.Namespace) -> Iterator[Any]:
         in_cluster=args.in_cluster,
         k8s_namespace=args.namespace,
         service_name=args.service,
+        strict=True,
     )
     try:
         yield client

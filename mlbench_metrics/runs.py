@@ -280,7 +280,7 @@ class Run:
         if self._client is not None:
             yield self._client
             return
-        client = ApiClient(url=self._url, token=self._token)
+        client = ApiClient(url=self._url, token=self._token, strict=True)
         try:
             yield client
         finally:
