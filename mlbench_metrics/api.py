@@ -313,15 +313,16 @@ class ApiClient:
         if url is None:
             url = env_str(ENV_URL)
         if url is None:
-            from .discovery import discover_url
+            from .discovery import discover
 
-            url = discover_url(
+            found = discover(
                 in_cluster=in_cluster,
                 label_selector=label_selector,
                 namespace=k8s_namespace,
                 service_name=service_name,
                 load_config=load_config,
             )
+            url, self.port = found.address, found.port
         self.endpoint = self._endpoint(url)
         self.executor = _new_executor(max_workers)
         self._session = session if session is not None else self._new_session()
