@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -219,3 +220,20 @@ def test_tracker_logs_epochs_and_the_task_result(to_server: ServerHandle, capsys
     assert [v for v, _ in series["train_loss @ 0"]] == ["1.0", "0.5"]
     assert [v for v, _ in series["val_global_Prec@1 @ 0"]] == ["60", "70", "80"]
     assert len(series["CumulativeTrainTimeEpoch @ 0"]) == 2
+
+
+def test_suites_that_patch_log_metrics_as_upstreams_do() -> None:
+    """mlbench-core's tests patch ``mlbench_core.utils.tracker.LogMetrics``; the same works here.
+
+    A mock is the point of this test: it checks the Tracker looks LogMetrics up where such
+    suites patch it.
+    """
+    with mock.patch("mlbench_metrics.compat.tracker.LogMetrics") as patched:
+        clock = Clock()
+        tracker = Tracker([TopKAccuracy(1)], 1, 0, goal=goal_at(70), clock=clock)
+        tracker.start()
+        run_batch(tracker, clock)
+        tracker.validation()
+        tracker.record_stat("global_Prec@1", 70, log_to_api=True)
+    assert tracker.goal_reached
+    assert [c.args[3] for c in patched.log.call_args_list][:2] == ["val_global_Prec@1", "TaskResult"]

@@ -272,6 +272,7 @@ def test_suites_that_patch_the_upstream_names_keep_working() -> None:
             pool.return_value.submit.return_value.result.return_value.json.return_value = "a"
             client = ApiClient(in_cluster=False, service_name="rel-mlbench-master")
             assert client.endpoint == "http://127.1.1.1:12345/api/"
+            assert client.port == 12345  # as upstream sets it
             assert client.get_runs().result().json() == "a"
         load.assert_called_once()
     with mock.patch("kubernetes.config.load_incluster_config"), mock.patch("kubernetes.client.CoreV1Api") as core:
@@ -312,16 +313,9 @@ def test_suites_whose_service_ports_are_only_iterable(make_ports: Callable[[list
 
 
 def test_upstream_style_mocks_set_the_port_as_upstream_does() -> None:
-    """The mocks of mlbench-core's ``tests/test_api.py``: ``client.port`` is what upstream's was."""
+    """The other service types of mlbench-core's ``tests/test_api.py`` mocks."""
     with mock.patch("kubernetes.config.load_kube_config"), mock.patch("kubernetes.client.CoreV1Api") as core:
         service = core.return_value.read_namespaced_service.return_value
-        service.spec.type = "NodePort"
-        service.spec.ports.__getitem__.return_value.node_port = 12345
-        core.return_value.list_namespaced_pod.return_value.items.__len__.return_value = 1
-        addresses = core.return_value.read_node.return_value.status.addresses
-        addresses.__iter__.return_value = [mock.MagicMock(type="InternalIP", address="127.1.1.1")]
-        with ApiClient(in_cluster=False, service_name="rel-mlbench-master") as client:
-            assert (client.endpoint, client.port) == ("http://127.1.1.1:12345/api/", 12345)
         service.spec.type = "ClusterIP"
         service.spec.cluster_ip = "127.1.1.3"
         service.spec.ports.__getitem__.return_value.port = 8080
