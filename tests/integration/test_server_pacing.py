@@ -10,7 +10,7 @@ import requests
 
 from mlbench_metrics import ApiClient
 from mlbench_metrics.cli import main
-from mlbench_metrics.server import serve
+from mlbench_metrics.server import serve, spawn
 
 from helpers import FORM, METRIC_BODY_1, create_run, wait_until
 
@@ -43,6 +43,17 @@ def test_stopping_does_not_wait_for_a_post_to_finish_its_turn() -> None:
     server.stop()
     poster.join(60)
     assert not poster.is_alive() and len(answers) == 1
+
+
+def test_serve_pace_from_the_command_line() -> None:
+    """``serve --pace 0.001``: a post is stored, and its answer waits out its 1000 s turn."""
+    with spawn(args=["--no-extensions", "--pace", "0.001"]) as server:
+        run = create_run(server.url)
+        body = METRIC_BODY_1.format(run_id=run["id"])
+        with pytest.raises(requests.Timeout):
+            requests.post(f"{server.url}/api/metrics/", data=body, headers=FORM, timeout=(10, 1))
+        points = f"{server.url}/api/metrics/{run['id']}/?metric_type=run"
+        wait_until(lambda: len(requests.get(points, timeout=10).json().get("loss @ 0", [])) == 1, what="the post")
 
 
 @pytest.mark.parametrize("pace", ["0", "-3", "inf"])
