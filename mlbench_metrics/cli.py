@@ -61,6 +61,7 @@ def _client(args: argparse.Namespace) -> Iterator[Any]:
         in_cluster=args.in_cluster,
         k8s_namespace=args.namespace,
         service_name=args.service,
+        strict=True,
     )
     try:
         yield client
@@ -122,6 +123,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             extensions=not args.no_extensions,
             exec_runs=args.exec_runs,
             exec_workdir=args.exec_workdir,
+            pace=args.pace,
         )
     except (OSError, ValueError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
@@ -436,6 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-extensions",
         action="store_true",
         help="answer like the dashboard: no batch endpoint, run states or pod registration",
+    )
+    serve.add_argument(
+        "--pace",
+        type=float,
+        default=None,
+        metavar="N",
+        help="store single metric posts one at a time, about N a second, as slowly as the dashboard (55-90)",
     )
     serve.add_argument(
         "--exec",

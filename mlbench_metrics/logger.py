@@ -174,7 +174,7 @@ class MetricsLogger:
         self._spool_options = (spool, spool_dir, spool_max_bytes)
 
         self._own_client = client is None
-        self.client = client if client is not None else ApiClient(url=url, token=token)
+        self.client = client if client is not None else ApiClient(url=url, token=token, strict=True)
         self._owns_run = new_run is not None
         if new_run is not None:
             try:

@@ -84,7 +84,8 @@ class Run:
         """Create a run; the arguments are those of :meth:`ApiClient.create_run`.
 
         Raises:
-            ValueError: an argument the dashboard would refuse (checked before sending).
+            ValueError: an argument the dashboard would refuse (checked before sending;
+                with a ``client`` of your own, only if it is ``strict``).
             ApiError: the server refused it or could not be reached.
         """
         handle = cls({}, client=client, url=url, token=token)
@@ -352,7 +353,7 @@ class Run:
         if self._client is not None:
             yield self._client
             return
-        client = ApiClient(url=self._url, token=self._token)
+        client = ApiClient(url=self._url, token=self._token, strict=True)
         try:
             yield client
         finally:

@@ -39,6 +39,7 @@ from .._threads import start_thread
 from .._version import __version__
 from ._http import HttpServer
 from .executor import LocalExecutor
+from .pacing import Pacer
 from .parsing import error_response
 from .routes import App
 from .store import Store
@@ -62,8 +63,11 @@ class ServerHandle:
         store: the store behind the API (for inspection in tests and tools).
     """
 
-    def __init__(self, http: HttpServer, app: App, store: Store, db_path: str, tmpdir: str | None) -> None:
+    def __init__(
+        self, http: HttpServer, app: App, store: Store, db_path: str, tmpdir: str | None, pacer: Pacer | None = None
+    ) -> None:
         self._http = http
+        self._pacer = pacer
         self.app = app
         self.store = store
         self.db_path = db_path
@@ -84,6 +88,8 @@ class ServerHandle:
             if self._stopped:
                 return
             self._stopped = True
+        if self._pacer is not None:
+            self._pacer.close()
         self._http.stop(timeout)
         if self.app.executor is not None:
             self.app.executor.close()
@@ -119,6 +125,7 @@ def serve(
     extensions: bool = True,
     exec_runs: bool = False,
     exec_workdir: str | None = None,
+    pace: float | None = None,
 ) -> ServerHandle:
     """Start the embedded server in background threads of this process.
 
@@ -136,13 +143,17 @@ def serve(
             :mod:`mlbench_metrics.server.executor`). It runs what any client sends, so
             it is refused unless ``host`` is a loopback address or ``token`` is set.
         exec_workdir: the working directory of those commands (default: this one).
+        pace: store single metric posts one at a time, at most about this many a
+            second, as slowly as the dashboard does (55-90 a second); None: full speed.
+            See :mod:`mlbench_metrics.server.pacing`.
 
     Returns:
         The running server's handle.
 
     Raises:
         OSError: the address cannot be bound.
-        ValueError: ``exec_runs`` on a non-loopback address without a token.
+        ValueError: ``exec_runs`` on a non-loopback address without a token, or a
+            ``pace`` that is not a positive number.
     """
     if exec_runs and not token and not _is_loopback(host):
         raise ValueError(
@@ -155,10 +166,11 @@ def serve(
     store = Store(db_path)
     app = App(store, token=token, max_body=max_body, extensions=extensions)
     try:
+        pacer = None if pace is None else Pacer(app.handle, pace)
         http = HttpServer(
             host,
             port,
-            app.handle,
+            app.handle if pacer is None else pacer,
             error_response,
             max_body=max_body,
             idle_timeout=idle_timeout,
@@ -169,7 +181,7 @@ def serve(
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
         raise
-    handle = ServerHandle(http, app, store, db_path, tmpdir)
+    handle = ServerHandle(http, app, store, db_path, tmpdir, pacer)
     if exec_runs:
         app.executor = LocalExecutor(store, handle.url, token, exec_workdir)
     http.start()
