@@ -309,6 +309,7 @@ class ApiClient:
         self._batch_supported: bool | None = None
         self._batch_limit = _BATCH_CHUNK
         self._packed = False
+        self._extensions: frozenset[str] | None = None
 
         if url is None:
             url = env_str(ENV_URL)
@@ -734,6 +735,109 @@ class ApiClient:
             raise ValueError(f"state must be 'started', 'finished' or 'failed', got {state!r}")
         body = json.dumps({"state": state}).encode()
         return self._request("PATCH", f"runs/{quote(str(run_id), safe='')}/", body=body, headers=_JSON, idempotent=True)
+
+    def set_run_config(self, run_id: Any, config: Mapping[str, Any]) -> Future[requests.Response]:
+        """Store a run's configuration (hyperparameters), replacing what was stored.
+
+        Needs the embedded server's ``run_config`` extension (``PUT /api/runs/{id}/config/``);
+        the dashboard has no place for it and answers 404.
+
+        Returns:
+            A Future of the ``requests.Response``.
+        """
+        body = json.dumps({"config": dict(config)}, allow_nan=False).encode()
+        return self._request(
+            "PUT", f"runs/{quote(str(run_id), safe='')}/config/", body=body, headers=_JSON, idempotent=True
+        )
+
+    def get_run_config(self, run_id: Any) -> Future[requests.Response]:
+        """Get a run's configuration: ``.result().json()["config"]`` (the ``run_config`` extension).
+
+        Returns:
+            A Future of the ``requests.Response``.
+        """
+        return self._request("GET", f"runs/{quote(str(run_id), safe='')}/config/")
+
+    def get_run_series(self, run_id: Any) -> Future[requests.Response]:
+        """List a run's series without their points (the ``points`` extension).
+
+        Returns:
+            A Future of the ``requests.Response``; ``.result().json()["series"]`` holds
+            ``{"name", "metric", "rank", "count", "first_us", "last_us", "cumulative", "has_step"}``.
+        """
+        return self._request("GET", f"runs/{quote(str(run_id), safe='')}/series/")
+
+    def get_run_points(
+        self,
+        run_id: Any,
+        *,
+        names: Sequence[str] | None = None,
+        metrics: Sequence[str] | None = None,
+        since: _dt.datetime | str | None = None,
+        until: _dt.datetime | str | None = None,
+        after: int | None = None,
+        max_points: int | None = None,
+        fields: Sequence[str] | None = None,
+        format: str | None = None,
+    ) -> Future[requests.Response]:
+        """Get a run's points with step, epoch, rank and metadata (the ``points`` extension).
+
+        Args:
+            run_id: the run's id.
+            names: only the series with exactly these names.
+            metrics: only these metrics, each with all its ranks (``"loss"`` selects
+                ``"loss @ 0"`` and ``"loss @ 1"``).
+            since: only points at or after this date.
+            until: only points at or before this date.
+            after: only points that arrived after this ``cursor`` of an earlier answer.
+            max_points: downsample each series to at most this many points (the minimum
+                and maximum of each time bucket are kept).
+            fields: the per-point columns, of ``date_us, step, epoch, rank, value,
+                cumulative, metadata`` (default all).
+            format: ``"columns"`` (default: JSON columns per series), ``"csv"`` or
+                ``"json"`` (one row per point, for files).
+
+        Returns:
+            A Future of the ``requests.Response``; see the server's ``readback`` module
+            for the answer's shape.
+
+        Raises:
+            ValueError: a date is not one the server can parse, or a number is negative.
+        """
+        params: list[tuple[str, str]] = [("name", n) for n in names or ()]
+        params += [("metric", m) for m in metrics or ()]
+        if since is not None:
+            params.append(("since", _since(since)))
+        if until is not None:
+            params.append(("until", _since(until)))
+        if after is not None:
+            params.append(("after", str(_non_negative_int(after, "after"))))
+        if max_points is not None:
+            params.append(("max_points", str(_non_negative_int(max_points, "max_points"))))
+        if fields is not None:
+            params.append(("fields", ",".join(fields)))
+        if format is not None:
+            params.append(("format", format))
+        return self._request("GET", f"runs/{quote(str(run_id), safe='')}/points/", params=params)
+
+    def server_extensions(self) -> frozenset[str]:
+        """The extensions the server lists at its API root (none for the dashboard); asks once.
+
+        Raises:
+            ApiError: the server could not be asked (the next call asks again).
+        """
+        if self._extensions is None:
+            response = self._call("GET", "", idempotent=True)
+            if response.status_code != 200:
+                raise _status_error(response, transient=True)
+            try:
+                info = response.json()
+            except ValueError:
+                info = None
+            server = info.get("server") if isinstance(info, dict) else None
+            names = server.get("extensions") if isinstance(server, dict) else None
+            self._extensions = frozenset(n for n in names or () if isinstance(n, str))
+        return self._extensions
 
     @property
     def batch_supported(self) -> bool | None:

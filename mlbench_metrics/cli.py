@@ -1,7 +1,7 @@
 """The ``mlbench-metrics`` command line.
 
 Commands: ``serve``, ``demo``, ``runs list|create|show|wait|delete``,
-``metrics show|download`` and ``sync``. Tables for people by default, ``--json`` for
+``metrics show|download``, ``plot`` and ``sync``. Tables for people by default, ``--json`` for
 scripts. Errors are one line on stderr, never a traceback.
 
 Exit codes:
@@ -17,8 +17,6 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import signal
@@ -137,6 +135,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(ready_line(handle.url), flush=True)
+    if not args.no_extensions:
+        from .server.pages import page_url
+
+        print(f"web UI: {page_url(handle.url, args.token)}", flush=True)
     print(f"database: {handle.db_path}", flush=True)
     if args.exec_runs:
         print("local execution: on (runs with a custom_image_command run on this machine)", flush=True)
@@ -209,10 +211,12 @@ def _cmd_runs_create(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs_show(args: argparse.Namespace) -> int:
+    from .cli_points import config_text
     from .runs import Run
 
     with _client(args) as client:
         run = Run.get(args.run_id, client=client)
+        config = config_text(client, run.id)
     if args.json:
         _print_json(run.as_dict())
         return EXIT_OK
@@ -227,6 +231,8 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
     extra = {k: v for k, v in meta.items() if k not in ("stdout", "stderr")}
     if extra:
         print("\njob metadata: " + json.dumps(extra, default=str))
+    if config:
+        print("\nconfig:\n" + config)
     return EXIT_OK
 
 
@@ -276,6 +282,10 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_metrics_show(args: argparse.Namespace) -> int:
     from .runs import Run
 
+    if args.follow:
+        from .cli_points import follow
+
+        return follow(args, _client)
     with _client(args) as client:
         try:
             metrics = Run({"id": args.run_id}, client=client).metrics(**_filters(args))
@@ -305,8 +315,9 @@ def _cmd_metrics_download(args: argparse.Namespace) -> int:
                     raise CliError("--filter and --last-n do not apply to --format zip (the server's zip)", EXIT_USAGE)
                 run.download(target, since=args.since, summarize=args.summarize)
             else:
-                metrics = run.metrics(**_filters(args))
-                target.write_text(_to_json(metrics) if fmt == "json" else _to_csv(metrics))
+                from .cli_points import download
+
+                download(args, client, target)
         except ValueError as exc:  # refused before sending: a date that is not one
             raise CliError(str(exc), EXIT_USAGE) from None
     _progress_done()
@@ -318,16 +329,6 @@ def _to_json(metrics: dict[str, list[Any]]) -> str:
     return json.dumps(
         {name: [{"date": d.isoformat(), "value": v} for d, v in points] for name, points in metrics.items()}, indent=1
     )
-
-
-def _to_csv(metrics: dict[str, list[Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["name", "date", "value"])
-    for name in sorted(metrics):
-        for date, value in metrics[name]:
-            writer.writerow([name, date.isoformat(), value])
-    return out.getvalue()
 
 
 # -- sync -----------------------------------------------------------------------------------
@@ -502,11 +503,23 @@ def build_parser() -> argparse.ArgumentParser:
     filters.add_argument("--last-n", type=_non_negative_int, default=None, help="only the last N points of each metric")
     filters.add_argument("--filter", default=None, help="only the metric with exactly this name")
     p = metrics_sub.add_parser("show", parents=[server, as_json, filters], help="a table of the run's metrics")
+    p.add_argument("-f", "--follow", action="store_true", help="then print new points as they arrive, until Ctrl-C")
+    p.add_argument("--interval", type=_positive_float, default=1.0, help="seconds between polls with --follow")
     p.set_defaults(func=_cmd_metrics_show)
     p = metrics_sub.add_parser("download", parents=[server, filters], help="save the run's metrics to a file")
     p.add_argument("--format", choices=["json", "csv", "zip"], default="zip", help="file format (default zip)")
     p.add_argument("-o", "--output", default=None, help="the file (default run-<id>-metrics.<format>)")
     p.set_defaults(func=_cmd_metrics_download)
+
+    from . import cli_points
+
+    p = sub.add_parser("plot", parents=[server], help="draw a run's metrics to a PNG (needs the plot extra)")
+    p.add_argument("run_id", type=int)
+    p.add_argument("--metric", action="append", help="only this metric (all its ranks); repeatable")
+    p.add_argument("--x", choices=["step", "time"], default="step", help="the x axis (default step)")
+    p.add_argument("--since", default=None, help="only points at or after this date (ISO 8601, UTC)")
+    p.add_argument("-o", "--output", required=True, help="the PNG file to write")
+    p.set_defaults(func=cli_points.plot, open_client=_client)
 
     sync = sub.add_parser("sync", help="deliver what dead processes left in their spools")
     sync.add_argument("dirs", nargs="*", help="spool root, run or writer directories (default: the spool root)")

@@ -29,6 +29,7 @@ from typing import Any, Callable, Final, Mapping
 from .._version import __version__
 from ..images import official_image_names
 from ..records import format_dashboard_date, format_iso_date, format_zip_date, parse_date
+from . import pages, readback
 from ._http import Request, Response
 from .parsing import (
     MAX_BATCH,
@@ -157,6 +158,8 @@ class App:
             (re.compile(r"/api/metrics/(?P<pk>[^/]+)/?"), {"GET": self.get_metrics}),
             (re.compile(r"/api/pods/?"), {"GET": self.list_pods, "POST": self.create_pod}),
         ]
+        if extensions:  # the web UI and the read-back extension (pages.py, readback.py)
+            self._routes[:0] = [*pages.Pages().routes(), *readback.ReadBack(store).routes()]
         if not extensions:
             self._routes = [
                 (re.compile(r"/api/runs/(?P<pk>[^/]+)/?"), {"GET": self.get_run, "DELETE": self.delete_run}),
@@ -170,7 +173,7 @@ class App:
     def handle(self, request: Request) -> Response:
         """Answer one request; never raises."""
         try:
-            if self.token is not None and not self._authorized(request):
+            if self.token is not None and not pages.is_public(request.path) and not self._authorized(request):
                 return error_response(
                     401, "missing or wrong bearer token", headers=[("WWW-Authenticate", 'Bearer realm="mlbench"')]
                 )
@@ -210,7 +213,7 @@ class App:
                 "server": {
                     "name": "mlbench-metrics",
                     "version": __version__,
-                    "extensions": ["batch", "run_state", "pods"] if self.extensions else [],
+                    "extensions": ["batch", "run_state", "pods", *readback.EXTENSIONS] if self.extensions else [],
                     **({"batch": self._batch_description()} if self.extensions else {}),
                 },
             },
