@@ -65,6 +65,7 @@ def open_client(args: argparse.Namespace) -> Iterator[ApiClient]:
         in_cluster=args.in_cluster,
         k8s_namespace=args.namespace,
         service_name=args.service,
+        strict=True,
     )
     try:
         yield client

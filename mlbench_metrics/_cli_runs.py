@@ -8,9 +8,7 @@ parser and turns every other error into one line. No threads.
 from __future__ import annotations
 
 import argparse
-import csv
 import difflib
-import io
 import json
 import sys
 import time
@@ -121,10 +119,12 @@ def cmd_runs_create(args: argparse.Namespace) -> int:
 
 def cmd_runs_show(args: argparse.Namespace) -> int:
     """``runs show``: one run, with the tails of its stdout and stderr."""
+    from .cli_points import config_text
     from .runs import Run
 
     with open_client(args) as client:
         run = Run.get(args.run_id, client=client)
+        config = config_text(client, run.id)
     if args.json:
         print_json(run.as_dict())
         return EXIT_OK
@@ -139,6 +139,8 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     extra = {k: v for k, v in meta.items() if k not in ("stdout", "stderr")}
     if extra:
         print("\njob metadata: " + json.dumps(extra, default=str))
+    if config:
+        print("\nconfig:\n" + config)
     return EXIT_OK
 
 
@@ -213,6 +215,10 @@ def cmd_metrics_show(args: argparse.Namespace) -> int:
     """``metrics show``: a table (or JSON) of the run's metrics."""
     from .runs import Run
 
+    if args.follow:
+        from .cli_points import follow
+
+        return follow(args, open_client)
     with open_client(args) as client:
         run = Run({"id": args.run_id}, client=client)
         try:
@@ -246,10 +252,10 @@ def cmd_metrics_download(args: argparse.Namespace) -> int:
                     raise CliError("--filter and --last-n do not apply to --format zip (the server's zip)", EXIT_USAGE)
                 run.download(target, since=args.since, summarize=args.summarize)
             else:
-                metrics = run.metrics(**_filters(args))
-                if not metrics:
-                    _check_filter(run, args.filter)
-                target.write_text(_to_json(metrics) if fmt == "json" else _to_csv(metrics))
+                from .cli_points import download
+
+                _check_filter(run, args.filter)
+                download(args, client, target)
         except ValueError as exc:  # refused before sending: a date that is not one
             raise CliError(str(exc), EXIT_USAGE) from None
     progress_done()
@@ -284,13 +290,3 @@ def _to_json(metrics: dict[str, list[Any]]) -> str:
     return json.dumps(
         {name: [{"date": d.isoformat(), "value": v} for d, v in points] for name, points in metrics.items()}, indent=1
     )
-
-
-def _to_csv(metrics: dict[str, list[Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["name", "date", "value"])
-    for name in sorted(metrics):
-        for date, value in metrics[name]:
-            writer.writerow([name, date.isoformat(), value])
-    return out.getvalue()

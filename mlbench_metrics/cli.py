@@ -1,10 +1,11 @@
 """The ``mlbench-metrics`` command line: the parser, ``serve``, ``demo`` and ``sync``.
 
 Commands: ``serve``, ``demo``, ``runs list|create|show|wait|delete``,
-``metrics show|download`` and ``sync`` (the ``runs`` and ``metrics`` commands live in
-``_cli_runs.py``). Tables for people by default, ``--json`` for scripts. The options that
-say which server to talk to (``--url``, ``--token``, ``--json``, ...) work before or
-after the command. Errors are one line on stderr, never a traceback.
+``metrics show|download``, ``plot`` and ``sync`` (the ``runs`` and ``metrics`` commands
+live in ``_cli_runs.py``, the views of points in ``cli_points.py``). Tables for people by
+default, ``--json`` for scripts. The options that say which server to talk to
+(``--url``, ``--token``, ``--json``, ...) work before or after the command. Errors are
+one line on stderr, never a traceback.
 
 Exit codes:
     0  done
@@ -38,6 +39,7 @@ from ._cli_common import (
     CliError,
     describe_discovery_error,
     describe_transport_error,
+    open_client,
 )
 from ._cli_common import progress as _progress
 from ._cli_common import progress_done as _progress_done
@@ -73,6 +75,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             extensions=not args.no_extensions,
             exec_runs=args.exec_runs,
             exec_workdir=args.exec_workdir,
+            pace=args.pace,
         )
     except (OSError, ValueError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
@@ -84,13 +87,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(ready_line(handle.url), flush=True)
+    if not args.no_extensions:
+        from .server.pages import page_url
+
+        print(f"web UI: {page_url(handle.url, handle.token)}")  # with the token, the browser logs in once
     print(f"database: {handle.db_path}" + ("" if args.db else " (the default; kept after exit; --db FILE for another)"))
     if args.exec_runs:
         print("local execution: on (runs with a custom_image_command run on this machine)")
     if handle.token and not args.token:  # generated: shown once, as Jupyter does
-        print("token: generated for --exec; clients need it (--token, or in the environment), pages in the URL:")
+        print("token: generated for --exec; clients need it (--token, or in the environment):")
         print(f"    export MLBENCH_METRICS_TOKEN={handle.token}")
-        print(f"    {handle.url}/?token={handle.token}")
     print("Ctrl-C stops the server", flush=True)
     parent = os.getppid()
     try:
@@ -257,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer like the dashboard: no batch endpoint, run states or pod registration",
     )
     serve.add_argument(
+        "--pace",
+        type=float,
+        default=None,
+        metavar="N",
+        help="store single metric posts one at a time, about N a second, as slowly as the dashboard (55-90)",
+    )
+    serve.add_argument(
         "--exec",
         dest="exec_runs",
         action="store_true",
@@ -311,11 +324,23 @@ def build_parser() -> argparse.ArgumentParser:
     filters.add_argument("--last-n", type=_count, default=None, help="only the last N points of each metric")
     filters.add_argument("--filter", default=None, help="only the metric with exactly this name, e.g. 'loss @ 0'")
     p = metrics_sub.add_parser("show", parents=[server, filters], help="a table of the run's metrics")
+    p.add_argument("-f", "--follow", action="store_true", help="then print new points as they arrive, until Ctrl-C")
+    p.add_argument("--interval", type=_positive_float, default=1.0, help="seconds between polls with --follow")
     p.set_defaults(func=runs_cmd.cmd_metrics_show)
     p = metrics_sub.add_parser("download", parents=[server, filters], help="save the run's metrics to a file")
     p.add_argument("--format", choices=["json", "csv", "zip"], default="zip", help="file format (default zip)")
     p.add_argument("-o", "--output", default=None, help="the file (default run-<id>-metrics.<format>)")
     p.set_defaults(func=runs_cmd.cmd_metrics_download)
+
+    from . import cli_points
+
+    p = sub.add_parser("plot", parents=[server], help="draw a run's metrics to a PNG (needs the plot extra)")
+    p.add_argument("run_id", type=_positive_int)
+    p.add_argument("--metric", action="append", help="only this metric (all its ranks); repeatable")
+    p.add_argument("--x", choices=["step", "time"], default="step", help="the x axis (default step)")
+    p.add_argument("--since", default=None, help="only points at or after this date (ISO 8601, UTC)")
+    p.add_argument("-o", "--output", required=True, help="the PNG file to write")
+    p.set_defaults(func=cli_points.plot, open_client=open_client)
 
     sync = sub.add_parser("sync", help="deliver what dead processes left in their spools")
     sync.add_argument("dirs", nargs="*", help="spool root, run or writer directories (default: the spool root)")

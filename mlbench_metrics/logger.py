@@ -37,6 +37,7 @@ from .api import ApiClient, _weak_call
 from .config import ENV_FLUSH_INTERVAL, ENV_RANK, ENV_RUN_ID, env_float, env_int, env_str
 from .errors import ClosedError, ConfigError
 from .records import NAME_MAX, VALUE_MAX
+from .run_config import check_config, send_config
 from .spool import DurableBuffer, DurableLog, DurableStore, SpoolDir, SpoolStore
 from .timing import Timer, timed
 
@@ -117,6 +118,9 @@ class MetricsLogger:
             command is this program's) and log to it; ``close()`` marks it finished,
             or failed when the program ends with an uncaught exception or SIGTERM
             (where the server supports run states; the dashboard does not).
+        config: the run's configuration (hyperparameters), a JSON-serialisable mapping
+            stored once with the run where the server can (the embedded server; the
+            dashboard cannot, and a warning says so). See :mod:`mlbench_metrics.run_config`.
 
     Raises:
         ConfigError: an argument is invalid or the run id is missing.
@@ -141,9 +145,11 @@ class MetricsLogger:
         spool_max_bytes: int = 1 << 30,
         durable: bool = False,
         new_run: str | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> None:
         if new_run is not None and run_id is not None:
             raise ConfigError("give run_id or new_run, not both")
+        run_config = None if config is None else check_config(config)
         self.run_id = _resolve_run_id(run_id) if new_run is None else 0
         self.rank = _resolve_rank(rank)
         self.flush_interval = _positive(
@@ -168,7 +174,7 @@ class MetricsLogger:
         self._spool_options = (spool, spool_dir, spool_max_bytes)
 
         self._own_client = client is None
-        self.client = client if client is not None else ApiClient(url=url, token=token)
+        self.client = client if client is not None else ApiClient(url=url, token=token, strict=True)
         self._owns_run = new_run is not None
         if new_run is not None:
             try:
@@ -177,6 +183,8 @@ class MetricsLogger:
                 if self._own_client:
                     self.client.close()
                 raise
+        if run_config is not None:
+            send_config(self.client, self.run_id, run_config)
         self._lock = threading.Lock()
         self._close_lock = threading.RLock()
         self._closed = False

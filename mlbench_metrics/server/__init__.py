@@ -43,6 +43,7 @@ from .._version import __version__
 from ._http import HttpServer
 from .access import AccessPolicy, is_loopback
 from .executor import LocalExecutor
+from .pacing import Pacer
 from .parsing import error_response
 from .routes import App
 from .store import Store
@@ -69,9 +70,17 @@ class ServerHandle:
     """
 
     def __init__(
-        self, http: HttpServer, app: App, store: Store, db_path: str, tmpdir: str | None, token: str | None
+        self,
+        http: HttpServer,
+        app: App,
+        store: Store,
+        db_path: str,
+        tmpdir: str | None,
+        token: str | None,
+        pacer: Pacer | None = None,
     ) -> None:
         self._http = http
+        self._pacer = pacer
         self.token = token
         self.app = app
         self.store = store
@@ -93,6 +102,8 @@ class ServerHandle:
             if self._stopped:
                 return
             self._stopped = True
+        if self._pacer is not None:
+            self._pacer.close()
         self._http.stop(timeout)
         if self.app.executor is not None:
             self.app.executor.close()
@@ -130,6 +141,7 @@ def serve(
     extensions: bool = True,
     exec_runs: bool = False,
     exec_workdir: str | None = None,
+    pace: float | None = None,
 ) -> ServerHandle:
     """Start the embedded server in background threads of this process.
 
@@ -153,13 +165,17 @@ def serve(
             always needs a token: without ``token``, one is generated (see
             ``handle.token``) on a loopback ``host``; another ``host`` needs ``token``.
         exec_workdir: the working directory of those commands (default: this one).
+        pace: store single metric posts one at a time, at most about this many a
+            second, as slowly as the dashboard does (55-90 a second); None: full speed.
+            See :mod:`mlbench_metrics.server.pacing`.
 
     Returns:
         The running server's handle.
 
     Raises:
         OSError: the address cannot be bound, or the database cannot be opened.
-        ValueError: ``exec_runs`` on a non-loopback address without a token.
+        ValueError: ``exec_runs`` on a non-loopback address without a token, or a
+            ``pace`` that is not a positive number.
     """
     if exec_runs and not token:
         if not is_loopback(host):
@@ -176,10 +192,11 @@ def serve(
     access = AccessPolicy(token=token, allowed_hosts=allow_hosts, bind_host=host)
     app = App(store, access=access, max_body=max_body, extensions=extensions)
     try:
+        pacer = None if pace is None else Pacer(app.handle, pace)
         http = HttpServer(
             host,
             port,
-            app.handle,
+            app.handle if pacer is None else pacer,
             error_response,
             max_body=max_body,
             idle_timeout=idle_timeout,
@@ -191,7 +208,7 @@ def serve(
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
         raise
-    handle = ServerHandle(http, app, store, db_path, tmpdir, token)
+    handle = ServerHandle(http, app, store, db_path, tmpdir, token, pacer)
     if exec_runs:
         # The runs reach the server over loopback even when it listens on every interface.
         local = handle.url if host not in ("0.0.0.0", "::", "") else f"http://127.0.0.1:{handle.port}"

@@ -27,6 +27,7 @@ from typing import Any, Callable, Final, Protocol
 from .._version import __version__
 from ..images import official_image_names
 from ..records import parse_date
+from . import pages, readback
 from ._http import Request, Response
 from .access import AccessPolicy
 from .formats import metric_json, point_json, run_json, summarize_points, zip_metrics
@@ -117,6 +118,11 @@ class App:
         self.extensions = extensions
         self._official = official_image_names()
         self._routes: list[_Route] = []
+        if extensions:  # the web UI (public: its files carry no data) and the read-back extension
+            for pattern, methods in pages.Pages().routes():
+                self.add_route(pattern, methods, public=True)
+            for pattern, methods in readback.ReadBack(store).routes():
+                self.add_route(pattern, methods)
         if not extensions:
             self.add_route(r"/api/runs/(?P<pk>[^/]+)/?", {"GET": self.get_run, "DELETE": self.delete_run})
             self.add_route(r"/api/metrics/batch/?", {"GET": self.dashboard_batch_get})
@@ -131,7 +137,9 @@ class App:
         self.add_route(r"/api/metrics/(?P<pk>[^/]+)/?", {"GET": self.get_metrics})
         self.add_route(r"/api/pods/?", {"GET": self.list_pods, "POST": self.create_pod})
 
-    def add_route(self, pattern: str, methods: Mapping[str, Handler], *, public: bool = False) -> None:
+    def add_route(
+        self, pattern: str | re.Pattern[str], methods: Mapping[str, Handler], *, public: bool = False
+    ) -> None:
         """Serve ``methods`` on paths that fully match ``pattern``; earlier routes win.
 
         Every route, this one included, passes :class:`AccessPolicy` first.
@@ -186,7 +194,7 @@ class App:
                 "server": {
                     "name": "mlbench-metrics",
                     "version": __version__,
-                    "extensions": ["batch", "run_state", "pods"] if self.extensions else [],
+                    "extensions": ["batch", "run_state", "pods", *readback.EXTENSIONS] if self.extensions else [],
                     "exec": self.executor is not None,
                     **({"batch": self._batch_description()} if self.extensions else {}),
                 },

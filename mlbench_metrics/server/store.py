@@ -26,6 +26,8 @@ from itertools import groupby, islice
 from operator import itemgetter, le
 from typing import Any, Iterable, Iterator, Sequence
 
+from .chunks import Chunk, ChunkCache, SeriesColumns, merge_columns
+
 __all__ = ["DuplicateBatch", "RunNotFound", "Store"]
 
 _SCHEMA = """
@@ -69,6 +71,13 @@ CREATE TABLE IF NOT EXISTS chunks (
     data TEXT NOT NULL,
     PRIMARY KEY (owner, name, first_date, id)
 ) WITHOUT ROWID;
+-- Arrival order per owner, for reads of "what arrived after chunk N" (live charts).
+CREATE INDEX IF NOT EXISTS chunks_arrival ON chunks (owner, id);
+-- A run's configuration (hyperparameters), as JSON text: an extension the dashboard lacks.
+CREATE TABLE IF NOT EXISTS run_configs (
+    run_id INTEGER PRIMARY KEY,
+    config TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS batches (
     batch_id TEXT PRIMARY KEY,
     run_id INTEGER NOT NULL,
@@ -125,6 +134,7 @@ class Store:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        self._chunk_cache = ChunkCache()  # decoded chunks for charts (series_columns)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
@@ -210,6 +220,7 @@ class Store:
                 return False
             conn.execute("DELETE FROM chunks WHERE owner = ?", (run_id,))
             conn.execute("DELETE FROM batches WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM run_configs WHERE run_id = ?", (run_id,))
             conn.execute("UPDATE pods SET run_id = NULL WHERE run_id = ?", (run_id,))
         return True
 
@@ -378,6 +389,111 @@ class Store:
         for _, points in self.series(run_id=run_id, name=name):
             return points[-1][1]
         return None
+
+    # -- reads for charts and the run page (extensions) ---------------------------
+
+    def set_run_config(self, run_id: int, config_json: str) -> None:
+        """Store (replace) a run's configuration, given as JSON text.
+
+        Raises:
+            RunNotFound: the run does not exist.
+        """
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                raise RunNotFound(run_id)
+            conn.execute("INSERT OR REPLACE INTO run_configs (run_id, config) VALUES (?, ?)", (run_id, config_json))
+
+    def get_run_config(self, run_id: int) -> str | None:
+        """A run's configuration as JSON text, or None when none was stored."""
+        with self._read() as conn:
+            row = conn.execute("SELECT config FROM run_configs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def series_catalog(self, run_id: int) -> list[dict[str, Any]]:
+        """A run's series without points, by name: count, first and last date, the newest point's
+        cumulative flag and metadata, and the highest chunk id (``cursor``) of each."""
+        query = (
+            "SELECT name, SUM(count), MIN(first_date), MAX(last_date), MAX(id) FROM chunks "
+            "WHERE owner = ? GROUP BY name ORDER BY name"
+        )
+        with self._read() as conn:
+            rows = conn.execute(query, (run_id,)).fetchall()
+            newest = {
+                name: conn.execute(
+                    "SELECT data FROM chunks WHERE owner = ? AND name = ? AND id = ?", (run_id, name, last_id)
+                ).fetchone()[0]
+                for name, _, _, _, last_id in rows
+            }
+        out = []
+        for name, count, first, last, last_id in rows:
+            newest_chunk = merge_columns(name, [Chunk(last_id, newest[name])], None, None)
+            (metadata,), (cumulative,) = newest_chunk.details([len(newest_chunk) - 1])
+            out.append(
+                {
+                    "name": name,
+                    "count": count,
+                    "first_us": first,
+                    "last_us": last,
+                    "cumulative": cumulative,
+                    "last_metadata": metadata,
+                    "cursor": last_id,
+                }
+            )
+        return out
+
+    def run_stats(self) -> dict[int, tuple[int, int, int]]:
+        """For each run with metrics: ``(series, points, last date in microseconds)``."""
+        query = (
+            "SELECT owner, COUNT(DISTINCT name), SUM(count), MAX(last_date) FROM chunks WHERE owner > 0 GROUP BY owner"
+        )
+        with self._read() as conn:
+            return {owner: (series, points, last) for owner, series, points, last in conn.execute(query)}
+
+    def series_columns(
+        self,
+        run_id: int,
+        names: Sequence[str] | None = None,
+        *,
+        since_us: int | None = None,
+        until_us: int | None = None,
+        after_id: int = 0,
+    ) -> list[SeriesColumns]:
+        """A run's series as columns (see :mod:`.chunks`), by name.
+
+        Args:
+            run_id: the run.
+            names: only these series (None: all).
+            since_us, until_us: only points dated within (inclusive).
+            after_id: only points that arrived after the chunk id a previous read
+                returned as its ``cursor`` (for live updates: nothing arriving late is missed).
+        """
+        conditions = [("owner = ?", run_id), ("id > ?", after_id or None)]
+        conditions += [("last_date >= ?", since_us), ("first_date <= ?", until_us)]
+        where = [condition for condition, value in conditions if value is not None]
+        args: list[Any] = [value for _, value in conditions if value is not None]
+        if names is not None:
+            where.append(f"name IN ({', '.join('?' for _ in names)})")
+            args.extend(names)
+        # Keys first: a chunk decoded before is not read again (its text is most of the row).
+        query = f"SELECT name, first_date, id FROM chunks WHERE {' AND '.join(where)}"
+        with self._read() as conn:
+            keys = conn.execute(query, args).fetchall()
+            chunks = self._chunk_cache.lookup(k[2] for k in keys)
+            missing = [k[2] for k in keys if k[2] not in chunks]
+            for start in range(0, len(missing), 500):
+                part = missing[start : start + 500]
+                marks = ", ".join("?" for _ in part)
+                for chunk_id, data in conn.execute(
+                    f"SELECT id, data FROM chunks WHERE owner = ? AND id IN ({marks})", [run_id, *part]
+                ):
+                    chunks[chunk_id] = self._chunk_cache.decode(chunk_id, data)
+        keys.sort(key=itemgetter(0, 1, 2))  # sorted here, so that SQLite may use either index
+        out = []
+        for name, group in groupby(keys, key=itemgetter(0)):
+            columns = merge_columns(name, [chunks[k[2]] for k in group], since_us, until_us)
+            if len(columns):
+                out.append(columns)
+        return out
 
     def count_metrics(self, run_id: int | None = None) -> int:
         """How many metrics are stored (for one run, or in all)."""

@@ -146,17 +146,19 @@ def test_allow_host_admits_a_name_and_its_origin() -> None:
         assert_refused(r)  # any Host, still only its own origin
 
 
-def test_public_routes_need_no_token_but_pass_host_and_origin() -> None:
-    """Pages (added by other modules) carry no data; their scripts send the token."""
+def test_pages_need_no_token_but_pass_host_and_origin() -> None:
+    """The web page carries no data; its script sends the token. Routes added later alike."""
 
-    def page(request: Request) -> Response:
+    def extra(request: Request) -> Response:
         return Response(200, b"<html></html>", "text/html")
 
     with serve(token="s3cret") as server:
-        server.app.add_route(r"/", {"GET": page}, public=True)
-        assert requests.get(f"{server.url}/?token=s3cret").text == "<html></html>"
-        assert_refused(requests.get(f"{server.url}/", headers={"Host": "evil.example"}))
-        assert_refused(requests.get(f"{server.url}/", headers={"Origin": EVIL}))
+        server.app.add_route(r"/extra/", {"GET": extra}, public=True)
+        for path in ("/?token=s3cret", "/extra/"):
+            page = requests.get(f"{server.url}{path}")
+            assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html"), path
+            assert_refused(requests.get(f"{server.url}{path}", headers={"Host": "evil.example"}))
+            assert_refused(requests.get(f"{server.url}{path}", headers={"Origin": EVIL}))
         assert_refused(requests.get(f"{server.url}/api/runs/?token=s3cret"), 401)  # the API wants the header
         ok = requests.get(f"{server.url}/api/runs/", headers={"Authorization": "Bearer s3cret", "Origin": server.url})
         assert ok.status_code == 200

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import mlbench_metrics
 
-MODULES = ["mlbench_metrics", "mlbench_metrics.api", "mlbench_metrics.errors", "mlbench_metrics.records"]
+MODULES = [
+    "mlbench_metrics",
+    "mlbench_metrics.api",
+    "mlbench_metrics.compat",
+    "mlbench_metrics.errors",
+    "mlbench_metrics.records",
+]
 
 
 def _isort_key(name: str) -> tuple[int, str]:
