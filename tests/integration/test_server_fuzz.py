@@ -40,8 +40,9 @@ FIELDS = [
     "image_name", "custom_image_name", "custom_image_command", "backend", "custom_backend", "gpu_enabled",
     "light_target", "run_all_nodes", "state", "batch_id", "metrics", "columns", "packed", "labels", "phase", "ip",
 ]  # fmt: skip
-METHODS = ["GET", "GET", "POST", "POST", "PATCH", "DELETE", "PUT", "OPTIONS", "HEAD", "BREW"]
-QUERY_KEYS = ["metric_type", "since", "summarize", "last_n", "metric_filter", "format", "x"]
+METHODS = ["GET", "GET", "GET", "POST", "POST", "PATCH", "DELETE", "PUT", "OPTIONS", "HEAD", "BREW"]
+QUERY_KEYS = ["metric_type", "since", "summarize", "last_n", "metric_filter", "format", "x",
+              "name", "metric", "until", "after", "max_points", "fields"]  # fmt: skip
 DATES = [
     "2021-01-02 03:04:05", "2021-01-02T03:04:05.123456Z", "2021-01-02", "9999-12-31T23:59:59-01:00",
     "0001-01-01T00:00:00+23:59", "2021-13-45", "yesterday", "", "2021-01-02T03:04:05+99:99", "9" * 40,
@@ -133,6 +134,8 @@ class Fuzzer:
                 "/api/", "/api", "/api/runs/", "/api/runs", f"/api/runs/{pk}/", f"/api/runs/{pk}",
                 "/api/metrics/", "/api/metrics/batch/", f"/api/metrics/{pk}/", f"/api/metrics/{pk}",
                 "/api/pods/", "/", "/x/../api/runs/", "/api//runs/", "/" + self.text().replace(" ", ""),
+                "/api/runs/stats/", f"/api/runs/{pk}/details/", f"/api/runs/{pk}/config/",
+                f"/api/runs/{pk}/series/", f"/api/runs/{pk}/points/", "/static/js/api.js", "/static/../x",
             ]
         )  # fmt: skip
 
@@ -179,7 +182,7 @@ class Fuzzer:
         run_id = r.choice(self.ids)
         metric = {"run_id": run_id, "name": "loss @ 0", "value": 0.5, "date": "2021-01-02 03:04:05",
                   "metadata": "", "cumulative": False}  # fmt: skip
-        route = r.randrange(6)
+        route = r.randrange(7)
         if route == 0:
             method, path, data = "POST", "/api/runs/", {
                 "name": "run-x", "num_workers": 1, "num_cpus": 1.5, "image_name": "custom_image",
@@ -193,6 +196,8 @@ class Fuzzer:
             method, path, data = "POST", "/api/metrics/batch/", {"run_id": run_id, "batch_id": "b", "columns": batch}
         elif route == 3:
             method, path, data = "PATCH", f"/api/runs/{run_id}/", {"state": "started"}
+        elif route == 6:
+            method, path, data = "PUT", f"/api/runs/{run_id}/config/", {"config": {"lr": 0.1, "layers": [1, 2]}}
         elif route == 4:
             method, path, data = "POST", "/api/pods/", {"name": "pod-1", "run_id": run_id, "labels": {"a": 1}}
         else:
@@ -206,7 +211,7 @@ class Fuzzer:
                 del data[key]
             else:
                 data[key] = self.json_value(1)
-        if route in (2, 3) or r.random() < 0.5:
+        if route in (2, 3, 6) or r.random() < 0.5:
             return method, path, {"Content-Type": "application/json"}, json.dumps(data).encode()
         form = "&".join(f"{_quote(k)}={_quote(str(v))}" for k, v in data.items())
         return method, path, {"Content-Type": "application/x-www-form-urlencoded"}, form.encode()
