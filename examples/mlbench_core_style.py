@@ -123,6 +123,7 @@ def play_the_dashboard() -> int:
             custom_backend="gloo",
             run_all_nodes=True,
             url=server.address,
+            token=server.token,  # --exec always has one; the runs it starts get it too
         )
         run.wait(timeout=120, poll=0.2)
         for line in run.job_metadata.get("stdout", [])[-4:]:

@@ -45,7 +45,7 @@ import weakref
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Final, Iterable, Mapping, Sequence, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 import urllib3
@@ -339,10 +339,19 @@ class ApiClient:
             raise ConfigError(f"url must be 'host:port[/path]' or an http(s) URL, got {url!r}")
         url = url.strip().rstrip("/")
         if "://" not in url:
-            return f"http://{url}/api/"
-        if not url.startswith(("http://", "https://")):
+            endpoint = f"http://{url}/api/"
+        elif not url.startswith(("http://", "https://")):
             raise ConfigError(f"url must use http or https, got {url!r}")
-        return f"{url}/api/"
+        else:
+            endpoint = f"{url}/api/"
+        try:
+            parts = urlsplit(endpoint)
+            _ = parts.port  # parsing it is the check: a port out of range, or not a number
+        except ValueError as exc:
+            raise ConfigError(f"url {url!r} is not a valid address: {exc}") from None
+        if not parts.hostname:
+            raise ConfigError(f"url {url!r} names no host; expected 'host:port[/path]' or an http(s) URL")
+        return endpoint
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()
@@ -735,6 +744,15 @@ class ApiClient:
             raise ValueError(f"state must be 'started', 'finished' or 'failed', got {state!r}")
         body = json.dumps({"state": state}).encode()
         return self._request("PATCH", f"runs/{quote(str(run_id), safe='')}/", body=body, headers=_JSON, idempotent=True)
+
+    def get_server_info(self) -> Future[requests.Response]:
+        """``GET /api/``: the API root; the embedded server describes itself under ``"server"``.
+
+        Returns:
+            A Future of the ``requests.Response``; the dashboard lists its routes, the
+            embedded server adds ``{"server": {"name", "version", "extensions", "exec", ...}}``.
+        """
+        return self._request("GET", "")
 
     def set_run_config(self, run_id: Any, config: Mapping[str, Any]) -> Future[requests.Response]:
         """Store a run's configuration (hyperparameters), replacing what was stored.

@@ -323,10 +323,24 @@ class Run:
         return target
 
     def delete(self) -> None:
-        """Delete the run and its metrics (the server stops it if it runs)."""
+        """Delete the run and its metrics (the server stops it if it runs).
+
+        Raises:
+            ClientApiError: the server did not delete it: a 4xx, or the dashboard's
+                ``304 "Could not delete run"``.
+        """
         with self._api() as api:
             answer = api.delete_run(self.id).result()
-        if answer.status_code >= 400:
+        if answer.status_code == 304:
+            error = _status_error(answer)
+            raise ClientApiError(
+                f"the server could not delete run {self.id} ({error})",
+                status_code=304,
+                body=error.body,
+                method=error.method,
+                url=error.url,
+            )
+        if not 200 <= answer.status_code < 300:
             raise _status_error(answer)
 
     def mark(self, state: str) -> Run:

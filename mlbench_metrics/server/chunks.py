@@ -1,8 +1,9 @@
-"""Reading stored chunks as columns: dates and values at once, metadata only where asked.
+"""The chunk format: writing a batch's series as chunks, reading them as points or columns.
 
-:mod:`.store` writes each chunk's points as one JSON object ``{"d": dates_us, "v":
-values, "m": metadata, "c": cumulative}`` (``m`` and ``c`` are one value for the whole
-chunk or a list). The dashboard-shaped reads decode all of it into a tuple per point;
+:mod:`.store` keeps one row per (batch, metric name); :func:`encode_chunks` makes its
+``data``, the series' points as one JSON object ``{"d": dates_us, "v": values, "m":
+metadata, "c": cumulative}`` (``m`` and ``c`` are one value for the whole chunk or a
+list), and :func:`decode_points` reads them back. The dashboard-shaped reads decode all of it into a tuple per point;
 charts need only dates and values of every point, and metadata (for step and epoch) of
 the few hundred points a downsample keeps. Decoding a million points' metadata costs
 more than a second, so this module cuts each chunk's text at its ``"v"``, ``"m"`` and
@@ -25,9 +26,27 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import islice
+from operator import itemgetter, le
 from typing import Any, Final, Iterable, Sequence
 
-__all__ = ["Chunk", "ChunkCache", "SeriesColumns", "merge_columns"]
+__all__ = [
+    "Chunk",
+    "ChunkCache",
+    "Columns",
+    "Point",
+    "SeriesColumns",
+    "decode_points",
+    "encode_chunks",
+    "merge_columns",
+]
+
+# A batch in columns: names, dates (us), values, metadata, cumulative flags; each a list
+# or an iterable of the batch's length (metadata and flags are often ``itertools.repeat``).
+Columns = tuple[Iterable[str], Iterable[int], Iterable[str], Iterable[str], Iterable[bool]]
+
+# A point as the dashboard-shaped reads return it: (date_us, value, cumulative, metadata).
+Point = tuple[int, str, bool, str]
 
 _HEAD: Final = re.compile(r'\{\s*"d"\s*:\s*')
 _KEY_V: Final = re.compile(r',\s*"v"\s*:\s*')
@@ -254,3 +273,84 @@ def merge_columns(name: str, chunks: Sequence[Chunk], since_us: int | None, unti
     if lo > 0 or hi < len(dates):
         dates, values = dates[lo:hi], values[lo:hi]
     return SeriesColumns(name, dates, values, cursor, list(chunks), origin, starts, lo)
+
+
+# -- writing chunks, and reading them back as points -------------------------------
+
+
+def encode_chunks(columns: Columns) -> list[tuple[str, int, int, int, str]]:
+    """Split a batch's columns into one chunk per name: ``(name, first, last, count, data)``.
+
+    Points keep their arrival order within a name unless their dates are out of order,
+    in which case they are sorted by date (stably, so equal dates keep arrival order).
+    Values are kept as they came, text or numbers; reads turn numbers into ``str()`` text.
+    This is the server's hottest loop: grouping is one dict step per point, and the
+    columns of each group are picked out at C speed.
+    """
+    names: list[str] = list(columns[0])
+    dates: list[int] = list(columns[1])
+    values: list[Any] = list(columns[2])
+    metadata: list[str] = list(columns[3])
+    cumulative: list[bool] = list(columns[4])
+    n = len(names)
+    by_name: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        by_name.setdefault(name, []).append(i)
+    one_meta = metadata[0] if metadata and metadata.count(metadata[0]) == n else None
+    one_cum = cumulative[0] if cumulative and cumulative.count(cumulative[0]) == n else None
+    out = []
+    for name, idx in by_name.items():
+        pick = _picker(idx)
+        d = dates if len(idx) == n else pick(dates)
+        if not all(map(le, d, islice(d, 1, None))):
+            idx = sorted(idx, key=dates.__getitem__)
+            pick = _picker(idx)
+            d = pick(dates)
+        data = {
+            "d": d,
+            "v": values if len(idx) == n and d is dates else pick(values),
+            "m": one_meta if one_meta is not None else pick(metadata),
+            "c": one_cum if one_cum is not None else pick(cumulative),
+        }
+        out.append((name, d[0], max(d[0], d[-1]), len(idx), json.dumps(data, separators=(",", ":"))))
+    return out
+
+
+def _picker(idx: list[int]) -> Any:
+    """A C-speed ``lambda seq: [seq[i] for i in idx]``."""
+    if len(idx) == 1:
+        return lambda seq: [seq[idx[0]]]
+    getter = itemgetter(*idx)
+    return lambda seq: list(getter(seq))
+
+
+def decode_points(chunks: list[Any], since_us: int | None, until_us: int | None) -> list[Point]:
+    """The points of one series' chunks ``(name, first, last, id, data)`` in (date, arrival) order.
+
+    Chunks come ordered by first date; when none overlaps the one before, their points
+    are already in order and are concatenated, otherwise all are sorted.
+    """
+    ordered = True
+    previous_last: int | None = None
+    decoded = []
+    for _, first, last, chunk_id, data in chunks:
+        if previous_last is not None and first <= previous_last:
+            ordered = False
+        previous_last = last if previous_last is None else max(previous_last, last)
+        c = json.loads(data)
+        n = len(c["d"])
+        values = [v if type(v) is str else str(v) for v in c["v"]]  # numbers are stored as sent
+        metas = c["m"] if isinstance(c["m"], list) else [c["m"]] * n
+        cums = c["c"] if isinstance(c["c"], list) else [c["c"]] * n
+        decoded.append((chunk_id, list(zip(c["d"], values, cums, metas))))
+    if ordered:
+        points: list[Point] = [p for _, chunk_points in decoded for p in chunk_points]
+    else:
+        keyed = [(p[0], chunk_id, k, p) for chunk_id, chunk_points in decoded for k, p in enumerate(chunk_points)]
+        keyed.sort(key=lambda item: item[:3])
+        points = [item[3] for item in keyed]
+    if since_us is not None or until_us is not None:
+        lo = since_us if since_us is not None else -(2**63)
+        hi = until_us if until_us is not None else 2**63
+        points = [p for p in points if lo <= p[0] <= hi]
+    return points

@@ -22,13 +22,13 @@ import contextlib
 import json
 import sqlite3
 import threading
-from itertools import groupby, islice
-from operator import itemgetter, le
-from typing import Any, Iterable, Iterator, Sequence
+from itertools import groupby
+from operator import itemgetter
+from typing import Any, Iterator, Sequence
 
-from .chunks import Chunk, ChunkCache, SeriesColumns, merge_columns
+from .chunks import Chunk, ChunkCache, Columns, Point, SeriesColumns, decode_points, encode_chunks, merge_columns
 
-__all__ = ["DuplicateBatch", "RunNotFound", "Store"]
+__all__ = ["Columns", "DuplicateBatch", "Point", "RunNotFound", "Store"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -90,10 +90,6 @@ _RUN_COLUMNS = (
     "id, name, created_at, finished_at, state, job_id, job_metadata, num_workers, cpu_limit, "
     "image, command, backend, run_on_all_nodes, gpu_enabled, light_target"
 )
-
-# A batch in columns: names, dates (us), values, metadata, cumulative flags; each a list
-# or an iterable of the batch's length (metadata and flags are often ``itertools.repeat``).
-Columns = tuple[Iterable[str], Iterable[int], Iterable[str], Iterable[str], Iterable[bool]]
 
 
 class RunNotFound(LookupError):
@@ -317,7 +313,7 @@ class Store:
             RunNotFound: the run does not exist; nothing is stored.
             DuplicateBatch: ``batch_id`` was stored before; nothing is stored.
         """
-        chunks = _chunks(columns)
+        chunks = encode_chunks(columns)
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
                 raise RunNotFound(run_id)
@@ -367,7 +363,7 @@ class Store:
         with self._read() as conn:
             rows = conn.execute(query, args).fetchall()
         for series_name, group in groupby(rows, key=lambda r: r[0]):
-            points = _merge(list(group), since_us, until_us)
+            points = decode_points(list(group), since_us, until_us)
             if points:
                 yield series_name, points
 
@@ -381,7 +377,7 @@ class Store:
         with self._read() as conn:
             rows = conn.execute(query).fetchall()
         for (owner, series_name), group in groupby(rows, key=lambda r: (r[0], r[1])):
-            points = _merge([r[1:] for r in group], None, None)
+            points = decode_points([r[1:] for r in group], None, None)
             yield abs(owner), series_name, points
 
     def latest_value(self, run_id: int, name: str) -> str | None:
@@ -509,85 +505,3 @@ def _require(value: int | None) -> int:
     if value is None:
         raise ValueError("an owner id is required")
     return value
-
-
-def _chunks(columns: Columns) -> list[tuple[str, int, int, int, str]]:
-    """Split a batch's columns into one chunk per name: ``(name, first, last, count, data)``.
-
-    Points keep their arrival order within a name unless their dates are out of order,
-    in which case they are sorted by date (stably, so equal dates keep arrival order).
-    Values are kept as they came, text or numbers; reads turn numbers into ``str()`` text.
-    This is the server's hottest loop: grouping is one dict step per point, and the
-    columns of each group are picked out at C speed.
-    """
-    names: list[str] = list(columns[0])
-    dates: list[int] = list(columns[1])
-    values: list[Any] = list(columns[2])
-    metadata: list[str] = list(columns[3])
-    cumulative: list[bool] = list(columns[4])
-    n = len(names)
-    by_name: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        by_name.setdefault(name, []).append(i)
-    one_meta = metadata[0] if metadata and metadata.count(metadata[0]) == n else None
-    one_cum = cumulative[0] if cumulative and cumulative.count(cumulative[0]) == n else None
-    out = []
-    for name, idx in by_name.items():
-        pick = _picker(idx)
-        d = dates if len(idx) == n else pick(dates)
-        if not all(map(le, d, islice(d, 1, None))):
-            idx = sorted(idx, key=dates.__getitem__)
-            pick = _picker(idx)
-            d = pick(dates)
-        data = {
-            "d": d,
-            "v": values if len(idx) == n and d is dates else pick(values),
-            "m": one_meta if one_meta is not None else pick(metadata),
-            "c": one_cum if one_cum is not None else pick(cumulative),
-        }
-        out.append((name, d[0], max(d[0], d[-1]), len(idx), json.dumps(data, separators=(",", ":"))))
-    return out
-
-
-def _picker(idx: list[int]) -> Any:
-    """A C-speed ``lambda seq: [seq[i] for i in idx]``."""
-    if len(idx) == 1:
-        return lambda seq: [seq[idx[0]]]
-    getter = itemgetter(*idx)
-    return lambda seq: list(getter(seq))
-
-
-# A point as reads return it: (date_us, value, cumulative, metadata).
-Point = tuple[int, str, bool, str]
-
-
-def _merge(chunks: list[Any], since_us: int | None, until_us: int | None) -> list[Point]:
-    """The points of one series' chunks ``(name, first, last, id, data)`` in (date, arrival) order.
-
-    Chunks come ordered by first date; when none overlaps the one before, their points
-    are already in order and are concatenated, otherwise all are sorted.
-    """
-    ordered = True
-    previous_last: int | None = None
-    decoded = []
-    for _, first, last, chunk_id, data in chunks:
-        if previous_last is not None and first <= previous_last:
-            ordered = False
-        previous_last = last if previous_last is None else max(previous_last, last)
-        c = json.loads(data)
-        n = len(c["d"])
-        values = [v if type(v) is str else str(v) for v in c["v"]]  # numbers are stored as sent
-        metas = c["m"] if isinstance(c["m"], list) else [c["m"]] * n
-        cums = c["c"] if isinstance(c["c"], list) else [c["c"]] * n
-        decoded.append((chunk_id, list(zip(c["d"], values, cums, metas))))
-    if ordered:
-        points: list[Point] = [p for _, chunk_points in decoded for p in chunk_points]
-    else:
-        keyed = [(p[0], chunk_id, k, p) for chunk_id, chunk_points in decoded for k, p in enumerate(chunk_points)]
-        keyed.sort(key=lambda item: item[:3])
-        points = [item[3] for item in keyed]
-    if since_us is not None or until_us is not None:
-        lo = since_us if since_us is not None else -(2**63)
-        hi = until_us if until_us is not None else 2**63
-        points = [p for p in points if lo <= p[0] <= hi]
-    return points
