@@ -39,10 +39,11 @@ import socket
 import threading
 import time
 import uuid
+import warnings
 import weakref
 from concurrent.futures import Future
 from typing import Any, Callable, Final, Iterable, Mapping, Sequence, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 import urllib3
@@ -64,6 +65,7 @@ from .errors import (
     ClientApiError,
     ClosedError,
     ConfigError,
+    DashboardWarning,
     TransientApiError,
 )
 from .images import MLBENCH_BACKENDS, MLBENCH_IMAGES
@@ -230,6 +232,11 @@ class ApiClient:
         token: a bearer token for every request (or ``MLBENCH_METRICS_TOKEN``).
         session: a ``requests.Session`` to use instead of the client's own; the client
             then neither resizes its pool nor can abort its requests on ``close()``.
+        strict: refuse, with ``ValueError`` at the call, what the dashboard would refuse
+            or alter (a run name with ``_``, no backend, a metric name over 50
+            characters, an unparseable date, ...). By default such calls are sent as
+            ``mlbench_core.api.ApiClient`` sends them, with a :class:`DashboardWarning`
+            naming what the dashboard will do, so code written for it keeps working.
 
     Raises:
         DiscoveryError: no ``url`` was given and the dashboard cannot be found.
@@ -250,6 +257,7 @@ class ApiClient:
         retry: RetryPolicy | None = None,
         token: str | None = None,
         session: requests.Session | None = None,
+        strict: bool = False,
     ) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ConfigError(f"max_workers must be a positive integer, got {max_workers!r}")
@@ -257,6 +265,7 @@ class ApiClient:
             raise ConfigError(f"retry must be a RetryPolicy, got {type(retry).__name__}")
         self.in_cluster = in_cluster
         self.port: int | None = None
+        self.strict = bool(strict)
         self.max_workers = max_workers
         self.timeouts = Timeouts.of(timeout)
         self.retry_policy = retry or RetryPolicy()
@@ -269,19 +278,21 @@ class ApiClient:
         self._batch_supported: bool | None = None
         self._batch_limit = _BATCH_CHUNK
         self._packed = False
+        self._extensions: frozenset[str] | None = None
 
         if url is None:
             url = env_str(ENV_URL)
         if url is None:
-            from .discovery import discover_url
+            from .discovery import discover
 
-            url = discover_url(
+            found = discover(
                 in_cluster=in_cluster,
                 label_selector=label_selector,
                 namespace=k8s_namespace,
                 service_name=service_name,
                 load_config=load_config,
             )
+            url, self.port = found.address, found.port
         self.endpoint = self._endpoint(url)
         self.executor = _new_executor(max_workers)
         self._session = session if session is not None else self._new_session()
@@ -297,10 +308,19 @@ class ApiClient:
             raise ConfigError(f"url must be 'host:port[/path]' or an http(s) URL, got {url!r}")
         url = url.strip().rstrip("/")
         if "://" not in url:
-            return f"http://{url}/api/"
-        if not url.startswith(("http://", "https://")):
+            endpoint = f"http://{url}/api/"
+        elif not url.startswith(("http://", "https://")):
             raise ConfigError(f"url must use http or https, got {url!r}")
-        return f"{url}/api/"
+        else:
+            endpoint = f"{url}/api/"
+        try:
+            parts = urlsplit(endpoint)
+            _ = parts.port  # parsing it is the check: a port out of range, or not a number
+        except ValueError as exc:
+            raise ConfigError(f"url {url!r} is not a valid address: {exc}") from None
+        if not parts.hostname:
+            raise ConfigError(f"url {url!r} names no host; expected 'host:port[/path]' or an http(s) URL")
+        return endpoint
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()
@@ -423,6 +443,30 @@ class ApiClient:
         idempotent = kwargs.pop("idempotent", method in ("GET", "DELETE", "HEAD"))
         return self._submit(self._call, method, path, idempotent=idempotent, **kwargs)
 
+    def _refuse_or_warn(self, what: str, problems: list[str], *, depth: int = 1) -> None:
+        """Raise (strict) or warn about what the dashboard will refuse or alter in a call.
+
+        Upstream sends such calls without a word and lets the dashboard answer; code
+        written for it (and its test suites) expects a Future, so by default the call is
+        sent and the warning says what will become of it.
+
+        Args:
+            what: the public method.
+            problems: what is wrong, each with what the dashboard will do.
+            depth: calls between the caller's line and this method (1: called by the
+                public method itself), so the warning points at the caller's line.
+        """
+        if not problems:
+            return
+        text = f"{what}: " + "; ".join(problems)
+        if self.strict:
+            raise ValueError(text)
+        warnings.warn(
+            f"{text}. Sent as mlbench_core's ApiClient sends it (ApiClient(strict=True) refuses it instead)",
+            DashboardWarning,
+            stacklevel=2 + depth,
+        )
+
     # -- upstream API: metrics -------------------------------------------------------------
 
     def get_all_metrics(self) -> Future[requests.Response]:
@@ -496,16 +540,19 @@ class ApiClient:
             raise ValueError("either pod_id or run_id must be given")
         pk, metric_type = (pod_id, "pod") if pod_id is not None else (run_id, "run")
         params: dict[str, str] = {"metric_type": metric_type}
+        problems: list[str] = []
         if since is not None:
-            params["since"] = _since(since)
+            params["since"] = _sent(_since, since, problems, _REFUSED)
         if format is not None:
             params["format"] = format
         if summarize is not None:
-            params["summarize"] = str(_non_negative_int(summarize, "summarize"))
+            params["summarize"] = _sent(_count_text("summarize"), summarize, problems, _BAD_COUNT)
         if metric_filter is not None:
             params["metric_filter"] = str(metric_filter)
         if last_n is not None:
-            params["last_n"] = str(_non_negative_int(last_n, "last_n"))
+            params["last_n"] = _sent(_count_text("last_n"), last_n, problems, _BAD_COUNT)
+        call = "get_pod_metrics" if pod_id is not None else "download_run_metrics" if format else "get_run_metrics"
+        self._refuse_or_warn(call, problems, depth=2)
         return self._request("GET", f"metrics/{quote(str(pk), safe='')}/", params=params)
 
     def post_metric(
@@ -531,19 +578,24 @@ class ApiClient:
             A Future of the ``requests.Response`` (201 with the stored metric).
 
         Raises:
-            ValueError: the name or value is beyond what the dashboard stores, or
-                ``cumulative`` is not a boolean (``"False"`` is false).
+            ValueError: with ``strict=True``, the name, value, date or ``cumulative`` is
+                one the dashboard would refuse or alter (``cumulative`` given as text is parsed:
+                ``"False"`` is false). Otherwise such a metric is
+                sent as upstream sends it, with a :class:`DashboardWarning`.
         """
+        problems: list[str] = []
+        name_text = _sent(check_name, name, problems, _BEYOND_SCHEMA if name else _REFUSED)
         body = _form(
             (
                 ("run_id", run_id),
-                ("name", check_name(name)),
-                ("cumulative", check_flag(cumulative)),
-                ("date", _date_text(date)),
-                ("value", check_value(value_to_str(value))),
+                ("name", None if name is None else name_text),  # None is left out, as upstream's requests does
+                ("cumulative", _sent(_cumulative_text, cumulative, problems, _REFUSED)),
+                ("date", _sent(_date_text, date, problems, _REFUSED)),
+                ("value", _sent(_value_text, value, problems, _BEYOND_SCHEMA)),
                 ("metadata", metadata_to_str(metadata)),
             )
         )
+        self._refuse_or_warn("post_metric", problems)
         return self._request("POST", "metrics/", body=body, headers=_FORM)
 
     # -- upstream API: runs and pods -----------------------------------------------------
@@ -599,15 +651,15 @@ class ApiClient:
             A Future of the ``requests.Response`` (201 with the run).
 
         Raises:
-            ValueError: the name, image or backend would be refused by the dashboard.
+            ValueError: the image is not one of :data:`MLBENCH_IMAGES` (and no custom
+                image is given), or both ``backend`` and ``custom_backend`` are given, as
+                upstream refuses them; with ``strict=True`` also a name or backend the
+                dashboard refuses. Otherwise such a run is sent as upstream sends it (a
+                backend it does not know is left out), with a :class:`DashboardWarning`.
         """
-        if not isinstance(name, str) or len(name) > 100 or not _RUN_NAME_RE.fullmatch(name.lower()):
-            raise ValueError(
-                f"invalid run name {name!r}: use lowercase letters, digits and '-', starting and ending "
-                "with a letter or digit (at most 100 characters)"
-            )
+        problems: list[str] = []
         data: dict[str, Any] = {
-            "name": name,
+            "name": _sent(_check_run_name, name, problems, _RUN_REFUSED),
             "num_workers": num_workers,
             "num_cpus": num_cpus,
             "max_bandwidth": max_bandwidth,
@@ -631,8 +683,12 @@ class ApiClient:
             data["custom_backend"] = custom_backend
         elif isinstance(backend, str) and backend.upper() in MLBENCH_BACKENDS:
             data["backend"] = backend.upper()
-        else:
-            raise ValueError(f"backend {backend!r} is not one of {MLBENCH_BACKENDS}; for another, pass custom_backend")
+        else:  # upstream leaves it out
+            problems.append(
+                f"backend {backend!r} is not one of {MLBENCH_BACKENDS} (for another, pass custom_backend): "
+                f"it is left out, and {_REFUSED}"
+            )
+        self._refuse_or_warn("create_run", problems)
         return self._request("POST", "runs/", body=_form(data.items()), headers=_FORM)
 
     def delete_run(self, run_id: Any) -> Future[requests.Response]:
@@ -665,6 +721,118 @@ class ApiClient:
             raise ValueError(f"state must be 'started', 'finished' or 'failed', got {state!r}")
         body = json.dumps({"state": state}).encode()
         return self._request("PATCH", f"runs/{quote(str(run_id), safe='')}/", body=body, headers=_JSON, idempotent=True)
+
+    def get_server_info(self) -> Future[requests.Response]:
+        """``GET /api/``: the API root; the embedded server describes itself under ``"server"``.
+
+        Returns:
+            A Future of the ``requests.Response``; the dashboard lists its routes, the
+            embedded server adds ``{"server": {"name", "version", "extensions", "exec", ...}}``.
+        """
+        return self._request("GET", "")
+
+    def set_run_config(self, run_id: Any, config: Mapping[str, Any]) -> Future[requests.Response]:
+        """Store a run's configuration (hyperparameters), replacing what was stored.
+
+        Needs the embedded server's ``run_config`` extension (``PUT /api/runs/{id}/config/``);
+        the dashboard has no place for it and answers 404.
+
+        Returns:
+            A Future of the ``requests.Response``.
+        """
+        body = json.dumps({"config": dict(config)}, allow_nan=False).encode()
+        return self._request(
+            "PUT", f"runs/{quote(str(run_id), safe='')}/config/", body=body, headers=_JSON, idempotent=True
+        )
+
+    def get_run_config(self, run_id: Any) -> Future[requests.Response]:
+        """Get a run's configuration: ``.result().json()["config"]`` (the ``run_config`` extension).
+
+        Returns:
+            A Future of the ``requests.Response``.
+        """
+        return self._request("GET", f"runs/{quote(str(run_id), safe='')}/config/")
+
+    def get_run_series(self, run_id: Any) -> Future[requests.Response]:
+        """List a run's series without their points (the ``points`` extension).
+
+        Returns:
+            A Future of the ``requests.Response``; ``.result().json()["series"]`` holds
+            ``{"name", "metric", "rank", "count", "first_us", "last_us", "cumulative", "has_step"}``.
+        """
+        return self._request("GET", f"runs/{quote(str(run_id), safe='')}/series/")
+
+    def get_run_points(
+        self,
+        run_id: Any,
+        *,
+        names: Sequence[str] | None = None,
+        metrics: Sequence[str] | None = None,
+        since: _dt.datetime | str | None = None,
+        until: _dt.datetime | str | None = None,
+        after: int | None = None,
+        max_points: int | None = None,
+        fields: Sequence[str] | None = None,
+        format: str | None = None,
+    ) -> Future[requests.Response]:
+        """Get a run's points with step, epoch, rank and metadata (the ``points`` extension).
+
+        Args:
+            run_id: the run's id.
+            names: only the series with exactly these names.
+            metrics: only these metrics, each with all its ranks (``"loss"`` selects
+                ``"loss @ 0"`` and ``"loss @ 1"``).
+            since: only points at or after this date.
+            until: only points at or before this date.
+            after: only points that arrived after this ``cursor`` of an earlier answer.
+            max_points: downsample each series to at most this many points (the minimum
+                and maximum of each time bucket are kept).
+            fields: the per-point columns, of ``date_us, step, epoch, rank, value,
+                cumulative, metadata`` (default all).
+            format: ``"columns"`` (default: JSON columns per series), ``"csv"`` or
+                ``"json"`` (one row per point, for files).
+
+        Returns:
+            A Future of the ``requests.Response``; see the server's ``readback`` module
+            for the answer's shape.
+
+        Raises:
+            ValueError: a date is not one the server can parse, or a number is negative.
+        """
+        params: list[tuple[str, str]] = [("name", n) for n in names or ()]
+        params += [("metric", m) for m in metrics or ()]
+        if since is not None:
+            params.append(("since", _since(since)))
+        if until is not None:
+            params.append(("until", _since(until)))
+        if after is not None:
+            params.append(("after", str(_non_negative_int(after, "after"))))
+        if max_points is not None:
+            params.append(("max_points", str(_non_negative_int(max_points, "max_points"))))
+        if fields is not None:
+            params.append(("fields", ",".join(fields)))
+        if format is not None:
+            params.append(("format", format))
+        return self._request("GET", f"runs/{quote(str(run_id), safe='')}/points/", params=params)
+
+    def server_extensions(self) -> frozenset[str]:
+        """The extensions the server lists at its API root (none for the dashboard); asks once.
+
+        Raises:
+            ApiError: the server could not be asked (the next call asks again).
+        """
+        if self._extensions is None:
+            response = self._call("GET", "", idempotent=True)
+            if response.status_code != 200:
+                raise _status_error(response, transient=True)
+            try:
+                info = response.json()
+            except ValueError:
+                info = None
+            server = info.get("server") if isinstance(info, dict) else None
+            names = server.get("extensions") if isinstance(server, dict) else None
+            self._extensions = frozenset(n for n in names or () if isinstance(n, str))
+        return self._extensions
 
     @property
     def batch_supported(self) -> bool | None:
@@ -915,6 +1083,54 @@ def _new_executor(max_workers: int) -> concurrent.futures.ThreadPoolExecutor:
 def _form(pairs: Iterable[tuple[str, Any]]) -> bytes:
     """Form-encode as requests encodes ``data=dict``: ``str()`` of each value, None left out."""
     return urlencode([(k, v if isinstance(v, str) else str(v)) for k, v in pairs if v is not None]).encode()
+
+
+# What the dashboard does with what upstream sends (PROTOCOL.md), for the warnings.
+_BEYOND_SCHEMA: Final = (
+    "the embedded server answers 400; the dashboard stores it whole on SQLite, fails (500) on PostgreSQL"
+)
+_REFUSED: Final = "the dashboard answers 500, the embedded server 400"
+_BAD_COUNT: Final = "the dashboard answers 500 or ignores it, the embedded server answers 400"
+_RUN_REFUSED: Final = "the dashboard answers 304 'Invalid run name' and creates no run, the embedded server answers 400"
+
+
+def _sent(check: Callable[[Any], str], value: Any, problems: list[str], consequence: str) -> str:
+    """``check(value)``: the text to send; when the check refuses the value, the problem
+    (with what the dashboard will do) goes to ``problems`` and ``str(value)`` is sent, as
+    upstream sends it."""
+    try:
+        return check(value)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"{exc}: {consequence}")
+        return str(value)
+
+
+def _check_run_name(name: Any) -> str:
+    if not isinstance(name, str) or len(name) > 100 or not _RUN_NAME_RE.fullmatch(name.lower()):
+        raise ValueError(
+            f"invalid run name {name!r} (use lowercase letters, digits and '-', starting and ending "
+            "with a letter or digit, at most 100 characters)"
+        )
+    return name
+
+
+def _cumulative_text(cumulative: Any) -> str:
+    """``cumulative`` as the dashboard parses it: ``True`` or ``False``.
+
+    Text is read by the one validator, so ``"False"`` stays false (``bool("False")`` is
+    True); anything else becomes ``str(bool(...))``, as upstream sends it.
+    """
+    return str(check_flag(cumulative) if isinstance(cumulative, str) else bool(cumulative))
+
+
+def _value_text(value: Any) -> str:
+    """The value as upstream sends it (``str()``, NaN and infinities kept), checked."""
+    return str(check_value(value_to_str(value)))
+
+
+def _count_text(what: str) -> Callable[[Any], str]:
+    """A check that a query parameter is a non-negative integer, giving its text."""
+    return lambda value: str(_non_negative_int(value, what))
 
 
 def _non_negative_int(value: Any, name: str) -> int:

@@ -168,6 +168,7 @@ class LoggerConfig:
     spool_max_bytes: int = 1 << 30
     durable: bool = False
     new_run: str | None = None
+    run_config: Mapping[str, object] | None = None  # checked by run_config.check_config
 
     def __post_init__(self) -> None:
         for name, ok, expected in _CHECKS:

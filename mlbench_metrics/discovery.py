@@ -2,11 +2,14 @@
 
 In the cluster, the dashboard is the one master pod matching the label selector, on port
 80. Outside, it is the master service (found by label selector across namespaces, or by
-name), reached according to its type: ClusterIP, NodePort or LoadBalancer.
+name), reached according to its type: ClusterIP, NodePort or LoadBalancer. The port is
+reported apart as well, because upstream's client sets ``client.port`` from it.
 
 ``kubernetes.config.load_incluster_config``, ``kubernetes.config.load_kube_config`` and
 ``kubernetes.client.CoreV1Api`` are looked up on their modules at call time, so test
-suites written for the upstream client, which patch those names, keep working. The
+suites written for the upstream client, which patch those names, keep working; what they
+return is read as loosely as upstream read it (a service's ``spec.ports`` may be any
+iterable, or an object that only answers ``[0]``). The
 ``kubernetes`` package is imported only when discovery runs (it is slow to import).
 No threads are started here.
 """
@@ -14,11 +17,11 @@ No threads are started here.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from .errors import DiscoveryError
 
-__all__ = ["discover_url"]
+__all__ = ["Discovered", "discover"]
 
 _log = logging.getLogger("mlbench_metrics.discovery")
 
@@ -38,25 +41,60 @@ def _first(items: Any) -> Any:
     return items
 
 
+def _ports(service: Any) -> list[Any]:
+    """A service's ports: ``spec.ports`` as a list, whatever iterable or sequence it is.
+
+    The kubernetes client gives a list. Test doubles in suites written for the upstream
+    client are often iterable only (a ``MagicMock`` whose ``__iter__`` is set), or answer
+    only ``ports[0]`` (a ``MagicMock`` whose ``__getitem__`` is set, where iterating gives
+    nothing): both are read as upstream read them.
+    """
+    ports = service.spec.ports
+    if ports is None:
+        return []
+    try:
+        found = list(ports)
+    except TypeError:
+        found = []
+    if not found:
+        try:
+            found = [ports[0]]
+        except (TypeError, IndexError, KeyError):
+            return []
+    return found
+
+
 def _port(service: Any, wanted: int | None = None) -> Any:
     """The service port numbered ``wanted``, else the first one."""
-    ports = service.spec.ports
-    if isinstance(ports, (list, tuple)):
-        if not ports:
-            raise DiscoveryError(f"the dashboard service {service.metadata.name!r} exposes no port")
-        return next((p for p in ports if wanted is not None and p.port == wanted), ports[0])
-    return ports[0]  # a sequence-like test double, as upstream's own tests use
+    ports = _ports(service)
+    if not ports:
+        raise DiscoveryError(f"the dashboard service {service.metadata.name!r} exposes no port")
+    return next((p for p in ports if wanted is not None and p.port == wanted), ports[0])
 
 
-def discover_url(
+class Discovered(NamedTuple):
+    """Where the dashboard was found.
+
+    Attributes:
+        address: ``host:port``, what ``ApiClient(url=...)`` takes.
+        port: the port as upstream's client records it in ``client.port``: out of
+            cluster, the service port (ClusterIP, LoadBalancer) or the node port
+            (NodePort); in the cluster, None (upstream leaves it unset there).
+    """
+
+    address: str
+    port: int | None
+
+
+def discover(
     *,
     in_cluster: bool,
     label_selector: str,
     namespace: str,
     service_name: str | None = None,
     load_config: bool = True,
-) -> str:
-    """``host:port`` of the dashboard, found through the Kubernetes API.
+) -> Discovered:
+    """Where the dashboard is, found through the Kubernetes API.
 
     Args:
         in_cluster: running inside the cluster (use the master pod's IP).
@@ -64,6 +102,9 @@ def discover_url(
         namespace: where the master pod runs.
         service_name: out of cluster, the master service's name (instead of the selector).
         load_config: load the in-cluster or kubeconfig configuration first.
+
+    Returns:
+        The dashboard's ``host:port``, and the port as upstream reports it.
 
     Raises:
         DiscoveryError: nothing, or more than one thing, matches; the service type is not
@@ -107,12 +148,12 @@ def _master_pod(api: Any, label_selector: str, namespace: str) -> Any:
     return pods[0]
 
 
-def _in_cluster(api: Any, label_selector: str, namespace: str) -> str:
+def _in_cluster(api: Any, label_selector: str, namespace: str) -> Discovered:
     pod = _master_pod(api, label_selector, namespace)
     ip = pod.status.pod_ip if pod.status is not None else None
     if not ip:
         raise DiscoveryError(f"the dashboard pod {pod.metadata.name!r} has no IP yet")
-    return f"{ip}:80"
+    return Discovered(f"{ip}:80", None)
 
 
 def _find_service(api: Any, label_selector: str, namespace: str, service_name: str | None) -> Any:
@@ -134,20 +175,21 @@ def _find_service(api: Any, label_selector: str, namespace: str, service_name: s
     return services[0]
 
 
-def _out_of_cluster(api: Any, label_selector: str, namespace: str, service_name: str | None) -> str:
+def _out_of_cluster(api: Any, label_selector: str, namespace: str, service_name: str | None) -> Discovered:
     service = _find_service(api, label_selector, namespace, service_name)
     spec = service.spec
     kind = spec.type
     if kind == "ClusterIP":
         # Reachable only where the cluster network is (a VPN, kubectl port-forward, ...).
-        return f"{spec.cluster_ip}:{_port(service).port}"
+        port = _port(service).port
+        return Discovered(f"{spec.cluster_ip}:{port}", port)
     if kind == "NodePort":
         node_port = _port(service, wanted=80).node_port
         # Renamed from external_i_ps (what upstream read) in kubernetes client 13.
         external = getattr(spec, "external_ips", None) or getattr(spec, "external_i_ps", None)
         if external and len(external) > 0:
-            return f"{external[0]}:{node_port}"
-        return f"{_node_ip(api, label_selector, namespace)}:{node_port}"
+            return Discovered(f"{external[0]}:{node_port}", node_port)
+        return Discovered(f"{_node_ip(api, label_selector, namespace)}:{node_port}", node_port)
     if kind == "LoadBalancer":
         port = _port(service).port
         lb = service.status.load_balancer if service.status is not None else None
@@ -157,7 +199,7 @@ def _out_of_cluster(api: Any, label_selector: str, namespace: str, service_name:
             raise DiscoveryError(
                 f"the LoadBalancer service {service.metadata.name!r} has no ingress IP or hostname yet"
             )
-        return f"{host}:{port}"
+        return Discovered(f"{host}:{port}", port)
     raise DiscoveryError(f"the dashboard service has type {kind!r}; only ClusterIP, NodePort and LoadBalancer work")
 
 

@@ -18,6 +18,10 @@ so code that catches ``ValueError`` or ``RuntimeError`` keeps working::
         └── ClientApiError               refused for good: a 4xx other than 429,
                                           or a 5xx the server keeps answering
 
+One warning: :class:`DashboardWarning` (a ``UserWarning``), when ``ApiClient`` sends
+what ``mlbench_core.api.ApiClient`` would send although the dashboard will refuse it or
+store it differently (``ApiClient(strict=True)`` raises ``ValueError`` instead).
+
 ``requests`` exceptions are wrapped once, in ``api.py``; the two transport errors also
 subclass their ``requests`` counterparts so code written for the upstream client,
 which catches ``requests.exceptions.ConnectionError``, still catches them.
@@ -36,6 +40,7 @@ __all__ = [
     "ClientApiError",
     "ClosedError",
     "ConfigError",
+    "DashboardWarning",
     "DiscoveryError",
     "MetricsError",
     "SpoolError",
@@ -67,6 +72,14 @@ class DiscoveryError(MetricsError, ValueError):
 
 class SpoolError(MetricsError, OSError):
     """The on-disk spool could not be read or written."""
+
+
+class DashboardWarning(UserWarning):
+    """Sent as the upstream client would send it, but the dashboard will refuse it or alter it.
+
+    Silence it with ``warnings.simplefilter("ignore", DashboardWarning)``, or make such
+    calls raise with ``ApiClient(strict=True)``.
+    """
 
 
 class ApiError(MetricsError):

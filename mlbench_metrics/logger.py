@@ -37,6 +37,7 @@ from .errors import ClosedError
 from .records import Context, check_name, check_number, check_step, coerce_value
 from .records.batch import Record
 from .records.checks import Value
+from .run_config import check_config, send_config
 from .timing import Timer, timed
 
 __all__ = ["MetricsLogger", "Sampler"]
@@ -125,6 +126,9 @@ class MetricsLogger:
             (where the server supports run states; the dashboard does not). In a
             process started for a run (``MLBENCH_METRICS_RUN_ID`` is set, as
             ``serve --exec`` sets it), that run is used instead.
+        config: the run's configuration (hyperparameters), a JSON-serialisable mapping
+            stored once with the run where the server can (the embedded server; the
+            dashboard cannot, and a warning says so). See :mod:`mlbench_metrics.run_config`.
 
     Raises:
         ConfigError: an argument is invalid or the run id is missing.
@@ -149,8 +153,9 @@ class MetricsLogger:
         spool_max_bytes: int = 1 << 30,
         durable: bool = False,
         new_run: str | None = None,
+        config: Mapping[str, Any] | None = None,
     ) -> None:
-        self.config = LoggerConfig.resolve(
+        self.settings = LoggerConfig.resolve(
             run_id,
             rank=rank,
             flush_interval=flush_interval,
@@ -164,16 +169,20 @@ class MetricsLogger:
             spool_dir=spool_dir,
             spool_max_bytes=spool_max_bytes,
             durable=durable,
+            run_config=None if config is None else check_config(config),
         )
         self._own_client = client is None
-        self.client = client if client is not None else ApiClient(url=url, token=token)
-        self._owns_run = self.config.new_run is not None
+        # The logger keeps its strict checks: it refuses at the call what the dashboard would.
+        self.client = client if client is not None else ApiClient(url=url, token=token, strict=True)
+        self._owns_run = self.settings.new_run is not None
         try:
-            self.run_id = self.config.run_id or create_own_run(self.client, str(self.config.new_run))
+            self.run_id = self.settings.run_id or create_own_run(self.client, str(self.settings.new_run))
         except BaseException:
             if self._own_client:
                 self.client.close()
             raise
+        if self.settings.run_config is not None:
+            send_config(self.client, self.run_id, self.settings.run_config)
         self._lock = threading.Lock()
         self._close_lock = threading.RLock()
         self._closed = False
@@ -185,7 +194,7 @@ class MetricsLogger:
         self._rebuild_contexts()
         self._open_parts()
         _lifecycle.at_fork_in_child(self._after_fork_in_child)
-        _lifecycle.register(self, self.config.handle_sigterm)
+        _lifecycle.register(self, self.settings.handle_sigterm)
 
     # -- the parts ------------------------------------------------------------------------
 
@@ -193,7 +202,7 @@ class MetricsLogger:
         """Build the store and the dispatcher; point the hot path at the store's buffer."""
         self._use(
             open_parts(
-                self.config,
+                self.settings,
                 functools.partial(self.client.post_metrics, self.run_id),
                 run_id=self.run_id,
                 endpoint=self.client.endpoint,
@@ -201,7 +210,7 @@ class MetricsLogger:
                 on_drained=_lifecycle.weak_call(self._reset_wake_threshold),
             )
         )
-        self._wake_at = self.config.batch_size
+        self._wake_at = self.settings.batch_size
 
     def _use(self, parts: Parts) -> None:
         self._store = parts.store
@@ -380,13 +389,13 @@ class MetricsLogger:
         if not self._dispatcher.started:  # the first record in a forked child
             self._start_in_child()
         dispatcher = self._dispatcher
-        if len(self._buf) >= self.config.max_buffer:
+        if len(self._buf) >= self.settings.max_buffer:
             dispatcher.trim()
-        self._wake_at = len(self._buf) + self.config.batch_size
+        self._wake_at = len(self._buf) + self.settings.batch_size
         dispatcher.wake()
 
     def _reset_wake_threshold(self) -> None:
-        self._wake_at = self.config.batch_size
+        self._wake_at = self.settings.batch_size
 
     def _rebuild_contexts(self) -> None:
         self._ctx = Context(self.rank, self._epoch, self._step)
@@ -397,7 +406,27 @@ class MetricsLogger:
     @property
     def rank(self) -> int | None:
         """This process's rank (None: names are kept as given)."""
-        return self.config.rank
+        return self.settings.rank
+
+    @property
+    def batch_size(self) -> int:
+        """Records per batch."""
+        return self.settings.batch_size
+
+    @property
+    def flush_interval(self) -> float:
+        """Seconds between deliveries when fewer than a batch arrive."""
+        return self.settings.flush_interval
+
+    @property
+    def max_buffer(self) -> int:
+        """Records held in memory at most."""
+        return self.settings.max_buffer
+
+    @property
+    def shutdown_timeout(self) -> float:
+        """Seconds ``close()`` (and the exit hook) may take."""
+        return self.settings.shutdown_timeout
 
     @property
     def durable(self) -> bool:
@@ -495,7 +524,7 @@ class MetricsLogger:
             if self._closed:
                 return 0
             self._closed = True
-        total = self.config.shutdown_timeout if timeout is None else max(0.0, timeout)
+        total = self.settings.shutdown_timeout if timeout is None else max(0.0, timeout)
         deadline = time.monotonic() + total
         marking = min(0.5, 0.2 * total) if self._owns_run else 0.0  # kept for marking the run
         for sampler in list(self._samplers):  # before the buffer closes: a sample may be under way

@@ -26,12 +26,13 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal, overload
 
 import requests
 
 from .api import ApiClient, _status_error
 from .errors import ClientApiError
+from .points import MetricPoint, split_name, to_number
 from .records import parse_date, us_to_datetime
 
 __all__ = ["DONE_STATES", "Run"]
@@ -83,7 +84,8 @@ class Run:
         """Create a run; the arguments are those of :meth:`ApiClient.create_run`.
 
         Raises:
-            ValueError: an argument the dashboard would refuse (checked before sending).
+            ValueError: an argument the dashboard would refuse (checked before sending;
+                with a ``client`` of your own, only if it is ``strict``).
             ApiError: the server refused it or could not be reached.
         """
         handle = cls({}, client=client, url=url, token=token)
@@ -210,23 +212,94 @@ class Run:
                     raise TimeoutError(f"run {self.id} is still {self.state} after {timeout} s")
                 time.sleep(min(poll, left))
 
+    @overload
     def metrics(
         self,
         since: _dt.datetime | str | None = None,
         summarize: int | None = None,
         metric_filter: str | None = None,
         last_n: int | None = None,
-    ) -> dict[str, builtins.list[Point]]:
+        *,
+        detail: Literal[False] = False,
+    ) -> dict[str, builtins.list[Point]]: ...
+
+    @overload
+    def metrics(
+        self,
+        since: _dt.datetime | str | None = None,
+        summarize: int | None = None,
+        metric_filter: str | None = None,
+        last_n: int | None = None,
+        *,
+        detail: Literal[True],
+    ) -> dict[str, builtins.list[MetricPoint]]: ...
+
+    def metrics(
+        self,
+        since: _dt.datetime | str | None = None,
+        summarize: int | None = None,
+        metric_filter: str | None = None,
+        last_n: int | None = None,
+        *,
+        detail: bool = False,
+    ) -> dict[str, builtins.list[Point]] | dict[str, builtins.list[MetricPoint]]:
         """The run's metrics: name -> [(date, value), ...], oldest first.
 
         Values come back as numbers where they are numbers (the server keeps text), dates
         as aware UTC datetimes. The arguments filter as :meth:`ApiClient.get_run_metrics`.
+
+        With ``detail=True`` each point is a :class:`~mlbench_metrics.points.MetricPoint`
+        with its step, epoch, rank, cumulative flag and metadata, read through the
+        embedded server's ``points`` extension. The dashboard cannot give them: there
+        step, epoch and metadata are None/empty and the rank comes from the name.
+
+        Raises:
+            ValueError: ``summarize`` with ``detail=True`` (averaged points have no step).
         """
+        if detail:
+            if summarize:
+                raise ValueError("summarize averages points, so they have no step or epoch: not with detail=True")
+            return self._detailed(since, metric_filter, last_n)
         with self._api() as api:
             raw = _json(api.get_run_metrics(self.id, since, summarize, metric_filter, last_n).result())
         return {
-            name: [(_date_or_raise(p["date"]), _number(p["value"])) for p in points] for name, points in raw.items()
+            name: [(_date_or_raise(p["date"]), to_number(p["value"])) for p in points] for name, points in raw.items()
         }
+
+    def _detailed(
+        self, since: _dt.datetime | str | None, metric_filter: str | None, last_n: int | None
+    ) -> dict[str, builtins.list[MetricPoint]]:
+        out: dict[str, builtins.list[MetricPoint]] = {}
+        with self._api() as api:
+            if "points" not in api.server_extensions():
+                raw = _json(api.get_run_metrics(self.id, since, None, metric_filter, last_n).result())
+                for name, points in raw.items():
+                    rank = split_name(name)[1]
+                    out[name] = [
+                        MetricPoint(
+                            _date_or_raise(p["date"]), to_number(p["value"]), None, None, rank, p["cumulative"], ""
+                        )
+                        for p in points
+                    ]
+                return out
+            names = None if metric_filter is None else [metric_filter]
+            answer = _json(api.get_run_points(self.id, names=names, since=since).result())
+        for s in answer["series"]:
+            c = s["points"]
+            rows = zip(c["date_us"], c["value"], c["step"], c["epoch"], c["rank"], c["cumulative"], c["metadata"])
+            points = [MetricPoint(us_to_datetime(d), to_number(v), *rest) for d, v, *rest in rows]
+            out[s["name"]] = points[-last_n:] if last_n else points
+        return out
+
+    def config(self) -> dict[str, Any]:
+        """The run's configuration (``MetricsLogger(config=...)``); empty when none was stored.
+
+        Raises:
+            ClientApiError: the server keeps no configurations (the dashboard answers 404).
+        """
+        with self._api() as api:
+            config = _json(api.get_run_config(self.id).result()).get("config")
+        return dict(config) if isinstance(config, dict) else {}
 
     def download(
         self,
@@ -250,10 +323,24 @@ class Run:
         return target
 
     def delete(self) -> None:
-        """Delete the run and its metrics (the server stops it if it runs)."""
+        """Delete the run and its metrics (the server stops it if it runs).
+
+        Raises:
+            ClientApiError: the server did not delete it: a 4xx, or the dashboard's
+                ``304 "Could not delete run"``.
+        """
         with self._api() as api:
             answer = api.delete_run(self.id).result()
-        if answer.status_code >= 400:
+        if answer.status_code == 304:
+            error = _status_error(answer)
+            raise ClientApiError(
+                f"the server could not delete run {self.id} ({error})",
+                status_code=304,
+                body=error.body,
+                method=error.method,
+                url=error.url,
+            )
+        if not 200 <= answer.status_code < 300:
             raise _status_error(answer)
 
     def mark(self, state: str) -> Run:
@@ -280,7 +367,7 @@ class Run:
         if self._client is not None:
             yield self._client
             return
-        client = ApiClient(url=self._url, token=self._token)
+        client = ApiClient(url=self._url, token=self._token, strict=True)
         try:
             yield client
         finally:
@@ -314,17 +401,3 @@ def _date(text: Any) -> _dt.datetime | None:
 
 def _date_or_raise(text: str) -> _dt.datetime:
     return us_to_datetime(parse_date(text))
-
-
-def _number(value: Any) -> Any:
-    """``"0.5"`` -> 0.5, ``"12"`` -> 12; anything else stays as it is."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    try:
-        return float(value)
-    except ValueError:
-        return value

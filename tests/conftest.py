@@ -42,9 +42,15 @@ def fresh_server() -> Iterator[ServerHandle]:
 
 
 @pytest.fixture
-def exec_server(tmp_path: Path) -> Iterator[ServerHandle]:
-    """A server that runs runs' commands on this machine (``serve --exec``), in ``tmp_path``."""
+def exec_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerHandle]:
+    """A server that runs runs' commands on this machine (``serve --exec``), in ``tmp_path``.
+
+    ``--exec`` always needs a token; clients in the test (and CLI subprocesses) find the
+    generated one in ``MLBENCH_METRICS_TOKEN``.
+    """
     handle = serve(exec_runs=True, exec_workdir=str(tmp_path))
+    assert handle.token
+    monkeypatch.setenv("MLBENCH_METRICS_TOKEN", handle.token)
     try:
         yield handle
     finally:

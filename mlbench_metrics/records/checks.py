@@ -152,7 +152,7 @@ def parse_flag(value: object) -> bool | None:
 def flag_problem(value: object, what: str = "cumulative") -> str | None:
     """What is wrong with ``value`` as a boolean flag, or None."""
     if parse_flag(value) is None:
-        return f"{what} must be a boolean (True/False), got {str(value)[:50]!r}"
+        return f"{what} {str(value)[:50]!r} is not a boolean (True/False)"
     return None
 
 

@@ -64,7 +64,8 @@ def parse_date(text: str) -> int:
     with an offset, and a bare ``YYYY-MM-DD`` (midnight UTC). Naive times are UTC.
 
     Raises:
-        ValueError: ``text`` is not such a date, or names an impossible one.
+        ValueError: ``text`` is not such a date, names an impossible one, or leaves
+            the years 1 to 9999 once its offset is applied.
     """
     if not isinstance(text, str):
         raise ValueError(f"a date must be a string, not {type(text).__name__}")
@@ -93,6 +94,8 @@ def parse_date(text: str) -> int:
         digits = tz[1:].replace(":", "")
         offset_min = int(digits[:2]) * 60 + int(digits[2:4] or 0)
         us -= sign * offset_min * 60_000_000
+        if not DATE_US_MIN <= us <= DATE_US_MAX:
+            raise ValueError(f"date {text!r} is outside the years 1 to 9999 in UTC")
     return us
 
 

@@ -23,27 +23,32 @@ owned by the returned :class:`ServerHandle` and joined by its ``stop()``.
 
 from __future__ import annotations
 
-import ipaddress
 import os
+import secrets
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final
 
 from .._threads import start_thread
 from .._version import __version__
 from ._http import HttpServer
+from .access import AccessPolicy, is_loopback
 from .executor import LocalExecutor
+from .pacing import Pacer
 from .parsing import error_response
 from .routes import App
 from .store import Store
 
-__all__ = ["DEFAULT_MAX_BODY", "ServerHandle", "ServerProcess", "serve", "spawn"]
+__all__ = ["DEFAULT_MAX_BODY", "ServerHandle", "ServerProcess", "default_db_path", "ready_line", "serve", "spawn"]
 
 DEFAULT_MAX_BODY: Final = 64 * 1024 * 1024
 """The largest request body the server accepts by default (64 MiB)."""
@@ -59,11 +64,24 @@ class ServerHandle:
         address: ``host:port``, the form ``ApiClient(url=...)`` takes as upstream does.
         port: the bound port.
         db_path: the SQLite file.
+        token: the bearer token clients need, or None; generated when ``exec_runs``
+            was asked for without one.
         store: the store behind the API (for inspection in tests and tools).
     """
 
-    def __init__(self, http: HttpServer, app: App, store: Store, db_path: str, tmpdir: str | None) -> None:
+    def __init__(
+        self,
+        http: HttpServer,
+        app: App,
+        store: Store,
+        db_path: str,
+        tmpdir: str | None,
+        token: str | None,
+        pacer: Pacer | None = None,
+    ) -> None:
         self._http = http
+        self._pacer = pacer
+        self.token = token
         self.app = app
         self.store = store
         self.db_path = db_path
@@ -84,6 +102,8 @@ class ServerHandle:
             if self._stopped:
                 return
             self._stopped = True
+        if self._pacer is not None:
+            self._pacer.close()
         self._http.stop(timeout)
         if self.app.executor is not None:
             self.app.executor.close()
@@ -114,11 +134,14 @@ def serve(
     db_path: str | None = None,
     *,
     token: str | None = None,
+    allow_hosts: Sequence[str] = (),
     max_body: int = DEFAULT_MAX_BODY,
     idle_timeout: float = 60.0,
+    header_timeout: float = 10.0,
     extensions: bool = True,
     exec_runs: bool = False,
     exec_workdir: str | None = None,
+    pace: float | None = None,
 ) -> ServerHandle:
     """Start the embedded server in background threads of this process.
 
@@ -127,41 +150,57 @@ def serve(
         port: the port; 0 picks a free one (see ``handle.port``).
         db_path: the SQLite file; None for a fresh temporary database.
         token: when set, requests need ``Authorization: Bearer <token>``.
+        allow_hosts: names besides loopback ones (and ``host``) that clients may reach
+            the server by, checked in the ``Host`` header against DNS rebinding; ``"*"``
+            for any (see :mod:`~mlbench_metrics.server.access`).
         max_body: the largest request body accepted (413 beyond it).
         idle_timeout: seconds an idle kept-alive connection stays open.
+        header_timeout: seconds a request's head may take to arrive, from its first
+            byte (408 after); a total, so trickling bytes does not extend it.
         extensions: offer the batch endpoint, run states and pod registration. Without
             them the server answers those routes as the dashboard does (a 500 for
             ``GET /api/metrics/batch/``, 405 otherwise), to test code meant for it.
         exec_runs: run created runs' commands on this machine (see
-            :mod:`mlbench_metrics.server.executor`). It runs what any client sends, so
-            it is refused unless ``host`` is a loopback address or ``token`` is set.
+            :mod:`mlbench_metrics.server.executor`). It runs what clients send, so it
+            always needs a token: without ``token``, one is generated (see
+            ``handle.token``) on a loopback ``host``; another ``host`` needs ``token``.
         exec_workdir: the working directory of those commands (default: this one).
+        pace: store single metric posts one at a time, at most about this many a
+            second, as slowly as the dashboard does (55-90 a second); None: full speed.
+            See :mod:`mlbench_metrics.server.pacing`.
 
     Returns:
         The running server's handle.
 
     Raises:
-        OSError: the address cannot be bound.
-        ValueError: ``exec_runs`` on a non-loopback address without a token.
+        OSError: the address cannot be bound, or the database cannot be opened.
+        ValueError: ``exec_runs`` on a non-loopback address without a token, or a
+            ``pace`` that is not a positive number.
     """
-    if exec_runs and not token and not _is_loopback(host):
-        raise ValueError(
-            f"--exec runs the commands clients send: bind a loopback address (not {host}) or require a --token"
-        )
+    if exec_runs and not token:
+        if not is_loopback(host):
+            raise ValueError(
+                f"--exec runs the commands clients send: on {host}, which is not a loopback address, "
+                "give the --token clients must present"
+            )
+        token = secrets.token_urlsafe(24)
     tmpdir = None
     if db_path is None:
         tmpdir = tempfile.mkdtemp(prefix="mlbench-metrics-")
         db_path = os.path.join(tmpdir, "metrics.db")
-    store = Store(db_path)
-    app = App(store, token=token, max_body=max_body, extensions=extensions)
+    store = _open_store(db_path, tmpdir)
+    access = AccessPolicy(token=token, allowed_hosts=allow_hosts, bind_host=host)
+    app = App(store, access=access, max_body=max_body, extensions=extensions)
     try:
+        pacer = None if pace is None else Pacer(app.handle, pace)
         http = HttpServer(
             host,
             port,
-            app.handle,
+            app.handle if pacer is None else pacer,
             error_response,
             max_body=max_body,
             idle_timeout=idle_timeout,
+            header_timeout=header_timeout,
             server_header=f"mlbench-metrics/{__version__}",
         )
     except BaseException:
@@ -169,20 +208,36 @@ def serve(
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
         raise
-    handle = ServerHandle(http, app, store, db_path, tmpdir)
+    handle = ServerHandle(http, app, store, db_path, tmpdir, token, pacer)
     if exec_runs:
-        app.executor = LocalExecutor(store, handle.url, token, exec_workdir)
+        # The runs reach the server over loopback even when it listens on every interface.
+        local = handle.url if host not in ("0.0.0.0", "::", "") else f"http://127.0.0.1:{handle.port}"
+        app.executor = LocalExecutor(store, local, token, exec_workdir)
     http.start()
     return handle
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+def default_db_path() -> Path:
+    """Where ``mlbench-metrics serve`` keeps its data without ``--db``.
+
+    ``$XDG_DATA_HOME/mlbench-metrics/metrics.db``, by default
+    ``~/.local/share/mlbench-metrics/metrics.db``: a file that outlives the server, as
+    MLflow's ``mlruns`` does, rather than a temporary one deleted on exit.
+    """
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data) / "mlbench-metrics" / "metrics.db"
+
+
+def _open_store(db_path: str, tmpdir: str | None) -> Store:
+    """The store on ``db_path``; a clear ``OSError`` when SQLite cannot open it."""
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+        return Store(db_path)
+    except sqlite3.Error as exc:
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        folder = os.path.dirname(os.path.abspath(db_path))
+        hint = f" (the folder {folder} does not exist)" if not os.path.isdir(folder) else ""
+        raise OSError(f"cannot open the database {db_path}: {exc}{hint}") from None
 
 
 class ServerProcess:

@@ -12,6 +12,18 @@ thousands of idle connections can pile up. A connection that stays quiet for
 handed back to the selector and costs no thread until it speaks again; a busy
 connection keeps its worker, so back-to-back kept-alive requests need no hand-off.
 
+A worker only ever waits ``park_after`` for bytes: a request that arrives in pieces is
+parked with what came so far, the selector reads the rest without blocking, and the
+connection gets a worker again once the request is whole. So clients trickling their
+headers a byte at a time (slowloris) hold no worker, and each request must arrive whole
+within a total deadline (``header_timeout`` for the head, ``body_timeout`` for the
+body; 408 after), not a timeout that restarts with every byte. A connection and its
+request in progress are ``_conn.py``; parsing and answers' bytes, ``_wire.py``.
+
+When the process runs out of file descriptors, ``accept`` fails at once for as long as
+it lasts; the selector then stops watching the listening socket for a growing pause
+(50 ms to 1 s) and logs the condition once, instead of spinning on it.
+
 Threads: ``start()`` starts the selector thread (``mlbench-server``), which accepts
 and watches parked connections; workers (``mlbench-server-worker``) are started on
 demand up to ``max_workers``. ``stop()`` wakes the selector, shuts every connection
@@ -20,114 +32,31 @@ down and joins every thread to one deadline.
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import selectors
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Callable, Final
-from urllib.parse import unquote, urlsplit
 
 from .._threads import start_blocked, start_thread
+from ._conn import RECV_SIZE, BodyTooLarge, Closed, Connection
+from ._wire import BadRequest, Request, Response, encode_response
 
 __all__ = ["HttpServer", "Request", "Response"]
 
 _log = logging.getLogger("mlbench_metrics.server")
 
-_MAX_LINE: Final = 8192
-_MAX_HEADER_LINE: Final = 65536
-_MAX_HEADERS: Final = 100
-_RECV: Final = 65536
-_DRAIN_LIMIT: Final = 256 * 1024 * 1024
-_DRAIN_SECONDS: Final = 5.0
-
-
-@dataclass
-class Request:
-    """One parsed HTTP request."""
-
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: bytes
-    client: str = ""
-
-
-@dataclass
-class Response:
-    """One HTTP answer; ``body`` is sent as is (no body for 204 and 304)."""
-
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    close: bool = False
+# accept() errors that mean "out of descriptors or memory, for now": pause, do not spin.
+_EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_PAUSE_MIN: Final = 0.05
+_PAUSE_MAX: Final = 1.0
 
 
 Handler = Callable[[Request], Response]
 ErrorFactory = Callable[[int, str], Response]
-
-
-class _BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class _Closed(Exception):
-    """The peer closed the connection (between requests, or in the middle of one)."""
-
-
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
-
-
-class _Conn:
-    """A client connection and the bytes read from it but not yet parsed."""
-
-    __slots__ = ("buf", "client", "last_active", "sock")
-
-    def __init__(self, sock: socket.socket, client: str) -> None:
-        self.sock = sock
-        self.client = client
-        self.buf = bytearray()
-        self.last_active = time.monotonic()
-
-    def fill(self) -> None:
-        data = self.sock.recv(_RECV)
-        if not data:
-            raise _Closed
-        self.buf += data
-
-    def readline(self, limit: int, too_long: int, what: str) -> bytes:
-        start = 0
-        while True:
-            end = self.buf.find(b"\n", start)
-            if end >= 0:
-                line = bytes(self.buf[: end + 1])
-                del self.buf[: end + 1]
-                if len(line) > limit:
-                    raise _BadRequest(too_long, f"{what} too long")
-                return line
-            if len(self.buf) > limit:
-                raise _BadRequest(too_long, f"{what} too long")
-            start = len(self.buf)
-            self.fill()
-
-    def read(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            self.fill()
-        data = bytes(self.buf[:n])
-        del self.buf[:n]
-        return data
 
 
 class HttpServer:
@@ -141,6 +70,8 @@ class HttpServer:
         error: builds the answer for protocol errors (bad request line, 413, ...).
         max_body: the largest request body accepted; larger ones get 413.
         idle_timeout: seconds a kept-alive connection may stay silent before it is closed.
+        header_timeout: seconds from a request's first byte until its head must be whole.
+        body_timeout: seconds from the end of the head until the body must be whole.
         park_after: seconds of silence after which a connection gives up its worker (at
             once when other connections are waiting for one).
         max_workers: requests handled at once; more wait for a worker.
@@ -157,6 +88,8 @@ class HttpServer:
         *,
         max_body: int,
         idle_timeout: float = 60.0,
+        header_timeout: float = 10.0,
+        body_timeout: float = 60.0,
         park_after: float = 0.02,
         max_workers: int = 32,
         max_connections: int = 10_000,
@@ -166,6 +99,8 @@ class HttpServer:
         self._error = error
         self._max_body = max_body
         self._idle_timeout = idle_timeout
+        self._header_timeout = header_timeout
+        self._body_timeout = body_timeout
         self._park_after = min(park_after, idle_timeout)
         self._max_workers = max_workers
         self._max_connections = max_connections
@@ -187,11 +122,12 @@ class HttpServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._open: set[_Conn] = set()
-        self._to_park: list[_Conn] = []
-        self._work: queue.SimpleQueue[_Conn | None] = queue.SimpleQueue()
+        self._open: set[Connection] = set()
+        self._to_park: list[Connection] = []
+        self._work: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
         self._idle_workers = 0
+        self._exhausted_logged = False
         self._selector_thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -250,20 +186,38 @@ class HttpServer:
         with selectors.DefaultSelector() as sel:
             sel.register(self._sock, selectors.EVENT_READ)
             sel.register(self._wake_r, selectors.EVENT_READ)
-            parked: set[_Conn] = set()
+            parked: set[Connection] = set()
             next_expiry = time.monotonic() + 1.0
+            accept_paused_until: float | None = None
+            pause = _PAUSE_MIN
             try:
                 while not self._stopping.is_set():
-                    for key, _ in sel.select(timeout=1.0):
+                    timeout = 1.0
+                    if accept_paused_until is not None:
+                        timeout = max(0.0, min(timeout, accept_paused_until - time.monotonic()))
+                    for key, _ in sel.select(timeout=timeout):
                         if key.fileobj is self._wake_r:
                             self._wake_r.recv(4096)
                         elif key.fileobj is self._sock:
-                            self._accept()
+                            if self._accept():
+                                pause = _PAUSE_MIN
+                            else:
+                                sel.unregister(self._sock)
+                                accept_paused_until = time.monotonic() + pause
+                                pause = min(pause * 2, _PAUSE_MAX)
                         else:
                             conn = key.data
-                            parked.discard(conn)
-                            sel.unregister(conn.sock)
-                            self._dispatch(conn)
+                            whole = self._read_parked(conn)
+                            if whole is not False:
+                                parked.discard(conn)
+                                sel.unregister(conn.sock)
+                                if whole:
+                                    self._dispatch(conn)
+                                else:
+                                    self._close(conn)
+                    if accept_paused_until is not None and time.monotonic() >= accept_paused_until:
+                        accept_paused_until = None
+                        sel.register(self._sock, selectors.EVENT_READ)
                     with self._lock:
                         newly, self._to_park = self._to_park, []
                     for conn in newly:
@@ -281,21 +235,35 @@ class HttpServer:
                 for conn in list(parked):
                     self._close(conn)
 
-    def _accept(self) -> None:
+    def _accept(self) -> bool:
+        """Accept what waits; False when out of descriptors (the caller pauses accepting)."""
         while True:
             try:
                 sock, addr = self._sock.accept()
             except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                if not self._stopping.is_set():
-                    _log.exception("accept failed")
-                return
+                if self._exhausted_logged:
+                    self._exhausted_logged = False
+                    _log.info("accepting connections again")
+                return True
+            except OSError as exc:
+                if self._stopping.is_set():
+                    return True
+                if exc.errno in _EXHAUSTED:
+                    if not self._exhausted_logged:  # once per episode, not once per attempt
+                        self._exhausted_logged = True
+                        _log.error(
+                            "cannot accept connections: %s (%d open); pausing accept until some close",
+                            exc.strerror or exc,
+                            self.connections,
+                        )
+                    return False
+                _log.warning("accept failed: %s", exc)
+                return True
             self.accepted += 1  # only this thread writes it
             sock.setblocking(True)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Conn(sock, str(addr))
+            conn = Connection(sock, str(addr))
             with self._lock:
                 full = len(self._open) >= self._max_connections
                 if not full:
@@ -310,22 +278,41 @@ class HttpServer:
                 continue
             self._dispatch(conn)
 
-    def _expire(self, sel: selectors.BaseSelector, parked: set[_Conn]) -> None:
-        """Close parked connections that have been silent for ``idle_timeout``."""
-        now = time.monotonic()
-        for conn in [c for c in parked if now - c.last_active > self._idle_timeout]:
-            parked.discard(conn)
-            sel.unregister(conn.sock)
-            self._close(conn)
+    def _read_parked(self, conn: Connection) -> bool | None:
+        """Read what a parked connection sent, without blocking.
 
-    def _park(self, conn: _Conn) -> None:
+        Returns:
+            True when a worker can make progress with it, False to keep waiting, None
+            when the peer closed it or it failed (the caller closes it).
+        """
+        try:
+            conn.received(conn.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT), self._header_timeout)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except (Closed, OSError):
+            return None
+        return conn.ready()
+
+    def _expire(self, sel: selectors.BaseSelector, parked: set[Connection]) -> None:
+        """Close parked connections silent for ``idle_timeout`` or late with their request (408)."""
+        now = time.monotonic()
+        for conn in list(parked):
+            late = conn.deadline is not None and now > conn.deadline
+            if late or (conn.deadline is None and now - conn.last_active > self._idle_timeout):
+                parked.discard(conn)
+                sel.unregister(conn.sock)
+                if late:
+                    self._send_nowait(conn.sock, self._error(408, "the request did not arrive in time"))
+                self._close(conn)
+
+    def _park(self, conn: Connection) -> None:
         with self._lock:
             self._to_park.append(conn)
         self._wake()
 
     # -- workers ----------------------------------------------------------------------
 
-    def _dispatch(self, conn: _Conn) -> None:
+    def _dispatch(self, conn: Connection) -> None:
         with self._lock:
             # _idle_workers counts idle workers minus queued connections (negative: a backlog).
             start = self._idle_workers <= 0 and len(self._workers) < self._max_workers
@@ -351,7 +338,7 @@ class HttpServer:
             with self._lock:
                 self._idle_workers += 1
 
-    def _close(self, conn: _Conn) -> None:
+    def _close(self, conn: Connection) -> None:
         with self._lock:
             self._open.discard(conn)
         try:
@@ -359,145 +346,64 @@ class HttpServer:
         except OSError:
             pass
 
-    def _serve(self, conn: _Conn) -> None:
-        """Serve requests on ``conn`` until it closes or goes quiet (then it is parked)."""
+    def _serve(self, conn: Connection) -> None:
+        """Serve requests on ``conn`` until it closes, or park it when it has nothing whole to serve."""
         sock = conn.sock
         answered = False
         try:
             while not self._stopping.is_set():
-                if not conn.buf:
-                    if answered and self._work.qsize() > 0:  # others wait for a worker: make way
+                sock.settimeout(self._idle_timeout)  # for the answers and 100 Continue
+                try:
+                    taken = conn.take_request(self._max_body, self._body_timeout)
+                except BodyTooLarge as exc:
+                    self._send(sock, self._error(413, exc.message), close=True)
+                    conn.drain(exc.length)  # so the client gets to read the 413
+                    break
+                except BadRequest as exc:
+                    self._send(sock, self._error(exc.status, exc.message), close=True)
+                    break
+                if taken is None:
+                    if conn.deadline is not None and time.monotonic() > conn.deadline:
+                        self._send(sock, self._error(408, "the request did not arrive in time"), close=True)
+                        break
+                    if (answered or conn.buf) and self._work.qsize() > 0:  # others wait for a worker: make way
                         self._park(conn)
                         return
                     sock.settimeout(self._park_after)
                     try:
-                        conn.fill()
+                        conn.fill(self._header_timeout)
                     except (TimeoutError, socket.timeout):
                         self._park(conn)
                         return
-                sock.settimeout(self._idle_timeout)
-                try:
-                    request, keep_alive = self._read_request(conn)
-                except _BadRequest as exc:
-                    self._send(sock, self._error(exc.status, exc.message), close=True)
-                    break
-                if request is None:
-                    break
+                    continue
+                request, keep_alive = taken
                 try:
                     response = self._handler(request)
                 except Exception:
                     _log.exception("unhandled error for %s %s", request.method, request.path)
                     response = self._error(500, "internal server error; the server log has the details")
                 close = response.close or not keep_alive or self._stopping.is_set()
-                self._send(sock, response, close=close)
+                self._send(sock, response, close=close, head_only=request.method == "HEAD")
                 if close:
                     break
                 answered = True
                 conn.last_active = time.monotonic()
-        except (_Closed, OSError):
-            # The peer went away or timed out mid-request, or stop() shut the socket down.
+        except (Closed, OSError):
+            # The peer went away, or stop() shut the socket down.
             pass
         self._close(conn)
 
-    # -- parsing and writing ------------------------------------------------------------
+    # -- requests and answers ---------------------------------------------------------
 
-    def _read_request(self, conn: _Conn) -> tuple[Request | None, bool]:
-        line = conn.readline(_MAX_LINE, 414, "request line")
-        while line in (b"\r\n", b"\n"):
-            line = conn.readline(_MAX_LINE, 414, "request line")
-        parts = line.rstrip(b"\r\n").split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
-            raise _BadRequest(400, "malformed request line")
-        method = parts[0].decode("latin-1")
-        target = parts[1].decode("latin-1")
-        version = parts[2]
-        headers: dict[str, str] = {}
-        while True:
-            raw = conn.readline(_MAX_HEADER_LINE, 431, "request header")
-            if raw in (b"\r\n", b"\n"):
-                break
-            if len(headers) >= _MAX_HEADERS:
-                raise _BadRequest(431, "too many request headers")
-            name, sep, value = raw.decode("latin-1").partition(":")
-            if not sep:
-                raise _BadRequest(400, "malformed header line")
-            key = name.strip().lower()
-            value = value.strip()
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        connection = headers.get("connection", "").lower()
-        keep_alive = "close" not in connection if version == b"HTTP/1.1" else "keep-alive" in connection
-        expect_continue = "100-continue" in headers.get("expect", "").lower()
+    def _send(self, sock: socket.socket, response: Response, *, close: bool, head_only: bool = False) -> None:
+        """Send ``response`` in one write; for a HEAD request, its head alone (HTTP forbids a body)."""
+        head, body = encode_response(response, self._server_header, close=close)
+        sock.sendall(head if head_only else head + body)
 
-        body = b""
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            body = self._read_chunked(conn)
-        elif "content-length" in headers:
-            try:
-                length = int(headers["content-length"])
-                if length < 0:
-                    raise ValueError
-            except ValueError:
-                raise _BadRequest(400, "invalid Content-Length") from None
-            if length > self._max_body:
-                message = f"body of {length} bytes is over the limit of {self._max_body}"
-                if expect_continue:
-                    raise _BadRequest(413, message)
-                self._send(conn.sock, self._error(413, message), close=True)
-                self._drain(conn, length)
-                return None, False
-            if length:
-                if expect_continue:
-                    conn.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-                body = conn.read(length)
-        if target.startswith(("http://", "https://")):
-            split = urlsplit(target)
-            path, query = split.path or "/", split.query
-        else:
-            path, _, query = target.partition("?")
-        return Request(method, unquote(path), query, headers, body, conn.client), keep_alive
-
-    def _read_chunked(self, conn: _Conn) -> bytes:
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            size_line = conn.readline(_MAX_LINE, 400, "chunk size line")
-            try:
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise _BadRequest(400, "malformed chunk size") from None
-            if size == 0:
-                while conn.readline(_MAX_HEADER_LINE, 431, "trailer") not in (b"\r\n", b"\n"):
-                    pass
-                return b"".join(chunks)
-            total += size
-            if total > self._max_body:
-                raise _BadRequest(413, f"body is over the limit of {self._max_body} bytes")
-            chunks.append(conn.read(size))
-            conn.read(2)
-
-    @staticmethod
-    def _drain(conn: _Conn, length: int) -> None:
-        """Read and discard a refused body, so the client gets to read our 413."""
-        deadline = time.monotonic() + _DRAIN_SECONDS
-        left = min(length, _DRAIN_LIMIT) - len(conn.buf)
-        conn.buf.clear()
-        while left > 0 and time.monotonic() < deadline:
-            data = conn.sock.recv(min(left, 1 << 20))
-            if not data:
-                return
-            left -= len(data)
-
-    def _send(self, sock: socket.socket, response: Response, *, close: bool) -> None:
-        status = response.status
-        lines = [f"HTTP/1.1 {status} {_reason(status)}", f"Server: {self._server_header}"]
-        body = response.body
-        if status in (204, 304) or 100 <= status < 200:
-            body = b""
-        else:
-            lines.append(f"Content-Type: {response.content_type}")
-            lines.append(f"Content-Length: {len(body)}")
-        lines.extend(f"{k}: {v}" for k, v in response.headers)
-        if close:
-            lines.append("Connection: close")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        sock.sendall(head + body)
+    def _send_nowait(self, sock: socket.socket, response: Response) -> None:
+        """Best effort from the selector thread: whatever fits in the socket's buffer now."""
+        head, body = encode_response(response, self._server_header, close=True)
+        try:
+            sock.send(head + body, socket.MSG_DONTWAIT)
+        except OSError:
+            pass

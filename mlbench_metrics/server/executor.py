@@ -4,9 +4,14 @@ A run created with a custom image's command runs on this machine instead of in p
 ``num_workers`` processes (only rank 0 unless ``run_all_nodes``), each the command with
 ``{run_id}``, ``{rank}``, ``{hosts}`` and ``{backend}`` filled in as the dashboard fills
 them (``hosts`` is ``127.0.0.1`` once per worker, where the dashboard lists its pods),
-and ``--gpu``/``--light`` appended when the run asks for them, as the dashboard does. The
-command is split like a shell would (``shlex``) but never run by one. The image name is
-ignored: nothing is pulled or isolated, so only enable this for commands you trust.
+and ``--gpu``/``--light`` appended when the run asks for them, as the dashboard does.
+
+The command is an argument list: it is split like a shell would (``shlex``) *first*, and
+the placeholders are filled inside each argument afterwards, so no field (a backend, a
+name) can add, split or quote arguments, and no shell ever runs it. A command that
+cannot be split or filled is refused (a 400) before the run is stored. The image name is
+ignored: nothing is pulled or isolated, so only enable this for commands you trust (the
+server requires a token with ``--exec``).
 
 Each process also gets ``MLBENCH_METRICS_URL``, ``MLBENCH_METRICS_RUN_ID``,
 ``MLBENCH_METRICS_RANK`` (and ``MLBENCH_METRICS_TOKEN``), so ``mlbench_metrics.init()``
@@ -30,21 +35,26 @@ import os
 import selectors
 import shlex
 import signal
+import string
 import subprocess
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from .._threads import start_thread
 from .store import Store
 
-__all__ = ["ExecError", "LocalExecutor"]
+__all__ = ["MAX_LOCAL_WORKERS", "ExecError", "LocalExecutor", "command_lines"]
 
 _log = logging.getLogger("mlbench_metrics.server")
 
 _TAIL_LINES: Final = 200
 _PUBLISH_EVERY: Final = 0.5  # seconds between job_metadata updates while a run goes
 _TERM_GRACE: Final = 5.0  # seconds between SIGTERM and SIGKILL when a run is stopped
+MAX_LOCAL_WORKERS: Final = 256
+"""The most workers a local run may have (each may be a process on this machine)."""
+_PLACEHOLDERS: Final = ("run_id", "rank", "hosts", "backend")
 
 
 class ExecError(ValueError):
@@ -58,7 +68,7 @@ def _now_us() -> int:
 class _LocalRun:
     """The processes of one run and the thread that watches them."""
 
-    def __init__(self, run: dict[str, Any], commands: list[list[str]], env: dict[str, str]) -> None:
+    def __init__(self, run: Mapping[str, Any], commands: list[list[str]], env: dict[str, str]) -> None:
         self.run_id: int = run["id"]
         self.commands = commands
         self.env = env
@@ -90,37 +100,37 @@ class LocalExecutor:
 
     # -- called by the app -----------------------------------------------------------
 
-    def check_runnable(self, *, image_is_official: bool, command: str) -> None:
+    def check(self, run: Mapping[str, Any], *, image_is_official: bool) -> None:
         """Refuse what cannot run here, before the run is stored.
 
+        Args:
+            run: the run's fields as they will be stored (``command``, ``backend``,
+                ``num_workers``, ``run_on_all_nodes``, ``gpu_enabled``, ``light_target``).
+            image_is_official: the run names an official image.
+
         Raises:
-            ExecError: an official image (it needs Kubernetes), or an empty command.
+            ExecError: an official image (it needs Kubernetes), too many workers, or a
+                command that is empty or cannot be split or filled.
         """
         if image_is_official:
             raise ExecError(
                 "official images need Kubernetes (the MLBench dashboard); here, create the run with "
                 "custom_image_name and a custom_image_command to run on this machine"
             )
-        if not command.strip():
-            raise ExecError("custom_image_command is empty: there is nothing to run")
-        try:
-            shlex.split(_fill(command, run_id=1, rank=0, workers=1, backend="gloo"))
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ExecError(
-                f"custom_image_command cannot be run: {type(exc).__name__}: {exc} (placeholders are {{run_id}}, "
-                "{rank}, {hosts} and {backend}; write other braces twice, {{ and }})"
-            ) from None
+        command_lines({**run, "id": 1})
 
-    def start(self, run: dict[str, Any]) -> None:
-        """Start the run's processes in the background (its thread marks it started)."""
-        workers = int(run["num_workers"])
-        ranks = range(workers) if run["run_on_all_nodes"] else range(1)
-        extra = (["--gpu"] if run["gpu_enabled"] else []) + (["--light"] if run["light_target"] else [])
-        commands = [
-            shlex.split(_fill(run["command"], run_id=run["id"], rank=rank, workers=workers, backend=run["backend"]))
-            + extra
-            for rank in ranks
-        ]
+    def start(self, run: Mapping[str, Any]) -> None:
+        """Start the run's processes in the background (its thread marks it started).
+
+        Never raises for the run itself: what cannot start fails the run.
+        """
+        try:
+            commands = command_lines(run)
+        except ExecError as exc:  # check() let it through: still, never leave it initialized
+            self.store.update_run(
+                run["id"], state="failed", finished_at=_now_us(), job_metadata={"stderr": [f"Run failed: {exc}"]}
+            )
+            return
         env = dict(os.environ)
         env.update({"MLBENCH_METRICS_URL": self.base_url, "MLBENCH_METRICS_RUN_ID": str(run["id"])})
         if self.token:
@@ -277,10 +287,53 @@ class LocalExecutor:
         self.store.update_run(local.run_id, state=state, finished_at=_now_us())
 
 
-def _fill(command: str, *, run_id: int, rank: int, workers: int, backend: str) -> str:
-    """The command with its placeholders filled, as the dashboard's ``str.format`` fills them."""
-    hosts = ",".join(["127.0.0.1"] * workers)
-    return command.format(run_id=run_id, rank=rank, hosts=hosts, backend=backend)
+class _Filler(string.Formatter):
+    """``str.format`` restricted to the four placeholders: no attributes, indexes or positions."""
+
+    def get_field(self, field_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        if field_name not in _PLACEHOLDERS:
+            raise KeyError(field_name)
+        return kwargs[field_name], field_name
+
+
+_FILLER: Final = _Filler()
+
+
+def command_lines(run: Mapping[str, Any]) -> list[list[str]]:
+    """The argument list of each process of ``run``, placeholders filled as the dashboard fills them.
+
+    The command is split first and each argument filled on its own, so a value with
+    spaces or quotes stays one argument.
+
+    Args:
+        run: ``id``, ``command``, ``backend``, ``num_workers``, ``run_on_all_nodes``,
+            ``gpu_enabled`` and ``light_target``.
+
+    Raises:
+        ExecError: too many workers, or a command that is empty or cannot be split or filled.
+    """
+    workers = int(run["num_workers"])
+    if not 1 <= workers <= MAX_LOCAL_WORKERS:
+        raise ExecError(f"num_workers is {workers}; a local run has 1 to {MAX_LOCAL_WORKERS} workers")
+    try:
+        template = shlex.split(str(run["command"]))
+    except ValueError as exc:
+        raise ExecError(f"custom_image_command cannot be split into arguments: {exc}") from None
+    if not template:
+        raise ExecError("custom_image_command is empty: there is nothing to run")
+    values = {"run_id": int(run["id"]), "hosts": ",".join(["127.0.0.1"] * workers), "backend": str(run["backend"])}
+    extra = (["--gpu"] if run["gpu_enabled"] else []) + (["--light"] if run["light_target"] else [])
+    lines = []
+    for rank in range(workers) if run["run_on_all_nodes"] else range(1):
+        try:
+            lines.append([_FILLER.format(arg, rank=rank, **values) for arg in template] + extra)
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
+            detail = f"unknown placeholder {{{exc.args[0]}}}" if isinstance(exc, KeyError) else str(exc)
+            raise ExecError(
+                f"custom_image_command cannot be filled: {detail} (placeholders are {{run_id}}, {{rank}}, "
+                "{hosts} and {backend}; write other braces twice, {{ and }})"
+            ) from None
+    return lines
 
 
 def _line(rank: int, raw: bytes, processes: int) -> str:

@@ -32,6 +32,8 @@ from ._http import Request, Response
 from .store import Columns
 
 __all__ = [
+    "INT_MAX",
+    "INT_MIN",
     "MAX_BATCH",
     "ApiFailure",
     "as_bool",
@@ -53,6 +55,12 @@ __all__ = [
 
 MAX_BATCH: Final = BATCH_MAX
 """Most metrics one batch may carry."""
+
+INT_MIN: Final = -(2**63)
+"""The smallest integer SQLite stores (and so the smallest id or count we accept)."""
+
+INT_MAX: Final = 2**63 - 1
+"""The largest integer SQLite stores."""
 
 _MAX_FORM_FIELDS: Final = 1000
 _FILENAME_STRIP_RE: Final = re.compile(r"[^A-Za-z0-9_.-]")
@@ -80,8 +88,10 @@ def json_response(status: int, payload: Any, headers: list[tuple[str, str]] | No
 _STATUS_WORDS: Final = {
     400: "Bad Request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     409: "Conflict",
     413: "Payload Too Large",
     414: "URI Too Long",
@@ -130,6 +140,8 @@ def as_int(value: Any, key: str, *, minimum: int | None = None) -> int:
         raise ApiFailure(400, f"field '{key}' must be an integer, got {str(value)[:50]!r}") from None
     if minimum is not None and number < minimum:
         raise ApiFailure(400, f"field '{key}' must be at least {minimum}, got {number}")
+    if not INT_MIN <= number <= INT_MAX:
+        raise ApiFailure(400, f"field '{key}' is out of range: {str(number)[:30]}")
     return number
 
 
@@ -148,7 +160,7 @@ def as_float(value: Any, key: str) -> float:
 def as_bool(value: Any, key: str) -> bool:
     flag = parse_flag(value)
     if flag is None:
-        raise ApiFailure(400, f"field {flag_problem(value, repr(key))}")
+        raise ApiFailure(400, f"field '{key}': {flag_problem(value, key)}")
     return flag
 
 

@@ -17,20 +17,23 @@ connection threads, and the store serialises writes.
 
 from __future__ import annotations
 
-import hmac
-import io
-import json
 import logging
 import re
 import sqlite3
-import zipfile
-from typing import Any, Callable, Final, Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Final, Protocol
 
 from .._version import __version__
 from ..images import official_image_names
-from ..records import format_dashboard_date, format_iso_date, format_zip_date, parse_date
+from ..records import parse_date
+from . import pages, readback
 from ._http import Request, Response
+from .access import AccessPolicy
+from .formats import metric_json, point_json, run_json, summarize_points, zip_metrics
 from .parsing import (
+    INT_MAX,
+    INT_MIN,
     MAX_BATCH,
     ApiFailure,
     as_bool,
@@ -51,7 +54,7 @@ from .parsing import (
 )
 from .store import DuplicateBatch, Point, RunNotFound, Store
 
-__all__ = ["App", "run_json"]
+__all__ = ["App", "Handler", "RunExecutor", "run_json"]
 
 _log = logging.getLogger("mlbench_metrics.server")
 
@@ -60,70 +63,39 @@ _RUN_NAME_MAX: Final = 100
 _BACKENDS: Final = ("mpi", "gloo", "nccl")
 _RUN_STATES: Final = ("started", "finished", "failed")
 
-
-# -- representations ---------------------------------------------------------------
-
-
-def run_json(run: Mapping[str, Any], *, with_metadata: bool) -> dict[str, Any]:
-    """A run as the dashboard's serializer shows it."""
-    finished = run["finished_at"]
-    return {
-        "id": run["id"],
-        "name": run["name"],
-        "created_at": format_iso_date(run["created_at"]),
-        "finished_at": None if finished is None else format_iso_date(finished),
-        "state": run["state"],
-        "job_id": run["job_id"],
-        "job_metadata": run["job_metadata"] if with_metadata else {},
-        "num_workers": run["num_workers"],
-    }
+Handler = Callable[..., Response]
+"""A route's handler: ``handler(request, **groups)``, the pattern's named groups as strings."""
 
 
-def _serialized_metric(name: str, p: Point) -> dict[str, Any]:
-    date_us, value, cumulative, metadata = p
-    return {
-        "name": name,
-        "value": value,
-        "date": format_dashboard_date(date_us),
-        "metadata": metadata,
-        "cumulative": cumulative,
-    }
+class RunExecutor(Protocol):
+    """What runs created runs (``serve --exec``): see :class:`~.executor.LocalExecutor`."""
+
+    def check(self, run: Mapping[str, Any], *, image_is_official: bool) -> None:
+        """Raise ``ValueError`` (a 400) for a run that cannot run here, before it is stored."""
+
+    def start(self, run: Mapping[str, Any]) -> None:
+        """Start the stored run in the background; never raises for the run's own failures."""
+
+    def stop(self, run_id: int) -> None:
+        """Stop the run's processes, if any."""
+
+    def close(self) -> None:
+        """Stop every run; none starts afterwards."""
 
 
-def _summarize(points: list[Point], summarize: int | None, last_n: int | None, name: str) -> list[Point]:
-    """Average consecutive points down to at most ``summarize``, then keep the last ``last_n``.
-
-    The dashboard drops the trailing partial group (so the newest points vanish); this
-    averages it over its own size instead.
-    """
-    count = len(points)
-    if summarize and 0 < summarize < count:
-        factor = -(-count // summarize)
-        out: list[Point] = []
-        for start in range(0, count, factor):
-            group = points[start : start + factor]
-            total = 0.0
-            for point in group:
-                try:
-                    total += float(point[1])
-                except ValueError:
-                    raise ApiFailure(
-                        400, f"cannot summarize metric {name!r}: value {point[1][:50]!r} is not a number"
-                    ) from None
-            first = group[0]
-            out.append((first[0], str(total / len(group)), first[2], first[3]))
-        points = out
-    if last_n:
-        points = points[-last_n:]
-    return points
+@dataclass(frozen=True)
+class _Route:
+    pattern: re.Pattern[str]
+    methods: Mapping[str, Handler]
+    public: bool
 
 
 class App:
-    """Routes requests to handlers.
+    """Routes requests to handlers, after the access checks every request passes.
 
     Args:
         store: where runs, pods and metrics live.
-        token: when set, every request needs ``Authorization: Bearer <token>``.
+        access: the Host, Origin and token rules (default: loopback names only, no token).
         executor: runs created runs as local processes (``serve --exec``), or None.
         max_body: the body limit the HTTP layer enforces, reported to clients.
         extensions: offer the routes the dashboard lacks; without them those routes
@@ -134,68 +106,80 @@ class App:
         self,
         store: Store,
         *,
-        token: str | None = None,
-        executor: Any = None,
+        access: AccessPolicy | None = None,
+        executor: RunExecutor | None = None,
         max_body: int = 0,
         extensions: bool = True,
     ) -> None:
         self.store = store
-        self.token = token
+        self.access = access or AccessPolicy()
         self.executor = executor
         self.max_body = max_body
         self.extensions = extensions
         self._official = official_image_names()
-        self._routes: list[tuple[re.Pattern[str], dict[str, Callable[..., Response]]]] = [
-            (re.compile(r"/api/?"), {"GET": self.api_root}),
-            (re.compile(r"/api/runs/?"), {"GET": self.list_runs, "POST": self.create_run}),
-            (
-                re.compile(r"/api/runs/(?P<pk>[^/]+)/?"),
-                {"GET": self.get_run, "DELETE": self.delete_run, "PATCH": self.update_run},
-            ),
-            (re.compile(r"/api/metrics/?"), {"GET": self.all_metrics, "POST": self.create_metric}),
-            (re.compile(r"/api/metrics/batch/?"), {"GET": self.batch_info, "POST": self.create_batch}),
-            (re.compile(r"/api/metrics/(?P<pk>[^/]+)/?"), {"GET": self.get_metrics}),
-            (re.compile(r"/api/pods/?"), {"GET": self.list_pods, "POST": self.create_pod}),
-        ]
+        self._routes: list[_Route] = []
+        if extensions:  # the web UI (public: its files carry no data) and the read-back extension
+            for pattern, methods in pages.Pages().routes():
+                self.add_route(pattern, methods, public=True)
+            for pattern, methods in readback.ReadBack(store).routes():
+                self.add_route(pattern, methods)
         if not extensions:
-            self._routes = [
-                (re.compile(r"/api/runs/(?P<pk>[^/]+)/?"), {"GET": self.get_run, "DELETE": self.delete_run}),
-                (re.compile(r"/api/metrics/batch/?"), {"GET": self.dashboard_batch_get}),
-                (re.compile(r"/api/pods/?"), {"GET": self.list_pods}),
-                *self._routes,
-            ]
+            self.add_route(r"/api/runs/(?P<pk>[^/]+)/?", {"GET": self.get_run, "DELETE": self.delete_run})
+            self.add_route(r"/api/metrics/batch/?", {"GET": self.dashboard_batch_get})
+            self.add_route(r"/api/pods/?", {"GET": self.list_pods})
+        self.add_route(r"/api/?", {"GET": self.api_root})
+        self.add_route(r"/api/runs/?", {"GET": self.list_runs, "POST": self.create_run})
+        self.add_route(
+            r"/api/runs/(?P<pk>[^/]+)/?", {"GET": self.get_run, "DELETE": self.delete_run, "PATCH": self.update_run}
+        )
+        self.add_route(r"/api/metrics/?", {"GET": self.all_metrics, "POST": self.create_metric})
+        self.add_route(r"/api/metrics/batch/?", {"GET": self.batch_info, "POST": self.create_batch})
+        self.add_route(r"/api/metrics/(?P<pk>[^/]+)/?", {"GET": self.get_metrics})
+        self.add_route(r"/api/pods/?", {"GET": self.list_pods, "POST": self.create_pod})
+
+    def add_route(
+        self, pattern: str | re.Pattern[str], methods: Mapping[str, Handler], *, public: bool = False
+    ) -> None:
+        """Serve ``methods`` on paths that fully match ``pattern``; earlier routes win.
+
+        Every route, this one included, passes :class:`AccessPolicy` first.
+
+        Args:
+            pattern: a regular expression for the whole path; named groups become the
+                handler's keyword arguments.
+            methods: handler by HTTP method (others get 405).
+            public: no token needed, for pages that carry no data (their scripts read
+                ``?token=`` and send it). Host and Origin rules apply all the same.
+        """
+        self._routes.append(_Route(re.compile(pattern), dict(methods), public))
 
     # -- dispatch ----------------------------------------------------------------
 
     def handle(self, request: Request) -> Response:
         """Answer one request; never raises."""
         try:
-            if self.token is not None and not self._authorized(request):
-                return error_response(
-                    401, "missing or wrong bearer token", headers=[("WWW-Authenticate", 'Bearer realm="mlbench"')]
-                )
-            for pattern, methods in self._routes:
-                match = pattern.fullmatch(request.path)
-                if match is None:
-                    continue
-                handler = methods.get(request.method)
-                if handler is None:
-                    allowed = ", ".join(sorted(methods))
-                    detail = f'Method "{request.method}" not allowed.'
-                    return error_response(405, detail, {"detail": detail}, [("Allow", allowed)])
-                return handler(request, **match.groupdict())
-            return error_response(404, f"no such endpoint: {request.path}")
+            for route in self._routes:
+                match = route.pattern.fullmatch(request.path)
+                if match is not None:
+                    break
+            else:
+                route, match = None, None
+            refused = self.access.refuse(request, public=route is not None and route.public)
+            if refused is not None:
+                return refused
+            if route is None or match is None:
+                return error_response(404, f"no such endpoint: {request.path[:200]}")
+            handler = route.methods.get(request.method)
+            if handler is None:
+                allowed = ", ".join(sorted(route.methods))
+                detail = f'Method "{request.method[:50]}" not allowed.'
+                return error_response(405, detail, {"detail": detail}, [("Allow", allowed)])
+            return handler(request, **match.groupdict())
         except ApiFailure as exc:
             return error_response(exc.status, exc.message, exc.extra)
         except sqlite3.OperationalError as exc:
             _log.warning("database busy: %s", exc)
             return error_response(503, f"the database is busy ({exc}); try again")
-
-    def _authorized(self, request: Request) -> bool:
-        header = request.headers.get("authorization", "")
-        scheme, _, credentials = header.partition(" ")
-        assert self.token is not None
-        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self.token.encode())
 
     def api_root(self, request: Request) -> Response:
         """The API root, like the dashboard's router, plus what this server is."""
@@ -210,7 +194,8 @@ class App:
                 "server": {
                     "name": "mlbench-metrics",
                     "version": __version__,
-                    "extensions": ["batch", "run_state", "pods"] if self.extensions else [],
+                    "extensions": ["batch", "run_state", "pods", *readback.EXTENSIONS] if self.extensions else [],
+                    "exec": self.executor is not None,
                     **({"batch": self._batch_description()} if self.extensions else {}),
                 },
             },
@@ -222,7 +207,9 @@ class App:
         try:
             run_id = int(pk)
         except ValueError:
-            raise ApiFailure(404, f"run {pk!r} not found") from None
+            raise ApiFailure(404, f"run {pk[:50]!r} not found") from None
+        if not INT_MIN <= run_id <= INT_MAX:
+            raise ApiFailure(404, f"run {pk[:50]} not found")
         run = self.store.get_run(run_id)
         if run is None:
             raise ApiFailure(404, f"run {run_id} not found")
@@ -268,23 +255,23 @@ class App:
             backend = backend.lower()
         else:
             raise ApiFailure(400, f"unknown backend {backend[:50]!r}; use MPI, GLOO, NCCL or custom_backend")
+        fields: dict[str, Any] = {
+            "name": name,
+            "num_workers": num_workers,
+            "cpu_limit": f"{num_cpus * 1000}m",
+            "image": image,
+            "command": command,
+            "backend": backend,
+            "run_on_all_nodes": as_bool(d.get("run_all_nodes", "false"), "run_all_nodes"),
+            "gpu_enabled": gpu,
+            "light_target": as_bool(d.get("light_target", "false"), "light_target"),
+        }
         if self.executor is not None:
             try:
-                self.executor.check_runnable(image_is_official=image in self._official, command=command)
+                self.executor.check(fields, image_is_official=image in self._official)
             except ValueError as exc:
                 raise ApiFailure(400, str(exc)) from None
-        run = self.store.create_run(
-            now_us(),
-            name=name,
-            num_workers=num_workers,
-            cpu_limit=f"{num_cpus * 1000}m",
-            image=image,
-            command=command,
-            backend=backend,
-            run_on_all_nodes=as_bool(d.get("run_all_nodes", "false"), "run_all_nodes"),
-            gpu_enabled=gpu,
-            light_target=as_bool(d.get("light_target", "false"), "light_target"),
-        )
+        run = self.store.create_run(now_us(), **fields)
         if self.executor is not None:
             self.executor.start(run)
         return json_response(201, run_json(run, with_metadata=True))
@@ -342,16 +329,7 @@ class App:
         except RunNotFound:
             raise ApiFailure(404, f"run {run_id} not found") from None
         name, date_us, value, metadata, cumulative = row
-        return json_response(
-            201,
-            {
-                "name": name,
-                "value": value,
-                "date": format_dashboard_date(date_us),
-                "metadata": metadata,
-                "cumulative": cumulative,
-            },
-        )
+        return json_response(201, metric_json(name, (date_us, value, cumulative, metadata)))
 
     def dashboard_batch_get(self, request: Request) -> Response:
         """Without extensions: the dashboard's answer (it looks up a pod named "batch")."""
@@ -392,9 +370,9 @@ class App:
         by_run: dict[int, dict[str, list[dict[str, Any]]]] = {r["id"]: {} for r in runs}
         for pod_id, name, points in self.store.all_series("pod"):
             target = pod_metrics.setdefault(pods.get(pod_id, str(pod_id)), {})
-            target[name] = [_serialized_metric(name, p) for p in points]
+            target[name] = [metric_json(name, p) for p in points]
         for run_id, name, points in self.store.all_series("run"):
-            by_run.setdefault(run_id, {})[name] = [_serialized_metric(name, p) for p in points]
+            by_run.setdefault(run_id, {})[name] = [metric_json(name, p) for p in points]
         # Keyed by run name as the dashboard does: a later run overwrites an earlier namesake.
         run_metrics = {r["name"]: by_run[r["id"]] for r in runs}
         return json_response(200, {"pod_metrics": pod_metrics, "run_metrics": run_metrics})
@@ -437,9 +415,9 @@ class App:
             series = self.store.series(run_id=run["id"], since_us=since_us, name=metric_filter)
         result: dict[str, list[dict[str, Any]]] = {}
         for name, points in series:
-            points = _summarize(points, summarize, last_n, name)
+            points = summarize_points(points, summarize, last_n, name)
             if points:
-                result[name] = [{"date": format_iso_date(p[0]), "value": p[1], "cumulative": p[2]} for p in points]
+                result[name] = [point_json(p) for p in points]
         return json_response(200, result)
 
     def _zip(
@@ -453,23 +431,15 @@ class App:
     ) -> Response:
         """The zip download; unlike the dashboard, ``last_n`` applies here too."""
         metric_filter, summarize, last_n = options
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, mode="w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for index, (prefix, owner) in enumerate(sources):
-                series = self.store.series(since_us=since_us, until_us=until_us, name=metric_filter, **owner)
-                for name, points in series:
-                    if "TaskResult" in name:
-                        continue
-                    points = _summarize(points, summarize, last_n, name)
-                    if not points:
-                        continue
-                    data = [{"date": format_zip_date(p[0]), "value": p[1], "cumulative": p[2]} for p in points]
-                    zf.writestr(f"{prefix}_{name}.json", json.dumps(data, indent=4))
-                if index == 0 and official is not None:
-                    zf.writestr("official_result.txt", official)
+
+        def series(owner: dict[str, int]) -> Iterator[tuple[str, list[Point]]]:
+            for name, points in self.store.series(since_us=since_us, until_us=until_us, name=metric_filter, **owner):
+                yield name, summarize_points(points, summarize, last_n, name)
+
+        body = zip_metrics(((prefix, series(owner)) for prefix, owner in sources), official)
         return Response(
             200,
-            buffer.getvalue(),
+            body,
             "application/octet-stream",
             [("content-disposition", f"attachment; filename=metrics_{filename}.zip")],
         )

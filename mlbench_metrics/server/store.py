@@ -22,11 +22,13 @@ import contextlib
 import json
 import sqlite3
 import threading
-from itertools import groupby, islice
-from operator import itemgetter, le
-from typing import Any, Iterable, Iterator, Sequence
+from itertools import groupby
+from operator import itemgetter
+from typing import Any, Iterator, Sequence
 
-__all__ = ["DuplicateBatch", "RunNotFound", "Store"]
+from .chunks import Chunk, ChunkCache, Columns, Point, SeriesColumns, decode_points, encode_chunks, merge_columns
+
+__all__ = ["Columns", "DuplicateBatch", "Point", "RunNotFound", "Store"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -69,6 +71,13 @@ CREATE TABLE IF NOT EXISTS chunks (
     data TEXT NOT NULL,
     PRIMARY KEY (owner, name, first_date, id)
 ) WITHOUT ROWID;
+-- Arrival order per owner, for reads of "what arrived after chunk N" (live charts).
+CREATE INDEX IF NOT EXISTS chunks_arrival ON chunks (owner, id);
+-- A run's configuration (hyperparameters), as JSON text: an extension the dashboard lacks.
+CREATE TABLE IF NOT EXISTS run_configs (
+    run_id INTEGER PRIMARY KEY,
+    config TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS batches (
     batch_id TEXT PRIMARY KEY,
     run_id INTEGER NOT NULL,
@@ -81,10 +90,6 @@ _RUN_COLUMNS = (
     "id, name, created_at, finished_at, state, job_id, job_metadata, num_workers, cpu_limit, "
     "image, command, backend, run_on_all_nodes, gpu_enabled, light_target"
 )
-
-# A batch in columns: names, dates (us), values, metadata, cumulative flags; each a list
-# or an iterable of the batch's length (metadata and flags are often ``itertools.repeat``).
-Columns = tuple[Iterable[str], Iterable[int], Iterable[str], Iterable[str], Iterable[bool]]
 
 
 class RunNotFound(LookupError):
@@ -125,6 +130,7 @@ class Store:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        self._chunk_cache = ChunkCache()  # decoded chunks for charts (series_columns)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
@@ -210,6 +216,7 @@ class Store:
                 return False
             conn.execute("DELETE FROM chunks WHERE owner = ?", (run_id,))
             conn.execute("DELETE FROM batches WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM run_configs WHERE run_id = ?", (run_id,))
             conn.execute("UPDATE pods SET run_id = NULL WHERE run_id = ?", (run_id,))
         return True
 
@@ -306,7 +313,7 @@ class Store:
             RunNotFound: the run does not exist; nothing is stored.
             DuplicateBatch: ``batch_id`` was stored before; nothing is stored.
         """
-        chunks = _chunks(columns)
+        chunks = encode_chunks(columns)
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
                 raise RunNotFound(run_id)
@@ -356,7 +363,7 @@ class Store:
         with self._read() as conn:
             rows = conn.execute(query, args).fetchall()
         for series_name, group in groupby(rows, key=lambda r: r[0]):
-            points = _merge(list(group), since_us, until_us)
+            points = decode_points(list(group), since_us, until_us)
             if points:
                 yield series_name, points
 
@@ -370,7 +377,7 @@ class Store:
         with self._read() as conn:
             rows = conn.execute(query).fetchall()
         for (owner, series_name), group in groupby(rows, key=lambda r: (r[0], r[1])):
-            points = _merge([r[1:] for r in group], None, None)
+            points = decode_points([r[1:] for r in group], None, None)
             yield abs(owner), series_name, points
 
     def latest_value(self, run_id: int, name: str) -> str | None:
@@ -378,6 +385,111 @@ class Store:
         for _, points in self.series(run_id=run_id, name=name):
             return points[-1][1]
         return None
+
+    # -- reads for charts and the run page (extensions) ---------------------------
+
+    def set_run_config(self, run_id: int, config_json: str) -> None:
+        """Store (replace) a run's configuration, given as JSON text.
+
+        Raises:
+            RunNotFound: the run does not exist.
+        """
+        with self._transaction() as conn:
+            if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                raise RunNotFound(run_id)
+            conn.execute("INSERT OR REPLACE INTO run_configs (run_id, config) VALUES (?, ?)", (run_id, config_json))
+
+    def get_run_config(self, run_id: int) -> str | None:
+        """A run's configuration as JSON text, or None when none was stored."""
+        with self._read() as conn:
+            row = conn.execute("SELECT config FROM run_configs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def series_catalog(self, run_id: int) -> list[dict[str, Any]]:
+        """A run's series without points, by name: count, first and last date, the newest point's
+        cumulative flag and metadata, and the highest chunk id (``cursor``) of each."""
+        query = (
+            "SELECT name, SUM(count), MIN(first_date), MAX(last_date), MAX(id) FROM chunks "
+            "WHERE owner = ? GROUP BY name ORDER BY name"
+        )
+        with self._read() as conn:
+            rows = conn.execute(query, (run_id,)).fetchall()
+            newest = {
+                name: conn.execute(
+                    "SELECT data FROM chunks WHERE owner = ? AND name = ? AND id = ?", (run_id, name, last_id)
+                ).fetchone()[0]
+                for name, _, _, _, last_id in rows
+            }
+        out = []
+        for name, count, first, last, last_id in rows:
+            newest_chunk = merge_columns(name, [Chunk(last_id, newest[name])], None, None)
+            (metadata,), (cumulative,) = newest_chunk.details([len(newest_chunk) - 1])
+            out.append(
+                {
+                    "name": name,
+                    "count": count,
+                    "first_us": first,
+                    "last_us": last,
+                    "cumulative": cumulative,
+                    "last_metadata": metadata,
+                    "cursor": last_id,
+                }
+            )
+        return out
+
+    def run_stats(self) -> dict[int, tuple[int, int, int]]:
+        """For each run with metrics: ``(series, points, last date in microseconds)``."""
+        query = (
+            "SELECT owner, COUNT(DISTINCT name), SUM(count), MAX(last_date) FROM chunks WHERE owner > 0 GROUP BY owner"
+        )
+        with self._read() as conn:
+            return {owner: (series, points, last) for owner, series, points, last in conn.execute(query)}
+
+    def series_columns(
+        self,
+        run_id: int,
+        names: Sequence[str] | None = None,
+        *,
+        since_us: int | None = None,
+        until_us: int | None = None,
+        after_id: int = 0,
+    ) -> list[SeriesColumns]:
+        """A run's series as columns (see :mod:`.chunks`), by name.
+
+        Args:
+            run_id: the run.
+            names: only these series (None: all).
+            since_us, until_us: only points dated within (inclusive).
+            after_id: only points that arrived after the chunk id a previous read
+                returned as its ``cursor`` (for live updates: nothing arriving late is missed).
+        """
+        conditions = [("owner = ?", run_id), ("id > ?", after_id or None)]
+        conditions += [("last_date >= ?", since_us), ("first_date <= ?", until_us)]
+        where = [condition for condition, value in conditions if value is not None]
+        args: list[Any] = [value for _, value in conditions if value is not None]
+        if names is not None:
+            where.append(f"name IN ({', '.join('?' for _ in names)})")
+            args.extend(names)
+        # Keys first: a chunk decoded before is not read again (its text is most of the row).
+        query = f"SELECT name, first_date, id FROM chunks WHERE {' AND '.join(where)}"
+        with self._read() as conn:
+            keys = conn.execute(query, args).fetchall()
+            chunks = self._chunk_cache.lookup(k[2] for k in keys)
+            missing = [k[2] for k in keys if k[2] not in chunks]
+            for start in range(0, len(missing), 500):
+                part = missing[start : start + 500]
+                marks = ", ".join("?" for _ in part)
+                for chunk_id, data in conn.execute(
+                    f"SELECT id, data FROM chunks WHERE owner = ? AND id IN ({marks})", [run_id, *part]
+                ):
+                    chunks[chunk_id] = self._chunk_cache.decode(chunk_id, data)
+        keys.sort(key=itemgetter(0, 1, 2))  # sorted here, so that SQLite may use either index
+        out = []
+        for name, group in groupby(keys, key=itemgetter(0)):
+            columns = merge_columns(name, [chunks[k[2]] for k in group], since_us, until_us)
+            if len(columns):
+                out.append(columns)
+        return out
 
     def count_metrics(self, run_id: int | None = None) -> int:
         """How many metrics are stored (for one run, or in all)."""
@@ -393,85 +505,3 @@ def _require(value: int | None) -> int:
     if value is None:
         raise ValueError("an owner id is required")
     return value
-
-
-def _chunks(columns: Columns) -> list[tuple[str, int, int, int, str]]:
-    """Split a batch's columns into one chunk per name: ``(name, first, last, count, data)``.
-
-    Points keep their arrival order within a name unless their dates are out of order,
-    in which case they are sorted by date (stably, so equal dates keep arrival order).
-    Values are kept as they came, text or numbers; reads turn numbers into ``str()`` text.
-    This is the server's hottest loop: grouping is one dict step per point, and the
-    columns of each group are picked out at C speed.
-    """
-    names: list[str] = list(columns[0])
-    dates: list[int] = list(columns[1])
-    values: list[Any] = list(columns[2])
-    metadata: list[str] = list(columns[3])
-    cumulative: list[bool] = list(columns[4])
-    n = len(names)
-    by_name: dict[str, list[int]] = {}
-    for i, name in enumerate(names):
-        by_name.setdefault(name, []).append(i)
-    one_meta = metadata[0] if metadata and metadata.count(metadata[0]) == n else None
-    one_cum = cumulative[0] if cumulative and cumulative.count(cumulative[0]) == n else None
-    out = []
-    for name, idx in by_name.items():
-        pick = _picker(idx)
-        d = dates if len(idx) == n else pick(dates)
-        if not all(map(le, d, islice(d, 1, None))):
-            idx = sorted(idx, key=dates.__getitem__)
-            pick = _picker(idx)
-            d = pick(dates)
-        data = {
-            "d": d,
-            "v": values if len(idx) == n and d is dates else pick(values),
-            "m": one_meta if one_meta is not None else pick(metadata),
-            "c": one_cum if one_cum is not None else pick(cumulative),
-        }
-        out.append((name, d[0], max(d[0], d[-1]), len(idx), json.dumps(data, separators=(",", ":"))))
-    return out
-
-
-def _picker(idx: list[int]) -> Any:
-    """A C-speed ``lambda seq: [seq[i] for i in idx]``."""
-    if len(idx) == 1:
-        return lambda seq: [seq[idx[0]]]
-    getter = itemgetter(*idx)
-    return lambda seq: list(getter(seq))
-
-
-# A point as reads return it: (date_us, value, cumulative, metadata).
-Point = tuple[int, str, bool, str]
-
-
-def _merge(chunks: list[Any], since_us: int | None, until_us: int | None) -> list[Point]:
-    """The points of one series' chunks ``(name, first, last, id, data)`` in (date, arrival) order.
-
-    Chunks come ordered by first date; when none overlaps the one before, their points
-    are already in order and are concatenated, otherwise all are sorted.
-    """
-    ordered = True
-    previous_last: int | None = None
-    decoded = []
-    for _, first, last, chunk_id, data in chunks:
-        if previous_last is not None and first <= previous_last:
-            ordered = False
-        previous_last = last if previous_last is None else max(previous_last, last)
-        c = json.loads(data)
-        n = len(c["d"])
-        values = [v if type(v) is str else str(v) for v in c["v"]]  # numbers are stored as sent
-        metas = c["m"] if isinstance(c["m"], list) else [c["m"]] * n
-        cums = c["c"] if isinstance(c["c"], list) else [c["c"]] * n
-        decoded.append((chunk_id, list(zip(c["d"], values, cums, metas))))
-    if ordered:
-        points: list[Point] = [p for _, chunk_points in decoded for p in chunk_points]
-    else:
-        keyed = [(p[0], chunk_id, k, p) for chunk_id, chunk_points in decoded for k, p in enumerate(chunk_points)]
-        keyed.sort(key=lambda item: item[:3])
-        points = [item[3] for item in keyed]
-    if since_us is not None or until_us is not None:
-        lo = since_us if since_us is not None else -(2**63)
-        hi = until_us if until_us is not None else 2**63
-        points = [p for p in points if lo <= p[0] <= hi]
-    return points

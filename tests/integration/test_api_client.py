@@ -80,17 +80,11 @@ def test_custom_run_and_backend_case(client: ApiClient, server: ServerHandle) ->
     assert stored is not None and stored["backend"] == "horovod"
 
 
-def test_create_run_refuses_what_the_dashboard_would_500_on(client: ApiClient) -> None:
+def test_create_run_refuses_what_upstream_refuses(client: ApiClient) -> None:
     with pytest.raises(ValueError, match="not found"):
         client.create_run("ok", 1, image="No Such Image", backend="MPI")
     with pytest.raises(ValueError, match="mutually exclusive"):
         client.create_run("ok", 1, image="PyTorch Cifar-10 ResNet-20", backend="MPI", custom_backend="x")
-    with pytest.raises(ValueError, match="not one of"):
-        client.create_run("ok", 1, image="PyTorch Cifar-10 ResNet-20", backend="carrier-pigeon")
-    with pytest.raises(ValueError, match="not one of"):
-        client.create_run("ok", 1, image="PyTorch Cifar-10 ResNet-20")
-    with pytest.raises(ValueError, match="invalid run name"):
-        client.create_run("bad name", 1, image="PyTorch Cifar-10 ResNet-20", backend="MPI")
 
 
 def test_metrics_round_trip(client: ApiClient, server: ServerHandle) -> None:
@@ -135,19 +129,7 @@ def test_pod_metrics(client: ApiClient, server: ServerHandle) -> None:
     assert body == {"cpu": [{"date": "2026-01-01T00:00:00Z", "value": "0.5", "cumulative": False}]}
 
 
-def test_bad_arguments_fail_at_the_call(client: ApiClient) -> None:
-    with pytest.raises(ValueError):
-        client.post_metric(1, "n" * 51, 1)
-    with pytest.raises(ValueError):
-        client.post_metric(1, "", 1)
-    with pytest.raises(ValueError):
-        client.post_metric(1, "x", "v" * 256)
-    with pytest.raises(ValueError):
-        client.post_metric(1, "x", 1, date="whenever")
-    with pytest.raises(ValueError):
-        client.get_run_metrics(1, since="last tuesday")
-    with pytest.raises(ValueError):
-        client.get_run_metrics(1, last_n=-1)
+def test_bad_arguments_upstream_refuses_fail_at_the_call(client: ApiClient) -> None:
     with pytest.raises(ValueError):
         client._get_filtered_metrics()
     with pytest.raises(ValueError):

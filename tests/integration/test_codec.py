@@ -35,7 +35,7 @@ def test_cumulative_given_as_text_is_parsed(fresh_server: ServerHandle, flag: st
 
 
 def test_a_flag_that_is_not_a_boolean_is_refused(fresh_server: ServerHandle) -> None:
-    with ApiClient(url=fresh_server.address) as client, pytest.raises(ValueError, match="cumulative"):
+    with ApiClient(url=fresh_server.address, strict=True) as client, pytest.raises(ValueError, match="cumulative"):
         client.post_metric(1, "x", 1, cumulative="maybe")  # type: ignore[arg-type]
 
 

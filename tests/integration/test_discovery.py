@@ -11,7 +11,7 @@ import logging
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from unittest import mock
 
 import kubernetes.config.incluster_config
@@ -68,6 +68,7 @@ def test_cluster_ip_found_by_label_selector(kube: KubeApi) -> None:
     )
     with out_of_cluster() as client:
         assert client.endpoint == "http://127.0.0.10:8080/api/"
+        assert client.port == 8080  # as upstream sets it
     path, query, auth = kube.seen[-1]
     assert path == SERVICES
     assert query == {"labelSelector": [SELECTOR]}
@@ -87,6 +88,7 @@ def test_node_port_with_external_ips(kube: KubeApi) -> None:
     kube.routes[SERVICES] = k8s_list("ServiceList", [service])
     with out_of_cluster() as client:
         assert client.endpoint == "http://127.0.0.11:30080/api/"
+        assert client.port == 30080  # upstream: the node port of service port 80
 
 
 def test_node_port_uses_the_nodes_external_ip(kube: KubeApi) -> None:
@@ -99,6 +101,7 @@ def test_node_port_uses_the_nodes_external_ip(kube: KubeApi) -> None:
     )
     with out_of_cluster() as client:
         assert client.endpoint == "http://127.0.0.12:30080/api/"
+        assert client.port == 30080
 
 
 def test_node_port_falls_back_to_the_internal_ip_with_a_warning(
@@ -128,6 +131,7 @@ def test_load_balancer_ip_and_hostname(kube: KubeApi) -> None:
     kube.routes[SERVICES] = k8s_list("ServiceList", [k8s_service("m", "LoadBalancer", ingress=[{"ip": "127.0.0.14"}])])
     with out_of_cluster() as client:
         assert client.endpoint == "http://127.0.0.14:80/api/"
+        assert client.port == 80
     kube.routes[SERVICES] = k8s_list(
         "ServiceList", [k8s_service("m", "LoadBalancer", ingress=[{"hostname": "lb.invalid"}])]
     )
@@ -190,6 +194,7 @@ def test_url_from_the_environment_skips_discovery(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("MLBENCH_METRICS_URL", "127.0.0.1:9999")
     with ApiClient() as client:
         assert client.endpoint == "http://127.0.0.1:9999/api/"
+        assert client.port is None  # as upstream: set by discovery only
 
 
 # -- in cluster -----------------------------------------------------------------------
@@ -218,6 +223,7 @@ def test_in_cluster_uses_the_master_pods_ip(in_cluster_kube: KubeApi) -> None:
     in_cluster_kube.routes["/api/v1/namespaces/bench/pods"] = k8s_list("PodList", [k8s_pod("master-0", "127.0.0.21")])
     with ApiClient(k8s_namespace="bench") as client:
         assert client.endpoint == "http://127.0.0.21:80/api/"
+        assert client.port is None  # upstream sets it only out of cluster
     path, query, auth = in_cluster_kube.seen[-1]
     assert path == "/api/v1/namespaces/bench/pods"
     assert query == {"labelSelector": [SELECTOR]}
@@ -266,9 +272,56 @@ def test_suites_that_patch_the_upstream_names_keep_working() -> None:
             pool.return_value.submit.return_value.result.return_value.json.return_value = "a"
             client = ApiClient(in_cluster=False, service_name="rel-mlbench-master")
             assert client.endpoint == "http://127.1.1.1:12345/api/"
+            assert client.port == 12345  # as upstream sets it
             assert client.get_runs().result().json() == "a"
         load.assert_called_once()
     with mock.patch("kubernetes.config.load_incluster_config"), mock.patch("kubernetes.client.CoreV1Api") as core:
         core.return_value.list_namespaced_pod.return_value.items.__len__.return_value = 1
         core.return_value.list_namespaced_pod.return_value.items.__getitem__.return_value.status.pod_ip = "127.1.1.1"
         assert ApiClient(in_cluster=True).endpoint == "http://127.1.1.1:80/api/"
+
+
+class IterableOnly:
+    """A sequence a test suite might hand out: it can be iterated, nothing else."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self._items = items
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items)
+
+
+def _iterable_mock(items: list[Any]) -> mock.MagicMock:
+    ports = mock.MagicMock()
+    ports.__iter__.return_value = items
+    return ports
+
+
+@pytest.mark.parametrize("make_ports", [IterableOnly, _iterable_mock, iter], ids=["class", "magicmock", "iterator"])
+def test_suites_whose_service_ports_are_only_iterable(make_ports: Callable[[list[Any]], Any]) -> None:
+    """Upstream read ``next(p.node_port for p in spec.ports if p.port == 80)``: iterating is enough."""
+    with mock.patch("kubernetes.config.load_kube_config"), mock.patch("kubernetes.client.CoreV1Api") as core:
+        service = core.return_value.read_namespaced_service.return_value
+        service.spec.type = "NodePort"
+        service.spec.external_ips = ["127.1.1.2"]
+        service.spec.ports = make_ports(
+            [mock.MagicMock(port=443, node_port=30443), mock.MagicMock(port=80, node_port=30080)]
+        )
+        with ApiClient(in_cluster=False, service_name="rel-mlbench-master") as client:
+            assert client.endpoint == "http://127.1.1.2:30080/api/"
+            assert client.port == 30080
+
+
+def test_upstream_style_mocks_set_the_port_as_upstream_does() -> None:
+    """The other service types of mlbench-core's ``tests/test_api.py`` mocks."""
+    with mock.patch("kubernetes.config.load_kube_config"), mock.patch("kubernetes.client.CoreV1Api") as core:
+        service = core.return_value.read_namespaced_service.return_value
+        service.spec.type = "ClusterIP"
+        service.spec.cluster_ip = "127.1.1.3"
+        service.spec.ports.__getitem__.return_value.port = 8080
+        with ApiClient(in_cluster=False, service_name="rel-mlbench-master") as client:
+            assert (client.endpoint, client.port) == ("http://127.1.1.3:8080/api/", 8080)
+        service.spec.type = "LoadBalancer"
+        service.status.load_balancer.ingress.ip = "127.1.1.4"
+        with ApiClient(in_cluster=False, service_name="rel-mlbench-master") as client:
+            assert (client.endpoint, client.port) == ("http://127.1.1.4:8080/api/", 8080)

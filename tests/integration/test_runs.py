@@ -179,6 +179,54 @@ def test_a_command_with_stray_braces_is_refused_before_it_is_stored(exec_server:
     assert "{'a': 1}" in doubled.job_metadata["stdout"]
 
 
+@pytest.mark.parametrize(
+    "backend",
+    ["gloo --injected /etc/passwd", 'a"b', "it's", "$(touch x) `y` ; z", "{rank}"],
+    ids=["spaces", "double-quote", "single-quote", "shell", "braces"],
+)
+def test_fields_fill_arguments_and_never_add_split_or_quote_them(exec_server: ServerHandle, backend: str) -> None:
+    """Placeholders are filled after the command is split: a value is one argument, verbatim."""
+    run = Run.create(
+        unique_name(),
+        custom_image_name="local",
+        custom_image_command=python_command("import sys; print(sys.argv[1:])") + " {backend} --backend={backend}",
+        custom_backend=backend,
+        url=exec_server.address,
+    )
+    run.wait(timeout=60, poll=0.1)
+    assert run.state == "finished", run.job_metadata  # before: a 500 after the run was stored, for ever initialized
+    assert str([backend, f"--backend={backend}"]) in run.job_metadata["stdout"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["true {run_id[0]}", "true {rank.real}", "true {0}", "true {}", "true {rank:s}", "true {nope}", "true 'open", "  "],
+)
+def test_a_command_that_cannot_be_filled_is_a_400_before_the_run_is_stored(
+    exec_server: ServerHandle, command: str
+) -> None:
+    before = len(Run.list(url=exec_server.address))
+    with pytest.raises(ClientApiError, match="custom_image_command") as info:
+        Run.create(
+            unique_name(), custom_image_name="x", custom_image_command=command, backend="gloo", url=exec_server.address
+        )
+    assert info.value.status_code == 400
+    assert len(Run.list(url=exec_server.address)) == before
+
+
+def test_a_local_run_has_a_bounded_number_of_workers(exec_server: ServerHandle) -> None:
+    with pytest.raises(ClientApiError, match="num_workers") as info:
+        Run.create(
+            unique_name(),
+            10**6,
+            custom_image_name="x",
+            custom_image_command="true",
+            backend="gloo",
+            url=exec_server.address,
+        )
+    assert info.value.status_code == 400 and Run.list(url=exec_server.address) == []
+
+
 def test_exec_is_refused_on_a_public_address_without_a_token() -> None:
     with pytest.raises(ValueError, match="loopback"):
         serve(host="0.0.0.0", exec_runs=True)  # refused before anything is bound

@@ -81,8 +81,8 @@ def test_204_has_no_body_and_the_connection_stays_usable(server: ServerHandle) -
     run = create_run(server.url)
     with socket.create_connection(_host_port(server), timeout=10) as sock:
         request = (
-            f"DELETE /api/runs/{run['id']}/ HTTP/1.1\r\nHost: x\r\n\r\n"
-            "GET /api/runs/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            f"DELETE /api/runs/{run['id']}/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            "GET /api/runs/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
         ).encode()
         sock.sendall(request)
         data = b""
@@ -223,7 +223,7 @@ def test_many_idle_connections_cost_no_threads() -> None:
         try:
             for _ in range(300):
                 sock = socket.create_connection(("127.0.0.1", handle.port), timeout=30)
-                sock.sendall(b"GET /api/runs/ HTTP/1.1\r\nHost: x\r\n\r\n")
+                sock.sendall(b"GET /api/runs/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 socks.append(sock)
             for sock in socks:
                 assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
@@ -231,7 +231,7 @@ def test_many_idle_connections_cost_no_threads() -> None:
             workers = [t for t in set(threading.enumerate()) - existing if t.name == "mlbench-server-worker"]
             assert len(workers) <= 32
             # Every connection still works after the others went quiet.
-            socks[0].sendall(b"GET /api/pods/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            socks[0].sendall(b"GET /api/pods/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert socks[0].recv(65536).startswith(b"HTTP/1.1 200 OK")
         finally:
             for sock in socks:

@@ -6,11 +6,17 @@ import csv
 import datetime as dt
 import io
 import json
+import os
+import re
 import shlex
+import signal
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
+import requests
 
 from mlbench_metrics import ApiClient
 from mlbench_metrics.server import ServerHandle, serve
@@ -18,9 +24,13 @@ from mlbench_metrics.server import ServerHandle, serve
 from helpers import create_run, unique_name
 
 
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mlbench_metrics.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "mlbench_metrics.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -98,7 +108,8 @@ def test_an_unreachable_server_exits_3(server: ServerHandle) -> None:
     address = port.address
     port.stop()
     result = cli("runs", "list", "--url", address)
-    assert result.returncode == 3 and address in one_line_error(result)
+    assert result.returncode == 3
+    assert f"nothing answers at {address} (connection refused)" in one_line_error(result)  # not urllib3's pool
 
 
 def test_metrics_show_and_download(server: ServerHandle, tmp_path: Path) -> None:
@@ -130,11 +141,20 @@ def test_metrics_show_and_download(server: ServerHandle, tmp_path: Path) -> None
     assert downloaded.returncode == 0 and f"wrote {out}" in downloaded.stdout
     assert "downloading the metrics" in downloaded.stderr  # progress
     table = list(csv.DictReader(io.StringIO(out.read_text())))
-    assert len(table) == 11 and table[0].keys() == {"name", "date", "value"}
+    assert len(table) == 11 and list(table[0]) == [
+        "name",
+        "date",
+        "step",
+        "epoch",
+        "rank",
+        "value",
+        "cumulative",
+        "metadata",
+    ]
 
     out = tmp_path / "m.json"
     assert cli("metrics", "download", rid, "--format", "json", "--summarize", "5", "-o", str(out), *url).returncode == 0
-    assert len(json.loads(out.read_text())["loss @ 0"]) == 5
+    assert len([row for row in json.loads(out.read_text()) if row["name"] == "loss @ 0"]) == 5
 
     out = tmp_path / "m.zip"
     assert cli("metrics", "download", rid, "-o", str(out), *url).returncode == 0
@@ -163,3 +183,138 @@ def test_version_and_help() -> None:
     assert cli("--version").stdout.startswith("mlbench-metrics ")
     helped = cli("--help")
     assert helped.returncode == 0 and "exit codes" in helped.stdout
+
+
+# -- the command line as a new user meets it ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["runs", "list", "--url", "127.0.0.1:99999"], "port out of range"),
+        (["--url", "http://[", "runs", "list"], "invalid ipv6 url"),
+        (["metrics", "show", "1", "--url", "http://:80"], "names no host"),
+        (["serve", "--db", "/nonexistent/x.db", "--port", "0"], "the folder /nonexistent does not exist"),
+    ],
+)
+def test_bad_addresses_and_databases_are_one_line_errors(args: list[str], expected: str) -> None:
+    result = cli(*args)  # before: 20-27 lines of traceback
+    assert result.returncode == 2 and expected in one_line_error(result).lower()
+
+
+def test_server_options_work_before_or_after_the_command(server: ServerHandle) -> None:
+    run = create_run(server.url)
+    outputs = [
+        cli("--url", server.address, "--json", "runs", "list"),
+        cli("runs", "--url", server.address, "list", "--json"),
+        cli("runs", "list", "--json", "--url", server.address),
+        cli("--json", "runs", "list", "--url", server.address),
+    ]
+    for result in outputs:
+        assert result.returncode == 0, result.stderr
+        assert run["id"] in [r["id"] for r in json.loads(result.stdout)]
+
+
+def test_without_a_server_the_error_says_how_to_give_one(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none"), "MLBENCH_METRICS_URL": ""}
+    result = cli("runs", "list", env=env)
+    message = one_line_error(result)
+    assert result.returncode == 3 and "--url" in message and "MLBENCH_METRICS_URL" in message
+
+
+@pytest.mark.parametrize(
+    "args", [["runs", "show", "1", "--lines", "x"], ["runs", "show", "x"], ["metrics", "show", "1", "--last-n", "-2"]]
+)
+def test_messages_name_no_internals(args: list[str]) -> None:
+    result = cli(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert not re.search(r"\b_[a-z]", result.stderr), result.stderr  # was: invalid _non_negative_int value
+    assert "expected a whole number" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["show"], ["download", "--format", "json"]])
+def test_a_filter_that_names_no_metric_suggests_the_per_rank_names(
+    server: ServerHandle, command: list[str], tmp_path: Path
+) -> None:
+    run = create_run(server.url)
+    with ApiClient(url=server.address) as client:
+        for rank in (0, 1):
+            client.post_metric(run["id"], f"loss @ {rank}", 0.5).result()
+        client.post_metric(run["id"], "acc @ 0", 0.9).result()
+    output = ["-o", str(tmp_path / "out")] if command[0] == "download" else []
+    result = cli("metrics", *command, str(run["id"]), "--filter", "loss", "--url", server.address, *output)
+    message = one_line_error(result)
+    assert result.returncode == 1 and "'loss @ 0'" in message and "'loss @ 1'" in message, message
+    assert "acc" not in message and not (tmp_path / "out").exists()
+
+
+def test_runs_wait_says_when_the_server_does_not_run_runs(server: ServerHandle) -> None:
+    run = create_run(server.url)  # this server has no --exec: nothing will ever start it
+    result = cli("runs", "wait", str(run["id"]), "--poll", "0.2", "--url", server.address, timeout=60)
+    message = one_line_error(result)  # before: "initialized" until the timeout, or for ever
+    assert result.returncode == 1 and "does not run runs" in message and "--exec" in message
+
+
+def _start_serve(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], list[str]]:
+    """``serve`` in a child; its output up to the line that says how to stop it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlbench_metrics.cli", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=None if env is None else {**os.environ, **env},
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Ctrl-C"):
+            break
+    assert lines and lines[0].startswith("mlbench-metrics server listening on "), lines
+    return proc, lines
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    assert proc.wait(timeout=30) == 0
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def test_serve_keeps_its_data_in_a_default_file_and_says_where(tmp_path: Path) -> None:
+    env = {"XDG_DATA_HOME": str(tmp_path / "data")}
+    proc, lines = _start_serve(env=env)
+    expected = tmp_path / "data" / "mlbench-metrics" / "metrics.db"
+    try:
+        assert f"database: {expected}" in "".join(lines)
+        url = lines[0].rsplit(" ", 1)[1].strip()
+        run = create_run(url)
+    finally:
+        _stop(proc)  # before: a temporary database, deleted here without a word
+    assert expected.exists()
+    proc, lines = _start_serve(env=env)
+    try:
+        url = lines[0].rsplit(" ", 1)[1].strip()
+        assert [r["id"] for r in requests.get(f"{url}/api/runs/").json()] == [run["id"]]
+    finally:
+        _stop(proc)
+
+
+def test_serve_exec_prints_its_token_with_a_ready_url_and_allow_host_admits_a_name(tmp_path: Path) -> None:
+    proc, lines = _start_serve("--exec", "--allow-host", "ml-box", "--db", str(tmp_path / "m.db"))
+    try:
+        url = lines[0].rsplit(" ", 1)[1].strip()
+        text = "".join(lines)
+        match = re.search(re.escape(url) + r"/\?token=(\S+)", text)
+        assert match, text
+        token = match.group(1)
+        assert f"MLBENCH_METRICS_TOKEN={token}" in text
+        assert requests.get(f"{url}/api/runs/").status_code == 401
+        auth = {"Authorization": f"Bearer {token}"}
+        assert requests.get(f"{url}/api/runs/", headers=auth).status_code == 200
+        port = url.rsplit(":", 1)[1]
+        assert requests.get(f"{url}/api/runs/", headers={**auth, "Host": f"ml-box:{port}"}).status_code == 200
+        assert requests.get(f"{url}/api/runs/", headers={**auth, "Host": "evil.example"}).status_code == 403
+        listed = cli("runs", "list", "--url", url, "--token", token)
+        assert listed.returncode == 0 and listed.stdout.strip() == "no runs"
+    finally:
+        _stop(proc)

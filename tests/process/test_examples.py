@@ -28,3 +28,10 @@ def test_the_multi_rank_example() -> None:
     for rank in range(3):
         assert f"train_loss @ {rank}: 100 points" in result.stdout
     assert result.stdout.strip().endswith("finished")
+
+
+def test_the_mlbench_core_style_example() -> None:
+    result = run_example("mlbench_core_style.py")  # plays the dashboard: 2 ranks under serve --exec
+    assert result.returncode == 0, result.stderr
+    assert "finished: 1290 metrics in 58 series" in result.stdout
+    assert "TaskResult @ 0: 70% Top 1 Validation Accuracy reached in" in result.stdout

@@ -1,0 +1,93 @@
+// Talking to this server's API: the token, JSON reads, deletes and downloads.
+//
+// A `?token=` in the page's address is stored for this origin (localStorage is scoped
+// to scheme, host and port) and removed from the address at once, so it never appears
+// in later URLs, the history or a bookmark. Every API call sends it as a bearer token.
+
+const TOKEN_KEY = "mlbench-metrics.token";
+
+export class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+/** Move a `?token=` from the address into storage, before anything else runs. */
+export function captureToken() {
+  const url = new URL(window.location.href);
+  if (!url.searchParams.has("token")) return;
+  const token = url.searchParams.get("token");
+  if (token) localStorage.setItem(TOKEN_KEY, token);
+  url.searchParams.delete("token");
+  history.replaceState(history.state, "", url.pathname + url.search + url.hash);
+}
+
+export function setToken(token) {
+  if (token) localStorage.setItem(TOKEN_KEY, token);
+  else localStorage.removeItem(TOKEN_KEY);
+}
+
+function headers(extra) {
+  const out = Object.assign({ Accept: "application/json" }, extra || {});
+  const token = localStorage.getItem(TOKEN_KEY);
+  if (token) out.Authorization = "Bearer " + token;
+  return out;
+}
+
+function url(path, params) {
+  const u = new URL("/api/" + path, window.location.origin);
+  for (const [key, value] of Object.entries(params || {})) {
+    if (value === undefined || value === null || value === "") continue;
+    for (const v of Array.isArray(value) ? value : [value]) u.searchParams.append(key, String(v));
+  }
+  return u;
+}
+
+async function failure(response) {
+  let message = response.status + " " + response.statusText;
+  try {
+    const body = await response.json();
+    if (body && body.message) message = body.message;
+  } catch (e) {
+    // not JSON: keep the status line
+  }
+  return new ApiError(response.status, message);
+}
+
+async function send(method, path, params, options) {
+  let response;
+  try {
+    response = await fetch(url(path, params), Object.assign({ method, headers: headers() }, options || {}));
+  } catch (e) {
+    throw new ApiError(0, "the server does not answer (" + e.message + ")");
+  }
+  if (!response.ok) throw await failure(response);
+  return response;
+}
+
+/** GET a JSON answer from `/api/<path>`. */
+export async function getJson(path, params) {
+  const response = await send("GET", path, params);
+  return response.json();
+}
+
+/** DELETE `/api/<path>`. */
+export async function remove(path) {
+  await send("DELETE", path);
+}
+
+/** Fetch a file with the token in a header, then hand it to the browser as a download. */
+export async function download(path, params, fallbackName) {
+  const response = await send("GET", path, params);
+  const disposition = response.headers.get("content-disposition") || "";
+  const match = /filename="?([^";]+)"?/.exec(disposition);
+  const blob = await response.blob();
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = match ? match[1] : fallbackName;
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}

@@ -1,0 +1,86 @@
+// Building the page without ever parsing data as HTML: every value goes in as text.
+
+/**
+ * el("a", {href: "#/", class: "x"}, "text", child) -> an element.
+ * Attributes are set with setAttribute, children strings become text nodes; `on*` keys
+ * in attrs must be functions (event listeners), never strings.
+ */
+export function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on") && typeof value === "function") node.addEventListener(key.slice(2), value);
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  append(node, children);
+  return node;
+}
+
+function append(node, children) {
+  for (const child of children) {
+    if (child === undefined || child === null || child === false) continue;
+    if (Array.isArray(child)) append(node, child);
+    else node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+}
+
+/** Show a message in the banner (or hide it with no message). */
+export function banner(message, kind) {
+  const box = document.getElementById("banner");
+  box.className = "banner " + (kind || "error");
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
+const pad = (n) => String(n).padStart(2, "0");
+
+/** A date as local "YYYY-MM-DD HH:MM:SS". */
+export function fmtDate(value) {
+  if (value === null || value === undefined || value === "") return "";
+  const d = value instanceof Date ? value : new Date(value);
+  if (isNaN(d)) return String(value);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+/** Seconds as "1h 02m", "3m 04s" or "5.2s". */
+export function fmtDuration(seconds) {
+  if (seconds === null || seconds === undefined || !isFinite(seconds)) return "";
+  if (seconds < 60) return seconds.toFixed(seconds < 10 ? 1 : 0) + "s";
+  const s = Math.floor(seconds);
+  if (s < 3600) return `${Math.floor(s / 60)}m ${pad(s % 60)}s`;
+  return `${Math.floor(s / 3600)}h ${pad(Math.floor((s % 3600) / 60))}m`;
+}
+
+export function stateBadge(state) {
+  return el("span", { class: "state state-" + String(state).replace(/[^a-z]/g, "") }, state);
+}
+
+/** A run's duration in seconds: until it finished, or until now while it runs. */
+export function runSeconds(run, nowMs) {
+  const start = Date.parse(run.created_at);
+  const end = run.finished_at ? Date.parse(run.finished_at) : run.state === "initialized" ? NaN : nowMs;
+  return (end - start) / 1000;
+}
+
+/** Calls `fn` every `ms` while the page is visible; returns a stop function. */
+export function every(ms, fn) {
+  let timer = null;
+  let stopped = false;
+  const tick = async () => {
+    if (stopped) return;
+    if (document.visibilityState === "visible") {
+      try {
+        await fn();
+      } catch (e) {
+        // the caller shows its own errors; keep polling
+      }
+    }
+    if (!stopped) timer = setTimeout(tick, ms);
+  };
+  timer = setTimeout(tick, ms);
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
+}

@@ -1,0 +1,214 @@
+// One run: details, configuration, output tails, downloads, and a chart per metric that
+// keeps up with new points while the page is open.
+
+import { ApiError, download, getJson } from "./api.js";
+import { Chart, defaultOptions, toolbar } from "./charts.js";
+import { banner, el, every, fmtDate, fmtDuration, runSeconds, stateBadge } from "./dom.js";
+
+const FIELDS = "date_us,step,epoch,value";
+const TAIL = 200;
+
+/** Microseconds since the epoch as the ISO date the API takes, to the microsecond. */
+function isoUs(us) {
+  const ms = Math.floor(us / 1000);
+  const micros = String(Math.round(us - ms * 1000)).padStart(3, "0");
+  return new Date(ms).toISOString().replace("Z", micros + "Z");
+}
+
+/** Nested config as dotted keys: {"optim": {"lr": 0.1}} -> [["optim.lr", 0.1]]. */
+function flatten(value, prefix, out) {
+  if (value && typeof value === "object" && !Array.isArray(value) && Object.keys(value).length) {
+    for (const [k, v] of Object.entries(value)) flatten(v, prefix ? `${prefix}.${k}` : k, out);
+  } else {
+    out.push([prefix, typeof value === "string" ? value : JSON.stringify(value)]);
+  }
+  return out;
+}
+
+function definitionList(pairs) {
+  return el("dl", { class: "details" }, pairs.filter(([, v]) => v !== "" && v !== undefined && v !== null).map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+}
+
+function tail(name, lines) {
+  const shown = (lines || []).slice(-TAIL);
+  return el(
+    "details",
+    { class: "log", open: shown.length > 0, dataset: { stream: name } },
+    el("summary", {}, `${name} (${shown.length < (lines || []).length ? `last ${shown.length} of ` : ""}${(lines || []).length} lines)`),
+    el("pre", {}, shown.join("\n")),
+  );
+}
+
+export async function runPage(main, id) {
+  const opts = defaultOptions();
+  const startUs = { value: 0 };
+  const charts = new Map();
+  let cursor = 0;
+  let [run, details, catalog] = await Promise.all([
+    getJson(`runs/${id}/`),
+    getJson(`runs/${id}/details/`),
+    getJson(`runs/${id}/series/`),
+  ]);
+  startUs.value = Date.parse(run.created_at) * 1000;
+  cursor = catalog.cursor || 0;
+
+  const head = el("div", { class: "heading" });
+  const logs = el("div", { class: "logs" });
+  const chartsBox = el("div", { class: "charts" });
+  const empty = el("p", { class: "muted" });
+  const config = Object.keys(details.config || {}).length ? flatten(details.config, "", []) : [];
+  const meta = Object.entries(run.job_metadata || {}).filter(([k]) => k !== "stdout" && k !== "stderr");
+  const downloads = el(
+    "div",
+    { class: "downloads" },
+    "Download: ",
+    el("button", { type: "button", onclick: () => save(`metrics/${id}/`, { metric_type: "run", format: "zip" }, `metrics_${run.name}.zip`) }, "zip"),
+    el("button", { type: "button", onclick: () => save(`runs/${id}/points/`, { format: "csv" }, `metrics_${run.name}.csv`) }, "CSV"),
+    el("button", { type: "button", onclick: () => save(`runs/${id}/points/`, { format: "json" }, `metrics_${run.name}.json`) }, "JSON"),
+  );
+  main.replaceChildren(
+    head,
+    el(
+      "div",
+      { class: "columns" },
+      el(
+        "section",
+        { class: "panel" },
+        el("h2", {}, "Details"),
+        definitionList([
+          ["command", details.command],
+          ["image", details.image],
+          ["backend", details.backend],
+          ["workers", run.num_workers],
+          ["CPU limit", details.cpu_limit],
+          ["GPU", details.gpu_enabled ? "yes" : "no"],
+          ["job id", run.job_id],
+          ...meta.map(([k, v]) => [k, typeof v === "string" ? v : JSON.stringify(v)]),
+        ]),
+        downloads,
+      ),
+      el(
+        "section",
+        { class: "panel config" },
+        el("h2", {}, "Config"),
+        config.length ? definitionList(config) : el("p", { class: "muted" }, "No configuration recorded (MetricsLogger(config={...}))."),
+      ),
+    ),
+    logs,
+    el("h2", {}, "Metrics"),
+    toolbar(opts, changed, true),
+    empty,
+    chartsBox,
+  );
+
+  async function save(path, params, name) {
+    try {
+      await download(path, params, name);
+    } catch (e) {
+      banner(`Download failed: ${e.message}`);
+    }
+  }
+
+  function drawHead() {
+    const seconds = runSeconds(run, Date.now());
+    head.replaceChildren(
+      el("h1", {}, run.name),
+      stateBadge(run.state),
+      el(
+        "span",
+        { class: "muted" },
+        ` #${run.id} · created ${fmtDate(run.created_at)}` +
+          (run.finished_at ? ` · finished ${fmtDate(run.finished_at)}` : "") +
+          (isFinite(seconds) ? ` · ${fmtDuration(seconds)}` : ""),
+      ),
+    );
+    logs.replaceChildren(tail("stdout", (run.job_metadata || {}).stdout), tail("stderr", (run.job_metadata || {}).stderr));
+    document.getElementById("live").hidden = run.state === "finished" || run.state === "failed";
+  }
+
+  function chartFor(metric) {
+    let chart = charts.get(metric);
+    if (!chart) {
+      chart = new Chart(chartsBox, metric, opts);
+      const zoomed = chart;
+      zoomed.onZoom = async (sinceUs, untilUs) => {
+        const params = { metric, since: isoUs(sinceUs), until: isoUs(untilUs), fields: FIELDS };
+        params.max_points = Math.max(200, Math.round(zoomed.body.clientWidth || 800));
+        return (await getJson(`runs/${id}/points/`, params)).series;
+      };
+      charts.set(metric, chart);
+      const sorted = [...charts.values()].sort((a, b) => a.title.localeCompare(b.title));
+      chartsBox.append(...sorted.map((c) => c.card));
+      applyFilter();
+    }
+    return chart;
+  }
+
+  function applyFilter() {
+    const words = (opts.filter || "").toLowerCase().split(/\s+/).filter(Boolean);
+    let visible = 0;
+    for (const chart of charts.values()) {
+      chart.card.hidden = !words.every((w) => chart.title.toLowerCase().includes(w));
+      if (!chart.card.hidden) visible++;
+    }
+    empty.textContent = !charts.size ? "No metrics yet." : visible ? "" : "No metric matches the filter.";
+  }
+
+  function changed(what) {
+    if (what === "filter") return applyFilter();
+    for (const chart of charts.values()) chart.render(what !== "smoothing");
+  }
+
+  async function loadChart(metric) {
+    const chart = chartFor(metric);
+    const width = Math.max(200, Math.round(chart.body.clientWidth || 800));
+    const answer = await getJson(`runs/${id}/points/`, { metric, max_points: width, fields: FIELDS });
+    for (const s of answer.series) chart.line(s.name, s.name, startUs.value, s.cumulative).set(s);
+    chart.render(true);
+  }
+
+  drawHead();
+  const metrics = [...new Set(catalog.series.map((s) => s.metric))].sort();
+  for (const metric of metrics) chartFor(metric);
+  applyFilter();
+  // Steps on the x axis when any series records them, else the time since the run started.
+  if (catalog.series.length && !catalog.series.some((s) => s.has_step)) {
+    opts.x = "relative";
+    main.querySelector(".toolbar select").value = "relative";
+  }
+  const rest = metrics.slice();
+  await Promise.all(
+    [0, 1, 2].map(async () => {
+      while (rest.length) await loadChart(rest.shift());
+    }),
+  );
+
+  async function poll() {
+    const answer = await getJson(`runs/${id}/points/`, { after: cursor, fields: FIELDS });
+    cursor = answer.cursor;
+    const dirty = new Set();
+    for (const s of answer.series) {
+      const chart = chartFor(s.metric);
+      if (chart.line(s.name, s.name, startUs.value, s.cumulative).append(s)) dirty.add(chart);
+    }
+    for (const chart of dirty) chart.render(chart.plot === null);
+  }
+
+  async function refresh() {
+    try {
+      run = await getJson(`runs/${id}/`);
+      drawHead();
+      banner("");
+    } catch (e) {
+      banner(e instanceof ApiError && e.status === 404 ? `Run ${id} no longer exists (deleted).` : e.message);
+      throw e;
+    }
+  }
+
+  const stops = [every(1000, poll), every(2000, refresh)];
+  return () => {
+    stops.forEach((stop) => stop());
+    charts.forEach((c) => c.destroy());
+    document.getElementById("live").hidden = true;
+  };
+}

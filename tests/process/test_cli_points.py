@@ -1,0 +1,126 @@
+"""``metrics show --follow``, ``plot`` and ``serve``'s page address, as subprocesses."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from mlbench_metrics import ApiClient, MetricsLogger
+from mlbench_metrics.server import ServerHandle
+
+from helpers import create_run
+
+
+def _cli(*args: str, code: str = "from mlbench_metrics.cli import main; raise SystemExit(main())") -> list[str]:
+    return [sys.executable, "-c", code, *args]
+
+
+def _readline(stream: object, timeout: float = 30.0) -> str:
+    """One line from a pipe, waiting on a thread with a deadline (never on luck)."""
+    got: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        got.append(stream.readline())  # type: ignore[attr-defined]
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert done.wait(timeout), "no line within the timeout"
+    return got[0]
+
+
+def test_follow_prints_new_points_until_ctrl_c(server: ServerHandle) -> None:
+    run_id = create_run(server.url)["id"]
+    with ApiClient(url=server.address) as client, MetricsLogger(run_id, client=client, rank=1) as log:
+        log.log("loss", 0.5, step=1)
+        log.flush()
+        proc = subprocess.Popen(
+            _cli("metrics", "show", str(run_id), "--follow", "--interval", "0.1", "--url", server.address),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert _readline(proc.stderr).startswith(f"following run {run_id}")
+            first = _readline(proc.stdout)
+            assert "loss @ 1" in first and "step 1" in first and first.rstrip().endswith("0.5")
+            log.log("loss", 0.25, step=2)
+            log.log("acc", 0.75, step=2)
+            log.flush()
+            later = {_readline(proc.stdout).split("  ", 1)[1].strip() for _ in range(2)}
+            assert later == {"loss @ 1  step 2  epoch 0  0.25", "acc @ 1  step 2  epoch 0  0.75"}
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err
+
+
+def test_plot_writes_a_png(server: ServerHandle, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the plot extra is not installed")
+    run_id = create_run(server.url)["id"]
+    with ApiClient(url=server.address) as client:
+        for rank in (0, 1):
+            with MetricsLogger(run_id, client=client, rank=rank) as log:
+                for step in range(20):
+                    log.log("loss", 1 / (step + 1), step=step)
+                    log.increment("samples", 8)
+    out = tmp_path / "run.png"
+    done = subprocess.run(
+        _cli("plot", str(run_id), "-o", str(out), "--url", server.address), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and out.stat().st_size > 10_000
+    assert "wrote" in done.stdout and "2 metrics" in done.stdout
+    missing = subprocess.run(
+        _cli("plot", str(run_id), "--metric", "nope", "-o", str(out), "--url", server.address),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode == 2 and "no metric named nope" in missing.stderr
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path: Path) -> None:
+    # matplotlib made unimportable, as on an install without the plot extra.
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from mlbench_metrics.cli import main; raise SystemExit(main())"
+    )
+    done = subprocess.run(
+        _cli("plot", "1", "-o", str(tmp_path / "x.png"), "--url", "127.0.0.1:9", code=code),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == "mlbench-metrics: error: plot needs matplotlib: pip install 'mlbench-metrics[plot]'"
+
+
+def test_serve_prints_the_page_address_with_its_token(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        _cli("serve", "--port", "0", "--db", str(tmp_path / "m.db"), "--token", "t0k"),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready = _readline(proc.stdout)
+        url = ready.rsplit(" ", 1)[1].strip()
+        assert _readline(proc.stdout).strip() == f"web UI: {url}/?token=t0k"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
+def test_runs_show_prints_the_config(server: ServerHandle) -> None:
+    run_id = create_run(server.url)["id"]
+    with ApiClient(url=server.address) as client:
+        client.set_run_config(run_id, {"lr": 0.1, "optimizer": {"name": "sgd"}}).result()
+    shown = subprocess.run(
+        _cli("runs", "show", str(run_id), "--url", server.address), capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split("config:\n", 1)[1].splitlines() == ["  lr = 0.1", "  optimizer.name = sgd"]

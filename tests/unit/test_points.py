@@ -1,0 +1,144 @@
+"""Reading step, epoch and rank out of metadata; the export writers; chunk decoding; downsampling."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from mlbench_metrics.points import EXPORT_COLUMNS, MetricPoint, parse_metadata, split_name, write_csv, write_json
+from mlbench_metrics.server.chunks import Chunk, ChunkCache, merge_columns
+from mlbench_metrics.server.readback import minmax_indices
+from mlbench_metrics.server.store import Store
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"rank": 0, "epoch": 1, "step": 42}', (42, 1, 0)),  # what the logger writes
+        ('{"epoch": 2, "lr": 0.1}', (None, 2, None)),
+        ("{rank: 0, epoch:1.5}", (None, 1.5, 0)),  # upstream's training code: not JSON
+        ("{'rank': 3, 'step': 7}", (7, None, 3)),  # a Python repr
+        ('{"step": 2.0, "epoch": 1.0}', (2, 1, None)),  # whole floats become ints
+        ('{"step": 2.5, "rank": -1}', (None, None, None)),  # a step or rank must be whole and a rank >= 0
+        ('{"opt": {"step": 9}}', (None, None, None)),  # only top-level members count
+        ('{"step": true, "epoch": "3"}', (None, None, None)),
+        ("", (None, None, None)),
+        ("free text", (None, None, None)),
+        ("[1, 2]", (None, None, None)),
+    ],
+)
+def test_parse_metadata(text: str, expected: tuple[object, object, object]) -> None:
+    assert parse_metadata(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("loss @ 0", ("loss", 0)),
+        ("val loss @ 12", ("val loss", 12)),
+        ("loss", ("loss", None)),
+        ("a @ b", ("a @ b", None)),
+    ],
+)
+def test_split_name(name: str, expected: tuple[str, int | None]) -> None:
+    assert split_name(name) == expected
+
+
+def _point(value: object) -> MetricPoint:
+    date = dt.datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=dt.timezone.utc)
+    return MetricPoint(date, value, 7, 1, 0, False, '{"step": 7}')
+
+
+def test_writers_share_the_columns_and_keep_nan_as_text() -> None:
+    series = [("loss @ 0", [_point(0.5), _point(float("nan"))]), ("empty", [])]
+    out = io.StringIO()
+    write_csv(series, out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == ",".join(EXPORT_COLUMNS)
+    assert lines[1] == 'loss @ 0,2026-01-02T03:04:05.600000+00:00,7,1,0,0.5,False,"{""step"": 7}"'
+    out = io.StringIO()
+    write_json(series, out)
+    rows = json.loads(out.getvalue())
+    assert [r["value"] for r in rows] == [0.5, "nan"] and list(rows[0]) == list(EXPORT_COLUMNS)
+    out = io.StringIO()
+    write_json([], out)
+    assert json.loads(out.getvalue()) == []
+
+
+TRICKY = ["", '{"a": "x\\",\\"y"}', "ends with backslash \\", '","', "ünïcode ✓", '{"step": 1}', "a\nb"]
+
+
+@pytest.mark.parametrize("one_metadata", [True, False])
+def test_chunk_columns_match_the_full_decode(tmp_path: Path, one_metadata: bool) -> None:
+    """Cutting a chunk's text at its keys gives what decoding it whole gives, for tricky text."""
+    store = Store(str(tmp_path / "m.db"))
+    try:
+        run = store.create_run(0, name="r", num_workers=1)["id"]
+        rng = random.Random(7)
+        n = 60
+        for batch in range(4):  # overlapping dates across batches: the sorted path
+            dates = sorted(rng.randrange(0, 1000) for _ in range(n))
+            values = [rng.choice([1, 2.5, "text", 'q"uote', "nan"]) for _ in range(n)]
+            metadata = [TRICKY[0]] * n if one_metadata else [rng.choice(TRICKY) for _ in range(n)]
+            cumulative = [rng.random() < 0.5 for _ in range(n)]
+            store.add_batch(run, f"b{batch}", (["s"] * n, dates, values, metadata, cumulative), n, 0)
+        store.add_metric(run_id=run, pod_id=None, row=("s", 500, "single", TRICKY[1], True))  # spaced JSON layout
+        expected = dict(store.series(run_id=run))["s"]
+        (columns,) = store.series_columns(run)
+        indices = list(range(len(columns)))
+        metadata_got, cumulative_got = columns.details(indices)
+        got = [
+            (d, v if isinstance(v, str) else str(v), c, m)
+            for d, v, c, m in zip(columns.dates, columns.values, cumulative_got, metadata_got)
+        ]
+        assert got == expected
+        some = [3, 100, 7, len(columns) - 1]  # a few, in any order: the split path
+        assert columns.details(some)[0] == [expected[i][3] for i in some]
+        (cut,) = store.series_columns(run, since_us=200, until_us=800)
+        inside = [p for p in expected if 200 <= p[0] <= 800]
+        assert list(cut.dates) == [p[0] for p in inside]
+        assert cut.details(list(range(len(cut))))[0] == [p[3] for p in inside]
+    finally:
+        store.close()
+
+
+def test_merge_columns_concatenates_ordered_chunks() -> None:
+    chunks = [
+        Chunk(1, '{"d":[1,2],"v":[1,2],"m":"","c":false}'),
+        Chunk(2, '{"d":[3,4],"v":[3,4],"m":["a","b"],"c":[true,false]}'),
+    ]
+    columns = merge_columns("x", chunks, 2, 3)
+    assert list(columns.dates) == [2, 3] and columns.values == [2, 3] and columns.cursor == 2
+    assert columns.details([0, 1]) == (["", "a"], [False, True])
+
+
+def test_minmax_keeps_bucket_extremes_ends_and_skips_nan() -> None:
+    dates = list(range(101))  # a span of 100: ten buckets of ten dates each
+    values = [float(i % 10) for i in range(101)]
+    values[55] = float("nan")
+    keep = minmax_indices(dates, values, 10)
+    assert keep[0] == 0 and keep[-1] == 100 and keep == sorted(set(keep)) and len(keep) <= 22
+    assert 55 not in keep
+    for b in range(10):
+        assert {values[i] for i in keep if b * 10 <= i < b * 10 + 10} == {0.0, 9.0}
+    assert minmax_indices([5] * 50, list(range(50)), 5) == sorted(minmax_indices([5] * 50, list(range(50)), 5))
+    assert minmax_indices([1, 2], [1.0, 2.0], 10) == [0, 1]
+    with pytest.raises(TypeError):
+        minmax_indices(list(range(100)), ["a"] * 100, 5)
+
+
+def test_the_chunk_cache_keeps_decoded_chunks_within_its_bound() -> None:
+    text = '{"d":[1,2,3],"v":[0.5,0.25,0.125],"m":"","c":false}'
+    cache = ChunkCache(max_bytes=Chunk(0, text).size() * 2)
+    one = cache.decode(1, text)
+    cache.decode(2, text)
+    assert sorted(cache.lookup([1, 2])) == [1, 2]
+    cache.lookup([1])  # 1 is now the most recently used
+    cache.decode(3, text)  # past the bound: 2, the least recently used, goes
+    assert sorted(cache.lookup([1, 2, 3])) == [1, 3]
+    assert list(one.dates) == [1, 2, 3] and list(one.values) == [0.5, 0.25, 0.125]
