@@ -34,10 +34,11 @@ class FakeClock:
         return self.now
 
     def wait(self, event: threading.Event, seconds: float) -> bool:
+        target = self.now + min(max(seconds, 1e-6), 3600.0)  # a float that big may not move by less
         if event.wait(self.grace):
             return True
-        with self._lock:  # at least a microsecond: a float that big may not move by less
-            self.now += min(max(seconds, 1e-6), 3600.0)
+        with self._lock:  # to the waiter's own deadline: two waiters never add up their waits
+            self.now = max(self.now, target)
         return False
 
 
