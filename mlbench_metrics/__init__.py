@@ -23,11 +23,13 @@ The embedded server that speaks the same API lives in :mod:`mlbench_metrics.serv
 
 from __future__ import annotations
 
-from ._dispatch import Stats
+from ._current import current, finish, flush, increment, init, log, log_many, timer
+from ._current import timed_call as timed
 from ._retry import RetryPolicy
 from ._version import __version__
 from .api import MLBENCH_BACKENDS, MLBENCH_IMAGES, ApiClient, BatchResult
 from .config import Timeouts
+from .delivery import Stats
 from .errors import (
     ApiConnectionError,
     ApiError,
@@ -43,8 +45,7 @@ from .errors import (
     TransientApiError,
     TransportError,
 )
-from .logger import MetricsLogger, current, finish, flush, increment, init, log, log_many, timer
-from .logger import timed_call as timed
+from .logger import MetricsLogger
 from .records import Metric, MetricBatch
 from .runs import Run
 from .system import SystemMetrics

@@ -13,11 +13,12 @@ This module starts no threads of its own.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from typing import Any, Callable, Final
+from typing import Any, Callable, Final, Iterator
 
-__all__ = ["BLOCKED", "block_signals", "start_blocked", "start_thread"]
+__all__ = ["BLOCKED", "block_signals", "signals_blocked", "start_blocked", "start_thread"]
 
 BLOCKED: Final = frozenset({signal.SIGTERM, signal.SIGINT})
 """The signals the library's threads leave to the main thread."""
@@ -28,13 +29,22 @@ def block_signals() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED)
 
 
-def start_blocked(thread: threading.Thread) -> threading.Thread:
-    """Start ``thread`` (not started yet) with SIGTERM and SIGINT blocked in it."""
+@contextlib.contextmanager
+def signals_blocked() -> Iterator[None]:
+    """Block :data:`BLOCKED` in the calling thread for the ``with`` block, so threads
+    started inside it (a pool's workers, started on demand by ``submit``) inherit the
+    mask from their first instruction; a signal arriving meanwhile waits, then runs."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED)
     try:
-        thread.start()
+        yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def start_blocked(thread: threading.Thread) -> threading.Thread:
+    """Start ``thread`` (not started yet) with SIGTERM and SIGINT blocked in it."""
+    with signals_blocked():
+        thread.start()
     return thread
 
 

@@ -34,7 +34,6 @@ import datetime as _dt
 import functools
 import json
 import logging
-import os
 import re
 import socket
 import threading
@@ -43,7 +42,6 @@ import uuid
 import warnings
 import weakref
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any, Callable, Final, Iterable, Mapping, Sequence, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -53,11 +51,13 @@ import urllib3.connection
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
+from ._lifecycle import at_fork_in_child
 from ._retry import RETRYABLE_STATUSES, RetryableResponse, RetryPolicy, parse_retry_after
-from ._threads import block_signals
+from ._threads import block_signals, signals_blocked
 from ._transport import FastPoster
 from ._version import __version__
 from .config import ENV_TOKEN, ENV_URL, TimeoutLike, Timeouts, env_str
+from .delivery import BatchFuture, BatchResult, Gather
 from .errors import (
     ApiConnectionError,
     ApiError,
@@ -70,16 +70,21 @@ from .errors import (
 )
 from .images import MLBENCH_BACKENDS, MLBENCH_IMAGES
 from .records import (
-    NAME_MAX,
-    SERVER_VALUE_MAX,
     Metric,
     MetricBatch,
     as_batch,
+    batch_problem,
+    check_flag,
+    check_name,
+    check_value,
+    columns,
     format_dashboard_date,
     format_str_datetime,
     metadata_to_str,
+    pack,
     parse_date,
     to_us,
+    value_to_str,
 )
 
 __all__ = ["MLBENCH_BACKENDS", "MLBENCH_IMAGES", "ApiClient", "BatchResult"]
@@ -93,47 +98,11 @@ _FORM: Final = {"Content-Type": "application/x-www-form-urlencoded"}
 _JSON: Final = {"Content-Type": "application/json"}
 _BATCH_CHUNK: Final = 10_000
 _BODY_PREVIEW: Final = 2000
+_NO_SUCH_ROUTE: Final = (404, 405)
 
 
 def _now_us() -> int:
     return time.time_ns() // 1000
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """What :meth:`ApiClient.post_metrics` achieved.
-
-    Attributes:
-        total: metrics in the call.
-        stored: metrics the server stored in this call (0 for a duplicate batch).
-        duplicate: the server had stored this ``batch_id`` before: nothing was lost.
-        failed: index of each metric that was not stored -> why.
-        batch_id: the idempotency key the batch was sent with (None for single posts).
-    """
-
-    total: int
-    stored: int
-    duplicate: bool = False
-    failed: Mapping[int, ApiError] = field(default_factory=dict)
-    batch_id: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when every metric is stored (now, or before as a duplicate)."""
-        return not self.failed
-
-    @property
-    def error(self) -> ApiError | None:
-        """One of the errors (the first by index), or None."""
-        return self.failed[min(self.failed)] if self.failed else None
-
-    def retryable(self) -> list[int]:
-        """Indices that failed for a reason that may pass (sending them later may work)."""
-        return sorted(i for i, e in self.failed.items() if isinstance(e, TransientApiError))
-
-    def rejected(self) -> list[int]:
-        """Indices the server refused for good."""
-        return sorted(i for i, e in self.failed.items() if not isinstance(e, TransientApiError))
 
 
 # -- connections we can abort ----------------------------------------------------------
@@ -329,7 +298,7 @@ class ApiClient:
         self._session = session if session is not None else self._new_session()
         self._session.hooks.setdefault("response", []).append(_drop_connection_after_no_content)
         self._fast = self._new_fast_poster()
-        os.register_at_fork(after_in_child=_weak_call(self._after_fork_in_child))
+        at_fork_in_child(self._after_fork_in_child)
 
     # -- construction ------------------------------------------------------------------
 
@@ -396,7 +365,8 @@ class ApiClient:
     def _submit(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> Future[_T]:
         if self._closed.is_set():
             raise ClosedError("this ApiClient is closed")
-        future = self.executor.submit(fn, *args, **kwargs)
+        with signals_blocked():  # a worker started here inherits the mask: SIGTERM stays the main thread's
+            future = self.executor.submit(fn, *args, **kwargs)
         if isinstance(future, Future):
             with self._lock:
                 self._pending.add(future)
@@ -420,7 +390,13 @@ class ApiClient:
             return response
         try:
             response = self._session.request(
-                method, url, params=params, data=body, headers=headers, timeout=self.timeouts.as_tuple()
+                method,
+                url,
+                params=params,
+                data=body,
+                headers=headers,
+                timeout=self.timeouts.as_tuple(),
+                allow_redirects=method != "POST",  # a redirected POST must be seen, not turned into a GET
             )
         except requests.exceptions.ConnectTimeout as exc:
             raise ApiTimeout(f"{method} {url}: connecting timed out", sent=False, method=method, url=url) from exc
@@ -603,18 +579,19 @@ class ApiClient:
 
         Raises:
             ValueError: with ``strict=True``, the name, value, date or ``cumulative`` is
-                one the dashboard would refuse or alter. Otherwise such a metric is
+                one the dashboard would refuse or alter (``cumulative`` given as text is parsed:
+                ``"False"`` is false). Otherwise such a metric is
                 sent as upstream sends it, with a :class:`DashboardWarning`.
         """
         problems: list[str] = []
-        name_text = _sent(_check_name, name, problems, _BEYOND_SCHEMA if name else _REFUSED)
+        name_text = _sent(check_name, name, problems, _BEYOND_SCHEMA if name else _REFUSED)
         body = _form(
             (
                 ("run_id", run_id),
                 ("name", None if name is None else name_text),  # None is left out, as upstream's requests does
                 ("cumulative", _sent(_cumulative_text, cumulative, problems, _REFUSED)),
                 ("date", _sent(_date_text, date, problems, _REFUSED)),
-                ("value", _sent(_check_value, value, problems, _BEYOND_SCHEMA)),
+                ("value", _sent(_value_text, value, problems, _BEYOND_SCHEMA)),
                 ("metadata", metadata_to_str(metadata)),
             )
         )
@@ -868,13 +845,14 @@ class ApiClient:
         metrics: MetricBatch | Sequence[Metric | Mapping[str, Any]],
         *,
         batch_id: str | None = None,
-    ) -> Future[BatchResult]:
+    ) -> BatchFuture:
         """Store many metrics of one run in one call.
 
         Uses the embedded server's batch endpoint when the server has one (asked once,
         then remembered): one request, one transaction, stored once per ``batch_id`` even
-        when sent again. Otherwise (the dashboard) each metric is a single post, in
-        parallel over the pool.
+        when sent again. Otherwise (the dashboard, or a 404/405 from the endpoint) each
+        metric is a single post, in parallel over the pool, and the future can tell at
+        any moment which of them are stored (:meth:`BatchFuture.partial`).
 
         Args:
             run_id: the run's id.
@@ -889,16 +867,13 @@ class ApiClient:
             TypeError, ValueError: a metric is malformed (nothing is sent).
         """
         batch = as_batch(metrics, _now_us())
-        if not batch.checked:  # a MetricsLogger checked every record when it was logged
-            for name in set(batch.names):
-                _check_name(name)
-            if max((len(v) for v in batch.values if type(v) is str), default=0) > SERVER_VALUE_MAX:
-                raise ValueError(f"a value is longer than {SERVER_VALUE_MAX} characters")
+        problem = batch_problem(batch)
+        if problem is not None:
+            raise ValueError(problem)
         if self._closed.is_set():
             raise ClosedError("this ApiClient is closed")
         key = batch_id or batch.batch_id or uuid.uuid4().hex
-        outer: Future[BatchResult] = Future()
-        outer.set_running_or_notify_cancel()
+        outer = BatchFuture(len(batch), key)
         if not len(batch):
             outer.set_result(BatchResult(0, 0, batch_id=key))
         elif self._batch_supported is False:
@@ -911,39 +886,51 @@ class ApiClient:
         """Ask once whether the server has the batch endpoint, and remember the answer.
 
         The API root tells: the embedded server describes itself and its batch endpoint
-        there, the dashboard lists its routes. Only a definitive answer is remembered; an
-        error (a flaky proxy, a restart) is raised, and the next call asks again.
+        there, the dashboard lists its routes (or has no root: 404). Only a definitive
+        answer is remembered; an error (a flaky proxy, a restart) is raised, and the
+        next call asks again.
         """
         response = self._call("GET", "", idempotent=True)
-        if response.status_code != 200:
-            raise _status_error(response, transient=True)
-        try:
-            info = response.json()
-        except ValueError:
+        if response.status_code in _NO_SUCH_ROUTE:
             info = None
+        elif response.status_code != 200:
+            raise _status_error(response, transient=True)
+        else:
+            try:
+                info = response.json()
+            except ValueError:
+                info = None
         server = info.get("server") if isinstance(info, dict) else None
         batch = server.get("batch") if isinstance(server, dict) else None
-        supported = isinstance(batch, dict)
-        if supported:
-            assert isinstance(batch, dict)
+        if isinstance(batch, dict):
             self._batch_limit = max(1, min(_BATCH_CHUNK, int(batch.get("max_metrics", _BATCH_CHUNK))))
             self._packed = "packed" in (batch.get("formats") or [])
+        self._use_batches(isinstance(batch, dict))
+        return bool(self._batch_supported)
+
+    def _use_batches(self, supported: bool) -> None:
         self._batch_supported = supported
         _log.debug("batch endpoint %s at %s", "found" if supported else "not found", self.endpoint)
-        return supported
 
-    def _deliver_batch(self, run_id: int, batch: MetricBatch, key: str, outer: Future[BatchResult]) -> None:
+    def _deliver_batch(self, run_id: int, batch: MetricBatch, key: str, outer: BatchFuture) -> None:
         try:
             if self._batch_supported is None and not self._probe_batch():
                 self._fan_out(run_id, batch, outer)
                 return
-            outer.set_result(self._post_batch(run_id, batch, key))
+            result = self._post_batch(run_id, batch, key)
+            if result is None:  # the server has no such endpoint after all
+                self._use_batches(False)
+                self._fan_out(run_id, batch, outer)
+                return
+            outer.set_result(result)
         except ApiError as exc:
             outer.set_result(BatchResult(len(batch), 0, failed=dict.fromkeys(range(len(batch)), exc), batch_id=key))
         except BaseException as exc:
             outer.set_exception(exc)
 
-    def _post_batch(self, run_id: int, batch: MetricBatch, key: str) -> BatchResult:
+    def _post_batch(self, run_id: int, batch: MetricBatch, key: str) -> BatchResult | None:
+        """Post ``batch`` to the batch endpoint (in parts past its limit); None when the
+        server answers that it has no such endpoint (404, 405) to the first part."""
         n = len(batch)
         limit = self._batch_limit
         stored = 0
@@ -952,14 +939,7 @@ class ApiClient:
         for start in range(0, n, limit):
             part = batch if n <= limit else batch.subset(range(start, min(n, start + limit)))
             part_key = key if n <= limit else f"{key}:{start // limit}"
-            if self._packed:
-                form, payload = "packed", part.to_packed()
-            else:
-                form, payload = "columns", part.to_columns()
-                if len(set(payload["metadata"])) == 1:
-                    payload["metadata"] = payload["metadata"][0]
-                if len(set(part.cumulative)) == 1:
-                    payload["cumulative"] = part.cumulative[0]
+            form, payload = ("packed", pack(part)) if self._packed else ("columns", columns(part))
             body = json.dumps({"run_id": run_id, "batch_id": part_key, form: payload}).encode()
             try:
                 response = self._call("POST", "metrics/batch/", body=body, headers=_JSON, idempotent=True)
@@ -970,14 +950,16 @@ class ApiClient:
                 answer = response.json()
                 stored += int(answer.get("stored", 0))
                 duplicate = duplicate or bool(answer.get("duplicate"))
+            elif response.status_code in _NO_SUCH_ROUTE and start == 0:
+                return None
             else:  # a 5xx is worth another try later: the batch id makes re-sending safe
-                error = _status_error(response, transient=True)
+                error = _post_error(response, transient=True)
                 failed.update(dict.fromkeys(range(start, start + len(part)), error))
         return BatchResult(n, stored, duplicate, failed, key)
 
-    def _fan_out(self, run_id: int, batch: MetricBatch, outer: Future[BatchResult]) -> None:
-        """One single post per metric, in parallel; ``outer`` resolves when all are done."""
-        gather = _Gather(outer, len(batch))
+    def _fan_out(self, run_id: int, batch: MetricBatch, outer: BatchFuture) -> None:
+        """One single post per metric, in parallel; ``outer`` tells which are stored."""
+        gather = Gather(outer)
         for index, (name, value, date_us, metadata, cumulative) in enumerate(
             zip(batch.names, batch.values, batch.dates_us, batch.metadata_texts(), batch.cumulative)
         ):
@@ -987,7 +969,7 @@ class ApiClient:
                     ("name", name),
                     ("cumulative", cumulative),
                     ("date", format_str_datetime(date_us)),
-                    ("value", value),
+                    ("value", value_to_str(value)),
                     ("metadata", metadata),
                 )
             )
@@ -996,7 +978,8 @@ class ApiClient:
             except (ClosedError, RuntimeError) as exc:  # closed, or closing (the executor refuses)
                 gather.failed(index, TransientApiError(f"not sent: {exc}"))
                 continue
-            future.add_done_callback(functools.partial(gather.done, index))
+            gather.sent(future)
+            future.add_done_callback(functools.partial(_single_answer, gather, index))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -1050,46 +1033,41 @@ class ApiClient:
         return f"ApiClient(endpoint={self.endpoint!r}, max_workers={self.max_workers})"
 
 
-class _Gather:
-    """Collects the single posts of a fanned-out batch into one :class:`BatchResult`."""
-
-    def __init__(self, outer: Future[BatchResult], total: int) -> None:
-        self._outer = outer
-        self._total = total
-        self._left = total
-        self._stored = 0
-        self._failed: dict[int, ApiError] = {}
-        self._lock = threading.Lock()
-
-    def done(self, index: int, future: Future[requests.Response]) -> None:
-        try:
-            response = future.result()
-        except concurrent.futures.CancelledError:
-            self.failed(index, TransientApiError("not sent: the client was closed first"))
-            return
-        except ApiError as exc:
-            self.failed(index, exc)
-            return
-        except Exception as exc:
-            self.failed(index, ApiError(f"unexpected error: {exc}"))
-            return
+def _single_answer(gather: Gather, index: int, future: Future[requests.Response]) -> None:
+    """The answer to one single post of a fan-out, for its :class:`Gather`."""
+    try:
+        response = future.result()
+    except concurrent.futures.CancelledError:
+        gather.failed(index, TransientApiError("not sent: the client was closed first"))
+    except ApiError as exc:
+        gather.failed(index, exc)
+    except Exception as exc:
+        gather.failed(index, ApiError(f"unexpected error: {exc}"))
+    else:
         if response.status_code == 201:
-            self._finish(stored=1)
+            gather.stored(index)
         else:
-            self.failed(index, _status_error(response))
+            gather.failed(index, _post_error(response))
 
-    def failed(self, index: int, error: ApiError) -> None:
-        with self._lock:
-            self._failed[index] = error
-        self._finish(stored=0)
 
-    def _finish(self, stored: int) -> None:
-        with self._lock:
-            self._stored += stored
-            self._left -= 1
-            last = self._left == 0
-        if last:
-            self._outer.set_result(BatchResult(self._total, self._stored, False, dict(self._failed), None))
+def _post_error(response: requests.Response, *, transient: bool = False) -> ApiError:
+    """The error a POST of metrics answered with other than 2xx means.
+
+    A redirect is a configuration error (the URL leads to a proxy or a login page): the
+    metrics are kept (and spooled) while the logger reports it, not refused.
+    ``transient``: any 5xx may pass (a batch with an id can be sent again safely).
+    """
+    status = response.status_code
+    if 300 <= status < 400:
+        target = response.headers.get("Location", "?")
+        return TransientApiError(
+            f"configuration error: POST {response.request.url} answered {status} (a redirect to {target}); "
+            "check the server URL: metrics are kept until it answers",
+            status_code=status,
+            method="POST",
+            url=str(response.request.url),
+        )
+    return _status_error(response, transient=transient)
 
 
 # -- argument handling -----------------------------------------------------------------
@@ -1100,18 +1078,6 @@ def _new_executor(max_workers: int) -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(
         max_workers=max_workers, thread_name_prefix="mlbench-api", initializer=block_signals
     )
-
-
-def _weak_call(method: Callable[[], None]) -> Callable[[], None]:
-    """A callable that calls ``method`` while its object lives (for at-fork hooks)."""
-    ref = weakref.WeakMethod(method)
-
-    def call() -> None:
-        target = ref()
-        if target is not None:
-            target()
-
-    return call
 
 
 def _form(pairs: Iterable[tuple[str, Any]]) -> bytes:
@@ -1151,36 +1117,20 @@ def _check_run_name(name: Any) -> str:
 def _cumulative_text(cumulative: Any) -> str:
     """``cumulative`` as the dashboard parses it: ``True`` or ``False``.
 
-    Text is read as a boolean, so ``"False"`` stays false (``bool("False")`` is True).
+    Text is read by the one validator, so ``"False"`` stays false (``bool("False")`` is
+    True); anything else becomes ``str(bool(...))``, as upstream sends it.
     """
-    if isinstance(cumulative, str):
-        word = cumulative.strip().lower()
-        if word in ("true", "t", "1", "yes"):
-            return "True"
-        if word in ("false", "f", "0", "no", ""):
-            return "False"
-        raise ValueError(f"cumulative {cumulative!r} is not a boolean")
-    return str(bool(cumulative))
+    return str(check_flag(cumulative) if isinstance(cumulative, str) else bool(cumulative))
+
+
+def _value_text(value: Any) -> str:
+    """The value as upstream sends it (``str()``, NaN and infinities kept), checked."""
+    return str(check_value(value_to_str(value)))
 
 
 def _count_text(what: str) -> Callable[[Any], str]:
     """A check that a query parameter is a non-negative integer, giving its text."""
     return lambda value: str(_non_negative_int(value, what))
-
-
-def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a metric name must be a non-empty string, got {name!r}")
-    if len(name) > NAME_MAX:
-        raise ValueError(f"metric name {name!r} is {len(name)} characters long; the dashboard keeps at most {NAME_MAX}")
-    return name
-
-
-def _check_value(value: Any) -> str:
-    text = str(value)
-    if len(text) > SERVER_VALUE_MAX:
-        raise ValueError(f"a value of {len(text)} characters is longer than the dashboard's {SERVER_VALUE_MAX}")
-    return text
 
 
 def _non_negative_int(value: Any, name: str) -> int:

@@ -1,4 +1,4 @@
-"""Settings shared by the client and the logger: environment variables and timeouts.
+"""Settings: environment variables, the client's timeouts, the logger's frozen config.
 
 Precedence everywhere: an explicit argument, then the environment variable, then
 Kubernetes discovery (for the URL), then the default. A bad explicit value raises
@@ -12,7 +12,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Final, Mapping, Union
+from typing import Callable, Final, Mapping, Union
 
 from .errors import ConfigError
 
@@ -23,6 +23,7 @@ __all__ = [
     "ENV_SPOOL_DIR",
     "ENV_TOKEN",
     "ENV_URL",
+    "LoggerConfig",
     "Timeouts",
     "env_float",
     "env_int",
@@ -128,3 +129,124 @@ class Timeouts:
     def as_tuple(self) -> tuple[float, float]:
         """``(connect, read)``, as requests takes it."""
         return (self.connect, self.read)
+
+
+# -- the logger's settings ------------------------------------------------------------
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_seconds(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+
+@dataclass(frozen=True)
+class LoggerConfig:
+    """Everything a :class:`~mlbench_metrics.MetricsLogger` is told, resolved and checked.
+
+    Built by :meth:`resolve` from the logger's arguments and the environment; each field
+    is checked in ``__post_init__`` against the table in :data:`_CHECKS`, so adding a
+    setting is adding a field and, where it needs one, a check. The meaning of each is
+    documented on :class:`~mlbench_metrics.MetricsLogger`.
+
+    Raises:
+        ConfigError: a value is out of its range.
+    """
+
+    run_id: int | None
+    rank: int | None
+    flush_interval: float
+    batch_size: int = 1000
+    max_buffer: int = 500_000
+    max_in_flight: int = 4
+    shutdown_timeout: float = 10.0
+    handle_sigterm: bool = True
+    spool: bool = True
+    spool_dir: str | os.PathLike[str] | None = None
+    spool_max_bytes: int = 1 << 30
+    durable: bool = False
+    new_run: str | None = None
+    run_config: Mapping[str, object] | None = None  # checked by run_config.check_config
+
+    def __post_init__(self) -> None:
+        for name, ok, expected in _CHECKS:
+            value = getattr(self, name)
+            if not ok(value, self):
+                raise ConfigError(f"{name} must be {expected}, got {value!r}")
+        if self.durable and not self.spool:
+            raise ConfigError("durable=True writes to the spool: it needs spool=True")
+        if (self.run_id is None) == (self.new_run is None):
+            raise ConfigError("give the run to log to (run_id) or the name of a run to create (new_run), not both")
+
+    @classmethod
+    def resolve(
+        cls,
+        run_id: int | str | None,
+        *,
+        rank: int | None = None,
+        flush_interval: float | None = None,
+        new_run: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        **settings: object,
+    ) -> LoggerConfig:
+        """The settings from explicit arguments, then the environment, then defaults.
+
+        The run: ``run_id``, else ``new_run``; ``MLBENCH_METRICS_RUN_ID`` fills in when
+        neither is given, and wins over ``new_run``: a process started for a run (by
+        ``serve --exec``) logs to that run instead of creating one (with an info line).
+
+        Raises:
+            ConfigError: an argument is invalid, both runs are given, or none is.
+        """
+        if new_run is not None and run_id is not None:
+            raise ConfigError("give run_id or new_run, not both")
+        from_env = env_str(ENV_RUN_ID, environ)
+        if run_id is None and from_env is not None:
+            if new_run is not None:
+                _log.info(
+                    "%s=%s is set (this process was started for that run): logging to it, not to a new run %r",
+                    ENV_RUN_ID,
+                    from_env,
+                    new_run,
+                )
+                new_run = None
+            run_id = from_env
+        if run_id is None and new_run is None:
+            raise ConfigError(f"give the run to log to: MetricsLogger(run_id=...) or {ENV_RUN_ID}")
+        if rank is None:
+            rank = env_int(ENV_RANK, env_int("RANK", None, environ), environ)
+        if flush_interval is None:
+            flush_interval = env_float(ENV_FLUSH_INTERVAL, 1.0, environ)
+        return cls(
+            run_id=None if run_id is None else _run_number(run_id),
+            rank=rank,
+            flush_interval=float(flush_interval) if _is_seconds(flush_interval) else flush_interval,
+            new_run=new_run,
+            **settings,  # type: ignore[arg-type]
+        )
+
+
+def _run_number(run_id: object) -> int:
+    if isinstance(run_id, bool):
+        raise ConfigError("run_id must be a positive integer, not a boolean")
+    try:
+        number = int(str(run_id))
+    except (TypeError, ValueError):
+        raise ConfigError(f"run_id must be a positive integer, got {run_id!r}") from None
+    if number < 1:
+        raise ConfigError(f"run_id must be a positive integer, got {run_id!r}")
+    return number
+
+
+_CHECKS: Final[tuple[tuple[str, Callable[[object, LoggerConfig], bool], str], ...]] = (
+    ("rank", lambda v, c: v is None or (_is_int(v) and v >= 0), "a non-negative integer or None"),  # type: ignore[operator]
+    ("flush_interval", lambda v, c: _is_seconds(v), "a positive number of seconds"),
+    ("batch_size", lambda v, c: _is_int(v) and 1 <= v <= 100_000, "an integer from 1 to 100000"),  # type: ignore[operator]
+    ("max_buffer", lambda v, c: _is_int(v) and v >= c.batch_size, "an integer of at least batch_size"),  # type: ignore[operator]
+    ("max_in_flight", lambda v, c: _is_int(v) and v >= 1, "a positive integer"),  # type: ignore[operator]
+    ("shutdown_timeout", lambda v, c: _is_seconds(v), "a positive number of seconds"),
+    ("spool_max_bytes", lambda v, c: _is_int(v) and v >= 1 << 20, "an integer of at least 1 MiB"),  # type: ignore[operator]
+    ("new_run", lambda v, c: v is None or isinstance(v, str), "a run name"),
+)

@@ -1,64 +1,69 @@
-"""MetricsLogger: what the training loop touches, and the module-level API around it.
+"""MetricsLogger: what the training loop touches.
 
 ``log``, ``increment`` and timers validate, stamp the time and append one tuple to the
-dispatcher's buffer: no I/O, no lock on the plain path, no waiting on the network. A
-record that would be refused later is refused here, at the call, with an error naming
-the field and the limit; once accepted, a record is delivered, spooled, or counted in
-``stats.dropped``, never silently lost.
+store's buffer (in durable mode: write one slot of the log): no network, no lock on the
+plain path. A record that would be refused later is refused here, at the call, with an
+error naming the field and the limit; once accepted, a record is stored, spooled, or
+counted in ``stats.dropped``, never silently lost.
 
-Lifecycle, owned by each logger: its dispatcher thread starts in the constructor;
-``close()`` (idempotent) flushes to a deadline and stops it. One process-wide exit hook
-closes every live logger at interpreter exit (before ``concurrent.futures`` joins its
-threads), and on SIGTERM when the program has no handler of its own. After
-``os.fork()`` the child starts empty and starts its own dispatcher on its first record.
-This module starts no threads itself.
+The logger builds its parts and passes them in: a :class:`LoggerConfig`, a store
+(memory, spool or durable: see ``delivery/store.py``), a :class:`Dispatcher` that owns
+the one delivery thread, and ``deliver`` (``ApiClient.post_metrics`` for its run). Exit,
+SIGTERM and fork hooks are ``_lifecycle``'s; the module-level API (``init``, ``log``,
+``finish``...) is ``_current``'s. After ``os.fork()`` the child starts empty and builds
+its own parts on its first record. This module starts no threads itself.
 """
 
 from __future__ import annotations
 
-import atexit
-import concurrent.futures.thread  # noqa: F401  (imported first: our exit hook must run before its own)
 import functools
 import json
 import logging
 import math
-import numbers
 import os
-import signal
 import sys
 import threading
 import time
-import weakref
 from pathlib import Path
-from typing import Any, Callable, Final, Mapping, TypeVar
+from typing import Any, Callable, Final, Mapping, Protocol, TypeVar
 
-from ._dispatch import Context, Dispatcher, Stats, encode_columns
-from .api import ApiClient, _weak_call
-from .config import ENV_FLUSH_INTERVAL, ENV_RANK, ENV_RUN_ID, env_float, env_int, env_str
-from .errors import ClosedError, ConfigError
-from .records import NAME_MAX, VALUE_MAX
+from . import _lifecycle
+from ._own_run import create_own_run, mark_own_run
+from ._parts import Parts, open_parts, placeholder_parts
+from .api import ApiClient
+from .config import LoggerConfig
+from .delivery import Stats
+from .errors import ClosedError
+from .records import Context, check_name, check_number, check_step, coerce_value
+from .records.batch import Record
+from .records.checks import Value
 from .run_config import check_config, send_config
-from .spool import DurableBuffer, DurableLog, DurableStore, SpoolDir, SpoolStore
 from .timing import Timer, timed
 
-__all__ = [
-    "MetricsLogger",
-    "current",
-    "finish",
-    "flush",
-    "increment",
-    "init",
-    "log",
-    "log_many",
-    "timed_call",
-    "timer",
-]
+__all__ = ["MetricsLogger", "Sampler"]
 
 _log = logging.getLogger("mlbench_metrics")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 _time_ns: Final = time.time_ns
 _RESERVED_METADATA: Final = frozenset({"rank", "epoch", "step"})
+
+
+class Sampler(Protocol):
+    """Something that records into a logger from its own thread (``SystemMetrics``)."""
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop recording and join the thread."""
+
+
+class _Buffer(Protocol):
+    """What the hot path appends to: the store's deque, or the closed stand-in."""
+
+    def append(self, item: Record, /) -> None:
+        """Add one record (or raise: closed)."""
+
+    def __len__(self) -> int:
+        """Records waiting."""
 
 
 class _ClosedBuffer:
@@ -100,14 +105,15 @@ class MetricsLogger:
         max_buffer: records held in memory at most; beyond it the oldest go to the spool
             when there is one, else they are dropped and counted in ``stats.dropped``.
         max_in_flight: batches sent and not yet answered, at most.
-        shutdown_timeout: seconds ``close()`` (and the exit hook) may spend delivering.
-        handle_sigterm: on SIGTERM, when the program has no handler of its own, flush
+        shutdown_timeout: seconds ``close()`` (and the exit hook) may take.
+        handle_sigterm: on SIGTERM, when the program has no handler of its own, deliver
             within ``shutdown_timeout`` and then end as SIGTERM would.
         token: a bearer token for the client the logger creates.
         spool: keep what cannot be delivered (or held in memory) on disk and send it
             from there later; False drops it instead (counted in ``stats.dropped``).
         spool_dir: the spool's root (else ``MLBENCH_METRICS_SPOOL_DIR``, else
             ``~/.cache/mlbench-metrics/spool``); a directory per run and process inside.
+            One that cannot be written is reported once; records then stay in memory.
         spool_max_bytes: the most this process's spool may take on disk (at least 1 MiB;
             a durable log keeps at least two 16 MiB segments); past it the oldest
             spooled records are deleted and counted (``"spool_full"``).
@@ -117,7 +123,9 @@ class MetricsLogger:
         new_run: instead of ``run_id``, create a run with this name (a custom run whose
             command is this program's) and log to it; ``close()`` marks it finished,
             or failed when the program ends with an uncaught exception or SIGTERM
-            (where the server supports run states; the dashboard does not).
+            (where the server supports run states; the dashboard does not). In a
+            process started for a run (``MLBENCH_METRICS_RUN_ID`` is set, as
+            ``serve --exec`` sets it), that run is used instead.
         config: the run's configuration (hyperparameters), a JSON-serialisable mapping
             stored once with the run where the server can (the embedded server; the
             dashboard cannot, and a warning says so). See :mod:`mlbench_metrics.run_config`.
@@ -147,69 +155,74 @@ class MetricsLogger:
         new_run: str | None = None,
         config: Mapping[str, Any] | None = None,
     ) -> None:
-        if new_run is not None and run_id is not None:
-            raise ConfigError("give run_id or new_run, not both")
-        run_config = None if config is None else check_config(config)
-        self.run_id = _resolve_run_id(run_id) if new_run is None else 0
-        self.rank = _resolve_rank(rank)
-        self.flush_interval = _positive(
-            flush_interval if flush_interval is not None else env_float(ENV_FLUSH_INTERVAL, 1.0), "flush_interval"
+        self.settings = LoggerConfig.resolve(
+            run_id,
+            rank=rank,
+            flush_interval=flush_interval,
+            new_run=new_run,
+            batch_size=batch_size,
+            max_buffer=max_buffer,
+            max_in_flight=max_in_flight,
+            shutdown_timeout=shutdown_timeout,
+            handle_sigterm=handle_sigterm,
+            spool=spool,
+            spool_dir=spool_dir,
+            spool_max_bytes=spool_max_bytes,
+            durable=durable,
+            run_config=None if config is None else check_config(config),
         )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 100_000:
-            raise ConfigError(f"batch_size must be an integer from 1 to 100000, got {batch_size!r}")
-        if isinstance(max_buffer, bool) or not isinstance(max_buffer, int) or max_buffer < batch_size:
-            raise ConfigError(
-                f"max_buffer must be an integer of at least batch_size ({batch_size}), got {max_buffer!r}"
-            )
-        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
-            raise ConfigError(f"max_in_flight must be a positive integer, got {max_in_flight!r}")
-        self.shutdown_timeout = _positive(shutdown_timeout, "shutdown_timeout")
-        self.batch_size = batch_size
-        self.max_buffer = max_buffer
-        if isinstance(spool_max_bytes, bool) or not isinstance(spool_max_bytes, int) or spool_max_bytes < 1 << 20:
-            raise ConfigError(f"spool_max_bytes must be an integer of at least 1 MiB, got {spool_max_bytes!r}")
-        if durable and not spool:
-            raise ConfigError("durable=True writes to the spool: it needs spool=True")
-        self.durable = durable
-        self._spool_options = (spool, spool_dir, spool_max_bytes)
-
         self._own_client = client is None
+        # The logger keeps its strict checks: it refuses at the call what the dashboard would.
         self.client = client if client is not None else ApiClient(url=url, token=token, strict=True)
-        self._owns_run = new_run is not None
-        if new_run is not None:
-            try:
-                self.run_id = _create_own_run(self.client, new_run)
-            except BaseException:
-                if self._own_client:
-                    self.client.close()
-                raise
-        if run_config is not None:
-            send_config(self.client, self.run_id, run_config)
+        self._owns_run = self.settings.new_run is not None
+        try:
+            self.run_id = self.settings.run_id or create_own_run(self.client, str(self.settings.new_run))
+        except BaseException:
+            if self._own_client:
+                self.client.close()
+            raise
+        if self.settings.run_config is not None:
+            send_config(self.client, self.run_id, self.settings.run_config)
         self._lock = threading.Lock()
         self._close_lock = threading.RLock()
         self._closed = False
-        self._names: dict[Any, str] = {}
+        self._names: dict[object, str] = {}
         self._totals: dict[str, float] = {}
         self._epoch = 0
         self._step: int | None = None
-        self._samplers: list[Any] = []
+        self._samplers: list[Sampler] = []
         self._rebuild_contexts()
+        self._open_parts()
+        _lifecycle.at_fork_in_child(self._after_fork_in_child)
+        _lifecycle.register(self, self.settings.handle_sigterm)
 
-        self._dispatcher = Dispatcher(
-            functools.partial(self.client.post_metrics, self.run_id),
-            batch_size=batch_size,
-            flush_interval=self.flush_interval,
-            max_buffer=max_buffer,
-            max_in_flight=max_in_flight,
-            on_drained=_weak_call(self._reset_wake_threshold),
+    # -- the parts ------------------------------------------------------------------------
+
+    def _open_parts(self) -> None:
+        """Build the store and the dispatcher; point the hot path at the store's buffer."""
+        self._use(
+            open_parts(
+                self.settings,
+                functools.partial(self.client.post_metrics, self.run_id),
+                run_id=self.run_id,
+                endpoint=self.client.endpoint,
+                on_frozen=self._on_log_frozen,
+                on_drained=_lifecycle.weak_call(self._reset_wake_threshold),
+            )
         )
-        self._buf: Any = None
-        self._write: Callable[[str, Any, int, int | None, Context], None] | None = None
-        self._open_buffer()
-        self._wake_at = batch_size
-        self._dispatcher.start()
-        os.register_at_fork(after_in_child=_weak_call(self._after_fork_in_child))
-        _register(self, handle_sigterm)
+        self._wake_at = self.settings.batch_size
+
+    def _use(self, parts: Parts) -> None:
+        self._store = parts.store
+        self._dispatcher = parts.dispatcher
+        self._buf: _Buffer = parts.store.buffer
+        self._append = parts.append
+        self._write = parts.write
+
+    def _on_log_frozen(self) -> None:
+        """The durable log cannot grow: from now on the hot path appends to memory."""
+        self._write = None
+        self._append = self._store.buffer.append
 
     # -- the hot path -------------------------------------------------------------------
 
@@ -235,9 +248,9 @@ class MetricsLogger:
             final = self._name(name)
         kind = type(value)
         if kind is not float and kind is not int:
-            value = _check_value(final, value)
+            value = _value(final, value)
         if step is not None and type(step) is not int:
-            step = _check_step(step)
+            step = check_step(step)
         ctx = self._ctx if not metadata else self._context_with(metadata)
         write = self._write
         if write is None:
@@ -256,7 +269,7 @@ class MetricsLogger:
         if not isinstance(values, Mapping):
             raise TypeError(f"log_many takes a mapping of name -> value, not {type(values).__name__}")
         if step is not None and type(step) is not int:
-            step = _check_step(step)
+            step = check_step(step)
         ctx = self._ctx if not metadata else self._context_with(metadata)
         checked = []
         for name, value in values.items():
@@ -264,12 +277,12 @@ class MetricsLogger:
             if final is None:
                 final = self._name(name)
             kind = type(value)
-            checked.append((final, value if kind is float or kind is int else _check_value(final, value)))
+            checked.append((final, value if kind is float or kind is int else _value(final, value)))
         now = _time_ns()
-        buf = self._buf
+        append = self._append
         for final, value in checked:
-            buf.append((final, value, now, step, ctx))
-        if len(buf) >= self._wake_at:
+            append((final, value, now, step, ctx))
+        if len(self._buf) >= self._wake_at:
             self._threshold()
 
     def increment(self, name: str, delta: float | int = 1) -> float | int:
@@ -286,7 +299,7 @@ class MetricsLogger:
         """
         kind = type(delta)
         if kind is not int and kind is not float:
-            delta = _check_number(delta, "delta")
+            delta = check_number(delta, "delta")
         if not delta >= 0 or delta == math.inf:
             raise ValueError(f"increment({name!r}) takes a finite non-negative delta, got {delta!r}; totals only grow")
         try:
@@ -296,7 +309,7 @@ class MetricsLogger:
         with self._lock:  # totals and their order in the buffer must agree across threads
             total = self._totals.get(final, 0) + delta
             self._totals[final] = total
-            self._buf.append((final, total, _time_ns(), None, self._cum_ctx))
+            self._append((final, total, _time_ns(), None, self._cum_ctx))
         if len(self._buf) >= self._wake_at:
             self._threshold()
         return total
@@ -309,10 +322,10 @@ class MetricsLogger:
             final = self._name(name)
         kind = type(total)
         if kind is not int and kind is not float:
-            total = _check_number(total, "total")
+            total = check_number(total, "total")
         if step is not None and type(step) is not int:
-            step = _check_step(step)
-        self._buf.append((final, total, _time_ns(), step, self._cum_ctx))
+            step = check_step(step)
+        self._append((final, total, _time_ns(), step, self._cum_ctx))
         if len(self._buf) >= self._wake_at:
             self._threshold()
 
@@ -334,34 +347,27 @@ class MetricsLogger:
         return timed(self._record_total if cumulative else self._record_duration, self._name(name), cumulative)
 
     def _record_duration(self, final: str, seconds: float, cumulative: bool) -> None:
-        buf = self._buf
-        buf.append((final, seconds, _time_ns(), None, self._ctx))
-        if len(buf) >= self._wake_at:
+        self._append((final, seconds, _time_ns(), None, self._ctx))
+        if len(self._buf) >= self._wake_at:
             self._threshold()
 
     def _record_total(self, final: str, seconds: float, cumulative: bool) -> None:
         with self._lock:
             total = self._totals.get(final, 0.0) + seconds
             self._totals[final] = total
-            self._buf.append((final, total, _time_ns(), None, self._cum_ctx))
+            self._append((final, total, _time_ns(), None, self._cum_ctx))
         if len(self._buf) >= self._wake_at:
             self._threshold()
 
     # -- slow paths -------------------------------------------------------------------------
 
-    def _name(self, name: Any) -> str:
+    def _name(self, name: object) -> str:
         """Check a new metric name and remember its final form."""
         if not isinstance(name, str):
             raise TypeError(f"a metric name must be a string, not {type(name).__name__}")
-        if not name.strip():
-            raise ValueError("a metric name must not be empty")
         suffix = f" @ {self.rank}" if self.rank is not None else ""
-        final = name if not suffix or name.endswith(suffix) else name + suffix
-        if len(final) > NAME_MAX:
-            raise ValueError(
-                f"metric name {final!r} is {len(final)} characters long; the dashboard keeps at most {NAME_MAX}"
-            )
-        self._names[name] = final
+        final = name if not suffix or name.endswith(suffix) or not name.strip() else name + suffix
+        self._names[name] = check_name(final)
         return final
 
     def _context_with(self, metadata: Mapping[str, Any]) -> Context:
@@ -380,54 +386,52 @@ class MetricsLogger:
 
     def _threshold(self) -> None:
         """A batch's worth is waiting (or the buffer is full): wake the dispatcher."""
+        if not self._dispatcher.started:  # the first record in a forked child
+            self._start_in_child()
         dispatcher = self._dispatcher
-        if not dispatcher.started:  # the first record in a forked child
-            dispatcher.start()
-        if len(self._buf) >= self.max_buffer:
+        if len(self._buf) >= self.settings.max_buffer:
             dispatcher.trim()
-        self._wake_at = len(self._buf) + self.batch_size
+        self._wake_at = len(self._buf) + self.settings.batch_size
         dispatcher.wake()
 
-    def _open_buffer(self) -> None:
-        """Give the dispatcher its disk store; set the buffer (and writer) the hot path uses."""
-        spool, spool_dir, max_bytes = self._spool_options
-        dispatcher = self._dispatcher
-        self._buf, self._write = dispatcher.buffer, None
-        if not spool:
-            return
-        meta = {"endpoint": self.client.endpoint, "durable": self.durable, "batch_size": self.batch_size}
-        directory = SpoolDir(spool_dir, self.run_id, meta)
-        if not self.durable:
-            dispatcher.store = SpoolStore(
-                directory, max_bytes, functools.partial(dispatcher.count_dropped, "spool_full")
-            )
-            return
-
-        def open_log() -> DurableLog:
-            log = DurableLog(directory, max_bytes)
-            dispatcher.store = DurableStore(log, encode_columns)
-            return log
-
-        buffer = DurableBuffer(open_log)
-        dispatcher.buffer = buffer  # the dispatcher drains it like any deque
-        self._buf, self._write = buffer, buffer.write
-
-    @property
-    def spool_dir(self) -> Path | None:
-        """This process's spool directory, when something was written there."""
-        store = self._dispatcher.store
-        if store is None or not store.dir.created:
-            return None
-        return Path(store.dir.path)
-
     def _reset_wake_threshold(self) -> None:
-        self._wake_at = self.batch_size
+        self._wake_at = self.settings.batch_size
 
     def _rebuild_contexts(self) -> None:
         self._ctx = Context(self.rank, self._epoch, self._step)
         self._cum_ctx = Context(self.rank, self._epoch, self._step, True)
 
-    # -- step and epoch ----------------------------------------------------------------------
+    # -- settings and state ------------------------------------------------------------------
+
+    @property
+    def rank(self) -> int | None:
+        """This process's rank (None: names are kept as given)."""
+        return self.settings.rank
+
+    @property
+    def batch_size(self) -> int:
+        """Records per batch."""
+        return self.settings.batch_size
+
+    @property
+    def flush_interval(self) -> float:
+        """Seconds between deliveries when fewer than a batch arrive."""
+        return self.settings.flush_interval
+
+    @property
+    def max_buffer(self) -> int:
+        """Records held in memory at most."""
+        return self.settings.max_buffer
+
+    @property
+    def shutdown_timeout(self) -> float:
+        """Seconds ``close()`` (and the exit hook) may take."""
+        return self.settings.shutdown_timeout
+
+    @property
+    def durable(self) -> bool:
+        """Whether every record is written to disk before ``log()`` returns."""
+        return self._write is not None
 
     @property
     def epoch(self) -> int:
@@ -453,8 +457,22 @@ class MetricsLogger:
 
     @step.setter
     def step(self, value: int | None) -> None:
-        self._step = None if value is None else _check_step(value)
+        self._step = None if value is None else check_step(value)
         self._rebuild_contexts()
+
+    @property
+    def spool_dir(self) -> Path | None:
+        """This process's spool directory, when something was written there."""
+        return self._store.location
+
+    def attach(self, sampler: Sampler) -> None:
+        """Stop ``sampler`` when the logger closes, before the last records are taken."""
+        self._samplers.append(sampler)
+
+    def detach(self, sampler: Sampler) -> None:
+        """Forget ``sampler`` (it stopped on its own)."""
+        if sampler in self._samplers:
+            self._samplers.remove(sampler)
 
     # -- delivery and lifecycle ---------------------------------------------------------------
 
@@ -481,22 +499,24 @@ class MetricsLogger:
         if self._closed:
             raise ClosedError("this MetricsLogger is closed")
         if not self._dispatcher.started and len(self._buf):
-            self._dispatcher.start()
+            self._start_in_child()
         return self._dispatcher.flush(timeout)
 
     def close(self, timeout: float | None = None, *, failed: bool | None = None) -> int:
         """Deliver what is left, then stop; calling it again does nothing.
 
+        Returns within ``timeout``. What is still undelivered then is spooled when there
+        is a spool, else dropped and counted. Afterwards ``stats.logged == stats.stored +
+        stats.spooled + stats.dropped_total``.
+
         Args:
-            timeout: seconds to spend delivering (default ``shutdown_timeout``). What is
-                still undelivered then is spooled when there is a spool, else dropped and
-                counted.
+            timeout: seconds it may take (default ``shutdown_timeout``).
             failed: for a run this logger created (``new_run``): mark it failed rather
                 than finished. By default it is failed when the program is ending with
                 an uncaught exception or on SIGTERM.
 
         Returns:
-            How many records were not delivered.
+            How many records were not stored (spooled or dropped); 0 when called again.
         """
         # Not self._lock: a SIGTERM handler may call this while the same thread holds it
         # inside increment().
@@ -504,46 +524,62 @@ class MetricsLogger:
             if self._closed:
                 return 0
             self._closed = True
-        deadline = time.monotonic() + (self.shutdown_timeout if timeout is None else max(0.0, timeout))
+        total = self.settings.shutdown_timeout if timeout is None else max(0.0, timeout)
+        deadline = time.monotonic() + total
+        marking = min(0.5, 0.2 * total) if self._owns_run else 0.0  # kept for marking the run
         for sampler in list(self._samplers):  # before the buffer closes: a sample may be under way
-            sampler.stop(max(0.0, deadline - time.monotonic()))
+            sampler.stop(max(0.0, deadline - marking - time.monotonic()) / 2)
         self._write = None
         self._buf = _ClosedBuffer()
-        left = self._dispatcher.close(max(0.0, deadline - time.monotonic()))
+        self._append = self._buf.append
+        self._dispatcher.close(max(0.0, deadline - marking - time.monotonic()))
         if self._owns_run:
             if failed is None:
-                failed = _terminating or getattr(sys, "last_value", None) is not None
-            self._mark_own_run("failed" if failed else "finished", max(0.5, deadline - time.monotonic()))
+                failed = _lifecycle.terminating() or getattr(sys, "last_value", None) is not None
+            mark_own_run(self.client, self.run_id, "failed" if failed else "finished", deadline - time.monotonic())
         if self._own_client:
             self.client.close(timeout=max(0.0, deadline - time.monotonic()))
-        _unregister(self)
-        return left
+        _lifecycle.unregister(self)
+        stats = self._dispatcher.stats()
+        return stats.logged - stats.stored
 
-    def _mark_own_run(self, state: str, timeout: float) -> None:
-        try:
-            answer = self.client.set_run_state(self.run_id, state).result(timeout)
-        except Exception as exc:  # closing must not raise: say it and go on
-            _log.warning("mlbench-metrics: could not mark run %s %s: %s", self.run_id, state, exc)
-            return
-        if answer.status_code == 405:
-            _log.info("mlbench-metrics: the server cannot mark runs %s (the dashboard ends runs itself)", state)
-        elif answer.status_code >= 400:
-            _log.warning("mlbench-metrics: marking run %s %s answered %s", self.run_id, state, answer.status_code)
+    def close_at_exit(self) -> str | None:
+        """Close within ``shutdown_timeout``; a line for stderr when records were not stored."""
+        left = self.close()
+        if not left:
+            return None
+        stats = self.stats
+        if not stats.spooled:
+            where = "dropped"
+        elif not stats.dropped_total:
+            where = f"spooled in {self.spool_dir}; deliver them with: mlbench-metrics sync"
+        else:
+            where = f"{stats.spooled} spooled in {self.spool_dir}, {stats.dropped_total} dropped"
+        return f"mlbench-metrics: {left} records were not delivered at exit ({where})"
 
     def _after_fork_in_child(self) -> None:
-        # Only the forking thread survives: new locks, an empty buffer, and a dispatcher
-        # that starts on the first record, so a DataLoader worker that never logs costs
-        # nothing and one that does never re-sends the parent's records.
+        # Only the forking thread survives: new locks, and a buffer of its own; the store
+        # and the dispatcher are built on the first record (_start_in_child), so a
+        # DataLoader worker that never logs costs nothing, and one that does never sends
+        # the parent's records or writes into the parent's files.
         self._lock = threading.Lock()
         self._close_lock = threading.RLock()
         self._owns_run = False  # the parent ends the run, not each child
         if self._closed:
             return
-        self._dispatcher.after_fork_in_child()
-        self._open_buffer()  # the child's own spool, never the parent's
+        self._use(placeholder_parts(functools.partial(self.client.post_metrics, self.run_id)))
         self._wake_at = 1
         self._samplers = []
-        _register_in_child(self)
+
+    def _start_in_child(self) -> None:
+        """Build this process's own parts, and hand them what was logged since the fork."""
+        waiting = self._store.buffer  # the placeholder's
+        self._open_parts()
+        append = self._append
+        while waiting:
+            record = waiting.popleft()
+            append(record)  # type: ignore[arg-type]
+        _lifecycle.register_in_child(self)
 
     def __enter__(self) -> MetricsLogger:
         return self
@@ -557,244 +593,9 @@ class MetricsLogger:
         return f"MetricsLogger(run_id={self.run_id}, rank={self.rank}, endpoint={self.client.endpoint!r}, {state})"
 
 
-# -- argument checks (slow paths) -------------------------------------------------------------
-
-
-def _resolve_run_id(run_id: int | str | None) -> int:
-    if run_id is None:
-        run_id = env_str(ENV_RUN_ID)
-        if run_id is None:
-            raise ConfigError(f"give the run to log to: MetricsLogger(run_id=...) or {ENV_RUN_ID}")
-    if isinstance(run_id, bool):
-        raise ConfigError("run_id must be a positive integer, not a boolean")
-    try:
-        number = int(run_id)
-    except (TypeError, ValueError):
-        raise ConfigError(f"run_id must be a positive integer, got {run_id!r}") from None
-    if number < 1:
-        raise ConfigError(f"run_id must be a positive integer, got {run_id!r}")
-    return number
-
-
-def _create_own_run(client: ApiClient, name: str) -> int:
-    """Create the run a ``new_run=`` logger logs to: a custom run of this program."""
-    from .runs import Run  # runs imports api only; imported here to keep logger's imports light
-
-    command = " ".join([os.path.basename(sys.executable), *sys.argv]) or "python"
-    try:
-        run = Run.create(
-            name, 1, custom_image_name="local", custom_image_command=command, custom_backend="local", client=client
-        )
-    except ValueError as exc:
-        raise ConfigError(f"new_run: {exc}") from None
-    return run.id
-
-
-def _resolve_rank(rank: int | None) -> int | None:
-    if rank is None:
-        return env_int(ENV_RANK, env_int("RANK", None))
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-        raise ConfigError(f"rank must be a non-negative integer or None, got {rank!r}")
-    return rank
-
-
-def _positive(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def _check_value(name: str, value: Any) -> float | int | str:
+def _value(name: str, value: object) -> Value:
     """A value that is not exactly an int or a float: convert it, or refuse it clearly."""
-    if isinstance(value, bool) or value is None:
-        raise TypeError(f"metric {name!r}: a value must be a number or a string, not {value!r}")
-    if isinstance(value, str):
-        if len(value) > VALUE_MAX:
-            raise ValueError(
-                f"metric {name!r}: a string value is {len(value)} characters long; "
-                f"the dashboard keeps at most {VALUE_MAX}"
-            )
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    item = getattr(value, "item", None)  # a 0-d tensor or array
-    if callable(item):
-        try:
-            return _check_value(name, item())
-        except (TypeError, ValueError):
-            pass
-    if hasattr(type(value), "__float__") and not isinstance(value, complex):  # Decimal, and the like
-        try:
-            return float(value)
-        except (TypeError, ValueError, ArithmeticError):
-            pass
-    raise TypeError(f"metric {name!r}: a value must be an int, a float or a string, not {type(value).__name__}")
-
-
-def _check_number(value: Any, what: str) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{what} must be a number, not {type(value).__name__}")
-    return int(value) if isinstance(value, numbers.Integral) else float(value)
-
-
-def _check_step(step: Any) -> int:
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
-        raise TypeError(f"step must be an integer, not {type(step).__name__}")
-    return int(step)
-
-
-# -- the process-wide exit hook and SIGTERM handler ----------------------------------------------
-
-_live: weakref.WeakSet[MetricsLogger] = weakref.WeakSet()
-_terminating = False  # SIGTERM arrived: runs this process created end as failed
-_hooks_lock = threading.Lock()
-_exit_hook_installed = False
-_sigterm_installed = False
-
-
-def _register(logger: MetricsLogger, handle_sigterm: bool) -> None:
-    global _exit_hook_installed, _sigterm_installed
-    with _hooks_lock:
-        _live.add(logger)
-        if not _exit_hook_installed:
-            _install_exit_hook()
-            _exit_hook_installed = True
-        if handle_sigterm and not _sigterm_installed and threading.current_thread() is threading.main_thread():
-            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-                signal.signal(signal.SIGTERM, _on_sigterm)
-            _sigterm_installed = True
-
-
-def _unregister(logger: MetricsLogger) -> None:
-    with _hooks_lock:
-        _live.discard(logger)
-
-
-def _install_exit_hook() -> None:
-    """One hook for the process: close every live logger at interpreter exit.
-
-    ``threading._register_atexit`` hooks run before non-daemon threads are joined, so
-    ours runs while our dispatcher and the client's threads are still alive, and before
-    ``concurrent.futures`` waits for its workers (hooks run last-registered first).
-    """
-    register = getattr(threading, "_register_atexit", None)
-    if register is not None:
-        try:
-            register(_close_all_at_exit)
-            return
-        except RuntimeError:  # already shutting down
-            pass
-    atexit.register(_close_all_at_exit)
-
-
-_finalizer_pid: int | None = None
-
-
-def _register_in_child(logger: MetricsLogger) -> None:
-    """A multiprocessing child ends with ``os._exit()``, which skips interpreter exit
-    hooks but runs multiprocessing's finalizers: close the child's loggers there too."""
-    global _finalizer_pid
-    if _finalizer_pid == os.getpid():
-        return
-    _finalizer_pid = os.getpid()
-    from multiprocessing import util
-
-    util.Finalize(None, _close_all_at_exit, exitpriority=100)
-
-
-def _reset_hooks_lock() -> None:
-    global _hooks_lock
-    _hooks_lock = threading.Lock()  # another thread may have held it when we forked
-
-
-os.register_at_fork(after_in_child=_reset_hooks_lock)
-
-
-def _close_all_at_exit() -> None:
-    for logger in list(_live):
-        try:
-            left = logger.close()
-        except Exception:  # the exit path must not raise
-            _log.exception("mlbench-metrics: closing a logger at exit failed")
-            continue
-        if left:
-            stats = logger.stats
-            where = f"{stats.spooled} spooled" if stats.spooled else "dropped"
-            print(f"mlbench-metrics: {left} records were not delivered at exit ({where})", file=sys.stderr)
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    """Flush within each logger's shutdown_timeout, then end as SIGTERM would."""
-    global _terminating
-    _terminating = True
-    _close_all_at_exit()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-# -- the module-level API -----------------------------------------------------------------
-
-_current: MetricsLogger | None = None
-
-
-def init(run_id: int | str | None = None, **kwargs: Any) -> MetricsLogger:
-    """Create a :class:`MetricsLogger`, make it the current one and return it.
-
-    A current logger from an earlier ``init()`` is closed first. Arguments are those of
-    :class:`MetricsLogger`.
-    """
-    global _current
-    if _current is not None and not _current.closed:
-        _current.close()
-    _current = MetricsLogger(run_id, **kwargs)
-    return _current
-
-
-def current() -> MetricsLogger:
-    """The logger the module-level functions use.
-
-    Raises:
-        ClosedError: there is none (call ``init()`` first).
-    """
-    if _current is None:
-        raise ClosedError("no current logger: call mlbench_metrics.init(run_id, ...) first")
-    return _current
-
-
-def log(name: str, value: float | int | str, step: int | None = None, **metadata: Any) -> None:
-    """:meth:`MetricsLogger.log` on the current logger."""
-    current().log(name, value, step, **metadata)
-
-
-def log_many(values: Mapping[str, float | int | str], step: int | None = None, **metadata: Any) -> None:
-    """:meth:`MetricsLogger.log_many` on the current logger."""
-    current().log_many(values, step, **metadata)
-
-
-def increment(name: str, delta: float | int = 1) -> float | int:
-    """:meth:`MetricsLogger.increment` on the current logger."""
-    return current().increment(name, delta)
-
-
-def timer(name: str, cumulative: bool = False) -> Timer:
-    """:meth:`MetricsLogger.timer` on the current logger."""
-    return current().timer(name, cumulative)
-
-
-def timed_call(name: str, cumulative: bool = False) -> Callable[[_F], _F]:
-    """:meth:`MetricsLogger.timed` on the current logger (exported as ``timed``)."""
-    return current().timed(name, cumulative)
-
-
-def flush(timeout: float | None = 30.0) -> bool:
-    """:meth:`MetricsLogger.flush` on the current logger."""
-    return current().flush(timeout)
-
-
-def finish(timeout: float | None = None, *, failed: bool | None = None) -> int:
-    """Close the current logger (see :meth:`MetricsLogger.close`); returns undelivered records."""
-    global _current
-    logger, _current = _current, None
-    return 0 if logger is None else logger.close(timeout, failed=failed)
+    try:
+        return coerce_value(value)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"metric {name!r}: {exc}") from None

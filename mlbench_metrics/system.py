@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Callable, Final
+from typing import Any, Final
 
 import psutil
 
 from ._threads import start_thread
 from .errors import ConfigError
+from .logger import MetricsLogger
 
 __all__ = ["SystemMetrics"]
 
@@ -66,7 +67,7 @@ class SystemMetrics:
 
     def __init__(
         self,
-        logger: Any,
+        logger: MetricsLogger,
         interval: float = 10.0,
         *,
         psutil_module: Any = psutil,
@@ -83,7 +84,7 @@ class SystemMetrics:
         self._stop = threading.Event()
         self.samples = 0
         self._ps.cpu_percent(None)  # primes the counter: the next call measures since now
-        logger._samplers.append(self)
+        logger.attach(self)
         self._thread = start_thread(self._run, "mlbench-sampler")
 
     def _run(self) -> None:
@@ -101,7 +102,7 @@ class SystemMetrics:
         if logger.closed:
             self._stop.set()
             return
-        record: Callable[..., None] = logger.log
+        record = logger.log
         record("cpu_percent", float(self._ps.cpu_percent(None)))
         record("memory_used", int(self._ps.virtual_memory().used))
         record("process_rss", int(self._process.memory_info().rss))
@@ -128,10 +129,7 @@ class SystemMetrics:
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        try:
-            self._logger._samplers.remove(self)
-        except ValueError:
-            pass
+        self._logger.detach(self)
 
     @property
     def running(self) -> bool:

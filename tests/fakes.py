@@ -22,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import requests
+
 RESET = "reset"
 CLOSE = "close"
 HANG = "hang"
@@ -53,6 +55,19 @@ def http_response(
 
 
 Script = Callable[[Seen, int], Any]
+
+
+def forward(target: str, seen: Seen) -> bytes:
+    """Send ``seen`` on to the real server at ``target`` (``http://host:port``) and
+    return its answer as raw bytes: what a proxy script returns to pass a request on."""
+    r = requests.request(
+        seen.method,
+        target + seen.path,
+        params={k: v[0] for k, v in seen.query.items()},
+        data=seen.body,
+        headers={"Content-Type": seen.headers.get("content-type", "application/octet-stream")},
+    )
+    return http_response(r.status_code, r.content, {"Content-Type": r.headers.get("Content-Type", "")})
 
 
 class ScriptedServer:

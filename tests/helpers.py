@@ -48,6 +48,13 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60.0, what: str =
         tick.wait(0.02)
 
 
+def closed_port() -> str:
+    """An address on 127.0.0.1 where nothing listens (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
 def create_run(base_url: str, name: str | None = None, session: Any = requests, **fields: Any) -> dict[str, Any]:
     """Create a custom-image run and return its JSON."""
     data = {

@@ -11,8 +11,10 @@ MODULES = [
     "mlbench_metrics",
     "mlbench_metrics.api",
     "mlbench_metrics.compat",
+    "mlbench_metrics.delivery",
     "mlbench_metrics.errors",
     "mlbench_metrics.records",
+    "mlbench_metrics.spool",
 ]
 
 

@@ -1,0 +1,52 @@
+"""The run a logger creates for itself (``new_run=``): made at start, marked at close.
+
+Where the server supports run states (the embedded one does; the dashboard ends runs
+itself and answers 405), ``close()`` marks the run finished, or failed. No threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from .api import ApiClient
+from .errors import ConfigError
+
+__all__ = ["create_own_run", "mark_own_run"]
+
+_log = logging.getLogger("mlbench_metrics")
+
+
+def create_own_run(client: ApiClient, name: str) -> int:
+    """Create the run a ``new_run=`` logger logs to: a custom run of this program.
+
+    Raises:
+        ConfigError: the server refuses the name.
+    """
+    from .runs import Run  # runs imports api only; imported here to keep logger's imports light
+
+    command = " ".join([os.path.basename(sys.executable), *sys.argv]) or "python"
+    try:
+        run = Run.create(
+            name, 1, custom_image_name="local", custom_image_command=command, custom_backend="local", client=client
+        )
+    except ValueError as exc:
+        raise ConfigError(f"new_run: {exc}") from None
+    return run.id
+
+
+def mark_own_run(client: ApiClient, run_id: int, state: str, timeout: float) -> None:
+    """Mark the run ``state`` within ``timeout``; never raises (closing goes on)."""
+    if timeout <= 0:
+        _log.warning("mlbench-metrics: no time was left to mark run %s %s", run_id, state)
+        return
+    try:
+        answer = client.set_run_state(run_id, state).result(timeout)
+    except Exception as exc:  # closing must not raise: say it and go on
+        _log.warning("mlbench-metrics: could not mark run %s %s: %s", run_id, state, exc)
+        return
+    if answer.status_code == 405:
+        _log.info("mlbench-metrics: the server cannot mark runs %s (the dashboard ends runs itself)", state)
+    elif answer.status_code >= 400:
+        _log.warning("mlbench-metrics: marking run %s %s answered %s", run_id, state, answer.status_code)

@@ -1,0 +1,35 @@
+"""Delivery: one dispatcher thread, a store protocol, and what a delivery achieved.
+
+* ``dispatcher.py``: :class:`Dispatcher`, the ``mlbench-dispatcher`` thread;
+* ``ledger.py``: :class:`Ledger`, where every record is (one lock, one invariant), the
+  flush markers, and :class:`Stats`;
+* ``store.py``: the :class:`BatchStore` protocol, :class:`Parcel` and :class:`MemoryStore`
+  (the spool and durable stores live with their files, in ``mlbench_metrics.spool``);
+* ``result.py``: :class:`BatchResult` and :class:`BatchFuture`, with per-metric results
+  for a fan-out of single posts.
+
+The dispatcher knows batches, not modes: a logger builds a store and a ``deliver``
+callable and passes both in; an agent process can run the same pair.
+"""
+
+from __future__ import annotations
+
+from .dispatcher import BACKOFF_FIRST, BACKOFF_MAX, Dispatcher
+from .ledger import Ledger, Stats
+from .result import BatchFuture, BatchResult, Gather
+from .store import BatchStore, MemoryStore, Parcel, next_batch_id
+
+__all__ = [
+    "BACKOFF_FIRST",
+    "BACKOFF_MAX",
+    "BatchFuture",
+    "BatchResult",
+    "BatchStore",
+    "Dispatcher",
+    "Gather",
+    "Ledger",
+    "MemoryStore",
+    "Parcel",
+    "Stats",
+    "next_batch_id",
+]

@@ -1,0 +1,34 @@
+"""The on-disk spool: what cannot be delivered yet, kept until it is.
+
+* ``files.py``: spool directories (one per run and writing process) and the frame format
+  every appended file uses;
+* ``batches.py``: the batch spool (batches that failed or overflowed) and its store;
+* ``durable/``: the durable log (every record, memory-mapped, before ``log()``
+  returns), durable mode's store (the buffer is the log), its reader and its marks;
+* ``sync.py``: delivering what dead processes left (``mlbench-metrics sync``).
+
+Each file format has one owner module, which alone writes and reads it. No threads are
+started here: the dispatcher thread does the spool's I/O, and the training thread only
+writes durable slots (and puts overflow on disk when the dispatcher falls behind).
+"""
+
+from __future__ import annotations
+
+from .batches import BatchSpool, SpoolStore, read_spool_file
+from .durable import DurableLog, DurableStore, read_durable
+from .files import SpoolDir, default_spool_root, writer_dirs
+from .sync import SyncReport, sync_writer
+
+__all__ = [
+    "BatchSpool",
+    "DurableLog",
+    "DurableStore",
+    "SpoolDir",
+    "SpoolStore",
+    "SyncReport",
+    "default_spool_root",
+    "read_durable",
+    "read_spool_file",
+    "sync_writer",
+    "writer_dirs",
+]

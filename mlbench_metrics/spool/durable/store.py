@@ -1,0 +1,291 @@
+"""Durable mode's store: the buffer is the log.
+
+The training thread writes each record into a slot of the :class:`DurableLog` before
+``log()`` returns and queues only the slot's number; batches are ranges of slots, marked
+in the log before they are sent, read back just before sending, and marked delivered
+after. The slot bookkeeping (which ranges are cut, which delivered, how far the
+delivered watermark may move) is this store's alone; the dispatcher only sees parcels.
+
+When the log cannot grow (the disk is full, the dictionary cannot be written) the store
+says so once and takes the records that follow in memory, as a spool-less logger would:
+training goes on and the records are still delivered while the server answers. No
+threads are started here.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Callable, Final
+
+from ...delivery import MemoryStore, Parcel, next_batch_id
+from ...errors import SpoolError
+from ...records import Context, MetricBatch, encode_columns
+from ...records.batch import Record
+from ...records.checks import Value
+from ..files import SpoolDir
+from .layout import (
+    FLAG_CUMULATIVE,
+    FLAG_STEP,
+    KIND_FLOAT,
+    KIND_INT,
+    KIND_STR,
+    NO_STEP,
+    SLOT,
+    SLOT_F,
+    SLOT_I,
+)
+from .log import DurableLog
+
+__all__ = ["DurableStore", "Writer"]
+
+_log = logging.getLogger("mlbench_metrics")
+
+Writer = Callable[[str, Value, int, "int | None", Context], None]
+"""What ``log()`` calls in durable mode: (name, value, time_ns, step, context)."""
+
+_deque_append: Final = collections.deque.append
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
+class _Range:
+    """A durable parcel's place: slots ``first..end-1``; once loaded, the slots it holds."""
+
+    __slots__ = ("end", "first", "seqs")
+
+    def __init__(self, first: int, end: int) -> None:
+        self.first = first
+        self.end = end
+        self.seqs: list[int] = []
+
+
+class DurableStore(MemoryStore):
+    """A :class:`DurableLog` as a :class:`~mlbench_metrics.delivery.BatchStore`.
+
+    Args:
+        directory: the writer's directory (created now, with the first segment).
+        max_bytes: the log's size bound.
+        prefix: the batch-id prefix for records taken in memory after the log froze.
+        on_frozen: told (once) that the log stopped growing: :attr:`write` no longer
+            writes, and records should be appended to :attr:`buffer` as tuples.
+
+    Raises:
+        SpoolError: the directory or the first segment cannot be created.
+    """
+
+    def __init__(self, directory: SpoolDir, max_bytes: int, prefix: str, on_frozen: Callable[[], None]) -> None:
+        super().__init__(prefix)
+        self.dir = directory
+        self.log = DurableLog(directory, max_bytes)
+        self._on_frozen = on_frozen
+        self.frozen = False
+        self._lock = threading.Lock()
+        self._untaken = 0  # every slot below this one is in a batch already
+        self._taken_ahead: dict[int, int] = {}  # slot ranges in batches beyond it
+        self._outstanding: dict[int, int] = {}  # first -> end of ranges cut and not settled
+        self.write: Writer = _writer(self)
+
+    @property
+    def location(self) -> Path | None:
+        """The writer directory."""
+        return self.dir.path
+
+    def append(self, record: Record) -> None:
+        """Write a whole record tuple (``increment``, timers, ``log_many``)."""
+        self.write(*record)
+
+    def freeze(self, error: SpoolError) -> None:
+        """The log cannot grow: say so once; from now on records are kept in memory."""
+        with self._lock:
+            if self.frozen:
+                return
+            self.frozen = True
+        _log.warning("mlbench-metrics: %s; records from now on are kept in memory only", error)
+        self._on_frozen()
+
+    # -- the store ------------------------------------------------------------------------
+
+    def cut(self, items: list[object], size: int, seq: int) -> list[Parcel]:
+        """Slot numbers become ranges of consecutive slots (marked in the log before they
+        can be sent); records taken in memory become batches of their own."""
+        slots = [i for i in items if type(i) is int]
+        parcels = super().cut([i for i in items if type(i) is not int], size, seq) if len(slots) < len(items) else []
+        seq += len(parcels)
+        for first, count in _runs(slots):
+            self._note_taken(first, first + count)
+            for start in range(first, first + count, size):
+                end = min(first + count, start + size)
+                self.log.mark_batch(start, end)
+                with self._lock:
+                    self._outstanding[start] = end
+                parcels.append(Parcel(seq, self.log.batch_id(start, end), end - start, place=_Range(start, end)))
+                seq += 1
+        return parcels
+
+    def load(self, parcel: Parcel) -> MetricBatch | None:
+        """Read the range back from the log and encode it (None if none of it is left)."""
+        place = parcel.place
+        if not isinstance(place, _Range):
+            return super().load(parcel)
+        self.log.prepare(place.end)  # here, in the dispatcher thread, outside the buffer's lock
+        if parcel.batch is None:
+            names, values, times, steps, contexts, place.seqs = self.log.read(place.first, place.end)
+            if names:
+                parcel.batch = encode_columns(names, values, times, steps, contexts, parcel.batch_id)
+        return parcel.batch
+
+    def failed(self, parcel: Parcel) -> None:
+        """On disk already: only forget the encoded copy."""
+        if isinstance(parcel.place, _Range):
+            parcel.batch = None
+
+    def remainder(self, parcel: Parcel, keep: list[int]) -> None:
+        """Mark the slots not kept done, so no replay sends them again."""
+        place = parcel.place
+        if not isinstance(place, _Range):
+            super().remainder(parcel, keep)
+            return
+        batch = self.load(parcel)
+        assert batch is not None
+        kept = set(keep)
+        self.log.mark_done([s for i, s in enumerate(place.seqs) if i not in kept])
+        place.seqs = [place.seqs[i] for i in keep]
+        parcel.batch = batch.subset(keep)
+        parcel.batch.batch_id = parcel.batch_id = next_batch_id(parcel.batch_id)
+
+    def settle(self, parcel: Parcel) -> None:
+        """Mark the range delivered; move the watermark past what is all delivered."""
+        place = parcel.place
+        parcel.batch = None
+        if not isinstance(place, _Range):
+            return
+        self.log.mark_delivered(place.first)
+        with self._lock:
+            self._outstanding.pop(place.first, None)
+            mark = min(self._outstanding, default=self._untaken)
+            mark = min(mark, self._untaken)
+        self.log.set_watermark(mark)
+
+    def lost(self, parcel: Parcel) -> tuple[int, str]:
+        """Slots of the range the size bound deleted."""
+        place = parcel.place
+        if isinstance(place, _Range):
+            return self.log.missing(place.first, place.end), "spool_full"
+        return 0, "spool_full"
+
+    def close(self, everything_settled: bool) -> None:
+        """Unmap the log; remove the directory when everything was delivered."""
+        self.log.close()
+        self.dir.release(remove=everything_settled)
+
+    def _note_taken(self, first: int, end: int) -> None:
+        """Slots ``first..end-1`` are in batches; move the untaken mark past them."""
+        with self._lock:
+            if first != self._untaken:
+                self._taken_ahead[first] = end
+                return
+            while end in self._taken_ahead:
+                end = self._taken_ahead.pop(end)
+            self._untaken = end
+
+
+def _runs(slots: list[int]) -> list[tuple[int, int]]:
+    """``slots`` as runs of consecutive numbers: in queue order when that is consecutive
+    (the common case, checked at C speed), else sorted and split where numbers jump
+    (threads that queued out of turn)."""
+    if not slots:
+        return []
+    first = slots[0]
+    if slots == list(range(first, first + len(slots))):
+        return [(first, len(slots))]
+    slots = sorted(slots)
+    runs, start = [], 0
+    for i in range(1, len(slots) + 1):
+        if i == len(slots) or slots[i] != slots[i - 1] + 1:
+            runs.append((slots[start], i - start))
+            start = i
+    return runs
+
+
+def _writer(store: DurableStore) -> Writer:
+    """The hot path: a closure, so its state is in cells (the fastest variables Python
+    has) and only the first use of a name, a context or a segment takes a slow path.
+
+    It takes the record's slot number from an ``itertools.count`` (atomic under the GIL,
+    so no lock), writes and commits the slot in one ``pack_into`` before it returns (a
+    kill after that cannot lose it), and queues only the number: the dispatcher reads
+    the records back when it sends them, and memory holds no record object the garbage
+    collector would walk. Threads may queue in a slightly different order than they
+    numbered; the store batches by slot number, not queue order.
+    """
+    log = store.log
+    buffer = store.buffer
+    names: dict[str, int] = {}
+    contexts: dict[int, tuple[int, int]] = {}  # id(ctx) -> (context id, flags)
+    last: tuple[object, tuple[int, int]] = (None, (0, 0))  # the last context seen
+    newest: tuple[Any, int, int] = (None, 0, 0)  # the newest segment: (map, first, end)
+    next_seq = itertools.count().__next__
+    pack_float, pack_int = SLOT_F.pack_into, SLOT_I.pack_into
+
+    def in_memory(record: Record, error: SpoolError) -> None:
+        _deque_append(buffer, record)
+        store.freeze(error)
+
+    def context(ctx: Context) -> tuple[int, int]:
+        nonlocal last
+        known = contexts.get(id(ctx))
+        if known is None:
+            known = contexts[id(ctx)] = (log.context_id(ctx), FLAG_CUMULATIVE if ctx.cumulative else 0)
+        last = (ctx, known)
+        return known
+
+    def segment(seq: int) -> tuple[Any, int]:
+        nonlocal newest
+        mm, first, end = log.segment_for(seq)
+        if end > newest[2]:
+            newest = (mm, first, end)
+        return mm, first
+
+    def write(name: str, value: Value, time_ns: int, step: int | None, ctx: Context) -> None:
+        """Persist one record, then queue its slot number.
+
+        Raises:
+            ValueError: ``step`` does not fit 64 bits (nothing is written then).
+        """
+        if step is None:
+            flag_step, raw_step = 0, NO_STEP
+        elif _I64_MIN < step <= _I64_MAX:
+            flag_step, raw_step = FLAG_STEP, step
+        else:
+            raise ValueError(f"step {step} does not fit 64 bits (durable mode stores it in one)")
+        if store.frozen:
+            _deque_append(buffer, (name, value, time_ns, step, ctx))
+            return
+        try:
+            nid = names.get(name)
+            if nid is None:
+                nid = names[name] = log.name_id(name)
+            seen = last
+            context_id, flags = seen[1] if ctx is seen[0] else context(ctx)
+            vtype = type(value)
+            if vtype is float:
+                pack, kind, raw = pack_float, KIND_FLOAT, value
+            elif vtype is int and _I64_MIN <= value <= _I64_MAX:  # type: ignore[operator]
+                pack, kind, raw = pack_int, KIND_INT, value
+            else:  # a string, or an integer beyond 64 bits
+                pack, kind, raw = pack_int, KIND_STR, log.string_id(str(value))
+            # Everything that can fail has, but the segment; from here the slot is taken.
+            seq = next_seq()
+            mm, first, end = newest
+            if not first <= seq < end:
+                mm, first = segment(seq)
+        except SpoolError as error:
+            in_memory((name, value, time_ns, step, ctx), error)
+            return
+        pack(mm, (seq - first) * SLOT, raw, time_ns, raw_step, nid, context_id, kind, flags | flag_step, seq + 1)
+        _deque_append(buffer, seq)
+
+    return write

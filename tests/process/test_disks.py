@@ -1,0 +1,122 @@
+"""Disks that fill up or cannot be written: never a crash, never an exception from
+``log()``, one warning, and every record stored or counted. Real (small) filesystems."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fakes import ScriptedServer, Seen, forward
+from mlbench_metrics import MetricsLogger
+from mlbench_metrics.server import ServerHandle
+
+from helpers import closed_port, create_run
+
+
+def mount_tmpfs(path: Path, options: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip() or result.returncode}")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A tmpfs of ``request.param`` (e.g. "2m"), unmounted after the test."""
+    path = tmp_path / "disk"
+    mount_tmpfs(path, f"size={request.param}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.parametrize(("small_disk", "records"), [("2m", 100_000), ("20m", 500_000)], indirect=["small_disk"])
+def test_a_full_disk_in_durable_mode_is_never_a_crash(
+    fresh_server: ServerHandle, small_disk: Path, records: int
+) -> None:
+    # Was: the training process died of SIGBUS (signal 7) writing into a sparse mapping.
+    # 2 MB holds no 16 MiB segment; 20 MB holds one, and the gate keeps the server from
+    # taking records (and so freeing the first segment) until everything is logged.
+    run = create_run(fresh_server.url)
+    gate = threading.Event()
+
+    def gated(seen: Seen, index: int) -> Any:
+        if seen.method == "POST":
+            gate.wait(120)
+        return forward(fresh_server.url, seen)
+
+    code = textwrap.dedent(f"""
+        import json, sys, mlbench_metrics
+        log = mlbench_metrics.init({run["id"]}, url=sys.argv[1], durable=True, batch_size=10_000,
+                                   spool_dir={str(small_disk)!r}, max_buffer=1_000_000)
+        for i in range({records}):
+            log.log("x", i)
+        print("logged", flush=True)
+        assert log.flush(120), log.stats
+        s = log.stats
+        print(json.dumps({{"logged": s.logged, "stored": s.stored, "dropped": s.dropped}}), flush=True)
+    """)
+    with ScriptedServer(gated) as proxy:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, proxy.address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        gate.set()
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and first == "logged\n", err[-2000:]
+    stats = json.loads(out.splitlines()[-1])
+    assert stats == {"logged": records, "stored": records, "dropped": {}}
+    warnings = [line for line in err.splitlines() if "mlbench-metrics" in line]
+    assert len(warnings) == 1 and "memory" in warnings[0], err[-2000:]
+    assert fresh_server.store.count_metrics(run["id"]) == records
+
+
+def read_only_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "ro"
+    mount_tmpfs(path, "ro,size=1m")
+    return path / "spool"
+
+
+def under_a_file(tmp_path: Path) -> Path:
+    (tmp_path / "a-file").write_text("not a directory")
+    return tmp_path / "a-file" / "spool"
+
+
+@pytest.mark.parametrize("durable", [True, False], ids=["durable", "spool"])
+@pytest.mark.parametrize("where", [read_only_dir, under_a_file], ids=["read-only", "not-a-directory"])
+def test_an_unwritable_spool_directory_degrades_to_memory(
+    fresh_server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture, durable: bool, where: object
+) -> None:
+    # Was: every log() raised SpoolError in durable mode.
+    caplog.set_level(logging.WARNING, "mlbench_metrics")
+    spool_dir = where(tmp_path)  # type: ignore[operator]
+    try:
+        run = create_run(fresh_server.url)
+        with MetricsLogger(run["id"], url=fresh_server.address, durable=durable, spool_dir=spool_dir) as log:
+            for i in range(5000):
+                log.log("x", i)
+            assert log.flush(60)
+        assert fresh_server.store.count_metrics(run["id"]) == 5000
+        down = MetricsLogger(run["id"], url=closed_port(), durable=durable, spool_dir=spool_dir, batch_size=100)
+        for i in range(1000):
+            down.log("x", i)
+        assert down.close(timeout=0.5) == 1000
+        stats = down.stats
+        assert stats.logged == stats.stored + stats.spooled + stats.dropped_total == 1000
+        mentions = [r for r in caplog.records if str(spool_dir) in r.getMessage()]
+        assert len(mentions) == 2, [r.getMessage() for r in mentions]  # one per logger
+    finally:
+        if os.path.ismount(tmp_path / "ro"):
+            subprocess.run(["umount", "-l", str(tmp_path / "ro")], check=False)
