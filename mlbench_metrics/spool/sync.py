@@ -65,7 +65,8 @@ def sync_writer(
 
     Safe to run again (and alongside ``sync`` on other directories): acknowledgements and
     delivered marks are written as it goes, batches keep their ids, and a directory whose
-    writer is alive, or that another ``sync`` holds, is skipped.
+    writer is alive, whose delivery agent is at work, or that another ``sync`` holds, is
+    skipped.
 
     Args:
         path: a writer directory (with ``meta.json``).
@@ -90,16 +91,45 @@ def sync_writer(
         except OSError:
             report.busy = True
             return report
-        _sync_spool_files(path, client, report, progress)
-        if (path / "state.bin").exists():
-            _sync_durable(path, client, report, batch_size, progress)
-        if report.ok:
-            remove_writer_dir(path)
+        agent = _agent_lock(path)
+        if agent is None:  # a delivery agent is at work on it (its trainer may be gone)
+            report.busy = True
+            return report
+        try:
+            _sync_files(path, client, report, batch_size, progress)
+        finally:
+            if agent >= 0:
+                os.close(agent)
     except OSError as exc:  # a file vanished or cannot be written: keep what is there
         report.errors.append(f"{path}: {type(exc).__name__}: {exc}")
     finally:
         os.close(lock)
     return report
+
+
+def _agent_lock(path: Path) -> int | None:
+    """Take ``agent.lock`` when there is one: its fd (-1: no agent ever ran here), or None
+    when an agent holds it."""
+    try:
+        fd = os.open(path / "agent.lock", os.O_RDWR)
+    except FileNotFoundError:
+        return -1
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _sync_files(
+    path: Path, client: Poster, report: SyncReport, batch_size: int, progress: Callable[[int], None] | None
+) -> None:
+    _sync_spool_files(path, client, report, progress)
+    if (path / "state.bin").exists():
+        _sync_durable(path, client, report, batch_size, progress)
+    if report.ok:
+        remove_writer_dir(path)
 
 
 def _post(client: Poster, report: SyncReport, batch: MetricBatch, progress: Callable[[int], None] | None) -> bool:
