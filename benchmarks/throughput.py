@@ -28,7 +28,7 @@ from mlbench_metrics import MetricsLogger
 from mlbench_metrics.server import spawn
 from mlbench_metrics.server.store import Store
 
-from _common import create_run, upstream_rate, verdict, write_results
+from _common import create_run, proc_mib, upstream_rate, verdict, write_results
 
 NAMES = [f"metric_{i}" for i in range(10)]
 
@@ -37,9 +37,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def burst(address: str, run_id: int, n: int) -> dict[str, Any]:
+def burst(address: str, run_id: int, n: int, **logger_args: Any) -> dict[str, Any]:
     rss_before = peak_rss_mib()
-    logger = MetricsLogger(run_id, url=address, rank=0, max_buffer=2 * n)
+    logger = MetricsLogger(run_id, url=address, rank=0, max_buffer=2 * n, **logger_args)
     log = logger.log
     names = NAMES
     start = time.perf_counter()
@@ -49,8 +49,12 @@ def burst(address: str, run_id: int, n: int) -> dict[str, Any]:
     ok = logger.flush(120)
     stored_at = time.perf_counter() - start
     stats = logger.stats
+    agent = logger.agent_pid
+    agent_rss = proc_mib(agent, "VmHWM") if agent is not None else None
     logger.close()
     return {
+        "delivery": logger.delivery,
+        "agent_peak_rss_mib": agent_rss,
         "metrics": n,
         "log_loop_seconds": logged,
         "all_stored_seconds": stored_at,

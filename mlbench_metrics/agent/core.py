@@ -168,6 +168,7 @@ class AgentCore:
         tick = _MIN_TICK
         taken_upto = 0  # the slot up to which the dispatcher was last asked to take now
         gone_since: float | None = None
+        fed_at = self._clock()
         while True:
             flush_upto, end, closed = status.trainer()
             final = closed or self._inbox.gone
@@ -196,8 +197,20 @@ class AgentCore:
                     return False
             if self._stop_by is not None and now >= self._stop_by - min(1.0, 0.25 * settings.shutdown_timeout):
                 return False
-            tick = _MIN_TICK if queued else min(2 * tick, _MAX_TICK, settings.flush_interval / 4)
+            tick = self._next_tick(tick, queued, now - fed_at)
+            fed_at = now
             self._inbox.wait(tick)
+
+    def _next_tick(self, tick: float, queued: int, elapsed: float) -> float:
+        """How long to wait before looking at the log again: about the time half a batch
+        takes to arrive at the rate just seen (a wake-up costs the machine a little; the
+        dispatcher only sends full batches, or every ``flush_interval``), longer while
+        nothing comes; a flush pokes the loop at once anyway."""
+        longest = min(_MAX_TICK, self.settings.flush_interval / 4)
+        if not queued:
+            return min(2 * tick, longest)
+        rate = queued / max(elapsed, 1e-6)
+        return max(_MIN_TICK, min(longest, self.settings.batch_size / rate / 2))
 
     def _finish(self, done: bool) -> int:
         """Stop the dispatcher (leaving what it did not deliver in the log), say so, and

@@ -42,6 +42,7 @@ GAP_TIMEOUT: Final = 5.0
 """Seconds a slot may stay unwritten while later ones are written before it is skipped."""
 
 _CHUNK: Final = 65_536  # slots looked at per step: a 3 MiB copy at most
+_PROBE: Final = 256  # the first look
 
 
 class TailLog(SharedLog):
@@ -254,6 +255,7 @@ class TailStore(RangeStore):
         self.skipped = 0  # slots taken by the writer and never written
         self.exhausted = False  # nothing more will be written, and everything is queued
         self._gap: tuple[int, float] | None = None
+        self._probe = _PROBE
         self._failed_loads: set[int] = set()
         self._marked = self._marks(pending)  # (first, end, delivered), oldest first
         self._resend = {a: b for a, b, delivered in self._marked if not delivered}  # cut exactly so again
@@ -320,31 +322,42 @@ class TailStore(RangeStore):
                 queued += stop - pos
                 self.cursor = stop
                 continue
-            n = self.log.committed(pos, stop)
+            # Look at a window that doubles while it is all written: the cost of a look
+            # follows what the writer wrote since the last, not the chunk's size.
+            window = min(stop, pos + self._probe)
+            n = self.log.committed(pos, window)
             if n:
                 self._gap = None
                 self.buffer.extend(range(pos, pos + n))
                 queued += n
                 self.cursor = pos + n
+                if n < window - pos:
+                    self._probe = max(_PROBE, 2 * n)
+                    break  # caught up with the writer
+                self._probe = min(_CHUNK, 2 * self._probe)
             elif not self._skip_gap(pos, seg_end, final=final, end=end):
                 break
         return queued
 
     def _skip_gap(self, pos: int, seg_end: int, *, final: bool, end: int | None) -> bool:
         """Slot ``pos`` is not written: skip it (True) when it never will be."""
+        if not final:
+            # Mostly the writer has not got there yet; a later slot written before it is
+            # another thread of the writer filling it, or (after GAP_TIMEOUT) a log()
+            # interrupted between taking the slot and writing it. Looking ahead costs a
+            # copy of the window, so it is done only once the cursor stood that long.
+            now = self._clock()
+            if self._gap is None or self._gap[0] != pos:
+                self._gap = (pos, now)
+            if now - self._gap[1] < GAP_TIMEOUT:
+                return False
+            self._gap = (pos, now)
         window = min(seg_end, pos + GAP_WINDOW, end if end is not None else seg_end)
         ahead = self.log.committed(pos, window, prefix=False)  # to the next written slot
         if final and end is not None:  # the writer said where it ends: nothing below is coming
             skip = ahead
         elif pos + ahead < window:  # later slots are written
-            if not final:
-                now = self._clock()
-                if self._gap is None or self._gap[0] != pos:
-                    self._gap = (pos, now)
-                if now - self._gap[1] < GAP_TIMEOUT:
-                    return False  # another thread of the writer is filling it
-                ahead = 1  # a log() interrupted between taking the slot and writing it
-            skip = ahead
+            skip = ahead if final else 1
         elif final and self.log.later_segment(pos):
             skip = seg_end - pos  # the rest of this segment was never written
         else:
