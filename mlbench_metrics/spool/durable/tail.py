@@ -260,6 +260,11 @@ class TailStore(RangeStore):
         self._marked = self._marks(pending)  # (first, end, delivered), oldest first
         self._resend = {a: b for a, b, delivered in self._marked if not delivered}  # cut exactly so again
 
+    @property
+    def location(self) -> Path | None:
+        """The writer directory."""
+        return self.log.path
+
     def _marks(self, pending: tuple[int, int] | None) -> list[tuple[int, int, bool]]:
         """The ranges a previous agent cut after the watermark, and whether it delivered
         each; the pending one counts as delivered (and is marked so now)."""
