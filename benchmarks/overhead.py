@@ -9,9 +9,10 @@ Baselines (issue 4):
 
 Contenders, with their dispatcher delivering to the embedded server in its own process:
 ``log()``, ``log(step=)``, ``increment()``, a timer's enter plus exit, ``log()`` with
-``durable=True``, and ``log()`` with ``delivery="process"`` (an agent process delivers). Each sample times ``--inner`` calls in a loop (the
-loop is in every contender alike); contenders are interleaved sample by sample so the
-machine's noise hits all of them; the figure is the median per-call time.
+``durable=True``, and ``log()`` with ``delivery="process"`` (an agent process delivers).
+Each sample times ``--inner`` calls in a loop (the loop is in every contender alike);
+contenders are interleaved sample by sample so the machine's noise hits all of them; the
+figure is the median per-call time.
 
 Targets (issue 9): log <= 1.2x Floor B; timer enter+exit <= 4x Floor B; durable log <= 3x
 Floor B; log >= 15x cheaper than upstream. Issue 12: log with process delivery <= 3x Floor B.

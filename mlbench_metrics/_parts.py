@@ -28,6 +28,7 @@ from .spool.durable.store import Writer
 
 if TYPE_CHECKING:
     from .agent import AgentLink
+    from .agent.adopt import Adoption
     from .api import ApiClient
 
 __all__ = ["Delivery", "Parts", "open_parts", "placeholder_parts"]
@@ -68,6 +69,8 @@ class Parts:
         append: appends (or, durable, writes) one record tuple.
         write: durable mode's writer for ``log()`` (no tuple built), else None.
         agent: the link to the delivery agent (``delivery="process"``), else None.
+        adoption: delivering what dead processes of the run left (thread delivery; an
+            agent does it itself), else None.
     """
 
     store: BatchStore
@@ -75,6 +78,7 @@ class Parts:
     append: Callable[[Record], None]
     write: Writer | None
     agent: AgentLink | None = None
+    adoption: Adoption | None = None
 
 
 def open_parts(
@@ -105,11 +109,12 @@ def open_parts(
         parts = _process_parts(config, deliver, run_id, endpoint, on_frozen, on_drained, client, token)
         if parts is not None:
             return parts
-        config = dataclasses.replace(config, delivery="thread")
+        config = dataclasses.replace(config, delivery="thread", durable=False, spool=False)  # said once
     prefix = uuid.uuid4().hex
     store: BatchStore = MemoryStore(prefix)
     append: Callable[[Record], None] = store.buffer.append
     write: Writer | None = None
+    directory: SpoolDir | None = None
     if config.spool:
         meta = {"endpoint": endpoint, "durable": config.durable, "batch_size": config.batch_size}
         directory = SpoolDir(config.spool_dir, run_id, meta)
@@ -133,7 +138,18 @@ def open_parts(
         on_drained=on_drained,
     )
     dispatcher.start()
-    return Parts(store, dispatcher, append, write)
+    adoption = None
+    if directory is not None and client is not None:
+        adoption = _adoption(directory, endpoint, client, config.batch_size)
+    return Parts(store, dispatcher, append, write, None, adoption)
+
+
+def _adoption(directory: SpoolDir, endpoint: str, client: ApiClient, batch_size: int) -> Adoption | None:
+    """Start delivering what dead processes of the run left next to ``directory``, if any."""
+    from .agent.adopt import Adoption, orphans
+
+    found = orphans(directory.path, endpoint)
+    return Adoption(found, client, batch_size) if found else None
 
 
 def _process_parts(

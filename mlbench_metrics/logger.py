@@ -226,6 +226,7 @@ class MetricsLogger:
         self._store = parts.store
         self._dispatcher = parts.dispatcher
         self._agent = parts.agent
+        self._adoption = parts.adoption
         self._buf: _Buffer = parts.store.buffer
         self._append = parts.append
         self._write = parts.write
@@ -554,6 +555,8 @@ class MetricsLogger:
         self._write = None
         self._buf = _ClosedBuffer()
         self._append = self._buf.append
+        if self._adoption is not None:  # what it did not deliver waits for the next logger
+            self._adoption.close(min(0.1, max(0.0, deadline - marking - time.monotonic())))
         self._dispatcher.close(max(0.0, deadline - marking - time.monotonic()))
         if self._owns_run:
             if failed is None:

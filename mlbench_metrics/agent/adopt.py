@@ -5,8 +5,10 @@ directories next to its own (``<root>/run-<id>/``) with nobody holding their loc
 delivers them through ``sync``'s own code (:func:`~mlbench_metrics.spool.sync_writer`:
 the directory's lock is taken, batches keep their ids, and a directory is removed only
 once all of it is delivered). Directories written for another server (the same run
-number elsewhere) are left for ``mlbench-metrics sync``. No threads are started here:
-the agent, or a logger delivering from its own process, runs :func:`adopt` in one.
+number elsewhere) are left for ``mlbench-metrics sync``.
+
+Threads: :class:`Adoption` runs :func:`adopt` in ``mlbench-adopt`` (the agent runs it
+in its own thread of that name).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import os
 import threading
 from pathlib import Path
 
+from .._threads import start_thread
 from ..errors import SpoolError
 from ..spool import SyncReport, sync_writer
 from ..spool.files import read_meta
 from ..spool.sync import Poster
 
-__all__ = ["adopt", "orphans"]
+__all__ = ["Adoption", "adopt", "orphans"]
 
 _log = logging.getLogger("mlbench_metrics")
 
@@ -65,19 +68,20 @@ def orphans(own: Path, endpoint: str) -> list[Path]:
 
 
 def adopt(dirs: list[Path], client: Poster, batch_size: int, stop: threading.Event) -> list[SyncReport]:
-    """Deliver each directory as ``sync`` would, until ``stop`` is set (checked between
-    directories; an interrupted one is safe to deliver again)."""
+    """Deliver each directory as ``sync`` would, until ``stop`` is set (then what is left
+    of a directory stays in it, marked as far as it went: safe to deliver again)."""
     reports = []
     for path in dirs:
         if stop.is_set():
             break
         try:
-            report = sync_writer(path, client, batch_size=batch_size)
+            report = sync_writer(path, client, batch_size=batch_size, stop=stop)
         except Exception as exc:  # the client closed under it, say: the directory stays
-            _log.warning("mlbench-metrics: delivering %s left by an earlier process failed: %s", path, exc)
+            if not stop.is_set():
+                _log.warning("mlbench-metrics: delivering %s left by an earlier process failed: %s", path, exc)
             continue
         reports.append(report)
-        if report.busy:
+        if report.busy or stop.is_set():
             continue
         if report.ok:
             _log.info(
@@ -96,3 +100,22 @@ def adopt(dirs: list[Path], client: Poster, batch_size: int, stop: threading.Eve
                 "; ".join(report.errors[:2]),
             )
     return reports
+
+
+class Adoption:
+    """Delivers orphans from a logger that delivers in its own process (thread delivery).
+
+    Args:
+        dirs: the orphans (see :func:`orphans`).
+        client: the logger's client.
+        batch_size: records per batch for ranges never batched.
+    """
+
+    def __init__(self, dirs: list[Path], client: Poster, batch_size: int) -> None:
+        self._stop = threading.Event()
+        self._thread = start_thread(adopt, "mlbench-adopt", args=(dirs, client, batch_size, self._stop))
+
+    def close(self, timeout: float) -> None:
+        """Stop (what is left stays for the next logger of the run, or ``sync``)."""
+        self._stop.set()
+        self._thread.join(max(0.0, timeout))

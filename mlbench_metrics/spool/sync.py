@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ def sync_writer(
     *,
     batch_size: int = 1000,
     progress: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> SyncReport:
     """Deliver what one writer directory holds; delete it when all of it is delivered.
 
@@ -73,6 +75,7 @@ def sync_writer(
         client: delivers the batches (an ``ApiClient`` for the run's server).
         batch_size: records per batch for ranges a dead writer never batched.
         progress: told how many records each delivered batch held.
+        stop: once set, nothing more is sent (what is left stays, marked as far as it went).
     """
     report = SyncReport(path)
     try:
@@ -96,7 +99,7 @@ def sync_writer(
             report.busy = True
             return report
         try:
-            _sync_files(path, client, report, batch_size, progress)
+            _sync_files(path, _Sender(client, report, progress, stop), batch_size)
         finally:
             if agent >= 0:
                 os.close(agent)
@@ -122,39 +125,62 @@ def _agent_lock(path: Path) -> int | None:
     return fd
 
 
-def _sync_files(
-    path: Path, client: Poster, report: SyncReport, batch_size: int, progress: Callable[[int], None] | None
-) -> None:
-    _sync_spool_files(path, client, report, progress)
+def _sync_files(path: Path, sender: _Sender, batch_size: int) -> None:
+    _sync_spool_files(path, sender)
     if (path / "state.bin").exists():
-        _sync_durable(path, client, report, batch_size, progress)
-    if report.ok:
+        _sync_durable(path, sender, batch_size)
+    if sender.report.ok:
         remove_writer_dir(path)
 
 
-def _post(client: Poster, report: SyncReport, batch: MetricBatch, progress: Callable[[int], None] | None) -> bool:
-    result = client.post_metrics(report.run_id, batch, batch_id=batch.batch_id).result()
-    if result.ok:
-        if result.duplicate:
-            report.already_stored += len(batch)
-        else:
-            report.delivered += result.stored
-        if progress is not None:
-            progress(len(batch))
-        return True
-    report.failed += len(result.failed)
-    report.errors.append(str(result.error))
-    return False
+class _Sender:
+    """Sends one directory's batches, one at a time, and counts them in its report."""
+
+    def __init__(
+        self,
+        client: Poster,
+        report: SyncReport,
+        progress: Callable[[int], None] | None,
+        stop: threading.Event | None,
+    ) -> None:
+        self.client = client
+        self.report = report
+        self.progress = progress
+        self.stop = stop
+
+    def post(self, batch: MetricBatch) -> bool:
+        """Whether the batch is stored (now, or before)."""
+        report = self.report
+        if self.stop is not None and self.stop.is_set():
+            if _STOPPED not in report.errors:
+                report.errors.append(_STOPPED)
+            return False
+        result = self.client.post_metrics(report.run_id, batch, batch_id=batch.batch_id).result()
+        if result.ok:
+            if result.duplicate:
+                report.already_stored += len(batch)
+            else:
+                report.delivered += result.stored
+            if self.progress is not None:
+                self.progress(len(batch))
+            return True
+        report.failed += len(result.failed)
+        report.errors.append(str(result.error))
+        return False
 
 
-def _sync_spool_files(path: Path, client: Poster, report: SyncReport, progress: Callable[[int], None] | None) -> None:
+_STOPPED = "stopped before everything was delivered"
+
+
+def _sync_spool_files(path: Path, sender: _Sender) -> None:
+    report = sender.report
     for spool_file in sorted(path.glob("spool-*.log")):
         contents = read_spool_file(spool_file)
         report.torn += contents.torn
         report.errors += contents.problems
         all_sent = True
         for batch in contents.batches:
-            if _post(client, report, batch, progress):
+            if sender.post(batch):
                 acknowledge(spool_file, str(batch.batch_id))
             else:
                 all_sent = False
@@ -164,10 +190,9 @@ def _sync_spool_files(path: Path, client: Poster, report: SyncReport, progress: 
                     p.unlink()
 
 
-def _sync_durable(
-    path: Path, client: Poster, report: SyncReport, batch_size: int, progress: Callable[[int], None] | None
-) -> None:
+def _sync_durable(path: Path, sender: _Sender, batch_size: int) -> None:
     contents = read_durable(path)
+    report = sender.report
     report.torn += contents.unreadable
     report.errors += contents.problems
     marks = DurableMarks(path)
@@ -175,7 +200,7 @@ def _sync_durable(
         contiguous = not contents.problems
         for chunk in replay_batches(contents.records, batch_size):
             first, end, control = chunk[0].seq, chunk[-1].seq + 1, chunk[0].control
-            done = bool(control & CTL_DELIVERED) or _post(client, report, _durable_batch(path, chunk), progress)
+            done = bool(control & CTL_DELIVERED) or sender.post(_durable_batch(path, chunk))
             if done and not control & CTL_DELIVERED:
                 marks.delivered(first, control)
             contiguous = contiguous and done

@@ -77,12 +77,14 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def trainer(run_id: int, address: str, spool: Path, body: str, **env: str) -> subprocess.Popen[str]:
+def trainer(
+    run_id: int, address: str, spool: Path, body: str, delivery: str = "process", **env: str
+) -> subprocess.Popen[str]:
     """A training script in a process group of its own (as a shell's job would be)."""
     code = textwrap.dedent(f"""
         import mlbench_metrics, sys
-        log = mlbench_metrics.init({run_id}, url={address!r}, delivery="process", spool_dir={str(spool)!r},
-                                   flush_interval=0.2, shutdown_timeout=2)
+        log = mlbench_metrics.init({run_id}, url={address!r}, delivery={delivery!r}, spool_dir={str(spool)!r},
+                                   flush_interval=0.2, shutdown_timeout=2, durable=True)
     """) + textwrap.dedent(body)
     return subprocess.Popen(
         [sys.executable, "-c", code],
@@ -182,9 +184,13 @@ def test_an_agent_that_dies_at_start_three_times_leaves_delivery_to_a_thread(
     assert len(warnings) == 1 and "3 agents ended before they were ready" in warnings[0], warnings
 
 
-def test_a_restarted_script_delivers_what_its_crashed_attempt_left(fresh_server: ServerHandle, tmp_path: Path) -> None:
-    # The first attempt logs while the server cannot be reached, and is killed; its agent
-    # gives up after a second. The second attempt's agent adopts the leftovers: no sync.
+@pytest.mark.parametrize("delivery", ["thread", "process"])
+def test_a_restarted_script_delivers_what_its_crashed_attempt_left(
+    fresh_server: ServerHandle, tmp_path: Path, delivery: str
+) -> None:
+    # The first attempt logs while the server cannot be reached, and is killed (its agent
+    # gives up after a second). The second attempt (its agent, or a thread in it) adopts
+    # the leftovers: no sync.
     run = create_run(fresh_server.url)
     reachable = threading.Event()
 
@@ -202,6 +208,7 @@ def test_a_restarted_script_delivers_what_its_crashed_attempt_left(fresh_server:
             print("logged", flush=True)
             import time; time.sleep(600)
             """,
+            delivery,
             MLBENCH_METRICS_AGENT_LINGER="1",
         )
         assert proc.stdout is not None
@@ -209,18 +216,20 @@ def test_a_restarted_script_delivers_what_its_crashed_attempt_left(fresh_server:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         (left,) = [p for p in tmp_path.glob("run-*/*") if p.is_dir()]
-        wait_until(
-            lambda: "gives up" in (left / "agent.log").read_text() and not _locked(left / "agent.lock"),
-            what="the first agent to give up",
-        )
+        if delivery == "process":
+            wait_until(
+                lambda: "gives up" in (left / "agent.log").read_text() and not _locked(left / "agent.lock"),
+                what="the first agent to give up",
+            )
         assert values_stored(fresh_server.db_path, run["id"]) == []
         reachable.set()
         # The second attempt: the same run, server and spool root.
-        log = MetricsLogger(run["id"], url=proxy.address, delivery="process", spool_dir=tmp_path)
+        log = MetricsLogger(run["id"], url=proxy.address, delivery=delivery, spool_dir=tmp_path)
         for i in range(20_000, 20_100):
             log.log("x", i)
+        wait_until(lambda: not left.exists(), what="the leftovers to be delivered")
         assert log.close() == 0
-        wait_until(lambda: no_writer_dirs(tmp_path), what="the leftovers and the new log to be delivered")
+        wait_until(lambda: no_writer_dirs(tmp_path), what="the new log to be delivered")
     assert values_stored(fresh_server.db_path, run["id"]) == list(range(20_100))
 
 

@@ -21,7 +21,6 @@ from mlbench_metrics.server import ServerHandle
 
 from helpers import create_run
 
-
 DELIVERY = pytest.mark.parametrize("delivery", ["thread", "process"])
 
 
