@@ -10,7 +10,8 @@
    calls, while the dispatcher delivers; blocks with and without logging alternate, and
    the step rates are compared. Target: at most 3% slower with logging.
 
-wandb or MLflow, when installed, are measured as further paced baselines (offline).
+wandb (offline) and MLflow (SQLite in a temporary directory), when installed, are measured
+as further paced baselines; one that is missing or fails is reported as such.
 
     python benchmarks/throughput.py [--metrics 1000000] [--paced-seconds 20]
 """
@@ -21,6 +22,7 @@ import argparse
 import os
 import resource
 import statistics
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -135,50 +137,66 @@ def paced(address: str, run_id: int, seconds: float, block_steps: int = 100) -> 
     }
 
 
-def third_party_baselines(seconds: float) -> dict[str, Any]:
-    """Paced slowdown with wandb (offline) or MLflow (local file store), when installed."""
+PeerLogger = tuple[Callable[[str, float, int], None], Callable[[], None]]
+"""A peer's ``log(name, value, step)`` and its ``finish()``."""
+
+
+def _wandb(tmp: str) -> PeerLogger:
+    import wandb  # type: ignore[import-not-found]
+
+    run = wandb.init(mode="offline", project="mlbench-metrics-bench", dir=tmp)
+    return (lambda name, value, step: run.log({name: value}, step=step)), run.finish
+
+
+def _mlflow(tmp: str) -> PeerLogger:
+    import mlflow  # type: ignore[import-not-found]
+
+    # MLflow 3 refuses its file store unless told; its SQLite backend is the local store.
+    mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
+    mlflow.start_run()
+    return (lambda name, value, step: mlflow.log_metric(name, value, step=step)), mlflow.end_run
+
+
+PEERS: dict[str, Callable[[str], PeerLogger]] = {"wandb_offline": _wandb, "mlflow_sqlite": _mlflow}
+
+
+def third_party_baselines(seconds: float, block_steps: int = 100) -> dict[str, Any]:
+    """Paced slowdown with wandb (offline) and MLflow (SQLite in a temporary directory),
+    when installed: plain and logging blocks in ABBA order, as :func:`paced`. A baseline
+    that is not installed, or fails, is reported (with why) and the others go on."""
     results: dict[str, Any] = {}
-    loggers: dict[str, Callable[[], tuple[Callable[[str, float, int], None], Callable[[], None]]]] = {}
-    try:
-        import wandb  # type: ignore[import-not-found]
-
-        def wandb_logger() -> tuple[Callable[[str, float, int], None], Callable[[], None]]:
-            run = wandb.init(mode="offline", project="mlbench-metrics-bench")
-            return (lambda name, value, step: run.log({name: value}, step=step)), run.finish
-
-        loggers["wandb_offline"] = wandb_logger
-    except ImportError:
-        pass
-    try:
-        import mlflow  # type: ignore[import-not-found]
-
-        def mlflow_logger() -> tuple[Callable[[str, float, int], None], Callable[[], None]]:
-            mlflow.set_tracking_uri("file:///tmp/mlbench-metrics-mlflow")
-            mlflow.start_run()
-            return (lambda name, value, step: mlflow.log_metric(name, value, step=step)), mlflow.end_run
-
-        loggers["mlflow_local"] = mlflow_logger
-    except ImportError:
-        pass
-    k = calibrate_work() if loggers else 0
-    for label, make in loggers.items():
-        log, close = make()
-        without, with_logging, step = [], [], 0
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            t0 = time.perf_counter()
-            for _ in range(100):
-                work(k)
-            without.append(100 / (time.perf_counter() - t0))
-            t0 = time.perf_counter()
-            for _ in range(100):
-                work(k)
-                for name in NAMES:
-                    log(name, 0.5, step)
-                step += 1
-            with_logging.append(100 / (time.perf_counter() - t0))
-        close()
-        results[label] = {"slowdown": 1 - statistics.median(with_logging) / statistics.median(without)}
+    k = calibrate_work()
+    for label, make in PEERS.items():
+        with tempfile.TemporaryDirectory(prefix=f"mlbench-{label}-") as tmp:
+            try:
+                log, finish = make(tmp)
+            except ImportError as exc:
+                results[label] = {"error": f"not installed ({exc})"}
+                continue
+            except Exception as exc:  # a peer that cannot start is a finding, not the end of the run
+                results[label] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
+            pairs: list[float] = []
+            step = 0
+            try:
+                deadline = time.perf_counter() + seconds
+                while time.perf_counter() < deadline:
+                    quad = []
+                    for logging_on in (False, True, True, False):
+                        t0 = time.perf_counter()
+                        for _ in range(block_steps):
+                            work(k)
+                            if logging_on:
+                                for name in NAMES:
+                                    log(name, 0.5, step)
+                                step += 1
+                        quad.append(block_steps / (time.perf_counter() - t0))
+                    pairs += [1 - quad[1] / quad[0], 1 - quad[2] / quad[3]]
+                finish()
+            except Exception as exc:
+                results[label] = {"error": f"{type(exc).__name__}: {exc}", "pairs": len(pairs)}
+                continue
+            results[label] = {"slowdown": statistics.median(pairs), "pairs": len(pairs)}
     return results
 
 
@@ -222,7 +240,10 @@ def main() -> None:
         f"{verdict(pace['slowdown'], 0.03, higher_is_better=False)} (<= 3%)"
     )
     for label, fig in others.items():
-        print(f"       {label}: slowdown {fig['slowdown'] * 100:.1f}% (same loop)")
+        if "error" in fig:
+            print(f"       {label}: FAILED: {fig['error']}")
+        else:
+            print(f"       {label}: slowdown {fig['slowdown'] * 100:.1f}% (same loop, {fig['pairs']} pairs)")
     write_results(
         "throughput",
         {

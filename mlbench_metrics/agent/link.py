@@ -58,6 +58,27 @@ START_TIMEOUT: Final = 30.0
 _TRIES: Final = 3  # agents that ended before they were ready, in a row, before delivering from here
 _PACKAGE_ROOT: Final = str(Path(__file__).resolve().parent.parent.parent)
 
+# Agents this process started, kept until they end: an agent outlives its link (it goes on
+# delivering after close), and one that ends while this process lives is reaped here, not
+# left a zombie (nor reported by Popen.__del__ as still running).
+_started: list[subprocess.Popen[bytes]] = []
+_started_lock = threading.Lock()
+
+
+def _keep(proc: subprocess.Popen[bytes]) -> None:
+    with _started_lock:
+        _started[:] = [p for p in _started if p.poll() is None]
+        _started.append(proc)
+
+
+def _forget_started() -> None:
+    global _started_lock
+    _started_lock = threading.Lock()  # another thread may have held it when we forked
+    _started.clear()  # the parent's children, not ours
+
+
+os.register_at_fork(after_in_child=_forget_started)
+
 
 class _FrozenRecords(MemoryStore):
     """The records a frozen log could not take: in the durable store's buffer, as tuples."""
@@ -179,6 +200,7 @@ class AgentLink:
             os.set_blocking(proc.stdin.fileno(), False)  # a poke never waits on a stuck agent
         except OSError:
             pass  # it ended already: the watch counts it as an agent that never became ready
+        _keep(proc)
         self._proc, self._pipe = proc, proc.stdin
         self._spawned_at = self._clock()
         self._ready_after = self._status.read().generation
