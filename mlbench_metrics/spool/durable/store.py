@@ -209,8 +209,7 @@ class DurableStore(RangeStore):
         self._unwritten: int | None = None  # the first slot taken and never written
         self._next = itertools.count()
         # Slot numbers for a dispatcher here; an agent finds them in the log itself.
-        slots: collections.deque[object] = collections.deque(maxlen=0) if shared else self.buffer
-        self.write: Writer = _writer(self, slots, self._next)
+        self.write: Writer = _writer(self, None if shared else self.buffer, self._next)
 
     @property
     def location(self) -> Path | None:
@@ -266,7 +265,7 @@ def _runs(slots: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def _writer(store: DurableStore, slots: collections.deque[object], counter: itertools.count[int]) -> Writer:
+def _writer(store: DurableStore, slots: collections.deque[object] | None, counter: itertools.count[int]) -> Writer:
     """The hot path: a closure, so its state is in cells (the fastest variables Python
     has) and only the first use of a name, a context or a segment takes a slow path.
 
@@ -275,8 +274,9 @@ def _writer(store: DurableStore, slots: collections.deque[object], counter: iter
     kill after that cannot lose it), and queues only the number: the dispatcher reads
     the records back when it sends them, and memory holds no record object the garbage
     collector would walk. Threads may queue in a slightly different order than they
-    numbered; the store batches by slot number, not queue order. Records the log cannot
-    take go to ``store.buffer`` as tuples.
+    numbered; the store batches by slot number, not queue order. With no ``slots`` (an
+    agent process delivers, finding the slots in the log) nothing is queued. Records the
+    log cannot take go to ``store.buffer`` as tuples.
     """
     log = store.log
     buffer = store.buffer
@@ -287,8 +287,13 @@ def _writer(store: DurableStore, slots: collections.deque[object], counter: iter
     next_seq = counter.__next__
     pack_float, pack_int = SLOT_F.pack_into, SLOT_I.pack_into
 
+    frozen = False  # the log stopped growing: records go to memory (store.frozen, in a cell)
+    enqueue = slots.append if slots is not None else None
+
     def in_memory(record: Record, error: SpoolError) -> None:
+        nonlocal frozen
         _deque_append(buffer, record)
+        frozen = True
         store.freeze(error)
 
     def context(ctx: Context) -> tuple[int, int]:
@@ -322,7 +327,7 @@ def _writer(store: DurableStore, slots: collections.deque[object], counter: iter
             flag_step, raw_step = FLAG_STEP, step
         else:
             raise ValueError(f"step {step} does not fit 64 bits (durable mode stores it in one)")
-        if store.frozen:
+        if frozen:
             _deque_append(buffer, (name, value, time_ns, step, ctx))
             return
         try:
@@ -347,6 +352,7 @@ def _writer(store: DurableStore, slots: collections.deque[object], counter: iter
             in_memory((name, value, time_ns, step, ctx), error)
             return
         pack(mm, (seq - first) * SLOT, raw, time_ns, raw_step, nid, context_id, kind, flags | flag_step, seq + 1)
-        _deque_append(slots, seq)
+        if enqueue is not None:
+            enqueue(seq)
 
     return write
