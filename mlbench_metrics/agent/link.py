@@ -274,7 +274,7 @@ class AgentLink:
 
     def _relay(self) -> None:
         """Repeat the agent's warnings here (it writes its own to ``agent.log``)."""
-        if self._local is not None:
+        if self._local is not None or self._closed:
             return  # in this process: they went to this process's log already
         self._notices, texts = self._status.notices(self._notices)
         for text in texts:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from fakes import RESET, ScriptedServer, Seen, forward
+from fakes import RESET, ScriptedServer, Seen, forward, http_response
 from mlbench_metrics import MetricsLogger
 from mlbench_metrics.server import ServerHandle
 from mlbench_metrics.server.store import Store
@@ -269,3 +269,31 @@ def test_close_returns_within_its_timeout_and_the_agent_delivers_after(
         reachable.set()
         wait_until(lambda: no_writer_dirs(tmp_path), what="the agent to deliver after close")
     assert values_stored(fresh_server.db_path, run["id"]) == list(range(1000))
+
+
+def test_records_the_server_refuses_are_counted_and_flush_says_so(fresh_server: ServerHandle, tmp_path: Path) -> None:
+    run = create_run(fresh_server.url)
+    refuse = threading.Event()
+
+    def answer(seen: Seen, index: int) -> Any:
+        if refuse.is_set() and seen.method == "POST":
+            return http_response(400, '{"message": "no"}')
+        return forward(fresh_server.url, seen)
+
+    with ScriptedServer(answer) as proxy:
+        log = MetricsLogger(run["id"], url=proxy.address, delivery="process", spool_dir=tmp_path, batch_size=100)
+        for i in range(500):
+            log.log("x", i)
+        assert log.flush(60)
+        refuse.set()
+        for i in range(500, 800):
+            log.log("x", i)
+        assert not log.flush(60)  # done, but not stored: said
+        stats = log.stats
+        assert stats.stored == 500 and stats.dropped == {"rejected": 300} and stats.spooled == 0
+        assert stats.logged == stats.stored + stats.spooled + stats.dropped_total
+        refuse.clear()
+        log.log("x", 800)
+        assert log.flush(60)  # the next flush covers only what came after
+        log.close()
+    assert values_stored(fresh_server.db_path, run["id"]) == [*range(500), 800]
