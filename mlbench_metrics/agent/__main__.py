@@ -6,9 +6,9 @@ pipe: a byte is a poke (a flush is waiting), end of file means the trainer is go
 It is in a session of its own and ignores SIGINT and SIGHUP, so a Ctrl-C to the
 trainer, or its terminal closing, does not stop it before it has delivered; SIGTERM
 makes it deliver what it can within ``shutdown_timeout`` and stop (the rest stays in
-the log). Its warnings go to standard error (``agent.log`` in the writer directory)
-and, through the status area, to the trainer's stderr. The exit status is one of
-``core.EXIT_*``.
+the log). It runs at a lower priority (:data:`NICE`) than the trainer. Its warnings go
+to standard error (``agent.log`` in the writer directory) and, through the status area,
+to the trainer's stderr. The exit status is one of ``core.EXIT_*``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,14 @@ import select
 import signal
 import sys
 import threading
+from typing import Final
 
 from .core import EXIT_BAD, AgentCore, NoticeHandler
 from .settings import AgentSettings
+
+NICE: Final = 5
+"""How much the agent lowers its scheduling priority: where training keeps every core
+busy, the agent gets about a quarter of the share a training process gets."""
 
 
 class _StdinInbox:
@@ -72,6 +77,10 @@ def main() -> int:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        os.nice(NICE)  # delivery can wait a little (the records are on disk); training should not
+    except OSError:
+        pass
     logging.basicConfig(format=f"%(asctime)s mlbench-metrics agent[{os.getpid()}] %(message)s", level=logging.INFO)
     try:
         settings = AgentSettings.from_json(_read_line(0).decode())
