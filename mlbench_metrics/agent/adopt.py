@@ -13,7 +13,6 @@ in its own thread of that name).
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 from .._threads import start_thread
 from ..errors import SpoolError
 from ..spool import SyncReport, sync_writer
-from ..spool.files import read_meta
+from ..spool.files import read_meta, try_lock
 from ..spool.sync import Poster
 
 __all__ = ["Adoption", "adopt", "orphans"]
@@ -33,15 +32,12 @@ _log = logging.getLogger("mlbench_metrics")
 def _held(lock: Path) -> bool:
     """Whether some process holds ``lock`` (a missing file is nobody's)."""
     try:
-        fd = os.open(lock, os.O_RDWR)
+        fd = try_lock(lock)
     except OSError:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    if fd is None:
         return True
-    finally:
-        os.close(fd)  # (closing releases what this look took)
+    os.close(fd)  # (releases what this look took)
     return False
 
 

@@ -21,7 +21,6 @@ when no agent process could start.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import logging
 import os
@@ -37,7 +36,7 @@ from ..delivery import Dispatcher, Stats
 from ..errors import SpoolError
 from ..spool.durable.status import AgentReport, StatusArea
 from ..spool.durable.tail import TailLog, TailStore
-from ..spool.files import remove_writer_dir
+from ..spool.files import remove_writer_dir, try_lock
 from .adopt import adopt, orphans
 from .settings import AgentSettings
 
@@ -124,7 +123,11 @@ class AgentCore:
         """Deliver until the trainer is gone and everything is delivered, or until time
         runs out; returns :data:`EXIT_DONE`, :data:`EXIT_LEFT`, :data:`EXIT_BUSY` or
         :data:`EXIT_BAD`."""
-        lock = _lock(self.path / "agent.lock")
+        try:
+            lock = try_lock(self.path / "agent.lock", create=True)
+        except OSError as exc:
+            _log.warning("mlbench-metrics: the agent cannot deliver %s: %s", self.path, exc)
+            return EXIT_BAD
         if lock is None:
             _log.warning("mlbench-metrics: another agent delivers %s", self.path)
             return EXIT_BUSY
@@ -301,13 +304,3 @@ class NoticeHandler(logging.Handler):
         except Exception:
             self.handleError(record)
 
-
-def _lock(path: Path) -> int | None:
-    """An fd holding ``path`` locked, or None when another process holds it."""
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd

@@ -22,7 +22,7 @@ from ..errors import SpoolError
 from ..records import Metric, MetricBatch
 from .batches import acknowledge, read_spool_file
 from .durable import CTL_DELIVERED, DurableMarks, DurableRecord, durable_metadata, read_durable, replay_batches
-from .files import read_meta, remove_writer_dir
+from .files import read_meta, remove_writer_dir, try_lock
 
 __all__ = ["Poster", "SyncReport", "sync_writer"]
 
@@ -114,15 +114,9 @@ def _agent_lock(path: Path) -> int | None:
     """Take ``agent.lock`` when there is one: its fd (-1: no agent ever ran here), or None
     when an agent holds it."""
     try:
-        fd = os.open(path / "agent.lock", os.O_RDWR)
+        return try_lock(path / "agent.lock")
     except FileNotFoundError:
         return -1
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def _sync_files(path: Path, sender: _Sender, batch_size: int) -> None:

@@ -16,25 +16,16 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
 from fakes import RESET, ScriptedServer, Seen, forward, http_response
 from mlbench_metrics import MetricsLogger
 from mlbench_metrics.server import ServerHandle
-from mlbench_metrics.server.store import Store
+from mlbench_metrics.spool.files import try_lock
 
-from helpers import create_run, wait_until
-
-
-def values_stored(db_path: str, run_id: int, name: str = "x") -> list[int]:
-    store = Store(db_path)
-    try:
-        series = dict(store.series(run_id=run_id))
-    finally:
-        store.close()
-    return sorted(int(float(p[1])) for p in series.get(name, []))
+from helpers import create_run, values_stored, wait_until
 
 
 def pid_alive(pid: int) -> bool:
@@ -192,12 +183,8 @@ def test_a_restarted_script_delivers_what_its_crashed_attempt_left(
     # gives up after a second). The second attempt (its agent, or a thread in it) adopts
     # the leftovers: no sync.
     run = create_run(fresh_server.url)
-    reachable = threading.Event()
-
-    def gated(seen: Seen, index: int) -> Any:
-        return forward(fresh_server.url, seen) if reachable.is_set() else RESET
-
-    with ScriptedServer(gated) as proxy:
+    script, reachable = gated(fresh_server.url)
+    with ScriptedServer(script) as proxy:
         proc = trainer(
             run["id"],
             proxy.address,
@@ -234,16 +221,21 @@ def test_a_restarted_script_delivers_what_its_crashed_attempt_left(
 
 
 def _locked(path: Path) -> bool:
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    fd = try_lock(path)
+    if fd is None:
         return True
-    finally:
-        os.close(fd)
+    os.close(fd)
     return False
+
+
+def gated(target: str) -> tuple[Callable[[Seen, int], Any], threading.Event]:
+    """A proxy's script that resets connections until the event is set, then forwards."""
+    reachable = threading.Event()
+
+    def script(seen: Seen, index: int) -> Any:
+        return forward(target, seen) if reachable.is_set() else RESET
+
+    return script, reachable
 
 
 def test_close_returns_within_its_timeout_and_the_agent_delivers_after(
@@ -252,12 +244,8 @@ def test_close_returns_within_its_timeout_and_the_agent_delivers_after(
     # A server that cannot be reached at first: close() stops waiting at its timeout, and
     # the agent goes on delivering once the server answers.
     run = create_run(fresh_server.url)
-    reachable = threading.Event()
-
-    def gated(seen: Seen, index: int) -> Any:
-        return forward(fresh_server.url, seen) if reachable.is_set() else RESET
-
-    with ScriptedServer(gated) as proxy:
+    script, reachable = gated(fresh_server.url)
+    with ScriptedServer(script) as proxy:
         log = MetricsLogger(run["id"], url=proxy.address, delivery="process", spool_dir=tmp_path, shutdown_timeout=1)
         for i in range(1000):
             log.log("x", i)

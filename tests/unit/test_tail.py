@@ -19,6 +19,7 @@ from mlbench_metrics.spool import DurableStore, SpoolDir
 from mlbench_metrics.spool.durable import layout
 from mlbench_metrics.spool.durable.status import AgentReport, StatusArea
 from mlbench_metrics.spool.durable.tail import GAP_TIMEOUT, TailLog, TailStore
+from mlbench_metrics.spool.files import try_lock
 
 CTX = Context(0, 1, None)
 
@@ -224,10 +225,8 @@ def test_a_directory_an_agent_works_on_is_left_alone_by_sync(tmp_path: Path) -> 
     w = writer(tmp_path)
     write(w, range(10))
     w.close(everything_settled=False)  # the trainer is gone ...
-    fd = os.open(w.dir.path / "agent.lock", os.O_CREAT | os.O_RDWR)
-    import fcntl
-
-    fcntl.flock(fd, fcntl.LOCK_EX)  # ... and its agent delivers
+    fd = try_lock(w.dir.path / "agent.lock", create=True)  # ... and its agent delivers
+    assert fd is not None
 
     class Unreachable:
         def post_metrics(self, *args: object, **kwargs: object) -> object:
