@@ -6,8 +6,8 @@ its loop queues the slots the trainer has written, asks the dispatcher to take t
 now when the trainer flushes (a word in the status area, and a byte on a pipe to wake
 it), moves the delivered watermark and publishes its counts in the status area. When
 the trainer is gone (it closed, or died), it delivers what is left and stops: at once
-when everything is delivered (the directory is removed then), or after
-``settings.linger`` seconds of trying (the log stays for the next agent or ``sync``).
+when everything is delivered (the directory is removed then), or once ``settings.linger``
+seconds pass without progress (the log stays for the next agent or ``sync``).
 
 Counts survive an agent that dies: they are published in the status area before each
 range is marked delivered, with the range as *pending*; the next agent marks a pending
@@ -172,6 +172,7 @@ class AgentCore:
         taken_upto = 0  # the slot up to which the dispatcher was last asked to take now
         gone_since: float | None = None
         fed_at = self._clock()
+        progress = (-1, -1)  # (settled below, records stored): when it last moved
         while True:
             flush_upto, end, closed = status.trainer()
             final = closed or self._inbox.gone
@@ -187,13 +188,15 @@ class AgentCore:
             self._publish()
             now = self._clock()
             if final:
-                gone_since = now if gone_since is None else gone_since
+                stats = dispatcher.stats()
+                if (store.settled_below(), stats.stored) != progress or gone_since is None:
+                    progress, gone_since = (store.settled_below(), stats.stored), now
                 adopting = self._adopter is not None and self._adopter.is_alive()
-                if store.exhausted and dispatcher.stats().pending == 0 and not adopting:
+                if store.exhausted and stats.pending == 0 and not adopting:
                     return True
-                if now - gone_since >= settings.linger:
+                if now - gone_since >= settings.linger:  # the trainer is gone and nothing moves
                     _log.warning(
-                        "mlbench-metrics: the agent gives up after %.0f s; the rest stays in %s",
+                        "mlbench-metrics: the agent gives up after %.0f s without progress; the rest stays in %s",
                         settings.linger,
                         self.path,
                     )
@@ -303,4 +306,3 @@ class NoticeHandler(logging.Handler):
             self._core.notice(record.getMessage())
         except Exception:
             self.handleError(record)
-

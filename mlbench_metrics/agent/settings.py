@@ -22,7 +22,7 @@ PROTOCOL: Final = 1
 """The version of the settings and of the status area an agent understands."""
 
 ENV_AGENT_LINGER: Final = "MLBENCH_METRICS_AGENT_LINGER"
-"""Seconds an agent keeps trying to deliver after its training process is gone (600)."""
+"""Seconds an agent keeps trying without progress after its training process is gone (600)."""
 
 _LINGER: Final = 600.0
 
@@ -40,7 +40,7 @@ class AgentSettings:
         retry: its client's retry policy, as the policy's fields.
         batch_size, flush_interval, max_in_flight, max_buffer, shutdown_timeout: the
             logger's, for the agent's dispatcher.
-        linger: seconds it keeps trying after the training process is gone.
+        linger: seconds it keeps trying without progress after the training process is gone.
         adopt: deliver what dead processes of the same run left in the spool root too.
         version: :data:`PROTOCOL`.
     """
