@@ -333,7 +333,8 @@ class AgentLink:
         memory = self._memory
         ok = memory.flush(timeout) if memory is not None else True
         end = self._store.end()
-        self._status.request_flush(end)
+        with self._lock:  # two flushes at once: the later word must not undo the earlier
+            self._status.request_flush(end)
         self._poke()
         report = self._wait(end, deadline)
         if report.watermark < end:
