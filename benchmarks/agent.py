@@ -1,10 +1,11 @@
 """Process delivery against thread delivery, measured side by side in one run (issue 12).
 
 1. **Paced**: a training step of ~1 ms of GIL-holding Python work with 10 ``log()``
-   calls. One logger of each mode is open at once; quads of blocks (plain, logging,
-   logging, plain) alternate between the modes in ABBA order (thread, process, process,
-   thread, ...), so the machine's drift hits both alike; each mode's figure is the
-   median slowdown over pairs of adjacent blocks, with the quartiles as its range.
+   calls. One logger of each mode is open at once, and two that deliver nothing while
+   the blocks run (``log()`` alone, plain and durable: the floors); quads of blocks
+   (plain, logging, logging, plain) go round them in ABBA order, so the machine's drift
+   hits all alike; each one's figure is the median slowdown over pairs of adjacent
+   blocks, with the quartiles as its range, in wall time and in this process's CPU time.
    Target: process delivery at most 0.5% slower than no logging (the cost of ``log()``).
 2. **Burst**: 1,000,000 metrics logged as fast as the loop can, until ``flush()`` says the
    server stored them all, for each mode (ABBA). Target: >= 150,000 metrics/s.
@@ -46,56 +47,77 @@ def quartiles(values: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
-def paced_side_by_side(address: str, url: str, seconds: float, spool: str, block_steps: int = 100) -> dict[str, Any]:
-    """Slowdown of each mode against the plain blocks next to it, modes interleaved ABBA.
+# The paced contenders: the two modes, and two floors that deliver nothing while the
+# blocks run (a batch of 10^6 records and an hour's interval: their dispatcher sleeps), so
+# what each block costs is log() alone, plain or durable. Process delivery's own floor is
+# the durable log(): its log() is that, and nothing else runs in its process.
+CONTENDERS: dict[str, dict[str, Any]] = {
+    "thread": {"delivery": "thread"},
+    "process": {"delivery": "process"},
+    "log_alone": {"batch_size": 100_000, "flush_interval": 3600.0, "max_buffer": 10_000_000},
+    "durable_log_alone": {"durable": True, "batch_size": 100_000, "flush_interval": 3600.0, "max_buffer": 10_000_000},
+}
 
-    Two figures per block: wall time (what training feels, and what the machine's other
-    load disturbs most) and this process's CPU time (``time.process_time``: the training
-    thread's and, in thread mode, the dispatcher's; another process's load hardly moves
-    it, and in process mode the agent's CPU is not in it).
+
+def paced_side_by_side(address: str, url: str, seconds: float, spool: str, block_steps: int = 100) -> dict[str, Any]:
+    """Slowdown of each contender against the plain blocks next to it, contenders in
+    ABBA order (A B C D D C B A ...).
+
+    Three figures per block: wall time (what training feels, and what the machine's other
+    load disturbs most), this process's CPU time (``time.process_time``: the training
+    thread's and, in thread mode, the dispatcher's; in process mode the agent's is not in
+    it), and the training thread's own CPU time (``time.thread_time``: ``log()`` and what
+    it does to the caches; time spent waiting for the GIL or for a core is not in it).
     """
     k = calibrate_work()
     loggers = {
-        mode: MetricsLogger(create_run(url, f"paced-{mode}"), url=address, rank=0, delivery=mode, spool_dir=spool)
-        for mode in MODES
+        name: MetricsLogger(
+            create_run(url, f"paced-{name.replace('_', '-')}"), url=address, rank=0, spool_dir=spool, **args
+        )
+        for name, args in CONTENDERS.items()
     }
     assert loggers["process"].flush(60)  # the agent is up before the clock starts
-    wall: dict[str, list[float]] = {mode: [] for mode in MODES}
-    cpu: dict[str, list[float]] = {mode: [] for mode in MODES}
+    wall: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    cpu: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    own: dict[str, list[float]] = {name: [] for name in CONTENDERS}
     plain_rates: list[float] = []
     step = 0
+    order = [*CONTENDERS, *reversed(CONTENDERS)]
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        for mode in ("thread", "process", "process", "thread"):
-            log = loggers[mode].log
+        for name in order:
+            log = loggers[name].log
             quad = []
             for logging_on in (False, True, True, False):
-                t0, c0 = time.perf_counter(), time.process_time()
+                t0, c0, o0 = time.perf_counter(), time.process_time(), time.thread_time()
                 if logging_on:
                     for _ in range(block_steps):
                         work(k)
-                        for name in NAMES:
-                            log(name, 0.5, step=step)
+                        for metric in NAMES:
+                            log(metric, 0.5, step=step)
                         step += 1
                 else:
                     for _ in range(block_steps):
                         work(k)
-                quad.append((time.perf_counter() - t0, time.process_time() - c0))
+                quad.append((time.perf_counter() - t0, time.process_time() - c0, time.thread_time() - o0))
             for plain, logged in ((quad[0], quad[1]), (quad[3], quad[2])):
-                wall[mode].append(logged[0] / plain[0] - 1)
-                cpu[mode].append(logged[1] / plain[1] - 1)
+                wall[name].append(logged[0] / plain[0] - 1)
+                cpu[name].append(logged[1] / plain[1] - 1)
+                own[name].append(logged[2] / plain[2] - 1)
             plain_rates += [block_steps / quad[0][0], block_steps / quad[3][0]]
     out: dict[str, Any] = {"work_iterations_per_step": k, "block_steps": block_steps}
-    for mode, logger in loggers.items():
-        assert logger.flush(120), logger.stats
+    for name, logger in loggers.items():
+        assert logger.flush(300), logger.stats
         stats = logger.stats
         logger.close()
-        out[mode] = {
-            "slowdown": statistics.median(wall[mode]),
-            "slowdown_quartiles": list(quartiles(wall[mode])),
-            "cpu_overhead": statistics.median(cpu[mode]),
-            "cpu_overhead_quartiles": list(quartiles(cpu[mode])),
-            "pairs": len(wall[mode]),
+        out[name] = {
+            "slowdown": statistics.median(wall[name]),
+            "slowdown_quartiles": list(quartiles(wall[name])),
+            "cpu_overhead": statistics.median(cpu[name]),
+            "cpu_overhead_quartiles": list(quartiles(cpu[name])),
+            "thread_cpu_overhead": statistics.median(own[name]),
+            "thread_cpu_overhead_quartiles": list(quartiles(own[name])),
+            "pairs": len(wall[name]),
             "stored": stats.stored,
             "dropped": stats.dropped_total,
         }
@@ -160,7 +182,7 @@ def bursts(address: str, url: str, n: int, spool: str, db_path: str) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paced-seconds", type=float, default=60.0)
-    parser.add_argument("--metrics", type=int, default=1_000_000)
+    parser.add_argument("--metrics", type=int, default=1_000_000, help="per burst (0: no bursts)")
     parser.add_argument("--start-samples", type=int, default=5)
     parser.add_argument("--server-nice", type=int, default=0)
     args = parser.parse_args()
@@ -171,7 +193,7 @@ def main() -> None:
         if args.server_nice and server.pid is not None:
             os.setpriority(os.PRIO_PROCESS, server.pid, args.server_nice)
         start = agent_start(server.address, server.url, spool, args.start_samples)
-        burst_figures = bursts(server.address, server.url, args.metrics, spool, server.db_path)
+        burst_figures = bursts(server.address, server.url, args.metrics, spool, server.db_path) if args.metrics else {}
         pace = paced_side_by_side(server.address, server.url, args.paced_seconds, spool)
 
     print(
@@ -180,12 +202,16 @@ def main() -> None:
         f"python -c pass {interp['python_pass'] * 1000:.0f} ms, importing the agent "
         f"{interp['import_mlbench_metrics'] * 1000:.0f} ms"
     )
+    peak = (
+        f", peak {burst_figures['agent_peak_rss_mib']:.0f} MiB in {args.metrics:,}-metric bursts"
+        if args.metrics
+        else ""
+    )
     print(
         f"agent RSS: {start['rss_mib_median']:.0f} MiB when ready "
-        f"({start['rss_mib_range'][0]:.0f}-{start['rss_mib_range'][1]:.0f}), "
-        f"peak {burst_figures['agent_peak_rss_mib']:.0f} MiB after {args.metrics:,}-metric bursts"
+        f"({start['rss_mib_range'][0]:.0f}-{start['rss_mib_range'][1]:.0f}){peak}"
     )
-    for mode in MODES:
+    for mode in MODES if args.metrics else ():
         rates = burst_figures[mode]["metrics_per_s"]
         print(
             f"burst ({mode}): {min(rates):,.0f}-{max(rates):,.0f} metrics/s stored end to end -> "
@@ -193,17 +219,19 @@ def main() -> None:
         )
     print(
         f"paced: {pace['steps_per_s_without']:.0f} steps/s without logging "
-        f"(server nice {args.server_nice}, {pace['thread']['pairs']} pairs per mode)"
+        f"(server nice {args.server_nice}, {pace['thread']['pairs']} pairs each)"
     )
-    for mode in MODES:
-        fig = pace[mode]
+    for name in CONTENDERS:
+        fig = pace[name]
         low, high = fig["slowdown_quartiles"]
         clow, chigh = fig["cpu_overhead_quartiles"]
-        target = f" -> {verdict(fig['slowdown'], 0.005, higher_is_better=False)} (<= 0.5%)" if mode == "process" else ""
+        tlow, thigh = fig["thread_cpu_overhead_quartiles"]
+        target = f" -> {verdict(fig['slowdown'], 0.005, higher_is_better=False)} (<= 0.5%)" if name == "process" else ""
         print(
-            f"       {mode}: slowdown {fig['slowdown'] * 100:.2f}% (quartiles {low * 100:.2f}% to "
+            f"       {name}: slowdown {fig['slowdown'] * 100:.2f}% (quartiles {low * 100:.2f}% to "
             f"{high * 100:.2f}%){target}; CPU of the training process +{fig['cpu_overhead'] * 100:.2f}% "
-            f"({clow * 100:.2f}% to {chigh * 100:.2f}%)"
+            f"({clow * 100:.2f}% to {chigh * 100:.2f}%); training thread +{fig['thread_cpu_overhead'] * 100:.2f}% "
+            f"({tlow * 100:.2f}% to {thigh * 100:.2f}%)"
         )
     write_results(
         "agent",
