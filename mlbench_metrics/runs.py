@@ -30,7 +30,8 @@ from typing import Any, Callable, Literal, overload
 
 import requests
 
-from .api import ApiClient, _status_error
+from ._session import status_error
+from .api import ApiClient
 from .errors import ClientApiError
 from .points import MetricPoint, split_name, to_number
 from .records import parse_date, us_to_datetime
@@ -315,7 +316,7 @@ class Run:
         with self._api() as api:
             answer = api.download_run_metrics(self.id, since, summarize).result()
         if answer.status_code >= 400:
-            raise _status_error(answer)
+            raise status_error(answer)
         target = Path(path)
         tmp = target.with_name(target.name + ".part")
         tmp.write_bytes(answer.content)
@@ -332,7 +333,7 @@ class Run:
         with self._api() as api:
             answer = api.delete_run(self.id).result()
         if answer.status_code == 304:
-            error = _status_error(answer)
+            error = status_error(answer)
             raise ClientApiError(
                 f"the server could not delete run {self.id} ({error})",
                 status_code=304,
@@ -341,7 +342,7 @@ class Run:
                 url=error.url,
             )
         if not 200 <= answer.status_code < 300:
-            raise _status_error(answer)
+            raise status_error(answer)
 
     def mark(self, state: str) -> Run:
         """Set the run's state (``started``, ``finished`` or ``failed``); returns self.
@@ -379,7 +380,7 @@ class Run:
 
 def _json(answer: requests.Response) -> Any:
     if answer.status_code >= 400:
-        raise _status_error(answer)
+        raise status_error(answer)
     try:
         return answer.json()
     except ValueError:
