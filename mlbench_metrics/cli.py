@@ -134,6 +134,10 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     if not dirs:
         print("nothing to sync")
         return EXIT_OK
+    if args.to is not None:
+        return _sync_to(args, dirs)
+    if args.to_run is not None:
+        raise CliError("--to-run goes with --to", EXIT_USAGE)
     clients: dict[str, ApiClient] = {}
     status = EXIT_OK
     try:
@@ -178,9 +182,85 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             if not report.ok:
                 print(f"  {directory}: kept (not everything in it was delivered)", file=sys.stderr)
                 status = EXIT_FAILED
+            if report.raw_kept:
+                print(
+                    f"  {directory}: kept: the raw copies of {report.raw_kept:,} records the server got as aggregates; "
+                    f"upload them with: mlbench-metrics sync {directory} --to URL"
+                )
     finally:
         for client in clients.values():
             client.close()
+    return status
+
+
+def _sync_to(args: argparse.Namespace, dirs: list[Path]) -> int:
+    """``sync --to URL``: upload the raw copies to a server with the batch endpoint."""
+    from .api import ApiClient
+    from .errors import SpoolError
+    from .spool import sync_raw
+    from .spool.files import read_meta
+    from .spool.raw import kept_raw
+
+    status = EXIT_OK
+    client = ApiClient(url=args.to, token=args.token)
+    try:
+        if "batch" not in client.server_extensions():
+            raise CliError(
+                f"{client.endpoint} has no batch endpoint; --to needs one (`mlbench-metrics serve`, without "
+                "--no-extensions), so that every record is stored there once however often sync runs"
+            )
+        runs: dict[int, bool] = {}
+        for directory in dirs:
+            if not kept_raw(directory):
+                print(f"{directory}: no raw copies (nothing in it was folded into aggregates)")
+                continue
+            try:
+                run_id = args.to_run or int(read_meta(directory)["run_id"])
+            except SpoolError as exc:
+                print(f"{directory}: skipped: {exc}", file=sys.stderr)
+                status = EXIT_FAILED
+                continue
+            if run_id not in runs:
+                runs[run_id] = client.get_run(run_id).result().status_code == 200
+            if not runs[run_id]:
+                print(
+                    f"{directory}: run {run_id} does not exist at {client.endpoint}: create it there, or pass "
+                    "--to-run ID",
+                    file=sys.stderr,
+                )
+                status = EXIT_FAILED
+                continue
+            sent = 0
+
+            def progress(n: int, directory: Path = directory) -> None:
+                nonlocal sent
+                sent += n
+                if sys.stderr.isatty():
+                    _progress(f"{directory.name}: {sent:,} raw records uploaded")
+
+            report = sync_raw(directory, client, run_id=run_id, progress=progress)
+            if sent:
+                _progress_done()
+            if report.busy:
+                print(f"{directory}: skipped, its process is still running (or another sync holds it)")
+                continue
+            print(
+                f"{directory}: run {report.run_id}: {report.delivered:,} raw records uploaded, "
+                f"{report.already_stored:,} already there, {report.failed:,} failed, "
+                f"{report.torn:,} torn or unreadable"
+            )
+            for error in report.errors[:5]:
+                print(f"  {error}", file=sys.stderr)
+            if not report.ok:
+                print(f"  {directory}: kept (not every raw record was uploaded)", file=sys.stderr)
+                status = EXIT_FAILED
+            if report.owed:
+                print(
+                    f"  {directory}: kept: the run's own server still waits for records in it; deliver them "
+                    f"with: mlbench-metrics sync {directory}"
+                )
+    finally:
+        client.close()
     return status
 
 
@@ -359,6 +439,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("--token", default=argparse.SUPPRESS, help="a bearer token for the server")
     sync.add_argument("--batch-size", type=int, default=1000, help="records per batch for unbatched records")
+    sync.add_argument(
+        "--to",
+        default=None,
+        metavar="URL",
+        help="upload the raw copies of records the run's server got as aggregates to this server "
+        "(one with the batch endpoint: each record is stored there once)",
+    )
+    sync.add_argument("--to-run", type=_positive_int, default=None, help="with --to: the run there (default: same id)")
     sync.set_defaults(func=_cmd_sync)
     return parser
 
