@@ -2,9 +2,12 @@
 
 The store is memory (``spool=False``), a batch spool, or durable mode's log; one whose
 directory cannot be written is reported once and replaced by memory, so ``log()`` never
-fails for it. The dispatcher gets the store and the ``deliver`` callable; neither is
-changed from outside afterwards. The dispatcher's thread is started here (except for
-the placeholder a forked child uses until its first record).
+fails for it. With a spool and ``aggregate`` not ``"off"``, ``deliver`` is wrapped in an
+:class:`~mlbench_metrics.delivery.Aggregator` (aggregates when a server without the batch
+endpoint falls behind) and the store in a :class:`~mlbench_metrics.spool.KeepRaw` (the raw
+copies those aggregates stand for). The dispatcher gets the store and the ``deliver``
+callable; neither is changed from outside afterwards. The dispatcher's thread is started
+here (except for the placeholder a forked child uses until its first record).
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .config import LoggerConfig
-from .delivery import BatchStore, Dispatcher, MemoryStore
+from .delivery import Aggregator, BatchStore, Dispatcher, FoldPolicy, MemoryStore
 from .delivery.dispatcher import Deliver
 from .errors import SpoolError
 from .records.batch import Record
-from .spool import DurableStore, SpoolDir, SpoolStore
+from .spool import DurableStore, KeepRaw, RawCopies, SpoolDir, SpoolStore
 from .spool.durable.store import Writer
 
 __all__ = ["Parts", "open_parts", "placeholder_parts"]
@@ -52,6 +55,7 @@ def open_parts(
     endpoint: str,
     on_frozen: Callable[[], None],
     on_drained: Callable[[], None],
+    batch_supported: Callable[[], bool | None] | None = None,
 ) -> Parts:
     """The store ``config`` asks for and a started dispatcher delivering through ``deliver``.
 
@@ -62,11 +66,14 @@ def open_parts(
         endpoint: the server, written to the spool's ``meta.json`` for ``sync``.
         on_frozen: durable mode: told once when the log cannot grow any more.
         on_drained: told each time the dispatcher has emptied the buffer.
+        batch_supported: whether the server has the batch endpoint (None until known);
+            without it, nothing is ever folded into aggregates.
     """
     prefix = uuid.uuid4().hex
     store: BatchStore = MemoryStore(prefix)
     append: Callable[[Record], None] = store.buffer.append
     write: Writer | None = None
+    directory: SpoolDir | None = None
     if config.spool:
         meta = {"endpoint": endpoint, "durable": config.durable, "batch_size": config.batch_size}
         directory = SpoolDir(config.spool_dir, run_id, meta)
@@ -78,8 +85,11 @@ def open_parts(
                 durable = DurableStore(directory, config.spool_max_bytes, prefix, on_frozen)
             except SpoolError as exc:
                 _log.warning("mlbench-metrics: %s; records are kept in memory only (not durable)", exc)
+                directory = None
             else:
                 store, append, write = durable, durable.append, durable.write
+    if directory is not None and directory.problem() is None and batch_supported is not None:
+        deliver, store, on_drained = _aggregating(config, deliver, store, directory, batch_supported, on_drained)
     dispatcher = Dispatcher(
         deliver,
         store,
@@ -91,6 +101,32 @@ def open_parts(
     )
     dispatcher.start()
     return Parts(store, dispatcher, append, write)
+
+
+def _aggregating(
+    config: LoggerConfig,
+    deliver: Deliver,
+    store: BatchStore,
+    directory: SpoolDir,
+    batch_supported: Callable[[], bool | None],
+    on_drained: Callable[[], None],
+) -> tuple[Deliver, BatchStore, Callable[[], None]]:
+    """``deliver`` folding when the server falls behind, and ``store`` copying what the
+    folds stand for (unless ``aggregate="off"``)."""
+    policy = FoldPolicy(config.aggregate)
+    if policy.off:
+        return deliver, store, on_drained
+    copies = RawCopies(directory, config.spool_max_bytes)
+    aggregator = Aggregator(
+        deliver, policy, batch_supported=batch_supported, keep=copies.keep_one, on_fold=copies.mark_folded
+    )
+    kept = KeepRaw(store, copies, batch_supported)
+
+    def drained() -> None:
+        on_drained()
+        aggregator.tick()
+
+    return aggregator, kept, drained
 
 
 def placeholder_parts(deliver: Deliver) -> Parts:

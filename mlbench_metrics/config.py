@@ -14,9 +14,11 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Final, Mapping, Union
 
+from .delivery.pace import Aggregate, check_aggregate
 from .errors import ConfigError
 
 __all__ = [
+    "ENV_AGGREGATE",
     "ENV_FLUSH_INTERVAL",
     "ENV_RANK",
     "ENV_RUN_ID",
@@ -51,6 +53,9 @@ ENV_SPOOL_DIR: Final = "MLBENCH_METRICS_SPOOL_DIR"
 
 ENV_FLUSH_INTERVAL: Final = "MLBENCH_METRICS_FLUSH_INTERVAL"
 """Seconds between the dispatcher's deliveries when no ``flush_interval`` is given."""
+
+ENV_AGGREGATE: Final = "MLBENCH_METRICS_AGGREGATE"
+"""``auto``, ``off`` or seconds: the logger's ``aggregate`` when none is given."""
 
 
 def env_str(name: str, environ: Mapping[str, str] | None = None) -> str | None:
@@ -169,6 +174,7 @@ class LoggerConfig:
     durable: bool = False
     new_run: str | None = None
     run_config: Mapping[str, object] | None = None  # checked by run_config.check_config
+    aggregate: Aggregate = "auto"
 
     def __post_init__(self) -> None:
         for name, ok, expected in _CHECKS:
@@ -188,6 +194,7 @@ class LoggerConfig:
         rank: int | None = None,
         flush_interval: float | None = None,
         new_run: str | None = None,
+        aggregate: Aggregate | None = None,
         environ: Mapping[str, str] | None = None,
         **settings: object,
     ) -> LoggerConfig:
@@ -219,13 +226,27 @@ class LoggerConfig:
             rank = env_int(ENV_RANK, env_int("RANK", None, environ), environ)
         if flush_interval is None:
             flush_interval = env_float(ENV_FLUSH_INTERVAL, 1.0, environ)
+        if aggregate is None:
+            aggregate = _env_aggregate(environ)
         return cls(
             run_id=None if run_id is None else _run_number(run_id),
             rank=rank,
             flush_interval=float(flush_interval) if _is_seconds(flush_interval) else flush_interval,
             new_run=new_run,
+            aggregate=aggregate,
             **settings,  # type: ignore[arg-type]
         )
+
+
+def _env_aggregate(environ: Mapping[str, str] | None) -> Aggregate:
+    raw = env_str(ENV_AGGREGATE, environ)
+    if raw is None:
+        return "auto"
+    try:
+        return check_aggregate(raw if raw in ("auto", "off") else float(raw))
+    except (ValueError, ConfigError):
+        _log.warning('ignoring %s=%r: not "auto", "off" or a number of seconds; using "auto"', ENV_AGGREGATE, raw)
+        return "auto"
 
 
 def _run_number(run_id: object) -> int:
@@ -249,4 +270,13 @@ _CHECKS: Final[tuple[tuple[str, Callable[[object, LoggerConfig], bool], str], ..
     ("shutdown_timeout", lambda v, c: _is_seconds(v), "a positive number of seconds"),
     ("spool_max_bytes", lambda v, c: _is_int(v) and v >= 1 << 20, "an integer of at least 1 MiB"),  # type: ignore[operator]
     ("new_run", lambda v, c: v is None or isinstance(v, str), "a run name"),
+    ("aggregate", lambda v, c: _is_aggregate(v), '"auto", "off" or a positive number of seconds'),
 )
+
+
+def _is_aggregate(value: object) -> bool:
+    try:
+        check_aggregate(value)
+    except ConfigError:
+        return False
+    return True

@@ -129,6 +129,16 @@ class MetricsLogger:
         config: the run's configuration (hyperparameters), a JSON-serialisable mapping
             stored once with the run where the server can (the embedded server; the
             dashboard cannot, and a warning says so). See :mod:`mlbench_metrics.run_config`.
+        aggregate: against a server without the batch endpoint (the dashboard, which
+            stores a few dozen posts a second): ``"auto"`` (the default, else
+            ``MLBENCH_METRICS_AGGREGATE``) sends per-series
+            aggregates (the mean, or a total's last value, with count, min, max, first
+            and last step in the metadata) when records arrive faster than the server
+            stores them, measured as it goes, so its charts stay a few seconds behind at
+            most; a number of seconds always sends aggregates over windows that long;
+            ``"off"`` always sends every record. The records folded keep their raw
+            copies in the spool (``stats.folded``) for ``mlbench-metrics sync --to URL``;
+            without a spool nothing is folded.
 
     Raises:
         ConfigError: an argument is invalid or the run id is missing.
@@ -154,6 +164,7 @@ class MetricsLogger:
         durable: bool = False,
         new_run: str | None = None,
         config: Mapping[str, Any] | None = None,
+        aggregate: str | float | None = None,
     ) -> None:
         self.settings = LoggerConfig.resolve(
             run_id,
@@ -170,6 +181,7 @@ class MetricsLogger:
             spool_max_bytes=spool_max_bytes,
             durable=durable,
             run_config=None if config is None else check_config(config),
+            aggregate=aggregate,
         )
         self._own_client = client is None
         # The logger keeps its strict checks: it refuses at the call what the dashboard would.
@@ -200,14 +212,16 @@ class MetricsLogger:
 
     def _open_parts(self) -> None:
         """Build the store and the dispatcher; point the hot path at the store's buffer."""
+        client = self.client  # not self: the dispatcher's thread must not keep the logger alive
         self._use(
             open_parts(
                 self.settings,
-                functools.partial(self.client.post_metrics, self.run_id),
+                functools.partial(client.post_metrics, self.run_id),
                 run_id=self.run_id,
-                endpoint=self.client.endpoint,
+                endpoint=client.endpoint,
                 on_frozen=self._on_log_frozen,
                 on_drained=_lifecycle.weak_call(self._reset_wake_threshold),
+                batch_supported=lambda: client.batch_supported,
             )
         )
         self._wake_at = self.settings.batch_size
@@ -507,7 +521,8 @@ class MetricsLogger:
 
         Returns within ``timeout``. What is still undelivered then is spooled when there
         is a spool, else dropped and counted. Afterwards ``stats.logged == stats.stored +
-        stats.spooled + stats.dropped_total``.
+        stats.spooled + stats.dropped_total`` (records folded into aggregates count as
+        spooled: their raw copies are on disk).
 
         Args:
             timeout: seconds it may take (default ``shutdown_timeout``).
@@ -516,7 +531,8 @@ class MetricsLogger:
                 an uncaught exception or on SIGTERM.
 
         Returns:
-            How many records were not stored (spooled or dropped); 0 when called again.
+            How many records were neither stored nor folded into stored aggregates
+            (spooled for ``sync``, or dropped); 0 when called again.
         """
         # Not self._lock: a SIGTERM handler may call this while the same thread holds it
         # inside increment().
@@ -540,8 +556,7 @@ class MetricsLogger:
         if self._own_client:
             self.client.close(timeout=max(0.0, deadline - time.monotonic()))
         _lifecycle.unregister(self)
-        stats = self._dispatcher.stats()
-        return stats.logged - stats.stored
+        return self._dispatcher.stats().unsent
 
     def close_at_exit(self) -> str | None:
         """Close within ``shutdown_timeout``; a line for stderr when records were not stored."""
@@ -549,12 +564,13 @@ class MetricsLogger:
         if not left:
             return None
         stats = self.stats
-        if not stats.spooled:
+        spooled = stats.spooled - stats.folded
+        if not spooled:
             where = "dropped"
         elif not stats.dropped_total:
             where = f"spooled in {self.spool_dir}; deliver them with: mlbench-metrics sync"
         else:
-            where = f"{stats.spooled} spooled in {self.spool_dir}, {stats.dropped_total} dropped"
+            where = f"{spooled} spooled in {self.spool_dir}, {stats.dropped_total} dropped"
         return f"mlbench-metrics: {left} records were not delivered at exit ({where})"
 
     def _after_fork_in_child(self) -> None:
