@@ -26,7 +26,6 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Callable
 
 from ._cli_common import (
@@ -40,7 +39,6 @@ from ._cli_common import (
     describe_transport_error,
     open_client,
 )
-from ._cli_common import progress as _progress
 from ._cli_common import progress_done as _progress_done
 from ._version import __version__
 from .errors import ApiError, ConfigError, DiscoveryError, MetricsError, TransportError
@@ -120,148 +118,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from .api import ApiClient
-    from .config import ENV_URL, env_str
-    from .errors import SpoolError
-    from .spool import default_spool_root, sync_writer, writer_dirs
-    from .spool.files import read_meta
+    from ._cli_sync import cmd_sync
 
-    paths = [Path(p) for p in args.dirs] or [default_spool_root()]
-    missing = [str(p) for p in paths if not p.exists()]
-    if args.dirs and missing:
-        raise CliError(f"no such directory: {', '.join(missing)}", EXIT_USAGE)
-    dirs = list(writer_dirs([p for p in paths if p.exists()]))
-    if not dirs:
-        print("nothing to sync")
-        return EXIT_OK
-    if args.to is not None:
-        return _sync_to(args, dirs)
-    if args.to_run is not None:
-        raise CliError("--to-run goes with --to", EXIT_USAGE)
-    clients: dict[str, ApiClient] = {}
-    status = EXIT_OK
-    try:
-        for directory in dirs:
-            try:
-                meta = read_meta(directory)
-            except SpoolError as exc:  # kept as it is, for a look; the others go on
-                print(f"{directory}: skipped: {exc}", file=sys.stderr)
-                status = EXIT_FAILED
-                continue
-            url = args.url or env_str(ENV_URL) or str(meta.get("endpoint", "")).removesuffix("/").removesuffix("/api")
-            if not url:
-                print(f"{directory}: no server address: pass --url", file=sys.stderr)
-                status = EXIT_FAILED
-                continue
-            client = clients.get(url)
-            if client is None:
-                client = clients[url] = ApiClient(url=url, token=args.token)
-            sent = 0
-
-            def progress(n: int, directory: Path = directory) -> None:
-                nonlocal sent
-                sent += n
-                if sys.stderr.isatty():
-                    _progress(f"{directory.name}: {sent:,} records sent")
-
-            report = sync_writer(directory, client, batch_size=args.batch_size, progress=progress)
-            if sent:
-                _progress_done()
-            if report.busy:
-                print(f"{directory}: skipped, its process is still running (or another sync holds it)")
-                continue
-            print(
-                f"{directory}: run {report.run_id}: {report.delivered:,} delivered, "
-                f"{report.already_stored:,} already stored, {report.failed:,} failed, "
-                f"{report.torn:,} torn or unreadable"
-            )
-            for error in report.errors[:5]:
-                print(f"  {error}", file=sys.stderr)
-            if len(report.errors) > 5:
-                print(f"  ... and {len(report.errors) - 5} more", file=sys.stderr)
-            if not report.ok:
-                print(f"  {directory}: kept (not everything in it was delivered)", file=sys.stderr)
-                status = EXIT_FAILED
-            if report.raw_kept:
-                print(
-                    f"  {directory}: kept: the raw copies of {report.raw_kept:,} records the server got as aggregates; "
-                    f"upload them with: mlbench-metrics sync {directory} --to URL"
-                )
-    finally:
-        for client in clients.values():
-            client.close()
-    return status
-
-
-def _sync_to(args: argparse.Namespace, dirs: list[Path]) -> int:
-    """``sync --to URL``: upload the raw copies to a server with the batch endpoint."""
-    from .api import ApiClient
-    from .errors import SpoolError
-    from .spool import sync_raw
-    from .spool.files import read_meta
-    from .spool.raw import kept_raw
-
-    status = EXIT_OK
-    client = ApiClient(url=args.to, token=args.token)
-    try:
-        if "batch" not in client.server_extensions():
-            raise CliError(
-                f"{client.endpoint} has no batch endpoint; --to needs one (`mlbench-metrics serve`, without "
-                "--no-extensions), so that every record is stored there once however often sync runs"
-            )
-        runs: dict[int, bool] = {}
-        for directory in dirs:
-            if not kept_raw(directory):
-                print(f"{directory}: no raw copies (nothing in it was folded into aggregates)")
-                continue
-            try:
-                run_id = args.to_run or int(read_meta(directory)["run_id"])
-            except SpoolError as exc:
-                print(f"{directory}: skipped: {exc}", file=sys.stderr)
-                status = EXIT_FAILED
-                continue
-            if run_id not in runs:
-                runs[run_id] = client.get_run(run_id).result().status_code == 200
-            if not runs[run_id]:
-                print(
-                    f"{directory}: run {run_id} does not exist at {client.endpoint}: create it there, or pass "
-                    "--to-run ID",
-                    file=sys.stderr,
-                )
-                status = EXIT_FAILED
-                continue
-            sent = 0
-
-            def progress(n: int, directory: Path = directory) -> None:
-                nonlocal sent
-                sent += n
-                if sys.stderr.isatty():
-                    _progress(f"{directory.name}: {sent:,} raw records uploaded")
-
-            report = sync_raw(directory, client, run_id=run_id, progress=progress)
-            if sent:
-                _progress_done()
-            if report.busy:
-                print(f"{directory}: skipped, its process is still running (or another sync holds it)")
-                continue
-            print(
-                f"{directory}: run {report.run_id}: {report.delivered:,} raw records uploaded, "
-                f"{report.already_stored:,} already there, {report.failed:,} failed, "
-                f"{report.torn:,} torn or unreadable"
-            )
-            for error in report.errors[:5]:
-                print(f"  {error}", file=sys.stderr)
-            if not report.ok:
-                print(f"  {directory}: kept (not every raw record was uploaded)", file=sys.stderr)
-                status = EXIT_FAILED
-            if report.owed:
-                print(
-                    f"  {directory}: kept: the run's own server still waits for records in it; deliver them "
-                    f"with: mlbench-metrics sync {directory}"
-                )
-    finally:
-        client.close()
-    return status
+    return cmd_sync(args)
 
 
 # -- the parser -------------------------------------------------------------------------------

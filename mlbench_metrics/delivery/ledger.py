@@ -137,12 +137,8 @@ class Ledger:
         if n <= 0:
             return
         with self._lock:
-            parcel.count -= n
-            if self._abandoned:
+            if not self._release(parcel, n):
                 return
-            self._held -= n
-            if parcel.on_disk:
-                self._parked -= n
             if reason is None:
                 self._stored += n
             else:
@@ -154,14 +150,20 @@ class Ledger:
         if n <= 0 and points <= 0:
             return
         with self._lock:
-            parcel.count -= n
-            if self._abandoned:
-                return
-            self._held -= n
-            if parcel.on_disk:
-                self._parked -= n
-            self._folded += n
-            self._aggregates += points
+            if self._release(parcel, n):
+                self._folded += n
+                self._aggregates += points
+
+    def _release(self, parcel: Parcel, n: int) -> bool:
+        """Under the lock: ``n`` of the parcel's records leave it; False when nothing
+        counts any more (abandoned)."""
+        parcel.count -= n
+        if self._abandoned:
+            return False
+        self._held -= n
+        if parcel.on_disk:
+            self._parked -= n
+        return True
 
     def _drop(self, reason: str, n: int, seq: int | None) -> None:
         self._dropped[reason] = self._dropped.get(reason, 0) + n
