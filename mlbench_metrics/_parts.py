@@ -25,7 +25,7 @@ from .records.batch import Record
 from .spool import DurableStore, KeepRaw, RawCopies, SpoolDir, SpoolStore
 from .spool.durable.store import Writer
 
-__all__ = ["Parts", "open_parts", "placeholder_parts"]
+__all__ = ["Parts", "open_parts", "placeholder_parts", "with_aggregation"]
 
 _log = logging.getLogger("mlbench_metrics")
 
@@ -89,7 +89,7 @@ def open_parts(
             else:
                 store, append, write = durable, durable.append, durable.write
     if directory is not None and directory.problem() is None and batch_supported is not None:
-        deliver, store, on_drained = _aggregating(config, deliver, store, directory, batch_supported, on_drained)
+        deliver, store, on_drained = with_aggregation(config, deliver, store, directory, batch_supported, on_drained)
     dispatcher = Dispatcher(
         deliver,
         store,
@@ -103,7 +103,7 @@ def open_parts(
     return Parts(store, dispatcher, append, write)
 
 
-def _aggregating(
+def with_aggregation(
     config: LoggerConfig,
     deliver: Deliver,
     store: BatchStore,
@@ -111,8 +111,19 @@ def _aggregating(
     batch_supported: Callable[[], bool | None],
     on_drained: Callable[[], None],
 ) -> tuple[Deliver, BatchStore, Callable[[], None]]:
-    """``deliver`` folding when the server falls behind, and ``store`` copying what the
-    folds stand for (unless ``aggregate="off"``)."""
+    """``deliver`` folding when the server falls behind, ``store`` copying what the folds
+    stand for, and ``on_drained`` ticking the folding too (unchanged with
+    ``aggregate="off"``). Whoever builds a dispatcher (a logger, an agent process) passes
+    these three to it.
+
+    Args:
+        config: the settings (``aggregate``, ``spool_max_bytes``).
+        deliver: the client's ``post_metrics`` for the run.
+        store: the spool or durable store, writing in ``directory``.
+        directory: the writer directory the raw copies go to.
+        batch_supported: whether the server has the batch endpoint (None until known).
+        on_drained: what the dispatcher would tell each time it empties the buffer.
+    """
     policy = FoldPolicy(config.aggregate)
     if policy.off:
         return deliver, store, on_drained
