@@ -2,12 +2,9 @@
 
 The store is memory (``spool=False``), a batch spool, or durable mode's log; one whose
 directory cannot be written is reported once and replaced by memory, so ``log()`` never
-fails for it. With a spool and ``aggregate`` not ``"off"``, ``deliver`` is wrapped in an
-:class:`~mlbench_metrics.delivery.Aggregator` (aggregates when a server without the batch
-endpoint falls behind) and the store in a :class:`~mlbench_metrics.spool.KeepRaw` (the raw
-copies those aggregates stand for). The dispatcher gets the store and the ``deliver``
-callable; neither is changed from outside afterwards. The dispatcher's thread is started
-here (except for the placeholder a forked child uses until its first record).
+fails for it. The dispatcher gets the store and the ``deliver`` callable; neither is
+changed from outside afterwards. The dispatcher's thread is started here (except for
+the placeholder a forked child uses until its first record).
 """
 
 from __future__ import annotations
@@ -18,11 +15,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .config import LoggerConfig
-from .delivery import Aggregator, BatchStore, Dispatcher, FoldPolicy, MemoryStore
+from .delivery import BatchStore, Dispatcher, MemoryStore
 from .delivery.dispatcher import Deliver
 from .errors import SpoolError
 from .records.batch import Record
-from .spool import DurableStore, KeepRaw, RawCopies, SpoolDir, SpoolStore
+from .spool import DurableStore, SpoolDir, SpoolStore
 from .spool.durable.store import Writer
 
 __all__ = ["Parts", "open_parts", "placeholder_parts", "with_aggregation"]
@@ -53,9 +50,9 @@ def open_parts(
     *,
     run_id: int,
     endpoint: str,
+    batch_supported: Callable[[], bool | None] | None = None,
     on_frozen: Callable[[], None],
     on_drained: Callable[[], None],
-    batch_supported: Callable[[], bool | None] | None = None,
 ) -> Parts:
     """The store ``config`` asks for and a started dispatcher delivering through ``deliver``.
 
@@ -64,10 +61,11 @@ def open_parts(
         deliver: sends one batch (``ApiClient.post_metrics`` for the run).
         run_id: the run the spool's directory is named after.
         endpoint: the server, written to the spool's ``meta.json`` for ``sync``.
+        batch_supported: whether the server has the batch endpoint (None until known);
+            given, and with a spool, ``deliver`` and the store are wrapped by
+            :func:`with_aggregation`; without it nothing is ever folded into aggregates.
         on_frozen: durable mode: told once when the log cannot grow any more.
         on_drained: told each time the dispatcher has emptied the buffer.
-        batch_supported: whether the server has the batch endpoint (None until known);
-            without it, nothing is ever folded into aggregates.
     """
     prefix = uuid.uuid4().hex
     store: BatchStore = MemoryStore(prefix)
@@ -103,6 +101,12 @@ def open_parts(
     return Parts(store, dispatcher, append, write)
 
 
+def placeholder_parts(deliver: Deliver) -> Parts:
+    """Parts for a forked child until its first record: memory only, no thread."""
+    store = MemoryStore(uuid.uuid4().hex)
+    return Parts(store, Dispatcher(deliver, store), store.buffer.append, None)
+
+
 def with_aggregation(
     config: LoggerConfig,
     deliver: Deliver,
@@ -124,6 +128,9 @@ def with_aggregation(
         batch_supported: whether the server has the batch endpoint (None until known).
         on_drained: what the dispatcher would tell each time it empties the buffer.
     """
+    from .delivery import Aggregator, FoldPolicy  # imported here: only aggregation needs them
+    from .spool import KeepRaw, RawCopies
+
     policy = FoldPolicy(config.aggregate)
     if policy.off:
         return deliver, store, on_drained
@@ -138,9 +145,3 @@ def with_aggregation(
         aggregator.tick()
 
     return aggregator, kept, drained
-
-
-def placeholder_parts(deliver: Deliver) -> Parts:
-    """Parts for a forked child until its first record: memory only, no thread."""
-    store = MemoryStore(uuid.uuid4().hex)
-    return Parts(store, Dispatcher(deliver, store), store.buffer.append, None)

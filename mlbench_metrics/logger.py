@@ -120,6 +120,16 @@ class MetricsLogger:
         durable: write every record to a memory-mapped file before ``log()`` returns,
             so a process killed at any moment (SIGKILL, OOM) loses nothing logged;
             ``mlbench-metrics sync`` delivers what it left.
+        aggregate: against a server without the batch endpoint (the dashboard, which
+            stores a few dozen posts a second): ``"auto"`` (the default, else
+            ``MLBENCH_METRICS_AGGREGATE``) sends per-series aggregates (the mean, or a
+            total's last value, with count, min, max, first and last step in the
+            metadata) when records arrive faster than the server stores them, measured
+            as it goes, so its charts stay a few seconds behind at most; a number of
+            seconds always sends aggregates over windows that long; ``"off"`` always
+            sends every record. The records folded keep their raw copies in the spool
+            (``stats.folded``) for ``mlbench-metrics sync --to URL``; without a spool
+            nothing is folded.
         new_run: instead of ``run_id``, create a run with this name (a custom run whose
             command is this program's) and log to it; ``close()`` marks it finished,
             or failed when the program ends with an uncaught exception or SIGTERM
@@ -129,16 +139,6 @@ class MetricsLogger:
         config: the run's configuration (hyperparameters), a JSON-serialisable mapping
             stored once with the run where the server can (the embedded server; the
             dashboard cannot, and a warning says so). See :mod:`mlbench_metrics.run_config`.
-        aggregate: against a server without the batch endpoint (the dashboard, which
-            stores a few dozen posts a second): ``"auto"`` (the default, else
-            ``MLBENCH_METRICS_AGGREGATE``) sends per-series
-            aggregates (the mean, or a total's last value, with count, min, max, first
-            and last step in the metadata) when records arrive faster than the server
-            stores them, measured as it goes, so its charts stay a few seconds behind at
-            most; a number of seconds always sends aggregates over windows that long;
-            ``"off"`` always sends every record. The records folded keep their raw
-            copies in the spool (``stats.folded``) for ``mlbench-metrics sync --to URL``;
-            without a spool nothing is folded.
 
     Raises:
         ConfigError: an argument is invalid or the run id is missing.
@@ -162,9 +162,9 @@ class MetricsLogger:
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int = 1 << 30,
         durable: bool = False,
+        aggregate: str | float | None = None,
         new_run: str | None = None,
         config: Mapping[str, Any] | None = None,
-        aggregate: str | float | None = None,
     ) -> None:
         self.settings = LoggerConfig.resolve(
             run_id,
@@ -180,8 +180,8 @@ class MetricsLogger:
             spool_dir=spool_dir,
             spool_max_bytes=spool_max_bytes,
             durable=durable,
-            run_config=None if config is None else check_config(config),
             aggregate=aggregate,
+            run_config=None if config is None else check_config(config),
         )
         self._own_client = client is None
         # The logger keeps its strict checks: it refuses at the call what the dashboard would.
@@ -217,11 +217,11 @@ class MetricsLogger:
             open_parts(
                 self.settings,
                 functools.partial(client.post_metrics, self.run_id),
+                batch_supported=lambda: client.batch_supported,
                 run_id=self.run_id,
                 endpoint=client.endpoint,
                 on_frozen=self._on_log_frozen,
                 on_drained=_lifecycle.weak_call(self._reset_wake_threshold),
-                batch_supported=lambda: client.batch_supported,
             )
         )
         self._wake_at = self.settings.batch_size
