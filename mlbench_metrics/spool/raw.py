@@ -2,8 +2,8 @@
 
 When such a server (the dashboard) falls behind, the aggregator (``delivery/aggregator.py``)
 sends it per-series aggregates instead of the records. So that nothing is lost to those
-averages, every record the dispatcher sends there is first copied, as it was logged, into
-the writer directory (see ``files.py``)::
+averages, every record sent there is copied, as it was logged, into the writer directory
+(see ``files.py``)::
 
     raw-000001.log    framed batches in the batch spool's format (``batches.py``), whole
     raw-000001.acks   the ids of its batches uploaded by ``sync --to``
@@ -17,10 +17,13 @@ record as it was logged (or the spool has it for ``sync``), and they are deleted
 close or by ``sync``.
 
 :class:`RawCopies` owns these files (written through a :class:`BatchSpool`: one writer
-for the format); :class:`KeepRaw` is the store wrapper that copies each batch as the
-dispatcher reads it to send it, or puts it on disk, or leaves it at close. Their bound is
-half of ``spool_max_bytes``: past it nothing more is copied (so nothing more is folded),
-and nothing copied is ever deleted to make room. No threads.
+for the format). The aggregator copies each batch before it sends it (once the server is
+known to lack the batch endpoint; a batch sent before that, as soon as it is known);
+:class:`KeepRaw`, the store wrapper, copies the batches that go to disk instead, and at
+close those never sent. Their bound is half of ``spool_max_bytes``: past it nothing more
+is copied (so nothing more is folded), and nothing copied is ever deleted to make room.
+No threads: the dispatcher's thread writes, or a client thread for a batch sent before
+the server was known.
 """
 
 from __future__ import annotations
