@@ -120,6 +120,16 @@ class MetricsLogger:
         durable: write every record to a memory-mapped file before ``log()`` returns,
             so a process killed at any moment (SIGKILL, OOM) loses nothing logged;
             ``mlbench-metrics sync`` delivers what it left.
+        aggregate: against a server without the batch endpoint (the dashboard, which
+            stores a few dozen posts a second): ``"auto"`` (the default, else
+            ``MLBENCH_METRICS_AGGREGATE``) sends per-series aggregates (the mean, or a
+            total's last value, with count, min, max, first and last step in the
+            metadata) when records arrive faster than the server stores them, measured
+            as it goes, so its charts stay a few seconds behind at most; a number of
+            seconds always sends aggregates over windows that long; ``"off"`` always
+            sends every record. The records folded keep their raw copies in the spool
+            (``stats.folded``) for ``mlbench-metrics sync --to URL``; without a spool
+            nothing is folded.
         new_run: instead of ``run_id``, create a run with this name (a custom run whose
             command is this program's) and log to it; ``close()`` marks it finished,
             or failed when the program ends with an uncaught exception or SIGTERM
@@ -152,6 +162,7 @@ class MetricsLogger:
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int = 1 << 30,
         durable: bool = False,
+        aggregate: str | float | None = None,
         new_run: str | None = None,
         config: Mapping[str, Any] | None = None,
     ) -> None:
@@ -169,6 +180,7 @@ class MetricsLogger:
             spool_dir=spool_dir,
             spool_max_bytes=spool_max_bytes,
             durable=durable,
+            aggregate=aggregate,
             run_config=None if config is None else check_config(config),
         )
         self._own_client = client is None
@@ -200,12 +212,14 @@ class MetricsLogger:
 
     def _open_parts(self) -> None:
         """Build the store and the dispatcher; point the hot path at the store's buffer."""
+        client = self.client  # not self: the dispatcher's thread must not keep the logger alive
         self._use(
             open_parts(
                 self.settings,
-                functools.partial(self.client.post_metrics, self.run_id),
+                functools.partial(client.post_metrics, self.run_id),
+                batch_supported=lambda: client.batch_supported,
                 run_id=self.run_id,
-                endpoint=self.client.endpoint,
+                endpoint=client.endpoint,
                 on_frozen=self._on_log_frozen,
                 on_drained=_lifecycle.weak_call(self._reset_wake_threshold),
             )
@@ -507,7 +521,8 @@ class MetricsLogger:
 
         Returns within ``timeout``. What is still undelivered then is spooled when there
         is a spool, else dropped and counted. Afterwards ``stats.logged == stats.stored +
-        stats.spooled + stats.dropped_total``.
+        stats.spooled + stats.dropped_total`` (records folded into aggregates count as
+        spooled: their raw copies are on disk).
 
         Args:
             timeout: seconds it may take (default ``shutdown_timeout``).
@@ -516,7 +531,8 @@ class MetricsLogger:
                 an uncaught exception or on SIGTERM.
 
         Returns:
-            How many records were not stored (spooled or dropped); 0 when called again.
+            How many records were neither stored nor folded into stored aggregates
+            (spooled for ``sync``, or dropped); 0 when called again.
         """
         # Not self._lock: a SIGTERM handler may call this while the same thread holds it
         # inside increment().
@@ -540,8 +556,7 @@ class MetricsLogger:
         if self._own_client:
             self.client.close(timeout=max(0.0, deadline - time.monotonic()))
         _lifecycle.unregister(self)
-        stats = self._dispatcher.stats()
-        return stats.logged - stats.stored
+        return self._dispatcher.stats().unsent
 
     def close_at_exit(self) -> str | None:
         """Close within ``shutdown_timeout``; a line for stderr when records were not stored."""
@@ -549,12 +564,13 @@ class MetricsLogger:
         if not left:
             return None
         stats = self.stats
-        if not stats.spooled:
+        spooled = stats.spooled - stats.folded
+        if not spooled:
             where = "dropped"
         elif not stats.dropped_total:
             where = f"spooled in {self.spool_dir}; deliver them with: mlbench-metrics sync"
         else:
-            where = f"{stats.spooled} spooled in {self.spool_dir}, {stats.dropped_total} dropped"
+            where = f"{spooled} spooled in {self.spool_dir}, {stats.dropped_total} dropped"
         return f"mlbench-metrics: {left} records were not delivered at exit ({where})"
 
     def _after_fork_in_child(self) -> None:

@@ -403,17 +403,19 @@ class Dispatcher:
             self._note_error("deliver", result.error)
         again = result.retryable()
         rejected = len(result.rejected())
-        stored = parcel.count - len(again) - rejected
+        folded = len(result.folded)  # into aggregates the server stored; raw copies on disk
+        stored = parcel.count - len(again) - rejected - folded
         if rejected:
             self._warn_once("rejected", f"mlbench-metrics: the server refused {rejected} records: {result.error}")
-        if again and (stored or rejected):
+        if again and (stored or rejected or folded):
             try:
                 self._store.remainder(parcel, again)
             except Exception as exc:  # the whole batch will be sent again: at least once
                 self._note_error("spool", exc)
-                again, stored, rejected = list(range(parcel.count)), 0, 0
+                again, stored, rejected, folded = list(range(parcel.count)), 0, 0, 0
         self._count(parcel, stored, None)
         self._count(parcel, rejected, "rejected")
+        self._ledger.folded(parcel, folded, result.aggregates)
         if not again:
             self._forget(parcel)
             return False
@@ -467,11 +469,20 @@ class Dispatcher:
         except Exception as exc:
             self._note_error("spool", exc)
         self._ledger.release_markers()
-        left = self._ledger.stats(0).spooled
+        stats = self._ledger.stats(0)
+        left = stats.spooled - stats.folded
         where = self._store.location
         if left and where is not None:
             _log.warning(
                 "mlbench-metrics: %d records wait in %s; deliver them with: mlbench-metrics sync %s", left, where, where
+            )
+        if stats.folded and where is not None:
+            _log.warning(
+                "mlbench-metrics: the server has aggregates of %d records whose raw copies are in %s; upload them "
+                "to a server with the batch endpoint with: mlbench-metrics sync %s --to URL",
+                stats.folded,
+                where,
+                where,
             )
 
     def _waiting_in_memory(self) -> list[Parcel]:

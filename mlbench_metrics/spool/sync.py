@@ -1,9 +1,19 @@
 """``sync``: deliver what dead processes left, and never delete what was not delivered.
 
-Reading and marking the files is their owners' (``batches.py``, ``durable.py``); this
-module decides what to send and when a directory may go: only when everything in it is
-delivered and nothing in it was damaged. Damage is reported one line per file (what,
+Reading and marking the files is their owners' (``batches.py``, ``durable/``, ``raw.py``);
+this module decides what to send and when a directory may go: only when everything in it
+is delivered and nothing in it was damaged. Damage is reported one line per file (what,
 which file, how many records), and the directory is kept for a look. No threads.
+
+Two destinations:
+
+* :func:`sync_writer` (``mlbench-metrics sync``) sends what the run's server has not got
+  yet (the batch spool, the durable log) to that server. A directory that also holds raw
+  copies (``raw-*.log``: that server got aggregates of some records) is kept for them;
+* :func:`sync_raw` (``mlbench-metrics sync --to URL``) uploads the raw copies, every
+  record as it was logged, to a server with the batch endpoint: each batch keeps its id,
+  so every record is stored there exactly once, however often it runs. What the run's
+  own server is owed stays for :func:`sync_writer`.
 """
 
 from __future__ import annotations
@@ -22,8 +32,9 @@ from ..records import Metric, MetricBatch
 from .batches import acknowledge, read_spool_file
 from .durable import CTL_DELIVERED, DurableMarks, DurableRecord, durable_metadata, read_durable, replay_batches
 from .files import read_meta, remove_writer_dir
+from .raw import drop_unneeded, kept_raw
 
-__all__ = ["Poster", "SyncReport", "sync_writer"]
+__all__ = ["Poster", "SyncReport", "sync_raw", "sync_writer"]
 
 
 class Poster(Protocol):
@@ -47,6 +58,8 @@ class SyncReport:
     torn: int = 0
     busy: bool = False
     errors: list[str] = field(default_factory=list)
+    raw_kept: int = 0  # records in raw copies, kept for ``sync --to``
+    owed: bool = False  # ``sync_raw``: the run's own server still waits for records here
 
     @property
     def ok(self) -> bool:
@@ -73,6 +86,56 @@ def sync_writer(
         batch_size: records per batch for ranges a dead writer never batched.
         progress: told how many records each delivered batch held.
     """
+
+    def work(report: SyncReport) -> None:
+        _sync_spool_files(path, client, report, progress)
+        if (path / "state.bin").exists():
+            _sync_durable(path, client, report, batch_size, progress)
+        drop_unneeded(path)
+        report.raw_kept = sum(len(b) for f in kept_raw(path) for b in read_spool_file(f).batches)
+        if report.ok and not report.raw_kept:
+            remove_writer_dir(path)
+
+    return _locked(path, work)
+
+
+def sync_raw(
+    path: Path,
+    client: Poster,
+    *,
+    run_id: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SyncReport:
+    """Upload a writer directory's raw copies to a server with the batch endpoint.
+
+    Each batch goes with its id (the server stores an id once) and is acknowledged in the
+    copy's ``.acks`` file; a copy all uploaded is deleted, and the directory too when the
+    run's own server is owed nothing from it.
+
+    Args:
+        path: a writer directory (with ``meta.json``).
+        client: an ``ApiClient`` for a server with the batch endpoint (checked by the caller).
+        run_id: the run to store into there (default: the directory's run).
+        progress: told how many records each uploaded batch held.
+    """
+
+    def work(report: SyncReport) -> None:
+        if run_id is not None:
+            report.run_id = run_id
+        for raw_file in kept_raw(path):
+            _send_all(raw_file, client, report, progress)
+        if report.ok:
+            drop_unneeded(path, uploaded=True)
+        report.owed = _owed(path)
+        if report.ok and not report.owed:
+            remove_writer_dir(path)
+
+    return _locked(path, work)
+
+
+def _locked(path: Path, work: Callable[[SyncReport], None]) -> SyncReport:
+    """Run ``work`` on the directory while holding its lock (busy: a live writer or
+    another ``sync`` holds it)."""
     report = SyncReport(path)
     try:
         report.run_id = int(read_meta(path)["run_id"])
@@ -90,11 +153,7 @@ def sync_writer(
         except OSError:
             report.busy = True
             return report
-        _sync_spool_files(path, client, report, progress)
-        if (path / "state.bin").exists():
-            _sync_durable(path, client, report, batch_size, progress)
-        if report.ok:
-            remove_writer_dir(path)
+        work(report)
     except OSError as exc:  # a file vanished or cannot be written: keep what is there
         report.errors.append(f"{path}: {type(exc).__name__}: {exc}")
     finally:
@@ -119,19 +178,43 @@ def _post(client: Poster, report: SyncReport, batch: MetricBatch, progress: Call
 
 def _sync_spool_files(path: Path, client: Poster, report: SyncReport, progress: Callable[[int], None] | None) -> None:
     for spool_file in sorted(path.glob("spool-*.log")):
+        _send_file(spool_file, client, report, progress)
+
+
+def _send_file(spool_file: Path, client: Poster, report: SyncReport, progress: Callable[[int], None] | None) -> None:
+    """Send a spool file's batches not acknowledged yet; delete it once all are."""
+    if _send_all(spool_file, client, report, progress):
+        for p in (spool_file, spool_file.with_suffix(".acks")):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+def _send_all(spool_file: Path, client: Poster, report: SyncReport, progress: Callable[[int], None] | None) -> bool:
+    """Send a file's batches not acknowledged yet, acknowledging each; True when all are."""
+    contents = read_spool_file(spool_file)
+    report.torn += contents.torn
+    report.errors += contents.problems
+    all_sent = True
+    for batch in contents.batches:
+        if _post(client, report, batch, progress):
+            acknowledge(spool_file, str(batch.batch_id))
+        else:
+            all_sent = False
+    return all_sent and not contents.problems
+
+
+def _owed(path: Path) -> bool:
+    """Whether the run's own server still waits for records (or damage) in ``path``."""
+    for spool_file in path.glob("spool-*.log"):
         contents = read_spool_file(spool_file)
-        report.torn += contents.torn
-        report.errors += contents.problems
-        all_sent = True
-        for batch in contents.batches:
-            if _post(client, report, batch, progress):
-                acknowledge(spool_file, str(batch.batch_id))
-            else:
-                all_sent = False
-        if all_sent and not contents.problems:
-            for p in (spool_file, spool_file.with_suffix(".acks")):
-                with contextlib.suppress(OSError):
-                    p.unlink()
+        if contents.batches or contents.problems:
+            return True
+    if not (path / "state.bin").exists():
+        return False
+    durable = read_durable(path)
+    if durable.problems or durable.unreadable:
+        return True
+    return any(not chunk[0].control & CTL_DELIVERED for chunk in replay_batches(durable.records, 1_000_000))
 
 
 def _sync_durable(
