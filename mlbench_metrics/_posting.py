@@ -161,7 +161,7 @@ class MetricsPoster:
                 answer = response.json()
                 stored += int(answer.get("stored", 0))
                 duplicate = duplicate or bool(answer.get("duplicate"))
-            elif response.status_code in _NO_SUCH_ROUTE and start == 0:
+            elif response.status_code in _NO_SUCH_ROUTE and start == 0 and not _run_not_found(response):
                 return None
             else:  # a 5xx is worth another try later: the batch id makes re-sending safe
                 error = post_error(response, transient=True)
@@ -192,6 +192,16 @@ class MetricsPoster:
                 continue
             gather.sent(future)
             future.add_done_callback(functools.partial(_single_answer, gather, index))
+
+
+def _run_not_found(response: requests.Response) -> bool:
+    """Whether a 404 from the batch endpoint says the run is unknown (the embedded server
+    marks it), rather than that the endpoint is: the batch is refused, not re-routed."""
+    try:
+        answer = response.json()
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and answer.get("error") == "run_not_found"
 
 
 def _single_answer(gather: Gather, index: int, future: Future[requests.Response]) -> None:

@@ -35,6 +35,7 @@ from .parsing import (
     INT_MAX,
     INT_MIN,
     MAX_BATCH,
+    RUN_NOT_FOUND,
     ApiFailure,
     as_bool,
     as_date,
@@ -356,8 +357,8 @@ class App:
         columns, count = decode_batch(d)
         try:
             self.store.add_batch(run_id, batch_id, columns, count, now_us())
-        except RunNotFound:
-            raise ApiFailure(404, f"run {run_id} not found") from None
+        except RunNotFound:  # told apart from "no such endpoint", which a client takes as "post singly"
+            raise ApiFailure(404, f"run {run_id} not found", extra={"error": RUN_NOT_FOUND}) from None
         except DuplicateBatch:
             return json_response(200, {"status": "OK", "stored": 0, "duplicate": True, "batch_id": batch_id})
         return json_response(201, {"status": "Created", "stored": count, "duplicate": False, "batch_id": batch_id})
