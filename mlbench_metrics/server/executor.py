@@ -42,7 +42,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from .._threads import start_thread
+from .._threads import BLOCKED, start_thread
 from .store import Store
 
 __all__ = ["MAX_LOCAL_WORKERS", "ExecError", "LocalExecutor", "command_lines"]
@@ -193,6 +193,7 @@ class LocalExecutor:
                         env=env,
                         cwd=self.workdir,
                         start_new_session=True,  # its own process group, so stop() reaches its children
+                        preexec_fn=_unblock_signals,
                     )
                 except OSError as exc:
                     local.stderr.append(f"Run failed: cannot start {command[0]!r}: {exc}")
@@ -339,6 +340,17 @@ def command_lines(run: Mapping[str, Any]) -> list[list[str]]:
 def _line(rank: int, raw: bytes, processes: int) -> str:
     text = raw.decode("utf-8", "replace").rstrip("\r")
     return text if processes == 1 else f"[{rank}] {text}"
+
+
+def _unblock_signals() -> None:
+    """In a run's process, between fork and exec: let SIGTERM and SIGINT in again.
+
+    This thread blocks them (as every thread of the library does), and a child inherits the
+    mask of the thread that forks it, through ``exec`` too: the run's script could never
+    handle SIGTERM, so stopping it always ended in SIGKILL, its logger unflushed. Only
+    ``pthread_sigmask`` runs here: it takes no lock another thread could have held at fork.
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED)
 
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:

@@ -163,6 +163,32 @@ def test_deleting_a_run_stops_its_processes(exec_server: ServerHandle, tmp_path:
         psutil.Process(pid).status()  # reaped, not a zombie
 
 
+def test_a_run_gets_sigterm_and_sigint_unblocked_so_it_can_flush_when_stopped(
+    exec_server: ServerHandle, tmp_path: Path
+) -> None:
+    # The executor's thread blocks both (as the library's threads do); a child inherits a
+    # thread's mask through fork and exec, so a run's script could never handle SIGTERM:
+    # deleting the run, or stopping the server, always ended in SIGKILL, its logger unflushed.
+    marker = tmp_path / "handler ran"
+    run = create_local(
+        exec_server,
+        f"""
+        import pathlib, signal, sys, threading
+        print(sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])), flush=True)
+        def stop(signum, frame):
+            pathlib.Path({str(marker)!r}).write_text("yes")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, stop)
+        print("ready", flush=True)
+        threading.Event().wait()
+        """,
+    )
+    wait_until(lambda: "ready" in run.refresh().job_metadata.get("stdout", []), what="the run's process to start")
+    assert run.job_metadata["stdout"][-2] == "[]", "the run's process starts with signals blocked"
+    run.delete()
+    assert marker.read_text() == "yes", "SIGTERM did not reach the run's handler"
+
+
 def test_official_images_are_refused_with_a_clear_400(exec_server: ServerHandle) -> None:
     with pytest.raises(ClientApiError, match="official images need Kubernetes") as info:
         Run.create(unique_name(), image="PyTorch Cifar-10 ResNet-20", backend="gloo", url=exec_server.address)
