@@ -161,6 +161,20 @@ def test_downsampling_keeps_each_buckets_min_and_max(server: ServerHandle) -> No
             assert min(inside)[1] in kept and max(inside)[1] in kept
 
 
+def test_a_metadata_nested_past_the_parsers_depth_does_not_break_the_runs_reads(server: ServerHandle) -> None:
+    # The metadata is free text, stored as sent; reading step, epoch and rank from it
+    # must not make every later read of the run a 500 (the run page would never load).
+    run = create_run(server.url)
+    deep = '{"step": 3, "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    body = {"run_id": run["id"], "name": "loss", "value": 1, "date": "2021-01-02 03:04:05", "metadata": deep}
+    assert requests.post(f"{server.url}/api/metrics/", data=dict(body, cumulative="False")).status_code == 201
+    for route in ("points/", "points/?format=csv", "series/"):
+        r = requests.get(f"{server.url}/api/runs/{run['id']}/{route}")
+        assert r.status_code == 200, (route, r.text)
+    series = requests.get(f"{server.url}/api/runs/{run['id']}/points/").json()["series"]
+    assert series[0]["points"]["metadata"] == [deep] and series[0]["points"]["step"] == [None]
+
+
 def test_series_catalog_and_stats(server: ServerHandle) -> None:
     run_id = create_run(server.url)["id"]
     with ApiClient(url=server.address) as client, MetricsLogger(run_id, client=client, rank=0) as log:
