@@ -306,6 +306,9 @@ export class Chart {
       parts.push(`zoomed: ${shown.toLocaleString()} drawn of the window's ${inWindow.toLocaleString()}`);
     }
     else if (lines.some((l) => l.downsampled)) parts.push(`${shown.toLocaleString()} drawn (min and max of each pixel column)`);
+    // NaN and infinities are stored (a diverging loss must show): they cannot be drawn, so say so.
+    const notFinite = lines.reduce((n, l) => n + l.v.filter((v) => !isFinite(toNumber(v))).length, 0);
+    if (notFinite) parts.push(`${notFinite.toLocaleString()} not finite (NaN or infinite), not drawn`);
     if (!shown && points) parts.push(`none has ${this.opts.x === "epoch" ? "an epoch" : "this x value"}`);
     this.note.textContent = parts.join(" · ");
     if (!shown) {

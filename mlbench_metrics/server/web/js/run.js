@@ -83,7 +83,8 @@ export async function runPage(main, id) {
           ["CPU limit", details.cpu_limit],
           ["GPU", details.gpu_enabled ? "yes" : "no"],
           ["job id", run.job_id],
-          ...meta.map(([k, v]) => [k, typeof v === "string" ? v : JSON.stringify(v)]),
+          // The job's own fields (its command with the placeholders filled, pids, exit codes).
+          ...meta.map(([k, v]) => ["job " + k.replace(/_/g, " "), typeof v === "string" ? v : JSON.stringify(v)]),
         ]),
         downloads,
       ),
