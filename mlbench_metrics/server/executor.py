@@ -40,12 +40,14 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Callable, Final
+
+import psutil
 
 from .._threads import BLOCKED, start_thread
 from .store import Store
 
-__all__ = ["MAX_LOCAL_WORKERS", "ExecError", "LocalExecutor", "command_lines"]
+__all__ = ["MAX_LOCAL_WORKERS", "ExecError", "LocalExecutor", "command_lines", "fail_abandoned_runs"]
 
 _log = logging.getLogger("mlbench_metrics.server")
 
@@ -286,6 +288,46 @@ class LocalExecutor:
     def _finish(self, local: _LocalRun, state: str, codes: list[int]) -> None:
         self._publish(local, codes)
         self.store.update_run(local.run_id, state=state, finished_at=_now_us())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # it exists, but cannot be looked at: count it as running
+        return True
+
+
+def fail_abandoned_runs(store: Store, *, alive: Callable[[int], bool] = _pid_alive) -> list[int]:
+    """Fail the local runs a server that is gone left ``started``, once none of their processes runs.
+
+    A server killed while it ran runs (``kill -9``, out of memory, a power cut) never marks
+    them finished or failed: without this they would stay ``started`` for ever, shown live
+    and waited for by ``runs wait``. A run with a process still alive is left alone: it is
+    another server's on the same file, or the orphan of this one, still going. So is one
+    with no pid recorded yet, which another server may be starting right now.
+
+    Args:
+        store: the server's store, just opened.
+        alive: whether a pid is a running process (injected by tests).
+
+    Returns:
+        The ids of the runs marked failed.
+    """
+    failed = []
+    for run in store.list_runs():
+        meta = dict(run["job_metadata"])
+        pids = [p for p in meta.get("pids") or [] if isinstance(p, int) and p > 0]
+        if run["state"] != "started" or not str(run["job_id"]).startswith("local-") or not pids:
+            continue
+        if any(alive(pid) for pid in pids):
+            continue
+        meta["stderr"] = [*meta.get("stderr", []), "Run failed: the server stopped while it ran"][-_TAIL_LINES:]
+        store.update_run(run["id"], state="failed", finished_at=_now_us(), job_metadata=meta)
+        _log.warning("run %s was left started by a server that stopped, its processes gone: marked failed", run["id"])
+        failed.append(run["id"])
+    return failed
 
 
 class _Filler(string.Formatter):

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from mlbench_metrics import ApiClient, ClientApiError, MetricsLogger, Run
-from mlbench_metrics.server import ServerHandle, serve
+from mlbench_metrics.server import ServerHandle, serve, spawn
 
 from helpers import unique_name, wait_until
 
@@ -187,6 +187,35 @@ def test_a_run_gets_sigterm_and_sigint_unblocked_so_it_can_flush_when_stopped(
     assert run.job_metadata["stdout"][-2] == "[]", "the run's process starts with signals blocked"
     run.delete()
     assert marker.read_text() == "yes", "SIGTERM did not reach the run's handler"
+
+
+def test_a_run_left_started_by_a_server_that_died_is_failed_when_a_server_opens_the_file(tmp_path: Path) -> None:
+    # Was: after kill -9 of serve --exec, its runs stayed "started" for ever: the page showed
+    # them live, and `runs wait` waited until its timeout.
+    server = spawn(str(tmp_path / "m.db"), args=["--exec", "--token", "t0k"])
+    try:
+        marker = tmp_path / "started"
+        code = f"import pathlib, threading; pathlib.Path({str(marker)!r}).touch(); threading.Event().wait()"
+        run = Run.create(
+            unique_name(),
+            custom_image_name="local",
+            custom_image_command=python_command(code),
+            backend="gloo",
+            url=server.address,
+            token="t0k",
+        )
+        wait_until(lambda: bool(run.refresh().job_metadata.get("pids")), what="the run's process to start")
+        server.kill()
+        for pid in run.job_metadata["pids"]:  # its orphan, killed too: nothing runs it any more
+            process = psutil.Process(pid)
+            process.kill()
+            process.wait(30)
+        server.start()
+        run.refresh()
+        assert run.state == "failed" and run.finished_at is not None
+        assert "the server stopped while it ran" in run.job_metadata["stderr"][-1]
+    finally:
+        server.close()
 
 
 def test_official_images_are_refused_with_a_clear_400(exec_server: ServerHandle) -> None:
