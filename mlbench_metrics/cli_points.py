@@ -177,7 +177,9 @@ def plot(args: argparse.Namespace) -> int:
         missing = f"no metric named {', '.join(sorted(wanted))}" if wanted else "no metrics"
         raise ConfigError(f"run {run.id} has {missing}; see: mlbench-metrics metrics show {run.id}")
     start = run.created_at or min(p.date for pts in series.values() for p in pts)
-    fig, axes = plt.subplots(len(groups), 1, figsize=(10, 3.2 * len(groups)), squeeze=False)
+    # Constrained layout keeps the figure's title above the first panel however many there
+    # are (tight_layout left it inside the first one once there were a dozen).
+    fig, axes = plt.subplots(len(groups), 1, figsize=(10, 3.2 * len(groups)), squeeze=False, constrained_layout=True)
     for ax, (metric, lines) in zip(axes[:, 0], groups.items()):
         cumulative = any(p.cumulative for _, pts in lines for p in pts)
         # A panel whose series carry no step is drawn against time, as the web page does.
@@ -196,7 +198,6 @@ def plot(args: argparse.Namespace) -> int:
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize="small")
     fig.suptitle(f"{run.name} (run {run.id})")
-    fig.tight_layout()
     target = Path(args.output)
     fig.savefig(target, format="png", dpi=100)
     plt.close(fig)
