@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ._text import fmt_value
+from ._text import fmt_value, printable
 from .errors import ClientApiError, ConfigError
 from .points import MetricPoint, split_name, write_csv, write_json
 from .records import us_to_datetime
@@ -37,7 +37,7 @@ PLOT_HINT = "plot needs matplotlib: pip install 'mlbench-metrics[plot]'"
 def _line(name: str, date: _dt.datetime, value: Any, step: Any = None, epoch: Any = None) -> str:
     when = date.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     where = "".join(f"  {k} {v}" for k, v in (("step", step), ("epoch", epoch)) if v is not None)
-    return f"{when}  {name}{where}  {fmt_value(value)}"
+    return f"{when}  {printable(name)}{where}  {fmt_value(value)}"
 
 
 def follow(args: argparse.Namespace, open_client: OpenClient, *, stop: threading.Event | None = None) -> int:
@@ -227,7 +227,7 @@ def config_text(client: Any, run_id: int) -> str | None:
             for k, v in value.items():
                 walk(v, f"{key}.{k}" if key else str(k))
         else:
-            lines.append(f"  {key} = {value if isinstance(value, str) else json.dumps(value)}")
+            lines.append(printable(f"  {key} = {value if isinstance(value, str) else json.dumps(value)}"))
 
     walk(config, "")
     return "\n".join(lines) if config else None

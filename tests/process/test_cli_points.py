@@ -144,3 +144,18 @@ def test_runs_show_prints_the_config(server: ServerHandle) -> None:
     )
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.split("config:\n", 1)[1].splitlines() == ["  lr = 0.1", "  optimizer.name = sgd"]
+
+
+def test_control_characters_in_names_values_and_config_are_shown_escaped(server: ServerHandle) -> None:
+    # A metric named "\x1b[2J" cleared the terminal of whoever ran `metrics show`; an OSC
+    # sequence could retitle it. The terminal gets the characters' escapes instead.
+    run_id = create_run(server.url)["id"]
+    evil = "x\x1b[2J\x1b]0;owned\x07"
+    with ApiClient(url=server.address) as client:
+        client.post_metric(run_id, evil, "\x1b[31mred").result()
+        client.set_run_config(run_id, {evil: evil}).result()
+    for command in (["metrics", "show", str(run_id)], ["runs", "show", str(run_id)]):
+        shown = subprocess.run(_cli(*command, "--url", server.address), capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+        assert "x\\x1b[2J\\x1b]0;owned\\x07" in shown.stdout
