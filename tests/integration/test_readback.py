@@ -91,6 +91,11 @@ def test_after_cursor_returns_what_arrived_since_even_with_older_dates(server: S
     assert got["loss @ 0"]["date_us"] == [300] and got["loss @ 1"]["date_us"] == [50]
     assert later["cursor"] > cursor  # type: ignore[operator]
     assert _points(server, run_id, after=later["cursor"])["series"] == []
+    # through=CURSOR: only what had arrived by then, so a first read and the polls after its
+    # cursor never overlap (a page need not drop points it thinks it has seen).
+    upto = _series(_points(server, run_id, through=cursor))
+    assert upto["loss @ 0"]["date_us"] == [100, 200] and "loss @ 1" not in upto
+    assert _series(_points(server, run_id, after=cursor, through=later["cursor"])) == got
 
 
 def test_since_until_names_metrics_and_fields_filter(server: ServerHandle) -> None:

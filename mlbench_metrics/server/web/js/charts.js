@@ -41,7 +41,6 @@ class Line {
     this.s = [];
     this.e = [];
     this.v = [];
-    this.seen = new Set();
     this.count = 0;
     this.downsampled = false;
   }
@@ -52,21 +51,18 @@ class Line {
     this.s = [];
     this.e = [];
     this.v = [];
-    this.seen = new Set();
     this.append(series);
     this.count = series.count;
     this.downsampled = series.downsampled;
   }
 
-  /** Add newly arrived points (duplicates by date are skipped); keeps date order. */
+  /** Add newly arrived points (reads never overlap: see `through`); keeps date order. */
   append(series) {
     const p = series.points;
     const d = p.date_us || [];
     let sorted = true;
     let added = 0;
     for (let i = 0; i < d.length; i++) {
-      if (this.seen.has(d[i])) continue;
-      this.seen.add(d[i]);
       if (this.d.length && d[i] < this.d[this.d.length - 1]) sorted = false;
       this.d.push(d[i]);
       this.s.push(p.step ? p.step[i] : null);

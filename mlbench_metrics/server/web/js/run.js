@@ -51,6 +51,7 @@ export async function runPage(main, id) {
   ]);
   startUs.value = Date.parse(run.created_at) * 1000;
   cursor = catalog.cursor || 0;
+  const firstCursor = cursor;
 
   const head = el("div", { class: "heading" });
   const logs = el("div", { class: "logs" });
@@ -163,7 +164,9 @@ export async function runPage(main, id) {
   async function loadChart(metric) {
     const chart = chartFor(metric);
     const width = Math.max(200, Math.round(chart.body.clientWidth || 800));
-    const answer = await getJson(`runs/${id}/points/`, { metric, max_points: width, fields: FIELDS });
+    // Only what had arrived by the catalog's cursor: the polls take the rest, after it, so
+    // no point is drawn twice and none need be dropped as "seen" (two in one µs are two).
+    const answer = await getJson(`runs/${id}/points/`, { metric, max_points: width, fields: FIELDS, through: firstCursor });
     for (const s of answer.series) chart.line(s.name, s.name, startUs.value, s.cumulative).set(s);
     chart.render(true);
   }
