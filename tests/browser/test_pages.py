@@ -208,6 +208,18 @@ def test_a_new_point_appears_without_a_reload(probe: PageProbe, ui: dict[str, An
                 "() => document.querySelector('.chart[data-metric=\"acc\"] .note').textContent.startsWith('6 points')",
                 timeout=10_000,
             )
+            # More than a poll takes raw (a tab back from the background, a very fast run):
+            # the chart is read again, downsampled, instead of growing without bound.
+            many = [
+                {"name": "acc @ 0", "value": i, "date": f"2031-01-01T00:00:{i / 1e6:09.6f}Z"} for i in range(25_000)
+            ]
+            batch = {"batch_id": "many", "run_id": run_id, "metrics": many}
+            assert requests.post(f"{server.url}/api/metrics/batch/", json=batch).status_code == 201
+            page.wait_for_function(
+                "() => /^25,006 points · \\d+ drawn/.test("
+                "document.querySelector('.chart[data-metric=\"acc\"] .note').textContent)",
+                timeout=10_000,
+            )
             log.log("new_metric", 1.0, step=51)  # a metric the page has not seen gets a chart
             log.flush()
             page.wait_for_selector('.chart[data-metric="new_metric"][data-drawn="1"]', timeout=10_000)
