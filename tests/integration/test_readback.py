@@ -253,7 +253,16 @@ def test_logger_stores_its_config_once_the_run_is_known(server: ServerHandle) ->
     assert Run({"id": run_id}, url=server.address).config() == {"lr": 0.01, "layers": [64, 64]}
 
 
-@pytest.mark.parametrize("config", [["lr", 0.1], {"lr": float("nan")}, {"model": object()}, {"x": "y" * 70_000}])
+def _nested(depth: int) -> dict[str, object]:
+    config: dict[str, object] = {}
+    for _ in range(depth):
+        config = {"a": config}
+    return config
+
+
+@pytest.mark.parametrize(
+    "config", [["lr", 0.1], {"lr": float("nan")}, {"model": object()}, {"x": "y" * 70_000}, _nested(5000)]
+)
 def test_a_bad_config_is_refused_in_the_training_script(server: ServerHandle, config: object) -> None:
     run_id = create_run(server.url)["id"]
     with pytest.raises(ConfigError, match="config"):
