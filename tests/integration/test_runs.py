@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mlbench_metrics import ApiClient, ClientApiError, MetricsLogger, Run
+from mlbench_metrics import ApiClient, ClientApiError, ConfigError, MetricsLogger, Run
 from mlbench_metrics.server import ServerHandle, serve, spawn
 
 from helpers import unique_name, wait_until
@@ -74,6 +74,15 @@ def test_wait_times_out_and_reports_progress(server: ServerHandle) -> None:
     assert seen and set(seen) == {"initialized"}
     with pytest.raises(ValueError, match="poll"):
         run.wait(poll=0)
+
+
+def test_wait_says_when_the_server_will_never_start_the_run(server: ServerHandle) -> None:
+    # As the README shows it, run.wait(timeout=3600) against `serve` (no --exec) waited an hour.
+    run = Run.create(
+        unique_name(), custom_image_name="x", custom_image_command="true", backend="gloo", url=server.address
+    )
+    with pytest.raises(ConfigError, match=r"will stay initialized.*does not run runs.*--exec"):
+        run.wait(timeout=120, poll=0.2)
 
 
 def test_bad_arguments_are_refused_before_sending(server: ServerHandle) -> None:
