@@ -9,11 +9,14 @@ import threading
 from pathlib import Path
 
 import pytest
+import requests
 
 from mlbench_metrics import ApiClient, MetricsLogger
-from mlbench_metrics.server import ServerHandle
+from mlbench_metrics.server import ServerHandle, spawn
 
 from helpers import create_run
+
+METRIC_FORM = {"name": "loss", "value": "1.5", "date": "2021-01-02 03:04:05", "metadata": "", "cumulative": "False"}
 
 
 def _cli(*args: str, code: str = "from mlbench_metrics.cli import main; raise SystemExit(main())") -> list[str]:
@@ -159,3 +162,31 @@ def test_control_characters_in_names_values_and_config_are_shown_escaped(server:
         assert shown.returncode == 0, shown.stderr
         assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
         assert "x\\x1b[2J\\x1b]0;owned\\x07" in shown.stdout
+
+
+def test_follow_keeps_following_across_a_server_restart(tmp_path: Path) -> None:
+    # Was: the first poll while the server restarted ended `--follow` (exit 3), as `tail -f`
+    # would not; the web page carries on too.
+    server = spawn(str(tmp_path / "m.db"))
+    try:
+        run_id = create_run(server.url)["id"]
+        proc = subprocess.Popen(
+            _cli("metrics", "show", str(run_id), "--follow", "--interval", "0.1", "--url", server.address),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert _readline(proc.stderr).startswith(f"following run {run_id}")
+            server.kill()
+            assert "does not answer" in _readline(proc.stderr)
+            server.start()
+            requests.post(f"{server.url}/api/metrics/", data=dict(METRIC_FORM, run_id=run_id))
+            assert "loss" in _readline(proc.stdout)
+            assert proc.poll() is None
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "Traceback" not in err
+    finally:
+        server.close()
