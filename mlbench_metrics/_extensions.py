@@ -94,6 +94,7 @@ class ExtensionCalls:
         since: _dt.datetime | str | None = None,
         until: _dt.datetime | str | None = None,
         after: int | None = None,
+        through: int | None = None,
         max_points: int | None = None,
         fields: Sequence[str] | None = None,
         format: str | None = None,
@@ -108,6 +109,8 @@ class ExtensionCalls:
             since: only points at or after this date.
             until: only points at or before this date.
             after: only points that arrived after this ``cursor`` of an earlier answer.
+            through: only points that had arrived by this ``cursor`` (a first read that
+                later reads ``after`` it never overlap).
             max_points: downsample each series to at most this many points (the minimum
                 and maximum of each time bucket are kept).
             fields: the per-point columns, of ``date_us, step, epoch, rank, value,
@@ -130,6 +133,8 @@ class ExtensionCalls:
             params.append(("until", since_text(until)))
         if after is not None:
             params.append(("after", str(non_negative_int(after, "after"))))
+        if through is not None:
+            params.append(("through", str(non_negative_int(through, "through"))))
         if max_points is not None:
             params.append(("max_points", str(non_negative_int(max_points, "max_points"))))
         if fields is not None:

@@ -228,6 +228,8 @@ def parse_body(request: Request) -> dict[str, Any]:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiFailure(400, f"malformed JSON body: {exc}") from None
+        except RecursionError:  # a few KB of brackets reach the parser's depth limit
+            raise ApiFailure(400, "malformed JSON body: nested too deeply") from None
         if not isinstance(data, dict):
             raise ApiFailure(400, "the JSON body must be an object")
         return data

@@ -18,8 +18,10 @@ connection threads, and the store serialises writes.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Final, Protocol
@@ -58,6 +60,7 @@ from .store import DuplicateBatch, Point, RunNotFound, Store
 __all__ = ["App", "Handler", "RunExecutor", "run_json"]
 
 _log = logging.getLogger("mlbench_metrics.server")
+_DB_WARN_EVERY: Final = 60.0  # seconds between two log lines about one kind of database failure
 
 _RUN_NAME_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _RUN_NAME_MAX: Final = 100
@@ -119,6 +122,7 @@ class App:
         self.extensions = extensions
         self._official = official_image_names()
         self._routes: list[_Route] = []
+        self._db_warned: dict[str, float] = {}  # kind of database failure -> when last logged
         if extensions:  # the web UI (public: its files carry no data) and the read-back extension
             for pattern, methods in pages.Pages().routes():
                 self.add_route(pattern, methods, public=True)
@@ -179,8 +183,24 @@ class App:
         except ApiFailure as exc:
             return error_response(exc.status, exc.message, exc.extra)
         except sqlite3.OperationalError as exc:
-            _log.warning("database busy: %s", exc)
-            return error_response(503, f"the database is busy ({exc}); try again")
+            return self._database_unavailable(exc)
+
+    def _database_unavailable(self, exc: sqlite3.OperationalError) -> Response:
+        """A 503 (clients retry, then spool: nothing is lost) saying what is wrong, logged
+        once a minute per kind: a full disk fails every write, and each used to log a line."""
+        text = str(exc)
+        if "full" in text:
+            message = "the disk holding the database is full; writes fail until space is freed"
+        elif "readonly" in text or "read-only" in text:
+            message = f"the database cannot be written ({text}); check the file's permissions and filesystem"
+        else:
+            message = f"the database is busy ({text}); try again"
+        now = time.monotonic()
+        kind = message.split(" (", 1)[0]
+        if now - self._db_warned.get(kind, -math.inf) >= _DB_WARN_EVERY:
+            self._db_warned[kind] = now
+            _log.warning("%s (answering 503; said again at most once a minute)", message)
+        return error_response(503, message)
 
     def api_root(self, request: Request) -> Response:
         """The API root, like the dashboard's router, plus what this server is."""
