@@ -178,7 +178,8 @@ class Ledger:
     def flying(self, records: int) -> None:
         """``records`` more (or, negative, fewer) are in flight."""
         with self._lock:
-            self._flying += records
+            if not self._abandoned:  # abandon() counted what was in flight already
+                self._flying += records
 
     def retried(self, records: int) -> None:
         """``records`` will be sent again."""
