@@ -195,6 +195,7 @@ class LoggerConfig:
         flush_interval: float | None = None,
         aggregate: Aggregate | None = None,
         new_run: str | None = None,
+        elsewhere: bool = False,
         environ: Mapping[str, str] | None = None,
         **settings: object,
     ) -> LoggerConfig:
@@ -202,7 +203,9 @@ class LoggerConfig:
 
         The run: ``run_id``, else ``new_run``; ``MLBENCH_METRICS_RUN_ID`` fills in when
         neither is given, and wins over ``new_run``: a process started for a run (by
-        ``serve --exec``) logs to that run instead of creating one (with an info line).
+        ``serve --exec``) logs to that run instead of creating one (with an info line),
+        unless ``elsewhere``: the logger was pointed at another server than
+        ``MLBENCH_METRICS_URL``, which has no such run.
 
         Raises:
             ConfigError: an argument is invalid, both runs are given, or none is.
@@ -210,7 +213,7 @@ class LoggerConfig:
         if new_run is not None and run_id is not None:
             raise ConfigError("give run_id or new_run, not both")
         from_env = env_str(ENV_RUN_ID, environ)
-        if run_id is None and from_env is not None:
+        if run_id is None and from_env is not None and not (new_run is not None and elsewhere):
             if new_run is not None:
                 _log.info(
                     "%s=%s is set (this process was started for that run): logging to it, not to a new run %r",

@@ -30,10 +30,11 @@ from typing import Any, Callable, Final, Mapping, Protocol, TypeVar
 from . import _lifecycle
 from ._own_run import create_own_run, mark_own_run
 from ._parts import Parts, open_parts, placeholder_parts
+from ._session import endpoint_of
 from .api import ApiClient
-from .config import LoggerConfig
+from .config import ENV_URL, LoggerConfig, env_str
 from .delivery import Stats
-from .errors import ClosedError
+from .errors import ClosedError, ConfigError
 from .records import Context, check_name, check_number, check_step, coerce_value
 from .records.batch import Record
 from .records.checks import Value
@@ -171,6 +172,7 @@ class MetricsLogger:
             rank=rank,
             flush_interval=flush_interval,
             new_run=new_run,
+            elsewhere=_elsewhere(url, client),
             batch_size=batch_size,
             max_buffer=max_buffer,
             max_in_flight=max_in_flight,
@@ -615,3 +617,14 @@ def _value(name: str, value: object) -> Value:
         return coerce_value(value)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"metric {name!r}: {exc}") from None
+
+
+def _elsewhere(url: str | None, client: ApiClient | None) -> bool:
+    """Whether the logger is pointed at another server than ``MLBENCH_METRICS_URL`` names."""
+    env_url = env_str(ENV_URL)
+    if env_url is None or (url is None and client is None):
+        return False
+    try:
+        return (client.endpoint if client is not None else endpoint_of(str(url))) != endpoint_of(env_url)
+    except ConfigError:  # a bad address: the client says so, clearly, in a moment
+        return False
