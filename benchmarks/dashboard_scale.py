@@ -6,25 +6,28 @@ import) each log about ``--rate`` metrics/s for ``--seconds``, against
 ``mlbench-metrics serve --no-extensions --pace N`` in its own process: a server that, like
 the dashboard, has no batch endpoint and stores single posts one at a time, ``N`` a second.
 
-Measured:
+The job runs twice in the same run, each time against fresh servers: with
+``aggregate="off"`` (every record sent as logged: the baseline) and with the default
+``aggregate="auto"`` (per-series aggregates when the server falls behind). Measured for
+each:
 
-* the paced server's capacity, with the upstream client's pattern (the baseline, in the
-  same run), and the offered load against it;
+* the paced server's capacity, with the upstream client's pattern, and the offered load;
 * chart lag over time, sampled every second: now minus the newest point the server
-  stores, over the series logged every step (``train_*``, ``batch_*``): the newest of
-  them, and the stalest, i.e. the chart furthest behind (per-epoch series and the
-  ``TaskResult``, sent on its own, are left out: they are not logged continuously);
-* ``close()`` time of each rank against its ``shutdown_timeout``, and what it left;
-* after ``mlbench-metrics sync`` of the ranks' spools to an embedded server with the
-  batch endpoint, whether every raw record is stored exactly once: on the sync target
-  alone (the goal once logging to a slow server keeps the raw records for it) and on both
-  servers together (today's shape: what the paced server stored, plus the rest).
+  stores, over the series logged every step (``train_loss``, ``train_Prec@1``,
+  ``batch_<phase>``): the newest of them, and the stalest, i.e. the chart furthest behind
+  (per-epoch series and the ``TaskResult`` are left out: they are not logged continuously);
+* ``close()`` time of each rank against its ``shutdown_timeout``, what it left, and the
+  accounting (``logged == stored + spooled + dropped``; folded records count as spooled);
+* what the paced server stored: raw records and aggregate points, and how many records
+  the aggregates stand for against how many the ranks folded;
+* after ``mlbench-metrics sync --to`` an embedded server with the batch endpoint, whether
+  every raw record logged is stored there exactly once (the ``TaskResult``, longer than a
+  logger keeps, goes to the paced server as one post of its own, and is checked there).
 
 Targets (issue 13): lag at most 5 s throughout, close within ``shutdown_timeout``, every
-raw record exactly once. The delivery core of today does not meet them; its figures are
-the baseline for the work that will.
+raw record exactly once on the sync target.
 
-    python benchmarks/dashboard_scale.py [--seconds 60] [--rate 200] [--pace 80] [--ranks 2]
+    python benchmarks/dashboard_scale.py [--seconds 60] [--rate 200] [--pace 80] [--ranks 2] [--no-baseline]
 """
 
 from __future__ import annotations
@@ -50,9 +53,12 @@ from mlbench_metrics.server.store import Store
 from _common import create_run, upstream_rate, verdict, write_results
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "mlbench_core_style.py"
-METRICS_PER_BATCH = 10  # the script's: loss, accuracy and 8 phase times per batch
+PHASES = ["batch_load", "init", "fwd_pass", "comp_loss", "backprop", "agg", "opt_step", "comp_metrics"]
+STEP_NAMES = frozenset(["train_loss", "train_Prec@1", *(f"batch_{p}" for p in PHASES)])  # the script's, per step
+METRICS_PER_BATCH = len(STEP_NAMES)
 LAG_TARGET = 5.0
-STEP_SERIES = ("train_", "batch_")  # the script logs these every step
+
+Records = collections.Counter[tuple[str, int, str]]
 
 
 def newest_points(session: requests.Session, server: ServerProcess, run_id: int) -> dict[str, float]:
@@ -63,11 +69,16 @@ def newest_points(session: requests.Session, server: ServerProcess, run_id: int)
 
 
 def start_ranks(
-    args: argparse.Namespace, server: ServerProcess, run_id: int, spool: Path
+    args: argparse.Namespace, server: ServerProcess, run_id: int, spool: Path, aggregate: str
 ) -> list[subprocess.Popen[str]]:
     epochs = max(1, round(args.seconds / 10))
     batches = max(1, round(args.seconds * args.rate / METRICS_PER_BATCH / epochs))
-    env = {**os.environ, "MLBENCH_METRICS_URL": server.address, "MLBENCH_METRICS_SPOOL_DIR": str(spool)}
+    env = {
+        **os.environ,
+        "MLBENCH_METRICS_URL": server.address,
+        "MLBENCH_METRICS_SPOOL_DIR": str(spool),
+        "MLBENCH_METRICS_AGGREGATE": aggregate,
+    }
     options = ["--epochs", str(epochs), "--batches", str(batches), "--rate", str(args.rate), "--report"]
     hosts = ",".join(["127.0.0.1"] * args.ranks)
     return [
@@ -90,7 +101,7 @@ def follow_lag(procs: list[subprocess.Popen[str]], server: ServerProcess, run_id
         while any(p.poll() is None for p in procs):
             now = time.time()
             newest = newest_points(session, server, run_id)
-            steps = [t for name, t in newest.items() if name.startswith(STEP_SERIES)]
+            steps = [t for name, t in newest.items() if name.rsplit(" @ ", 1)[0] in STEP_NAMES]
             if steps:
                 samples.append(
                     {
@@ -104,18 +115,16 @@ def follow_lag(procs: list[subprocess.Popen[str]], server: ServerProcess, run_id
     return samples
 
 
-def records(db_path: str, run_id: int) -> collections.Counter[tuple[str, int, str]]:
-    """Every stored point of the run as ``(name, date_us, value)``, counted."""
+def stored_points(db_path: str, run_id: int) -> list[tuple[str, int, str, str]]:
+    """Every stored point of the run as ``(name, date_us, value, metadata)``."""
     store = Store(db_path)
     try:
-        return collections.Counter(
-            (name, date_us, value) for name, points in store.series(run_id=run_id) for date_us, value, _, _ in points
-        )
+        return [(name, p[0], p[1], p[3]) for name, points in store.series(run_id=run_id) for p in points]
     finally:
         store.close()
 
 
-def exactly_once(found: collections.Counter[tuple[str, int, str]], expected: int) -> dict[str, Any]:
+def exactly_once(found: Records, expected: int) -> dict[str, Any]:
     distinct = len(found)
     return {
         "stored": sum(found.values()),
@@ -126,14 +135,22 @@ def exactly_once(found: collections.Counter[tuple[str, int, str]], expected: int
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=60.0, help="how long the ranks log")
-    parser.add_argument("--rate", type=float, default=200.0, help="metrics/s per rank")
-    parser.add_argument("--pace", type=float, default=80.0, help="single posts/s the server stores")
-    parser.add_argument("--ranks", type=int, default=2)
-    args = parser.parse_args()
+def on_paced_server(points: list[tuple[str, int, str, str]]) -> dict[str, Any]:
+    """What the paced server holds: raw records, aggregate points, and what they stand for."""
+    aggregates = [json.loads(m) for _, _, _, m in points if '"aggregate"' in m]
+    raw: Records = collections.Counter((n, d, v) for n, d, v, m in points if '"aggregate"' not in m)
+    return {
+        "points": len(points),
+        "raw_records": sum(raw.values()),
+        "raw_stored_twice_or_more": sum(1 for n in raw.values() if n > 1),
+        "aggregate_points": len(aggregates),
+        "records_in_aggregates": sum(int(a["count"]) for a in aggregates),
+        "task_results": sum(n for (name, _, _), n in raw.items() if name.startswith("TaskResult")),
+    }
 
+
+def run_job(args: argparse.Namespace, aggregate: str) -> dict[str, Any]:
+    """One job against fresh servers: lag while it runs, close, and sync --to a target."""
     with tempfile.TemporaryDirectory(prefix="dashboard-scale-") as tmp:
         spool = Path(tmp) / "spool"
         paced = spawn(os.path.join(tmp, "paced.db"), args=["--no-extensions", "--pace", str(args.pace)])
@@ -141,14 +158,8 @@ def main() -> None:
         try:
             run_id = create_run(paced.url, "dashboard-scale")  # first, so the sync target's first run matches it
             capacity = upstream_rate(paced.url, create_run(paced.url, "capacity"), max(50, int(args.pace * 3)))
-            offered = args.rate * args.ranks
-            print(f"paced server: {capacity:.0f} single posts/s with the upstream client (asked for {args.pace:g})")
-            print(
-                f"offered: {offered:.0f} metrics/s from {args.ranks} ranks = {offered / capacity:.1f}x what it stores"
-            )
-
             started = time.monotonic()
-            procs = start_ranks(args, paced, run_id, spool)
+            procs = start_ranks(args, paced, run_id, spool, aggregate)
             lag = follow_lag(procs, paced, run_id)
             outputs = [p.communicate() for p in procs]
             elapsed = time.monotonic() - started
@@ -157,77 +168,107 @@ def main() -> None:
                 if proc.returncode != 0:
                     raise SystemExit(f"a rank failed ({proc.returncode}):\n{err[-2000:]}")
                 reports.append(json.loads(out.strip().splitlines()[-1]))
-            paced_records = records(paced.db_path, run_id)
-
-            target_run = create_run(target.url, "dashboard-scale")
-            if target_run != run_id:
-                raise SystemExit(f"the sync target's run is {target_run}, not {run_id}: records would go elsewhere")
+            paced_points = stored_points(paced.db_path, run_id)
+            if create_run(target.url, "dashboard-scale") != run_id:
+                raise SystemExit("the sync target's run id differs: records would go elsewhere")
             sync_started = time.monotonic()
             synced = subprocess.run(
-                [sys.executable, "-m", "mlbench_metrics.cli", "sync", str(spool), "--url", target.address],
+                [sys.executable, "-m", "mlbench_metrics.cli", "sync", str(spool), "--to", target.address],
                 capture_output=True,
                 text=True,
             )
             sync_seconds = time.monotonic() - sync_started
-            target_records = records(target.db_path, run_id)
+            target_points = stored_points(target.db_path, run_id)
         finally:
             paced.close()
             target.close()
+    logged = sum(r["logged"] for r in reports)
+    return {
+        "aggregate": aggregate,
+        "paced_capacity_per_s": round(capacity, 1),
+        "logged": logged,
+        "elapsed_s": round(elapsed, 1),
+        "lag": lag,
+        "worst_lag_s": max((s["lag"] for s in lag), default=math.nan),
+        "worst_stalest_series_lag_s": max((s["stalest_series_lag"] for s in lag), default=math.nan),
+        "ranks_report": reports,
+        "paced_server": on_paced_server(paced_points),
+        "sync": {"exit": synced.returncode, "seconds": round(sync_seconds, 1), "stdout": synced.stdout[-2000:]},
+        "exactly_once_on_target": exactly_once(collections.Counter((n, d, v) for n, d, v, _ in target_points), logged),
+    }
 
-    logged = sum(r["logged"] for r in reports) + 1  # TaskResult @ 0: one post of its own (longer than log() keeps)
-    worst = max((s["lag"] for s in lag), default=math.nan)
-    worst_series = max((s["stalest_series_lag"] for s in lag), default=math.nan)
-    delivered = sum(r["stored"] for r in reports) / elapsed
-    print(f"\n{args.ranks} ranks logged {logged} records in {elapsed:.1f} s (close included)")
-    print(f"delivered while they ran: {delivered:.0f} metrics/s = {delivered / capacity:.2f}x the server's capacity\n")
+
+def show(job: dict[str, Any], args: argparse.Namespace) -> None:
+    offered = args.rate * args.ranks
+    print(f"\n== aggregate={job['aggregate']!r} ==")
+    print(
+        f"paced server: {job['paced_capacity_per_s']:.0f} single posts/s with the upstream client; offered "
+        f"{offered:.0f} metrics/s = {offered / job['paced_capacity_per_s']:.1f}x that"
+    )
+    print(f"{args.ranks} ranks logged {job['logged']} records in {job['elapsed_s']:.1f} s (close included)\n")
+    lag = job["lag"]
     print("   t (s)   lag (s)   stalest series (s)   series")
-    step = max(1, len(lag) // 15)
+    step = max(1, len(lag) // 12)
     for s in [*lag[::step], *([lag[-1]] if lag and (len(lag) - 1) % step else [])]:
         print(f"  {s['t']:6.1f}  {s['lag']:8.1f}  {s['stalest_series_lag']:19.1f}  {s['series']:7.0f}")
+    worst = job["worst_stalest_series_lag_s"]
     print(
-        f"\nchart lag: worst {worst:.1f} s (stalest series {worst_series:.1f} s); target <= {LAG_TARGET:g} s: ", end=""
+        f"\nchart lag: worst {job['worst_lag_s']:.1f} s, stalest series {worst:.1f} s; target <= {LAG_TARGET:g} s: ",
+        end="",
     )
-    print(verdict(worst_series, LAG_TARGET, higher_is_better=False))
-    for r in reports:
+    print(verdict(worst, LAG_TARGET, higher_is_better=False))
+    for r in job["ranks_report"]:
         within = r["close_seconds"] <= r["shutdown_timeout"]
+        dropped = sum((r["dropped"] or {}).values())
+        balanced = r["logged"] == r["stored"] + r["spooled"] + dropped
         print(
             f"rank {r['rank']}: close() {r['close_seconds']:.2f} s (shutdown_timeout {r['shutdown_timeout']:g} s, "
-            f"{'within' if within else 'OVER'}); logged {r['logged']}, stored {r['stored']}, "
-            f"spooled {r['spooled']}, dropped {r['dropped'] or 0}, left at close {r['not_delivered']}"
+            f"{'within' if within else 'OVER'}); logged {r['logged']}, stored raw {r['stored']}, folded "
+            f"{r['folded']} into {r['aggregates']} aggregates, left for sync {r['spooled'] - r['folded']}, "
+            f"dropped {dropped}; logged == stored + spooled + dropped: {balanced}"
         )
-    target_check = exactly_once(target_records, logged)
-    union_check = exactly_once(paced_records + target_records, logged)
+    paced = job["paced_server"]
+    folded = sum(r["folded"] for r in job["ranks_report"])
     print(
-        f"sync --url <embedded server>: exit {synced.returncode} in {sync_seconds:.1f} s: "
-        f"{synced.stdout.strip()[-300:]}"
+        f"paced server: {paced['raw_records']} raw records ({paced['raw_stored_twice_or_more']} stored twice), "
+        f"{paced['aggregate_points']} aggregate points standing for {paced['records_in_aggregates']} records "
+        f"(the ranks folded {folded}); TaskResult stored {paced['task_results']} time(s)"
     )
-    print(f"sync target alone: {target_check}")
-    print(f"both servers:      {union_check}")
-    print(
-        "every raw record exactly once on the sync target: "
-        + ("meets target" if target_check["exactly_once"] else "MISSES target")
-    )
+    sync = job["sync"]
+    print(f"sync --to <embedded server>: exit {sync['exit']} in {sync['seconds']:.1f} s")
+    print(f"sync target: {job['exactly_once_on_target']}")
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long the ranks log")
+    parser.add_argument("--rate", type=float, default=200.0, help="metrics/s per rank")
+    parser.add_argument("--pace", type=float, default=80.0, help="single posts/s the server stores")
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--no-baseline", action="store_true", help="skip the aggregate='off' run")
+    args = parser.parse_args()
+
+    jobs = [] if args.no_baseline else [run_job(args, "off")]
+    jobs.append(run_job(args, "auto"))
+    for job in jobs:
+        show(job, args)
+    auto = jobs[-1]
+    closes = [r["close_seconds"] <= r["shutdown_timeout"] for r in auto["ranks_report"]]
+    print("\n== targets (aggregate='auto') ==")
+    lag_verdict = verdict(auto["worst_stalest_series_lag_s"], LAG_TARGET, higher_is_better=False)
+    print(f"chart lag <= {LAG_TARGET:g} s throughout: {lag_verdict}")
+    print(f"close() within shutdown_timeout: {'meets target' if all(closes) else 'MISSES target'}")
+    once = auto["exactly_once_on_target"]["exactly_once"]
+    print(f"every raw record exactly once on the sync target: {'meets target' if once else 'MISSES target'}")
+    if len(jobs) > 1:
+        off = jobs[0]
+        print(
+            f"against aggregate='off' in this run: worst lag {off['worst_stalest_series_lag_s']:.1f} s -> "
+            f"{auto['worst_stalest_series_lag_s']:.1f} s"
+        )
     write_results(
         "dashboard_scale",
-        {
-            "seconds": args.seconds,
-            "rate_per_rank": args.rate,
-            "ranks": args.ranks,
-            "pace": args.pace,
-            "paced_capacity_per_s": round(capacity, 1),
-            "offered_per_s": offered,
-            "logged": logged,
-            "elapsed_s": round(elapsed, 1),
-            "delivered_per_s": round(delivered, 1),
-            "lag": lag,
-            "worst_lag_s": worst,
-            "worst_stalest_series_lag_s": worst_series,
-            "ranks_report": reports,
-            "sync": {"exit": synced.returncode, "seconds": round(sync_seconds, 1), "stdout": synced.stdout[-2000:]},
-            "exactly_once_on_target": target_check,
-            "exactly_once_on_both": union_check,
-        },
+        {"seconds": args.seconds, "rate_per_rank": args.rate, "ranks": args.ranks, "pace": args.pace, "jobs": jobs},
     )
 
 

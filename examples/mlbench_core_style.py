@@ -104,7 +104,14 @@ def report(args: argparse.Namespace, summary: dict[str, Any]) -> None:
     summary["not_delivered"] = LogMetrics.close()
     summary["close_seconds"] = time.monotonic() - started
     stats = logger.stats
-    summary.update(logged=stats.logged, stored=stats.stored, spooled=stats.spooled, dropped=dict(stats.dropped))
+    summary.update(
+        logged=stats.logged,
+        stored=stats.stored,
+        spooled=stats.spooled,
+        dropped=dict(stats.dropped),
+        folded=stats.folded,
+        aggregates=stats.aggregates,
+    )
     print(json.dumps(summary), flush=True)
 
 

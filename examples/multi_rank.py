@@ -4,12 +4,14 @@ Rank 0's parent creates the run; each worker process logs under its rank, so nam
 ``"<name> @ <rank>"`` as mlbench's own benchmarks name them.
 
     python examples/multi_rank.py [--ranks 4] [--url 127.0.0.1:8080]
+    (as a run's command under `mlbench-metrics serve --exec`, to that server and run)
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import random
 
 from mlbench_metrics import MetricsLogger, Run
@@ -33,19 +35,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     args = parser.parse_args()
 
+    # Run by `mlbench-metrics serve --exec`, the server and the run come in the environment.
+    url = args.url or os.environ.get("MLBENCH_METRICS_URL")
     server = None
-    if args.url is None:
+    if url is None:
         from mlbench_metrics.server import serve
 
         server = serve()
-    url = args.url or server.address
-    run = Run.create(
-        "example-multi-rank",
-        args.ranks,
-        custom_image_name="local",
-        custom_image_command="python examples/multi_rank.py",
-        backend="gloo",
-        url=url,
+        url = server.address
+    given = os.environ.get("MLBENCH_METRICS_RUN_ID")
+    run = (
+        Run.get(int(given), url=url)
+        if given
+        else Run.create(
+            "example-multi-rank",
+            args.ranks,
+            custom_image_name="local",
+            custom_image_command="python examples/multi_rank.py",
+            backend="gloo",
+            url=url,
+        )
     )
     processes = [
         multiprocessing.Process(target=worker, args=(rank, run.id, url, args.steps)) for rank in range(args.ranks)
@@ -55,7 +64,10 @@ def main() -> None:
     for p in processes:
         p.join()
     failed = [p.exitcode for p in processes if p.exitcode != 0]
-    run.mark_failed() if failed else run.mark_finished()
+    if given and failed:
+        raise SystemExit(f"ranks failed: exit codes {failed}")  # serve --exec marks its run by our exit
+    if not given:
+        run.mark_failed() if failed else run.mark_finished()
     metrics = run.metrics()
     for name in sorted(n for n in metrics if n.startswith("train_loss")):
         print(f"{name}: {len(metrics[name])} points, last {metrics[name][-1][1]:.4f}")

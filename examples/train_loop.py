@@ -5,12 +5,14 @@ the example runs anywhere; with torch, the logging lines stay exactly the same.
 
     python examples/train_loop.py                      # starts an embedded server for itself
     python examples/train_loop.py --url 127.0.0.1:8080 # or logs to a running one
+    (as a run's command under `mlbench-metrics serve --exec`, to that server and run)
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 from typing import Iterator
 
@@ -72,18 +74,21 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     args = parser.parse_args()
 
+    # Run by `mlbench-metrics serve --exec`, the server and the run come in the environment.
+    url = args.url or os.environ.get("MLBENCH_METRICS_URL")
     server = None
-    if args.url is None:
+    if url is None:
         from mlbench_metrics.server import serve
 
         server = serve()  # 127.0.0.1, a free port, a temporary database
-    url = args.url or server.address
+        url = server.address
     rng = random.Random(0)
     loader = DataLoader(Dataset(4096, rng), batch_size=64, rng=rng)
     model = Linear()
     optimizer = SGD(model, lr=0.1)
 
-    # A run of its own, marked finished at the end (failed on an uncaught exception).
+    # A run of its own, marked finished at the end (failed on an uncaught exception); under
+    # serve --exec, the run it was started for (MLBENCH_METRICS_RUN_ID wins over new_run).
     log = mlbench_metrics.init(new_run="example-train-loop", url=url, rank=0)
     SystemMetrics(log, interval=1.0)  # CPU, memory, network, disk; stopped with the logger
 

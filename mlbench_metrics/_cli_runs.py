@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from ._cli_common import (
     EXIT_FAILED,
@@ -27,10 +27,9 @@ from ._cli_common import (
     progress_done,
 )
 from ._text import metrics_table, table
-from .errors import MetricsError
+from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .api import ApiClient
     from .runs import Run
 
 __all__ = [
@@ -63,7 +62,6 @@ def _run_rows(runs: list[Any]) -> list[tuple[Any, ...]]:
 
 
 _RUN_HEADERS = ["id", "name", "state", "workers", "created (UTC)", "finished (UTC)"]
-_NOT_STARTED_AFTER: Final = 3.0  # seconds "initialized" before runs wait asks whether anything runs it
 
 
 # -- runs -------------------------------------------------------------------------------------
@@ -152,21 +150,12 @@ def cmd_runs_wait(args: argparse.Namespace) -> int:
     last_state: list[str] = [""]
 
     with open_client(args) as client:
-        asked: list[bool] = []
 
         def on_poll(run: Run) -> None:
             elapsed = time.monotonic() - started
             if run.state != last_state[0] or sys.stderr.isatty():
                 progress(f"run {run.id} ({run.name}): {run.state}, {elapsed:.0f} s")
                 last_state[0] = run.state
-            if run.state == "initialized" and elapsed >= _NOT_STARTED_AFTER and not asked:
-                asked.append(True)
-                if not _server_runs_runs(client):
-                    progress_done()
-                    raise CliError(
-                        f"run {run.id} will stay initialized: the server at {client.endpoint} does not run runs "
-                        "(start it with `mlbench-metrics serve --exec` to run their commands on its machine)"
-                    )
 
         run = Run.get(args.run_id, client=client)
         try:
@@ -174,24 +163,15 @@ def cmd_runs_wait(args: argparse.Namespace) -> int:
         except TimeoutError as exc:
             progress_done()
             raise CliError(str(exc), EXIT_TIMEOUT) from None
+        except ConfigError as exc:  # the server will never start it
+            progress_done()
+            raise CliError(str(exc)) from None
     progress_done()
     if args.json:
         print_json(run.as_dict())
     else:
         print(f"run {run.id} ({run.name}) {run.state}")
     return EXIT_OK if run.state == "finished" else EXIT_FAILED
-
-
-def _server_runs_runs(client: ApiClient) -> bool:
-    """False only for an embedded server that says it does not execute runs."""
-    try:
-        info = client.get_server_info().result().json()
-    except (MetricsError, ValueError):
-        return True  # cannot tell: keep waiting
-    server = info.get("server") if isinstance(info, dict) else None
-    if not isinstance(server, dict) or server.get("name") != "mlbench-metrics":
-        return True  # the dashboard starts its runs in Kubernetes
-    return bool(server.get("exec", True))
 
 
 def cmd_runs_delete(args: argparse.Namespace) -> int:

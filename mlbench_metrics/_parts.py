@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .agent.adopt import Adoption
     from .api import ApiClient
 
-__all__ = ["Delivery", "Parts", "open_parts", "placeholder_parts"]
+__all__ = ["Delivery", "Parts", "open_parts", "placeholder_parts", "with_aggregation"]
 
 _log = logging.getLogger("mlbench_metrics")
 
@@ -87,6 +87,7 @@ def open_parts(
     *,
     run_id: int,
     endpoint: str,
+    batch_supported: Callable[[], bool | None] | None = None,
     on_frozen: Callable[[], None],
     on_drained: Callable[[], None],
     client: ApiClient | None = None,
@@ -100,6 +101,9 @@ def open_parts(
         deliver: sends one batch (``ApiClient.post_metrics`` for the run).
         run_id: the run the spool's directory is named after.
         endpoint: the server, written to the spool's ``meta.json`` for ``sync``.
+        batch_supported: whether the server has the batch endpoint (None until known);
+            given, and with a spool, ``deliver`` and the store are wrapped by
+            :func:`with_aggregation`; without it nothing is ever folded into aggregates.
         on_frozen: durable mode: told once when the log cannot grow any more.
         on_drained: told each time the dispatcher has emptied the buffer.
         client: the logger's client (process delivery: the agent's is made like it).
@@ -126,8 +130,11 @@ def open_parts(
                 durable = DurableStore(directory, config.spool_max_bytes, prefix, on_frozen)
             except SpoolError as exc:
                 _log.warning("mlbench-metrics: %s; records are kept in memory only (not durable)", exc)
+                directory = None
             else:
                 store, append, write = durable, durable.append, durable.write
+    if directory is not None and directory.problem() is None and batch_supported is not None:
+        deliver, store, on_drained = with_aggregation(config, deliver, store, directory, batch_supported, on_drained)
     dispatcher = Dispatcher(
         deliver,
         store,
@@ -194,3 +201,43 @@ def placeholder_parts(deliver: Deliver) -> Parts:
     """Parts for a forked child until its first record: memory only, no thread."""
     store = MemoryStore(uuid.uuid4().hex)
     return Parts(store, Dispatcher(deliver, store), store.buffer.append, None)
+
+
+def with_aggregation(
+    config: LoggerConfig,
+    deliver: Deliver,
+    store: BatchStore,
+    directory: SpoolDir,
+    batch_supported: Callable[[], bool | None],
+    on_drained: Callable[[], None],
+) -> tuple[Deliver, BatchStore, Callable[[], None]]:
+    """``deliver`` folding when the server falls behind, ``store`` copying what the folds
+    stand for, and ``on_drained`` ticking the folding too (unchanged with
+    ``aggregate="off"``). Whoever builds a dispatcher (a logger, an agent process) passes
+    these three to it.
+
+    Args:
+        config: the settings (``aggregate``, ``spool_max_bytes``).
+        deliver: the client's ``post_metrics`` for the run.
+        store: the spool or durable store, writing in ``directory``.
+        directory: the writer directory the raw copies go to.
+        batch_supported: whether the server has the batch endpoint (None until known).
+        on_drained: what the dispatcher would tell each time it empties the buffer.
+    """
+    from .delivery import Aggregator, FoldPolicy  # imported here: only aggregation needs them
+    from .spool import KeepRaw, RawCopies
+
+    policy = FoldPolicy(config.aggregate)
+    if policy.off:
+        return deliver, store, on_drained
+    copies = RawCopies(directory, config.spool_max_bytes)
+    aggregator = Aggregator(
+        deliver, policy, batch_supported=batch_supported, keep=copies.keep_one, on_fold=copies.mark_folded
+    )
+    kept = KeepRaw(store, copies, batch_supported)
+
+    def drained() -> None:
+        on_drained()
+        aggregator.tick()
+
+    return aggregator, kept, drained

@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import re
 from typing import Any
 
-__all__ = ["fmt_value", "metrics_table", "sparkline", "table"]
+__all__ = ["fmt_value", "metrics_table", "printable", "sparkline", "table"]
 
 _BARS = "▁▂▃▄▅▆▇█"
+# C0 and C1 control characters and DEL: a terminal would act on them (clear the screen,
+# retitle the window, move the cursor) instead of showing them.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters as escapes (``\\x1b``), safe to print to a terminal.
+
+    Names, values and config come from whoever posted them; printed as they are, an
+    escape sequence in a metric name would act on the terminal of whoever reads it.
+    """
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def fmt_value(value: Any) -> str:
-    """A value as a person reads it: floats to 6 significant digits, the rest as they are."""
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    """A value as a person reads it: floats to 6 significant digits, the rest as they are (printable)."""
+    return f"{value:.6g}" if isinstance(value, float) else printable(str(value))
 
 
 def sparkline(values: list[float], width: int = 60) -> str:
@@ -32,7 +45,7 @@ def sparkline(values: list[float], width: int = 60) -> str:
 
 def table(headers: list[str], rows: list[tuple[Any, ...]]) -> str:
     """Rows under headers and a rule, columns aligned (numbers to the right)."""
-    cells = [headers, *[[str(c) for c in row] for row in rows]]
+    cells = [headers, *[[printable(str(c)) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     numeric = [len(cells) > 1 and all(_looks_numeric(row[i]) for row in cells[1:]) for i in range(len(headers))]
     lines = [

@@ -26,7 +26,6 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Callable
 
 from ._cli_common import (
@@ -40,7 +39,6 @@ from ._cli_common import (
     describe_transport_error,
     open_client,
 )
-from ._cli_common import progress as _progress
 from ._cli_common import progress_done as _progress_done
 from ._version import __version__
 from .errors import ApiError, ConfigError, DiscoveryError, MetricsError, TransportError
@@ -120,68 +118,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from .api import ApiClient
-    from .config import ENV_URL, env_str
-    from .errors import SpoolError
-    from .spool import default_spool_root, sync_writer, writer_dirs
-    from .spool.files import read_meta
+    from ._cli_sync import cmd_sync
 
-    paths = [Path(p) for p in args.dirs] or [default_spool_root()]
-    missing = [str(p) for p in paths if not p.exists()]
-    if args.dirs and missing:
-        raise CliError(f"no such directory: {', '.join(missing)}", EXIT_USAGE)
-    dirs = list(writer_dirs([p for p in paths if p.exists()]))
-    if not dirs:
-        print("nothing to sync")
-        return EXIT_OK
-    clients: dict[str, ApiClient] = {}
-    status = EXIT_OK
-    try:
-        for directory in dirs:
-            try:
-                meta = read_meta(directory)
-            except SpoolError as exc:  # kept as it is, for a look; the others go on
-                print(f"{directory}: skipped: {exc}", file=sys.stderr)
-                status = EXIT_FAILED
-                continue
-            url = args.url or env_str(ENV_URL) or str(meta.get("endpoint", "")).removesuffix("/").removesuffix("/api")
-            if not url:
-                print(f"{directory}: no server address: pass --url", file=sys.stderr)
-                status = EXIT_FAILED
-                continue
-            client = clients.get(url)
-            if client is None:
-                client = clients[url] = ApiClient(url=url, token=args.token)
-            sent = 0
-
-            def progress(n: int, directory: Path = directory) -> None:
-                nonlocal sent
-                sent += n
-                if sys.stderr.isatty():
-                    _progress(f"{directory.name}: {sent:,} records sent")
-
-            report = sync_writer(directory, client, batch_size=args.batch_size, progress=progress)
-            if sent:
-                _progress_done()
-            if report.busy:
-                print(f"{directory}: skipped, its process is still running (or another sync holds it)")
-                continue
-            print(
-                f"{directory}: run {report.run_id}: {report.delivered:,} delivered, "
-                f"{report.already_stored:,} already stored, {report.failed:,} failed, "
-                f"{report.torn:,} torn or unreadable"
-            )
-            for error in report.errors[:5]:
-                print(f"  {error}", file=sys.stderr)
-            if len(report.errors) > 5:
-                print(f"  ... and {len(report.errors) - 5} more", file=sys.stderr)
-            if not report.ok:
-                print(f"  {directory}: kept (not everything in it was delivered)", file=sys.stderr)
-                status = EXIT_FAILED
-    finally:
-        for client in clients.values():
-            client.close()
-    return status
+    return cmd_sync(args)
 
 
 # -- the parser -------------------------------------------------------------------------------
@@ -359,6 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sync.add_argument("--token", default=argparse.SUPPRESS, help="a bearer token for the server")
     sync.add_argument("--batch-size", type=int, default=1000, help="records per batch for unbatched records")
+    sync.add_argument(
+        "--to",
+        default=None,
+        metavar="URL",
+        help="upload the raw copies of records the run's server got as aggregates to this server "
+        "(one with the batch endpoint: each record is stored there once)",
+    )
+    sync.add_argument("--to-run", type=_positive_int, default=None, help="with --to: the run there (default: same id)")
     sync.set_defaults(func=_cmd_sync)
     return parser
 

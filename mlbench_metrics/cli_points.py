@@ -19,8 +19,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ._text import fmt_value
-from .errors import ClientApiError, ConfigError
+from ._text import fmt_value, printable
+from .errors import ClientApiError, ConfigError, TransientApiError
 from .points import MetricPoint, split_name, write_csv, write_json
 from .records import us_to_datetime
 
@@ -37,7 +37,7 @@ PLOT_HINT = "plot needs matplotlib: pip install 'mlbench-metrics[plot]'"
 def _line(name: str, date: _dt.datetime, value: Any, step: Any = None, epoch: Any = None) -> str:
     when = date.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     where = "".join(f"  {k} {v}" for k, v in (("step", step), ("epoch", epoch)) if v is not None)
-    return f"{when}  {name}{where}  {fmt_value(value)}"
+    return f"{when}  {printable(name)}{where}  {fmt_value(value)}"
 
 
 def follow(args: argparse.Namespace, open_client: OpenClient, *, stop: threading.Event | None = None) -> int:
@@ -54,9 +54,10 @@ def follow(args: argparse.Namespace, open_client: OpenClient, *, stop: threading
     stop = stop or threading.Event()
     with open_client(args) as client:
         run = Run.get(args.run_id, client=client)
+        by_arrival = "points" in client.server_extensions()
         print(f"following run {run.id} ({run.name}); Ctrl-C to stop", file=sys.stderr, flush=True)
         try:
-            if "points" in client.server_extensions():
+            if by_arrival:
                 _follow_points(client, run.id, args, stop)
             else:
                 _follow_dates(client, run, args, stop)
@@ -67,18 +68,53 @@ def follow(args: argparse.Namespace, open_client: OpenClient, *, stop: threading
 
 def _follow_points(client: Any, run_id: int, args: argparse.Namespace, stop: threading.Event) -> None:
     names = [args.filter] if args.filter else None
-    catalog = _ok(client.get_run_series(run_id).result())
+    down = _Outage()
+    catalog: dict[str, Any] | None = None
+    while catalog is None:
+        with down:
+            catalog = _ok(client.get_run_series(run_id).result())
+        if catalog is None and stop.wait(args.interval):
+            return
     cursor = int(catalog.get("cursor", 0))
     shown = [s["name"] for s in catalog["series"] if not names or s["name"] in names]
-    if shown:  # the newest point of each series, as context
-        answer = _ok(client.get_run_points(run_id, names=shown, since=args.since).result())
-        for s in answer["series"]:
-            _print_series(s, last=1)
+    if shown:  # the newest point of each series, as context (through the cursor: never twice)
+        with down:
+            answer = _ok(client.get_run_points(run_id, names=shown, since=args.since, through=cursor).result())
+            for s in answer["series"]:
+                _print_series(s, last=1)
     while not stop.wait(args.interval):
-        answer = _ok(client.get_run_points(run_id, names=names, after=cursor).result())
-        cursor = int(answer["cursor"])
-        for s in answer["series"]:
-            _print_series(s)
+        with down:
+            answer = _ok(client.get_run_points(run_id, names=names, after=cursor).result())
+            cursor = int(answer["cursor"])
+            for s in answer["series"]:
+                _print_series(s)
+
+
+class _Outage:
+    """Following goes on while the server restarts or is busy, as ``tail -f`` would: says so once.
+
+    ``with outage:`` around one poll swallows what the next poll may not meet
+    (no answer, 502, 503, 504) and says when the server stops and starts answering.
+    """
+
+    def __init__(self) -> None:
+        self.down = False
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if exc is None:
+            if self.down:
+                self.down = False
+                print("mlbench-metrics: the server answers again", file=sys.stderr, flush=True)
+            return False
+        if not isinstance(exc, TransientApiError):
+            return False
+        if not self.down:
+            self.down = True
+            print(f"mlbench-metrics: the server does not answer ({exc}); still following", file=sys.stderr, flush=True)
+        return True
 
 
 def _print_series(series: dict[str, Any], last: int | None = None) -> None:
@@ -93,8 +129,13 @@ def _follow_dates(client: Any, run: Run, args: argparse.Namespace, stop: threadi
     seen: set[tuple[str, _dt.datetime, Any]] = set()
     since: Any = args.since
     first = True
+    down = _Outage()
     while first or not stop.wait(args.interval):
-        metrics = run.metrics(since=since, metric_filter=args.filter)
+        metrics = None
+        with down:
+            metrics = run.metrics(since=since, metric_filter=args.filter)
+        if metrics is None:
+            continue
         for name in sorted(metrics):
             for date, value in metrics[name][-1:] if first else metrics[name]:
                 if (name, date, value) not in seen:
@@ -177,7 +218,9 @@ def plot(args: argparse.Namespace) -> int:
         missing = f"no metric named {', '.join(sorted(wanted))}" if wanted else "no metrics"
         raise ConfigError(f"run {run.id} has {missing}; see: mlbench-metrics metrics show {run.id}")
     start = run.created_at or min(p.date for pts in series.values() for p in pts)
-    fig, axes = plt.subplots(len(groups), 1, figsize=(10, 3.2 * len(groups)), squeeze=False)
+    # Constrained layout keeps the figure's title above the first panel however many there
+    # are (tight_layout left it inside the first one once there were a dozen).
+    fig, axes = plt.subplots(len(groups), 1, figsize=(10, 3.2 * len(groups)), squeeze=False, constrained_layout=True)
     for ax, (metric, lines) in zip(axes[:, 0], groups.items()):
         cumulative = any(p.cumulative for _, pts in lines for p in pts)
         # A panel whose series carry no step is drawn against time, as the web page does.
@@ -196,7 +239,6 @@ def plot(args: argparse.Namespace) -> int:
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize="small")
     fig.suptitle(f"{run.name} (run {run.id})")
-    fig.tight_layout()
     target = Path(args.output)
     fig.savefig(target, format="png", dpi=100)
     plt.close(fig)
@@ -226,7 +268,7 @@ def config_text(client: Any, run_id: int) -> str | None:
             for k, v in value.items():
                 walk(v, f"{key}.{k}" if key else str(k))
         else:
-            lines.append(f"  {key} = {value if isinstance(value, str) else json.dumps(value)}")
+            lines.append(printable(f"  {key} = {value if isinstance(value, str) else json.dumps(value)}"))
 
     walk(config, "")
     return "\n".join(lines) if config else None

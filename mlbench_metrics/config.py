@@ -14,10 +14,12 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Final, Mapping, Union
 
+from .delivery.pace import Aggregate, check_aggregate
 from .errors import ConfigError
 
 __all__ = [
     "DELIVERY_MODES",
+    "ENV_AGGREGATE",
     "ENV_DELIVERY",
     "ENV_FLUSH_INTERVAL",
     "ENV_RANK",
@@ -40,6 +42,9 @@ when no ``url`` is given, before Kubernetes discovery is tried."""
 
 ENV_TOKEN: Final = "MLBENCH_METRICS_TOKEN"
 """A bearer token sent as ``Authorization: Bearer <token>`` when no ``token`` is given."""
+
+ENV_AGGREGATE: Final = "MLBENCH_METRICS_AGGREGATE"
+"""``auto``, ``off`` or seconds: the logger's ``aggregate`` when none is given."""
 
 ENV_RUN_ID: Final = "MLBENCH_METRICS_RUN_ID"
 """The run to log to when a logger is given neither ``run_id`` nor ``new_run``."""
@@ -176,6 +181,7 @@ class LoggerConfig:
     spool_dir: str | os.PathLike[str] | None = None
     spool_max_bytes: int = 1 << 30
     durable: bool = False
+    aggregate: Aggregate = "auto"
     new_run: str | None = None
     run_config: Mapping[str, object] | None = None  # checked by run_config.check_config
     delivery: str = "thread"
@@ -199,7 +205,9 @@ class LoggerConfig:
         *,
         rank: int | None = None,
         flush_interval: float | None = None,
+        aggregate: Aggregate | None = None,
         new_run: str | None = None,
+        elsewhere: bool = False,
         delivery: str | None = None,
         environ: Mapping[str, str] | None = None,
         **settings: object,
@@ -208,7 +216,9 @@ class LoggerConfig:
 
         The run: ``run_id``, else ``new_run``; ``MLBENCH_METRICS_RUN_ID`` fills in when
         neither is given, and wins over ``new_run``: a process started for a run (by
-        ``serve --exec``) logs to that run instead of creating one (with an info line).
+        ``serve --exec``) logs to that run instead of creating one (with an info line),
+        unless ``elsewhere``: the logger was pointed at another server than
+        ``MLBENCH_METRICS_URL``, which has no such run.
 
         Raises:
             ConfigError: an argument is invalid, both runs are given, or none is.
@@ -216,7 +226,7 @@ class LoggerConfig:
         if new_run is not None and run_id is not None:
             raise ConfigError("give run_id or new_run, not both")
         from_env = env_str(ENV_RUN_ID, environ)
-        if run_id is None and from_env is not None:
+        if run_id is None and from_env is not None and not (new_run is not None and elsewhere):
             if new_run is not None:
                 _log.info(
                     "%s=%s is set (this process was started for that run): logging to it, not to a new run %r",
@@ -230,6 +240,8 @@ class LoggerConfig:
             raise ConfigError(f"give the run to log to: MetricsLogger(run_id=...) or {ENV_RUN_ID}")
         if rank is None:
             rank = env_int(ENV_RANK, env_int("RANK", None, environ), environ)
+        if aggregate is None:
+            aggregate = _env_aggregate(environ)
         if flush_interval is None:
             flush_interval = env_float(ENV_FLUSH_INTERVAL, 1.0, environ)
         if delivery is None:
@@ -237,6 +249,7 @@ class LoggerConfig:
         return cls(
             run_id=None if run_id is None else _run_number(run_id),
             rank=rank,
+            aggregate=aggregate,
             flush_interval=float(flush_interval) if _is_seconds(flush_interval) else flush_interval,
             new_run=new_run,
             delivery=delivery,
@@ -278,7 +291,27 @@ _CHECKS: Final[tuple[tuple[str, Callable[[object, LoggerConfig], bool], str], ..
     ("max_buffer", lambda v, c: _is_int(v) and v >= c.batch_size, "an integer of at least batch_size"),  # type: ignore[operator]
     ("max_in_flight", lambda v, c: _is_int(v) and v >= 1, "a positive integer"),  # type: ignore[operator]
     ("shutdown_timeout", lambda v, c: _is_seconds(v), "a positive number of seconds"),
+    ("aggregate", lambda v, c: _is_aggregate(v), '"auto", "off" or a positive number of seconds'),
     ("spool_max_bytes", lambda v, c: _is_int(v) and v >= 1 << 20, "an integer of at least 1 MiB"),  # type: ignore[operator]
     ("new_run", lambda v, c: v is None or isinstance(v, str), "a run name"),
     ("delivery", lambda v, c: v in DELIVERY_MODES, "'thread' or 'process'"),
 )
+
+
+def _is_aggregate(value: object) -> bool:
+    try:
+        check_aggregate(value)
+    except ConfigError:
+        return False
+    return True
+
+
+def _env_aggregate(environ: Mapping[str, str] | None) -> Aggregate:
+    raw = env_str(ENV_AGGREGATE, environ)
+    if raw is None:
+        return "auto"
+    try:
+        return check_aggregate(raw if raw in ("auto", "off") else float(raw))
+    except (ValueError, ConfigError):
+        _log.warning('ignoring %s=%r: not "auto", "off" or a number of seconds; using "auto"', ENV_AGGREGATE, raw)
+        return "auto"

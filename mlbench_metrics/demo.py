@@ -105,6 +105,9 @@ def run_demo(url: str | None = None, token: str | None = None, seconds: float = 
             )
             where = f"the embedded server at {server.url}" if server is not None else address
             print(f"run {run.id} ({run.name}) on {where}; training for {seconds:.0f} s ...", file=out, flush=True)
+            if server is not None or client.server_extensions():  # this package's server: it has the page
+                base = server.url if server is not None else f"http://{address}"
+                print(f"web UI: {base}/#/run/{run.id} (charts while it trains)", file=out, flush=True)
             blocks, stats = _train(run.id, client, seconds)
             try:
                 run.mark_finished()
@@ -112,6 +115,12 @@ def run_demo(url: str | None = None, token: str | None = None, seconds: float = 
                 pass
             metrics = run.metrics()
         _summary(out, run, metrics, stats, blocks, time.monotonic() - started)
+        if server is not None:
+            print(
+                "the demo's server stops now, and its data with it; to keep a run and its page, "
+                "start `mlbench-metrics serve` and run `mlbench-metrics demo --url 127.0.0.1:8080`",
+                file=out,
+            )
         return 0 if stats.stored == stats.logged and not stats.dropped_total else 1
     finally:
         if server is not None:

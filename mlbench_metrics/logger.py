@@ -30,10 +30,11 @@ from typing import Any, Callable, Final, Mapping, Protocol, TypeVar
 from . import _lifecycle
 from ._own_run import create_own_run, mark_own_run
 from ._parts import Parts, open_parts, placeholder_parts
+from ._session import endpoint_of
 from .api import ApiClient
-from .config import LoggerConfig
+from .config import ENV_URL, LoggerConfig, env_str
 from .delivery import Stats
-from .errors import ClosedError
+from .errors import ClosedError, ConfigError
 from .records import Context, check_name, check_number, check_step, coerce_value
 from .records.batch import Record
 from .records.checks import Value
@@ -120,6 +121,16 @@ class MetricsLogger:
         durable: write every record to a memory-mapped file before ``log()`` returns,
             so a process killed at any moment (SIGKILL, OOM) loses nothing logged;
             ``mlbench-metrics sync`` delivers what it left.
+        aggregate: against a server without the batch endpoint (the dashboard, which
+            stores a few dozen posts a second): ``"auto"`` (the default, else
+            ``MLBENCH_METRICS_AGGREGATE``) sends per-series aggregates (the mean, or a
+            total's last value, with count, min, max, first and last step in the
+            metadata) when records arrive faster than the server stores them, measured
+            as it goes, so its charts stay a few seconds behind at most; a number of
+            seconds always sends aggregates over windows that long; ``"off"`` always
+            sends every record. The records folded keep their raw copies in the spool
+            (``stats.folded``) for ``mlbench-metrics sync --to URL``; without a spool
+            nothing is folded.
         new_run: instead of ``run_id``, create a run with this name (a custom run whose
             command is this program's) and log to it; ``close()`` marks it finished,
             or failed when the program ends with an uncaught exception or SIGTERM
@@ -157,6 +168,7 @@ class MetricsLogger:
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int = 1 << 30,
         durable: bool = False,
+        aggregate: str | float | None = None,
         new_run: str | None = None,
         config: Mapping[str, Any] | None = None,
         delivery: str | None = None,
@@ -166,6 +178,7 @@ class MetricsLogger:
             rank=rank,
             flush_interval=flush_interval,
             new_run=new_run,
+            elsewhere=_elsewhere(url, client),
             delivery=delivery,
             batch_size=batch_size,
             max_buffer=max_buffer,
@@ -176,6 +189,7 @@ class MetricsLogger:
             spool_dir=spool_dir,
             spool_max_bytes=spool_max_bytes,
             durable=durable,
+            aggregate=aggregate,
             run_config=None if config is None else check_config(config),
         )
         self._own_client = client is None
@@ -208,12 +222,14 @@ class MetricsLogger:
 
     def _open_parts(self) -> None:
         """Build the store and the dispatcher; point the hot path at the store's buffer."""
+        client = self.client  # not self: the dispatcher's thread must not keep the logger alive
         self._use(
             open_parts(
                 self.settings,
-                functools.partial(self.client.post_metrics, self.run_id),
+                functools.partial(client.post_metrics, self.run_id),
+                batch_supported=lambda: client.batch_supported,
                 run_id=self.run_id,
-                endpoint=self.client.endpoint,
+                endpoint=client.endpoint,
                 on_frozen=self._on_log_frozen,
                 on_drained=_lifecycle.weak_call(self._reset_wake_threshold),
                 client=self.client,
@@ -530,7 +546,8 @@ class MetricsLogger:
 
         Returns within ``timeout``. What is still undelivered then is spooled when there
         is a spool, else dropped and counted. Afterwards ``stats.logged == stats.stored +
-        stats.spooled + stats.dropped_total``.
+        stats.spooled + stats.dropped_total`` (records folded into aggregates count as
+        spooled: their raw copies are on disk).
 
         Args:
             timeout: seconds it may take (default ``shutdown_timeout``).
@@ -539,7 +556,8 @@ class MetricsLogger:
                 an uncaught exception or on SIGTERM.
 
         Returns:
-            How many records were not stored (spooled or dropped); 0 when called again.
+            How many records were neither stored nor folded into stored aggregates
+            (spooled for ``sync``, or dropped); 0 when called again.
         """
         # Not self._lock: a SIGTERM handler may call this while the same thread holds it
         # inside increment().
@@ -565,8 +583,7 @@ class MetricsLogger:
         if self._own_client:
             self.client.close(timeout=max(0.0, deadline - time.monotonic()))
         _lifecycle.unregister(self)
-        stats = self._dispatcher.stats()
-        return stats.logged - stats.stored
+        return self._dispatcher.stats().unsent
 
     def close_at_exit(self) -> str | None:
         """Close within ``shutdown_timeout``; a line for stderr when records were not stored."""
@@ -574,14 +591,15 @@ class MetricsLogger:
         if not left:
             return None
         stats = self.stats
-        if not stats.spooled:
+        spooled = stats.spooled - stats.folded
+        if not spooled:
             where = "dropped"
         elif self.agent_pid is not None:
             where = f"in {self.spool_dir}; the delivery agent (pid {self.agent_pid}) goes on delivering them"
         elif not stats.dropped_total:
             where = f"spooled in {self.spool_dir}; deliver them with: mlbench-metrics sync"
         else:
-            where = f"{stats.spooled} spooled in {self.spool_dir}, {stats.dropped_total} dropped"
+            where = f"{spooled} spooled in {self.spool_dir}, {stats.dropped_total} dropped"
         return f"mlbench-metrics: {left} records were not delivered at exit ({where})"
 
     def _after_fork_in_child(self) -> None:
@@ -626,3 +644,14 @@ def _value(name: str, value: object) -> Value:
         return coerce_value(value)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"metric {name!r}: {exc}") from None
+
+
+def _elsewhere(url: str | None, client: ApiClient | None) -> bool:
+    """Whether the logger is pointed at another server than ``MLBENCH_METRICS_URL`` names."""
+    env_url = env_str(ENV_URL)
+    if env_url is None or (url is None and client is None):
+        return False
+    try:
+        return (client.endpoint if client is not None else endpoint_of(str(url))) != endpoint_of(env_url)
+    except ConfigError:  # a bad address: the client says so, clearly, in a moment
+        return False

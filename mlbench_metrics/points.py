@@ -112,6 +112,8 @@ def parse_metadata(text: str) -> tuple[int | None, int | float | None, int | Non
     found: dict[str, int | float] = {}
     try:
         data = json.loads(text) if text.startswith("{") else None
+    except RecursionError:  # stored as sent: JSON nested past the parser's depth carries none of them
+        data = None
     except ValueError:
         data = None
         for key, number in _LENIENT.findall(text):

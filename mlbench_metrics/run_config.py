@@ -38,7 +38,8 @@ def check_config(config: Any) -> dict[str, Any]:
     """A copy of ``config`` if it can be stored: a mapping with string keys, JSON, at most 64 KiB.
 
     Raises:
-        ConfigError: it is not a mapping, holds something JSON cannot (objects, NaN), or is too large.
+        ConfigError: it is not a mapping, holds something JSON cannot (objects, NaN), is
+            nested too deeply, or is too large.
     """
     if not isinstance(config, Mapping):
         raise ConfigError(f"config must be a mapping (a dict of hyperparameters), not {type(config).__name__}")
@@ -46,6 +47,8 @@ def check_config(config: Any) -> dict[str, Any]:
         text = json.dumps(dict(config), allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"config must be JSON-serialisable (strings, finite numbers, lists, dicts): {exc}") from None
+    except RecursionError:  # not a ValueError: a traceback in the training script otherwise
+        raise ConfigError("config is nested too deeply to be stored as JSON") from None
     size = len(text.encode())
     if size > MAX_CONFIG_BYTES:
         raise ConfigError(f"config is {size:,} bytes as JSON; the limit is {MAX_CONFIG_BYTES:,}")

@@ -26,12 +26,13 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Literal, overload
+from typing import Any, Callable, Final, Literal, overload
 
 import requests
 
-from .api import ApiClient, _status_error
-from .errors import ClientApiError
+from ._session import status_error
+from .api import ApiClient
+from .errors import ClientApiError, ConfigError, MetricsError
 from .points import MetricPoint, split_name, to_number
 from .records import parse_date, us_to_datetime
 
@@ -41,6 +42,21 @@ DONE_STATES = ("finished", "failed")
 """The states a run does not leave."""
 
 Point = tuple[_dt.datetime, Any]
+
+
+_NOT_STARTED_AFTER: Final = 3.0  # seconds "initialized" before wait() asks whether anything runs runs
+
+
+def server_runs_runs(client: ApiClient) -> bool:
+    """False only for an embedded server that says it does not execute runs (no ``--exec``)."""
+    try:
+        info = client.get_server_info().result().json()
+    except (MetricsError, ValueError):
+        return True  # cannot tell: keep waiting
+    server = info.get("server") if isinstance(info, dict) else None
+    if not isinstance(server, dict) or server.get("name") != "mlbench-metrics":
+        return True  # the dashboard starts its runs in Kubernetes
+    return bool(server.get("exec", True))
 
 
 class Run:
@@ -196,10 +212,14 @@ class Run:
 
         Raises:
             TimeoutError: ``timeout`` passed first.
+            ConfigError: the run is still ``initialized`` after a few seconds and the
+                server says it runs no runs (the embedded server without ``--exec``).
         """
         if poll <= 0:
             raise ValueError(f"poll must be positive, got {poll!r}")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        asked = False
         with self._api() as api:
             while True:
                 self._data = _json(api.get_run(self.id).result())
@@ -207,6 +227,13 @@ class Run:
                     progress(self)
                 if self.done:
                     return self
+                if self.state == "initialized" and not asked and time.monotonic() - started >= _NOT_STARTED_AFTER:
+                    asked = True
+                    if not server_runs_runs(api):
+                        raise ConfigError(
+                            f"run {self.id} will stay initialized: the server at {api.endpoint} does not run runs "
+                            "(start it with `mlbench-metrics serve --exec` to run their commands on its machine)"
+                        )
                 left = math.inf if deadline is None else deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"run {self.id} is still {self.state} after {timeout} s")
@@ -315,7 +342,7 @@ class Run:
         with self._api() as api:
             answer = api.download_run_metrics(self.id, since, summarize).result()
         if answer.status_code >= 400:
-            raise _status_error(answer)
+            raise status_error(answer)
         target = Path(path)
         tmp = target.with_name(target.name + ".part")
         tmp.write_bytes(answer.content)
@@ -332,7 +359,7 @@ class Run:
         with self._api() as api:
             answer = api.delete_run(self.id).result()
         if answer.status_code == 304:
-            error = _status_error(answer)
+            error = status_error(answer)
             raise ClientApiError(
                 f"the server could not delete run {self.id} ({error})",
                 status_code=304,
@@ -341,7 +368,7 @@ class Run:
                 url=error.url,
             )
         if not 200 <= answer.status_code < 300:
-            raise _status_error(answer)
+            raise status_error(answer)
 
     def mark(self, state: str) -> Run:
         """Set the run's state (``started``, ``finished`` or ``failed``); returns self.
@@ -379,7 +406,7 @@ class Run:
 
 def _json(answer: requests.Response) -> Any:
     if answer.status_code >= 400:
-        raise _status_error(answer)
+        raise status_error(answer)
     try:
         return answer.json()
     except ValueError:

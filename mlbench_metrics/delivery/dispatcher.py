@@ -221,7 +221,9 @@ class Dispatcher:
             except Exception as exc:  # never let the thread die silently
                 self._note_error("dispatcher", exc)
                 _log.exception("mlbench-metrics: the dispatcher failed; it keeps going")
-            if self._stopping.is_set() and (self._all_done() or self._clock() >= self._send_until):
+            if self._stopping.is_set() and (
+                self._all_done() or self._clock() >= self._send_until or self._nothing_to_send_in_time()
+            ):
                 break
         try:
             self._finish()
@@ -235,6 +237,11 @@ class Dispatcher:
         if self._outbox and len(self._in_flight) < self._max_in_flight:
             wait = min(wait, self._outbox[0].due - now)
         return max(0.0, wait)
+
+    def _nothing_to_send_in_time(self) -> bool:
+        """Closing, nothing in flight, and the oldest batch waits out a backoff that ends
+        after the last moment to send: waiting longer would change nothing."""
+        return not self._in_flight and bool(self._outbox) and self._outbox[0].due >= self._send_until
 
     def _all_done(self) -> bool:
         return self._ledger.everything_settled() and not (len(self._buffer) - self._markers_waiting)
@@ -254,6 +261,11 @@ class Dispatcher:
         ):
             self._last_take = now
             self._take_buffer()
+        if self._stopping.is_set() and self._outbox and self._outbox[0].attempts:
+            # Closing while the server fails: put what waits on disk now, while there is
+            # time, rather than in the last moments before the deadline (it is sent from
+            # there if the server recovers).
+            self._put_on_disk(self._waiting_in_memory())
         self._send()
         self._settle()
 
@@ -309,6 +321,17 @@ class Dispatcher:
                 spill.append(parcel)
                 over -= parcel.count
         self._put_out_of_memory(spill, "overflow")
+
+    def _put_on_disk(self, parcels: list[Parcel]) -> None:
+        """Spill ``parcels`` to the store's disk where it can; the rest stay in memory."""
+        if not parcels:
+            return
+        try:
+            kept = self._store.spill(parcels)
+        except Exception as exc:
+            self._note_error("spool", exc)
+            return
+        self._ledger.parked(parcels[:kept])
 
     def _put_out_of_memory(self, parcels: list[Parcel], reason: str, *, queued: bool = True) -> None:
         """Spill ``parcels`` to the store's disk; drop (and count) what it cannot keep."""
@@ -403,17 +426,19 @@ class Dispatcher:
             self._note_error("deliver", result.error)
         again = result.retryable()
         rejected = len(result.rejected())
-        stored = parcel.count - len(again) - rejected
+        folded = len(result.folded)  # into aggregates the server stored; raw copies on disk
+        stored = parcel.count - len(again) - rejected - folded
         if rejected:
             self._warn_once("rejected", f"mlbench-metrics: the server refused {rejected} records: {result.error}")
-        if again and (stored or rejected):
+        if again and (stored or rejected or folded):
             try:
                 self._store.remainder(parcel, again)
             except Exception as exc:  # the whole batch will be sent again: at least once
                 self._note_error("spool", exc)
-                again, stored, rejected = list(range(parcel.count)), 0, 0
+                again, stored, rejected, folded = list(range(parcel.count)), 0, 0, 0
         self._count(parcel, stored, None)
         self._count(parcel, rejected, "rejected")
+        self._ledger.folded(parcel, folded, result.aggregates)
         if not again:
             self._forget(parcel)
             return False
@@ -467,11 +492,20 @@ class Dispatcher:
         except Exception as exc:
             self._note_error("spool", exc)
         self._ledger.release_markers()
-        left = self._ledger.stats(0).spooled
+        stats = self._ledger.stats(0)
+        left = stats.spooled - stats.folded
         where = self._store.location
         if left and where is not None:
             _log.warning(
                 "mlbench-metrics: %d records wait in %s; deliver them with: mlbench-metrics sync %s", left, where, where
+            )
+        if stats.folded and where is not None:
+            _log.warning(
+                "mlbench-metrics: the server has aggregates of %d records whose raw copies are in %s; upload them "
+                "to a server with the batch endpoint with: mlbench-metrics sync %s --to URL",
+                stats.folded,
+                where,
+                where,
             )
 
     def _waiting_in_memory(self) -> list[Parcel]:

@@ -35,10 +35,16 @@ class Stats:
             ``"shutdown"`` (undelivered when ``close`` ran out of time, and not on disk),
             ``"spool_full"`` (the spool's size bound), ``"spool_failed"`` (the disk
             could not be written or read back).
-        spooled: records waiting on disk (after ``close()``: left for ``sync``).
+        spooled: records waiting on disk (after ``close()``: left for ``sync``), and the
+            ``folded`` ones (their raw copies wait for ``sync --to``).
         in_flight: records sent and not answered yet.
         pending: records not settled yet: buffered, waiting, in flight or on disk.
         last_error: the most recent delivery error, as text.
+        folded: records not sent as they are but folded into aggregate points the
+            server stored (a server without the batch endpoint that fell behind);
+            counted in ``spooled``, not in ``stored``: their raw copies are on disk for
+            an exact upload with ``mlbench-metrics sync --to URL``.
+        aggregates: aggregate points the server stored.
     """
 
     logged: int
@@ -49,11 +55,18 @@ class Stats:
     in_flight: int
     pending: int
     last_error: str | None
+    folded: int = 0
+    aggregates: int = 0
 
     @property
     def dropped_total(self) -> int:
         """All dropped records, whatever the reason."""
         return sum(self.dropped.values())
+
+    @property
+    def unsent(self) -> int:
+        """Records neither stored nor folded: waiting for ``sync``, or dropped."""
+        return self.logged - self.stored - self.folded
 
 
 class Marker:
@@ -83,6 +96,8 @@ class Ledger:
         self._parked = 0
         self._flying = 0
         self._stored = 0
+        self._folded = 0
+        self._aggregates = 0
         self._retried = 0
         self._dropped: dict[str, int] = {}
         self._abandoned = False
@@ -122,16 +137,33 @@ class Ledger:
         if n <= 0:
             return
         with self._lock:
-            parcel.count -= n
-            if self._abandoned:
+            if not self._release(parcel, n):
                 return
-            self._held -= n
-            if parcel.on_disk:
-                self._parked -= n
             if reason is None:
                 self._stored += n
             else:
                 self._drop(reason, n, parcel.seq)
+
+    def folded(self, parcel: Parcel, n: int, points: int) -> None:
+        """``n`` of the parcel's records were folded into ``points`` aggregate points the
+        server stored; their raw copies are on disk (so they count as spooled)."""
+        if n <= 0 and points <= 0:
+            return
+        with self._lock:
+            if self._release(parcel, n):
+                self._folded += n
+                self._aggregates += points
+
+    def _release(self, parcel: Parcel, n: int) -> bool:
+        """Under the lock: ``n`` of the parcel's records leave it; False when nothing
+        counts any more (abandoned)."""
+        parcel.count -= n
+        if self._abandoned:
+            return False
+        self._held -= n
+        if parcel.on_disk:
+            self._parked -= n
+        return True
 
     def _drop(self, reason: str, n: int, seq: int | None) -> None:
         self._dropped[reason] = self._dropped.get(reason, 0) + n
@@ -146,7 +178,8 @@ class Ledger:
     def flying(self, records: int) -> None:
         """``records`` more (or, negative, fewer) are in flight."""
         with self._lock:
-            self._flying += records
+            if not self._abandoned:  # abandon() counted what was in flight already
+                self._flying += records
 
     def retried(self, records: int) -> None:
         """``records`` will be sent again."""
@@ -189,10 +222,12 @@ class Ledger:
                 stored=self._stored,
                 retried=self._retried,
                 dropped=dict(self._dropped),
-                spooled=self._parked,
+                spooled=self._parked + self._folded,
                 in_flight=self._flying,
                 pending=self._held + buffered,
                 last_error=self._last_error,
+                folded=self._folded,
+                aggregates=self._aggregates,
             )
 
     # -- flushes ------------------------------------------------------------------------

@@ -31,6 +31,10 @@ class BatchResult:
         duplicate: the server had stored this ``batch_id`` before: nothing was lost.
         failed: index of each metric that was not stored -> why.
         batch_id: the idempotency key the batch was sent with (None for single posts).
+        folded: indices of the metrics not sent as they are but folded into aggregate
+            points the server stored (see ``delivery/aggregator.py``); their raw copies
+            are on disk. Neither stored nor failed.
+        aggregates: how many aggregate points the server stored for this batch.
     """
 
     total: int
@@ -38,10 +42,12 @@ class BatchResult:
     duplicate: bool = False
     failed: Mapping[int, ApiError] = field(default_factory=dict)
     batch_id: str | None = None
+    folded: tuple[int, ...] = ()
+    aggregates: int = 0
 
     @property
     def ok(self) -> bool:
-        """True when every metric is stored (now, or before as a duplicate)."""
+        """True when every metric is stored (now, or before as a duplicate), or folded."""
         return not self.failed
 
     @property

@@ -24,7 +24,7 @@ from typing import Protocol, Sequence
 from ..records import MetricBatch, encode
 from ..records.batch import Record
 
-__all__ = ["BatchStore", "MemoryStore", "Parcel", "next_batch_id"]
+__all__ = ["BatchStore", "MemoryStore", "Parcel", "base_batch_id", "next_batch_id"]
 
 
 class Parcel:
@@ -177,3 +177,9 @@ def next_batch_id(batch_id: str) -> str:
     """The id for what is left of a batch after a partial answer: ``<id>~<n>``."""
     head, _, tail = batch_id.rpartition("~")
     return f"{head}~{int(tail) + 1}" if head and tail.isdigit() else f"{batch_id}~1"
+
+
+def base_batch_id(batch_id: str) -> str:
+    """The id a batch was cut with, before any :func:`next_batch_id` (``<id>~<n>``)."""
+    head, _, tail = batch_id.rpartition("~")
+    return head if head and tail.isdigit() else batch_id

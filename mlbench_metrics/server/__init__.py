@@ -42,7 +42,7 @@ from .._threads import start_thread
 from .._version import __version__
 from ._http import HttpServer
 from .access import AccessPolicy, is_loopback
-from .executor import LocalExecutor
+from .executor import LocalExecutor, fail_abandoned_runs
 from .pacing import Pacer
 from .parsing import error_response
 from .routes import App
@@ -189,6 +189,7 @@ def serve(
         tmpdir = tempfile.mkdtemp(prefix="mlbench-metrics-")
         db_path = os.path.join(tmpdir, "metrics.db")
     store = _open_store(db_path, tmpdir)
+    fail_abandoned_runs(store)
     access = AccessPolicy(token=token, allowed_hosts=allow_hosts, bind_host=host)
     app = App(store, access=access, max_body=max_body, extensions=extensions)
     try:

@@ -40,12 +40,14 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Callable, Final
 
-from .._threads import start_thread
+import psutil
+
+from .._threads import BLOCKED, start_thread
 from .store import Store
 
-__all__ = ["MAX_LOCAL_WORKERS", "ExecError", "LocalExecutor", "command_lines"]
+__all__ = ["MAX_LOCAL_WORKERS", "ExecError", "LocalExecutor", "command_lines", "fail_abandoned_runs"]
 
 _log = logging.getLogger("mlbench_metrics.server")
 
@@ -193,6 +195,7 @@ class LocalExecutor:
                         env=env,
                         cwd=self.workdir,
                         start_new_session=True,  # its own process group, so stop() reaches its children
+                        preexec_fn=_unblock_signals,
                     )
                 except OSError as exc:
                     local.stderr.append(f"Run failed: cannot start {command[0]!r}: {exc}")
@@ -287,6 +290,46 @@ class LocalExecutor:
         self.store.update_run(local.run_id, state=state, finished_at=_now_us())
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # it exists, but cannot be looked at: count it as running
+        return True
+
+
+def fail_abandoned_runs(store: Store, *, alive: Callable[[int], bool] = _pid_alive) -> list[int]:
+    """Fail the local runs a server that is gone left ``started``, once none of their processes runs.
+
+    A server killed while it ran runs (``kill -9``, out of memory, a power cut) never marks
+    them finished or failed: without this they would stay ``started`` for ever, shown live
+    and waited for by ``runs wait``. A run with a process still alive is left alone: it is
+    another server's on the same file, or the orphan of this one, still going. So is one
+    with no pid recorded yet, which another server may be starting right now.
+
+    Args:
+        store: the server's store, just opened.
+        alive: whether a pid is a running process (injected by tests).
+
+    Returns:
+        The ids of the runs marked failed.
+    """
+    failed = []
+    for run in store.list_runs():
+        meta = dict(run["job_metadata"])
+        pids = [p for p in meta.get("pids") or [] if isinstance(p, int) and p > 0]
+        if run["state"] != "started" or not str(run["job_id"]).startswith("local-") or not pids:
+            continue
+        if any(alive(pid) for pid in pids):
+            continue
+        meta["stderr"] = [*meta.get("stderr", []), "Run failed: the server stopped while it ran"][-_TAIL_LINES:]
+        store.update_run(run["id"], state="failed", finished_at=_now_us(), job_metadata=meta)
+        _log.warning("run %s was left started by a server that stopped, its processes gone: marked failed", run["id"])
+        failed.append(run["id"])
+    return failed
+
+
 class _Filler(string.Formatter):
     """``str.format`` restricted to the four placeholders: no attributes, indexes or positions."""
 
@@ -339,6 +382,17 @@ def command_lines(run: Mapping[str, Any]) -> list[list[str]]:
 def _line(rank: int, raw: bytes, processes: int) -> str:
     text = raw.decode("utf-8", "replace").rstrip("\r")
     return text if processes == 1 else f"[{rank}] {text}"
+
+
+def _unblock_signals() -> None:
+    """In a run's process, between fork and exec: let SIGTERM and SIGINT in again.
+
+    This thread blocks them (as every thread of the library does), and a child inherits the
+    mask of the thread that forks it, through ``exec`` too: the run's script could never
+    handle SIGTERM, so stopping it always ended in SIGKILL, its logger unflushed. Only
+    ``pthread_sigmask`` runs here: it takes no lock another thread could have held at fork.
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED)
 
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:

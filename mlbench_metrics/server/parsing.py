@@ -35,6 +35,7 @@ __all__ = [
     "INT_MAX",
     "INT_MIN",
     "MAX_BATCH",
+    "RUN_NOT_FOUND",
     "ApiFailure",
     "as_bool",
     "as_date",
@@ -55,6 +56,9 @@ __all__ = [
 
 MAX_BATCH: Final = BATCH_MAX
 """Most metrics one batch may carry."""
+
+RUN_NOT_FOUND: Final = "run_not_found"
+"""The ``error`` of the batch endpoint's 404 for an unknown run (not an unknown route)."""
 
 INT_MIN: Final = -(2**63)
 """The smallest integer SQLite stores (and so the smallest id or count we accept)."""
@@ -224,6 +228,8 @@ def parse_body(request: Request) -> dict[str, Any]:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiFailure(400, f"malformed JSON body: {exc}") from None
+        except RecursionError:  # a few KB of brackets reach the parser's depth limit
+            raise ApiFailure(400, "malformed JSON body: nested too deeply") from None
         if not isinstance(data, dict):
             raise ApiFailure(400, "the JSON body must be an object")
         return data

@@ -16,7 +16,9 @@ for ``"points"`` and ``"run_config"`` in the API root's ``server.extensions``):
   ``name`` (exact, repeatable), ``metric`` (a metric with all its ranks: ``loss`` selects
   ``loss @ 0`` and ``loss @ 1``; repeatable), ``metric_filter`` (as on the dashboard),
   ``since``/``until`` (dates, inclusive), ``after`` (a ``cursor`` from an earlier answer:
-  only points that arrived since, whatever their dates, for live updates),
+  only points that arrived since, whatever their dates, for live updates), ``through`` (a
+  ``cursor``: only points that had arrived by then, so that a first read and the reads
+  ``after`` its cursor never overlap),
   ``max_points`` (downsample each series to at most this many points, keeping each time
   bucket's minimum and maximum), ``fields`` (comma-separated subset of
   ``date_us,step,epoch,rank,value,cumulative,metadata``) and ``format`` (``columns``, or
@@ -259,6 +261,7 @@ class ReadBack:
             since_us=_date_param(params, "since"),
             until_us=_date_param(params, "until"),
             after_id=_int_param(params, "after"),
+            through_id=_int_param(params, "through") if params.get("through", [""])[-1] else None,
         )
         cursor = max([c.cursor for c in columns], default=_int_param(params, "after"))
         if fmt != "columns":

@@ -18,8 +18,10 @@ connection threads, and the store serialises writes.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Final, Protocol
@@ -35,6 +37,7 @@ from .parsing import (
     INT_MAX,
     INT_MIN,
     MAX_BATCH,
+    RUN_NOT_FOUND,
     ApiFailure,
     as_bool,
     as_date,
@@ -57,6 +60,7 @@ from .store import DuplicateBatch, Point, RunNotFound, Store
 __all__ = ["App", "Handler", "RunExecutor", "run_json"]
 
 _log = logging.getLogger("mlbench_metrics.server")
+_DB_WARN_EVERY: Final = 60.0  # seconds between two log lines about one kind of database failure
 
 _RUN_NAME_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _RUN_NAME_MAX: Final = 100
@@ -118,6 +122,7 @@ class App:
         self.extensions = extensions
         self._official = official_image_names()
         self._routes: list[_Route] = []
+        self._db_warned: dict[str, float] = {}  # kind of database failure -> when last logged
         if extensions:  # the web UI (public: its files carry no data) and the read-back extension
             for pattern, methods in pages.Pages().routes():
                 self.add_route(pattern, methods, public=True)
@@ -178,8 +183,24 @@ class App:
         except ApiFailure as exc:
             return error_response(exc.status, exc.message, exc.extra)
         except sqlite3.OperationalError as exc:
-            _log.warning("database busy: %s", exc)
-            return error_response(503, f"the database is busy ({exc}); try again")
+            return self._database_unavailable(exc)
+
+    def _database_unavailable(self, exc: sqlite3.OperationalError) -> Response:
+        """A 503 (clients retry, then spool: nothing is lost) saying what is wrong, logged
+        once a minute per kind: a full disk fails every write, and each used to log a line."""
+        text = str(exc)
+        if "full" in text:
+            message = "the disk holding the database is full; writes fail until space is freed"
+        elif "readonly" in text or "read-only" in text:
+            message = f"the database cannot be written ({text}); check the file's permissions and filesystem"
+        else:
+            message = f"the database is busy ({text}); try again"
+        now = time.monotonic()
+        kind = message.split(" (", 1)[0]
+        if now - self._db_warned.get(kind, -math.inf) >= _DB_WARN_EVERY:
+            self._db_warned[kind] = now
+            _log.warning("%s (answering 503; said again at most once a minute)", message)
+        return error_response(503, message)
 
     def api_root(self, request: Request) -> Response:
         """The API root, like the dashboard's router, plus what this server is."""
@@ -356,8 +377,8 @@ class App:
         columns, count = decode_batch(d)
         try:
             self.store.add_batch(run_id, batch_id, columns, count, now_us())
-        except RunNotFound:
-            raise ApiFailure(404, f"run {run_id} not found") from None
+        except RunNotFound:  # told apart from "no such endpoint", which a client takes as "post singly"
+            raise ApiFailure(404, f"run {run_id} not found", extra={"error": RUN_NOT_FOUND}) from None
         except DuplicateBatch:
             return json_response(200, {"status": "OK", "stored": 0, "duplicate": True, "batch_id": batch_id})
         return json_response(201, {"status": "Created", "stored": count, "duplicate": False, "batch_id": batch_id})

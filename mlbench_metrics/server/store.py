@@ -453,6 +453,7 @@ class Store:
         since_us: int | None = None,
         until_us: int | None = None,
         after_id: int = 0,
+        through_id: int | None = None,
     ) -> list[SeriesColumns]:
         """A run's series as columns (see :mod:`.chunks`), by name.
 
@@ -462,8 +463,10 @@ class Store:
             since_us, until_us: only points dated within (inclusive).
             after_id: only points that arrived after the chunk id a previous read
                 returned as its ``cursor`` (for live updates: nothing arriving late is missed).
+            through_id: only points that had arrived by that cursor (None: all), so that a
+                first read and the reads after its cursor never overlap.
         """
-        conditions = [("owner = ?", run_id), ("id > ?", after_id or None)]
+        conditions = [("owner = ?", run_id), ("id > ?", after_id or None), ("id <= ?", through_id)]
         conditions += [("last_date >= ?", since_us), ("first_date <= ?", until_us)]
         where = [condition for condition, value in conditions if value is not None]
         args: list[Any] = [value for _, value in conditions if value is not None]

@@ -72,11 +72,18 @@ class BatchSpool:
     Args:
         directory: the writer's :class:`SpoolDir`.
         max_bytes: the bound on the writer's files (see the module's size policy).
+        stem: the files' names: ``<stem>-000001.log``, ...
+        track: remember each batch until it is acknowledged (and delete a file once all
+            of its batches are, or past the bound). False keeps every file whole: the
+            raw copies ``sync --to`` uploads (``raw.py``), bounded by their owner.
     """
 
-    def __init__(self, directory: SpoolDir, max_bytes: int) -> None:
+    def __init__(self, directory: SpoolDir, max_bytes: int, *, stem: str = "spool", track: bool = True) -> None:
         self.dir = directory
         self.max_bytes = max_bytes
+        self.stem = stem
+        self.track = track
+        self.bytes_written = 0
         self._file_no = 0
         self._file: Path | None = None
         self._fd: int | None = None
@@ -102,9 +109,11 @@ class BatchSpool:
                     os.fsync(self._fd)
             except OSError as exc:
                 raise SpoolError(f"cannot write to the spool {self.dir.path}: {exc}") from exc
-            for entry in entries:
-                self._pending.setdefault(entry.file, []).append(entry)
-            self._enforce_bound()
+            self.bytes_written += sum(map(len, frames))
+            if self.track:
+                for entry in entries:
+                    self._pending.setdefault(entry.file, []).append(entry)
+                self._enforce_bound()
         return entries
 
     def _writable(self, size: int) -> tuple[Path, int]:
@@ -117,7 +126,7 @@ class BatchSpool:
                 os.close(self._fd)
                 self._fd = None
             self._file_no += 1
-            self._file = self.dir.path / f"spool-{self._file_no:06d}.log"
+            self._file = self.dir.path / f"{self.stem}-{self._file_no:06d}.log"
             self._fd = os.open(self._file, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
             fsync_dir(self.dir.path)
         return self._file, self._fd
@@ -173,6 +182,17 @@ class BatchSpool:
                 os.close(self._fd)
                 self._fd = None
             return all(not entries for entries in self._pending.values())
+
+    def discard(self) -> None:
+        """Close, and delete every file this spool wrote (nothing in them is needed)."""
+        self.close()
+        if not self.dir.created:
+            return
+        for number in range(1, self._file_no + 1):
+            path = self.dir.path / f"{self.stem}-{number:06d}.log"
+            for p in (path, path.with_suffix(".acks")):
+                with contextlib.suppress(OSError):
+                    p.unlink()
 
 
 def acknowledge(spool_file: Path, batch_id: str) -> None:

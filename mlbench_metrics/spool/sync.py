@@ -1,9 +1,19 @@
 """``sync``: deliver what dead processes left, and never delete what was not delivered.
 
-Reading and marking the files is their owners' (``batches.py``, ``durable.py``); this
-module decides what to send and when a directory may go: only when everything in it is
-delivered and nothing in it was damaged. Damage is reported one line per file (what,
+Reading and marking the files is their owners' (``batches.py``, ``durable/``, ``raw.py``);
+this module decides what to send and when a directory may go: only when everything in it
+is delivered and nothing in it was damaged. Damage is reported one line per file (what,
 which file, how many records), and the directory is kept for a look. No threads.
+
+Two destinations:
+
+* :func:`sync_writer` (``mlbench-metrics sync``) sends what the run's server has not got
+  yet (the batch spool, the durable log) to that server. A directory that also holds raw
+  copies (``raw-*.log``: that server got aggregates of some records) is kept for them;
+* :func:`sync_raw` (``mlbench-metrics sync --to URL``) uploads the raw copies, every
+  record as it was logged, to a server with the batch endpoint: each batch keeps its id,
+  so every record is stored there exactly once, however often it runs. What the run's
+  own server is owed stays for :func:`sync_writer`.
 """
 
 from __future__ import annotations
@@ -23,8 +33,9 @@ from ..records import Metric, MetricBatch
 from .batches import acknowledge, read_spool_file
 from .durable import CTL_DELIVERED, DurableMarks, DurableRecord, durable_metadata, read_durable, replay_batches
 from .files import read_meta, remove_writer_dir, try_lock
+from .raw import drop_unneeded, kept_raw
 
-__all__ = ["Poster", "SyncReport", "sync_writer"]
+__all__ = ["Poster", "SyncReport", "sync_raw", "sync_writer"]
 
 
 class Poster(Protocol):
@@ -48,6 +59,8 @@ class SyncReport:
     torn: int = 0
     busy: bool = False
     errors: list[str] = field(default_factory=list)
+    raw_kept: int = 0  # records in raw copies, kept for ``sync --to``
+    owed: bool = False  # ``sync_raw``: the run's own server still waits for records here
 
     @property
     def ok(self) -> bool:
@@ -77,6 +90,58 @@ def sync_writer(
         progress: told how many records each delivered batch held.
         stop: once set, nothing more is sent (what is left stays, marked as far as it went).
     """
+    if stop is not None:
+        client = _Stopping(client, stop)
+
+    def work(report: SyncReport) -> None:
+        _sync_spool_files(path, client, report, progress)
+        if (path / "state.bin").exists():
+            _sync_durable(path, client, report, batch_size, progress)
+        drop_unneeded(path)
+        report.raw_kept = sum(len(b) for f in kept_raw(path) for b in read_spool_file(f).batches)
+        if report.ok and not report.raw_kept:
+            remove_writer_dir(path)
+
+    return _locked(path, work)
+
+
+def sync_raw(
+    path: Path,
+    client: Poster,
+    *,
+    run_id: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SyncReport:
+    """Upload a writer directory's raw copies to a server with the batch endpoint.
+
+    Each batch goes with its id (the server stores an id once) and is acknowledged in the
+    copy's ``.acks`` file; a copy all uploaded is deleted, and the directory too when the
+    run's own server is owed nothing from it.
+
+    Args:
+        path: a writer directory (with ``meta.json``).
+        client: an ``ApiClient`` for a server with the batch endpoint (checked by the caller).
+        run_id: the run to store into there (default: the directory's run).
+        progress: told how many records each uploaded batch held.
+    """
+
+    def work(report: SyncReport) -> None:
+        if run_id is not None:
+            report.run_id = run_id
+        for raw_file in kept_raw(path):
+            _send_all(raw_file, client, report, progress)
+        if report.ok:
+            drop_unneeded(path, uploaded=True)
+        report.owed = _owed(path)
+        if report.ok and not report.owed:
+            remove_writer_dir(path)
+
+    return _locked(path, work)
+
+
+def _locked(path: Path, work: Callable[[SyncReport], None]) -> SyncReport:
+    """Run ``work`` on the directory while holding its lock (busy: a live writer or
+    another ``sync`` holds it)."""
     report = SyncReport(path)
     try:
         report.run_id = int(read_meta(path)["run_id"])
@@ -99,7 +164,7 @@ def sync_writer(
             report.busy = True
             return report
         try:
-            _sync_files(path, _Sender(client, report, progress, stop), batch_size)
+            work(report)
         finally:
             if agent >= 0:
                 os.close(agent)
@@ -119,74 +184,85 @@ def _agent_lock(path: Path) -> int | None:
         return -1
 
 
-def _sync_files(path: Path, sender: _Sender, batch_size: int) -> None:
-    _sync_spool_files(path, sender)
-    if (path / "state.bin").exists():
-        _sync_durable(path, sender, batch_size)
-    if sender.report.ok:
-        remove_writer_dir(path)
+class _Stopping:
+    """A poster that sends nothing more once ``stop`` is set (an adoption that ends with
+    its logger): every later batch fails as not sent, and stays."""
+
+    def __init__(self, client: Poster, stop: threading.Event) -> None:
+        self._client = client
+        self._stop = stop
+
+    def post_metrics(
+        self, run_id: int, metrics: MetricBatch | Sequence[Metric | Mapping[str, Any]], *, batch_id: str | None = None
+    ) -> Future[BatchResult]:
+        """The client's, until ``stop`` is set."""
+        if not self._stop.is_set():
+            return self._client.post_metrics(run_id, metrics, batch_id=batch_id)
+        future: Future[BatchResult] = Future()
+        future.set_result(BatchResult.unanswered(len(metrics), "stopped before it was sent", batch_id))
+        return future
 
 
-class _Sender:
-    """Sends one directory's batches, one at a time, and counts them in its report."""
-
-    def __init__(
-        self,
-        client: Poster,
-        report: SyncReport,
-        progress: Callable[[int], None] | None,
-        stop: threading.Event | None,
-    ) -> None:
-        self.client = client
-        self.report = report
-        self.progress = progress
-        self.stop = stop
-
-    def post(self, batch: MetricBatch) -> bool:
-        """Whether the batch is stored (now, or before)."""
-        report = self.report
-        if self.stop is not None and self.stop.is_set():
-            if _STOPPED not in report.errors:
-                report.errors.append(_STOPPED)
-            return False
-        result = self.client.post_metrics(report.run_id, batch, batch_id=batch.batch_id).result()
-        if result.ok:
-            if result.duplicate:
-                report.already_stored += len(batch)
-            else:
-                report.delivered += result.stored
-            if self.progress is not None:
-                self.progress(len(batch))
-            return True
-        report.failed += len(result.failed)
-        report.errors.append(str(result.error))
-        return False
+def _post(client: Poster, report: SyncReport, batch: MetricBatch, progress: Callable[[int], None] | None) -> bool:
+    result = client.post_metrics(report.run_id, batch, batch_id=batch.batch_id).result()
+    if result.ok:
+        if result.duplicate:
+            report.already_stored += len(batch)
+        else:
+            report.delivered += result.stored
+        if progress is not None:
+            progress(len(batch))
+        return True
+    report.failed += len(result.failed)
+    report.errors.append(str(result.error))
+    return False
 
 
-_STOPPED = "stopped before everything was delivered"
-
-
-def _sync_spool_files(path: Path, sender: _Sender) -> None:
-    report = sender.report
+def _sync_spool_files(path: Path, client: Poster, report: SyncReport, progress: Callable[[int], None] | None) -> None:
     for spool_file in sorted(path.glob("spool-*.log")):
+        _send_file(spool_file, client, report, progress)
+
+
+def _send_file(spool_file: Path, client: Poster, report: SyncReport, progress: Callable[[int], None] | None) -> None:
+    """Send a spool file's batches not acknowledged yet; delete it once all are."""
+    if _send_all(spool_file, client, report, progress):
+        for p in (spool_file, spool_file.with_suffix(".acks")):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+def _send_all(spool_file: Path, client: Poster, report: SyncReport, progress: Callable[[int], None] | None) -> bool:
+    """Send a file's batches not acknowledged yet, acknowledging each; True when all are."""
+    contents = read_spool_file(spool_file)
+    report.torn += contents.torn
+    report.errors += contents.problems
+    all_sent = True
+    for batch in contents.batches:
+        if _post(client, report, batch, progress):
+            acknowledge(spool_file, str(batch.batch_id))
+        else:
+            all_sent = False
+    return all_sent and not contents.problems
+
+
+def _owed(path: Path) -> bool:
+    """Whether the run's own server still waits for records (or damage) in ``path``."""
+    for spool_file in path.glob("spool-*.log"):
         contents = read_spool_file(spool_file)
-        report.torn += contents.torn
-        report.errors += contents.problems
-        all_sent = True
-        for batch in contents.batches:
-            if sender.post(batch):
-                acknowledge(spool_file, str(batch.batch_id))
-            else:
-                all_sent = False
-        if all_sent and not contents.problems:
-            for p in (spool_file, spool_file.with_suffix(".acks")):
-                with contextlib.suppress(OSError):
-                    p.unlink()
+        if contents.batches or contents.problems:
+            return True
+    if not (path / "state.bin").exists():
+        return False
+    durable = read_durable(path)
+    if durable.problems or durable.unreadable:
+        return True
+    return any(not chunk[0].control & CTL_DELIVERED for chunk in replay_batches(durable.records, 1_000_000))
 
 
-def _sync_durable(path: Path, sender: _Sender, batch_size: int) -> None:
+def _sync_durable(
+    path: Path, client: Poster, report: SyncReport, batch_size: int, progress: Callable[[int], None] | None
+) -> None:
     contents = read_durable(path)
-    report = sender.report
     report.torn += contents.unreadable
     report.errors += contents.problems
     marks = DurableMarks(path)
@@ -194,7 +270,7 @@ def _sync_durable(path: Path, sender: _Sender, batch_size: int) -> None:
         contiguous = not contents.problems
         for chunk in replay_batches(contents.records, batch_size):
             first, end, control = chunk[0].seq, chunk[-1].seq + 1, chunk[0].control
-            done = bool(control & CTL_DELIVERED) or sender.post(_durable_batch(path, chunk))
+            done = bool(control & CTL_DELIVERED) or _post(client, report, _durable_batch(path, chunk), progress)
             if done and not control & CTL_DELIVERED:
                 marks.delivered(first, control)
             contiguous = contiguous and done

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,11 +13,13 @@ import pytest
 import requests
 
 from mlbench_metrics import ApiClient, MetricsLogger
-from mlbench_metrics.server import ServerHandle, serve
+from mlbench_metrics.server import ServerHandle, serve, spawn
 
 from conftest import PageProbe
+from helpers import create_run
 
 XSS = "<img src=x onerror=alert(1)>"
+METRIC_FORM = {"name": "loss", "value": "1.5", "date": "2021-01-02 03:04:05", "metadata": "", "cumulative": "False"}
 
 # Colored (not grey) pixels of a chart's canvas: the lines; the grid and axes are grey.
 COLORED_PIXELS = """(selector) => {
@@ -195,6 +199,27 @@ def test_a_new_point_appears_without_a_reload(probe: PageProbe, ui: dict[str, An
                 timeout=10_000,
             )
             seen = time.monotonic() - stored
+            # Two points of one series in the same microsecond are two points (a fast loop's
+            # log() calls can be): the live view used to drop all but one.
+            same = {"run_id": run_id, "name": "acc @ 0", "value": "0.5", "date": "2030-01-01 00:00:00.000001"}
+            for _ in range(2):
+                requests.post(f"{server.url}/api/metrics/", data=dict(same, metadata="", cumulative="False"))
+            page.wait_for_function(
+                "() => document.querySelector('.chart[data-metric=\"acc\"] .note').textContent.startsWith('6 points')",
+                timeout=10_000,
+            )
+            # More than a poll takes raw (a tab back from the background, a very fast run):
+            # the chart is read again, downsampled, instead of growing without bound.
+            many = [
+                {"name": "acc @ 0", "value": i, "date": f"2031-01-01T00:00:{i / 1e6:09.6f}Z"} for i in range(25_000)
+            ]
+            batch = {"batch_id": "many", "run_id": run_id, "metrics": many}
+            assert requests.post(f"{server.url}/api/metrics/batch/", json=batch).status_code == 201
+            page.wait_for_function(
+                "() => /^25,006 points · \\d+ drawn/.test("
+                "document.querySelector('.chart[data-metric=\"acc\"] .note').textContent)",
+                timeout=10_000,
+            )
             log.log("new_metric", 1.0, step=51)  # a metric the page has not seen gets a chart
             log.flush()
             page.wait_for_selector('.chart[data-metric="new_metric"][data-drawn="1"]', timeout=10_000)
@@ -305,3 +330,65 @@ def test_a_token_in_the_address_is_kept_and_removed_from_it(browser: Any) -> Non
             page.wait_for_selector("table.runs tbody tr[data-run]")
         finally:
             context.close()
+
+
+def test_a_long_run_name_leaves_the_other_columns_readable(probe: PageProbe, ui: dict[str, Any]) -> None:
+    # With a 100-character name, the table squeezed every other column to a few letters
+    # a line: "Durati/on", "Delet/e", "initializ/ed".
+    server = _server(ui)
+    name = "a-long-run-name-" + "x" * 84
+    run_id = create_run(server.url, name=name)["id"]
+    page = probe.page
+    page.set_viewport_size({"width": 1024, "height": 700})
+    page.goto(f"{server.url}/")
+    row = page.locator(f'tr[data-run="{run_id}"]')
+    row.wait_for()
+    line = page.evaluate("() => parseFloat(getComputedStyle(document.body).lineHeight) || 20")
+    for cell in (row.locator("button"), row.locator(".state"), page.locator("table.runs th").nth(4)):
+        box = cell.bounding_box()
+        assert box is not None and box["height"] < 1.9 * line, f"{cell.inner_text()!r} wraps"
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_values_that_are_not_finite_are_said_and_job_metadata_is_labelled(probe: PageProbe, ui: dict[str, Any]) -> None:
+    server = _server(ui)
+    run_id = create_run(server.url, custom_image_command="python train.py")["id"]
+    server.store.update_run(run_id, job_metadata={"command": "python train.py --rank 0", "exit_codes": [0]})
+    with ApiClient(url=server.address) as client:
+        for value in (1.0, float("nan"), 3.0, float("inf")):
+            client.post_metric(run_id, "loss", value).result()
+    page = _open_run(probe, server, run_id)
+    note = page.locator(".chart .note").inner_text()
+    assert "4 points" in note and "2 not finite (NaN or infinite), not drawn" in note
+    labels = page.locator("dl.details dt").all_inner_texts()
+    assert len(labels) == len(set(labels)), labels  # the job's command is not a second "command"
+    assert "job command" in labels and "job exit codes" in labels
+
+
+def test_the_page_recovers_when_the_server_comes_back_and_says_when_it_stalls(browser: Any, tmp_path: Any) -> None:
+    server = spawn(db_path=str(tmp_path / "m.db"))
+    context = browser.new_context()
+    try:
+        run_id = create_run(server.url)["id"]
+        requests.post(f"{server.url}/api/metrics/", data=dict(METRIC_FORM, run_id=run_id))
+        page = context.new_page()
+        page.goto(f"{server.url}/#/run/{run_id}")
+        page.wait_for_selector('.chart[data-drawn="1"]')
+        # A server that stops answering (stopped, swapped out, stuck): the page says so.
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            page.wait_for_selector("#notice:not([hidden])", timeout=20_000)
+            assert "has not answered" in page.locator("#notice").inner_text()
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        page.wait_for_selector("#notice", state="hidden", timeout=20_000)
+        # A page opened while the server is down loads once it is back, without a reload.
+        server.kill()
+        page.evaluate("() => { location.hash = '#/'; }")
+        page.wait_for_selector("text=does not answer", timeout=20_000)
+        server.start()
+        page.wait_for_selector(f'tr[data-run="{run_id}"]', timeout=20_000)
+    finally:
+        context.close()
+        server.close()

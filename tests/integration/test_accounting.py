@@ -132,7 +132,9 @@ def test_a_server_without_the_batch_endpoint_gets_single_posts(batch_status: int
     with serve(extensions=False) as dashboard_like:
         run = create_run(dashboard_like.url)
         with ScriptedServer(single_posts_only(dashboard_like.url, batch_status, probe_status)) as proxy:
-            log = MetricsLogger(run["id"], url=proxy.address, batch_size=100, flush_interval=0.05)
+            # aggregate="off": every record goes as it was logged (the default may fold a
+            # burst into aggregates against a server this slow; see test_aggregate.py).
+            log = MetricsLogger(run["id"], url=proxy.address, batch_size=100, flush_interval=0.05, aggregate="off")
             for i in range(300):
                 log.log("x", i)
             assert log.flush(60), log.stats
@@ -154,7 +156,7 @@ def test_a_fan_out_cut_off_by_close_spools_only_what_was_not_stored(tmp_path: Pa
             return forward(dashboard_like.url, seen)
 
         with ScriptedServer(slow) as proxy:
-            log = MetricsLogger(run["id"], url=proxy.address, batch_size=500, spool_dir=tmp_path)
+            log = MetricsLogger(run["id"], url=proxy.address, batch_size=500, spool_dir=tmp_path, aggregate="off")
             for i in range(2000):
                 log.log("x", i)
             left = log.close(timeout=1.5)

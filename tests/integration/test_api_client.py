@@ -312,3 +312,12 @@ def test_closed_client_refuses_new_calls(server: ServerHandle) -> None:
         c.get_runs()
     with pytest.raises(ClosedError):
         c.post_metrics(1, [Metric("x", 1)])
+
+
+def test_a_missing_run_on_the_batch_endpoint_is_refused_not_taken_for_a_missing_endpoint(server: ServerHandle) -> None:
+    # A 404 from /api/metrics/batch/ meant "no such endpoint" and switched the client to
+    # single posts for good, although the server had only said that the run is unknown.
+    with ApiClient(url=server.address) as client:
+        result = client.post_metrics(999_999_999, [Metric("loss", 0.5)]).result(timeout=30)
+        assert not result.ok and result.rejected() == [0]
+        assert client.batch_supported is True

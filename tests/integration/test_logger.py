@@ -454,3 +454,22 @@ def test_system_metrics_reads_gpus_through_nvml(fresh_server: ServerHandle, run:
     body = series(fresh_server, run["id"])
     assert body["gpu1_util"][0]["value"] == "41.0"
     assert body["gpu0_memory_used"][0]["value"] == "1000"
+
+
+@pytest.mark.parametrize("by", ["url", "client"])
+def test_the_environment_run_does_not_replace_new_run_on_another_server(
+    server: ServerHandle, fresh_server: ServerHandle, monkeypatch: pytest.MonkeyPatch, by: str
+) -> None:
+    # Was: MLBENCH_METRICS_RUN_ID (set by serve --exec for its own server) won over
+    # new_run even when the logger was told to use another server, which has no such run:
+    # its records were refused (404) or spooled for a run that does not exist there.
+    exec_run = create_run(server.url)
+    monkeypatch.setenv("MLBENCH_METRICS_URL", server.address)
+    monkeypatch.setenv("MLBENCH_METRICS_RUN_ID", str(exec_run["id"]))
+    with mlbench_metrics.ApiClient(url=fresh_server.address) as client:
+        target: dict[str, Any] = {"url": fresh_server.address} if by == "url" else {"client": client}
+        with MetricsLogger(new_run="elsewhere", **target) as log:
+            log.log("x", 1)
+        assert log.stats.stored == 1
+    (run,) = fresh_server.store.list_runs()
+    assert run["name"] == "elsewhere" and fresh_server.store.count_metrics(run["id"]) == 1

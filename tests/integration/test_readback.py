@@ -91,6 +91,11 @@ def test_after_cursor_returns_what_arrived_since_even_with_older_dates(server: S
     assert got["loss @ 0"]["date_us"] == [300] and got["loss @ 1"]["date_us"] == [50]
     assert later["cursor"] > cursor  # type: ignore[operator]
     assert _points(server, run_id, after=later["cursor"])["series"] == []
+    # through=CURSOR: only what had arrived by then, so a first read and the polls after its
+    # cursor never overlap (a page need not drop points it thinks it has seen).
+    upto = _series(_points(server, run_id, through=cursor))
+    assert upto["loss @ 0"]["date_us"] == [100, 200] and "loss @ 1" not in upto
+    assert _series(_points(server, run_id, after=cursor, through=later["cursor"])) == got
 
 
 def test_since_until_names_metrics_and_fields_filter(server: ServerHandle) -> None:
@@ -159,6 +164,20 @@ def test_downsampling_keeps_each_buckets_min_and_max(server: ServerHandle) -> No
         ]
         if inside:
             assert min(inside)[1] in kept and max(inside)[1] in kept
+
+
+def test_a_metadata_nested_past_the_parsers_depth_does_not_break_the_runs_reads(server: ServerHandle) -> None:
+    # The metadata is free text, stored as sent; reading step, epoch and rank from it
+    # must not make every later read of the run a 500 (the run page would never load).
+    run = create_run(server.url)
+    deep = '{"step": 3, "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    body = {"run_id": run["id"], "name": "loss", "value": 1, "date": "2021-01-02 03:04:05", "metadata": deep}
+    assert requests.post(f"{server.url}/api/metrics/", data=dict(body, cumulative="False")).status_code == 201
+    for route in ("points/", "points/?format=csv", "series/"):
+        r = requests.get(f"{server.url}/api/runs/{run['id']}/{route}")
+        assert r.status_code == 200, (route, r.text)
+    series = requests.get(f"{server.url}/api/runs/{run['id']}/points/").json()["series"]
+    assert series[0]["points"]["metadata"] == [deep] and series[0]["points"]["step"] == [None]
 
 
 def test_series_catalog_and_stats(server: ServerHandle) -> None:
@@ -234,7 +253,16 @@ def test_logger_stores_its_config_once_the_run_is_known(server: ServerHandle) ->
     assert Run({"id": run_id}, url=server.address).config() == {"lr": 0.01, "layers": [64, 64]}
 
 
-@pytest.mark.parametrize("config", [["lr", 0.1], {"lr": float("nan")}, {"model": object()}, {"x": "y" * 70_000}])
+def _nested(depth: int) -> dict[str, object]:
+    config: dict[str, object] = {}
+    for _ in range(depth):
+        config = {"a": config}
+    return config
+
+
+@pytest.mark.parametrize(
+    "config", [["lr", 0.1], {"lr": float("nan")}, {"model": object()}, {"x": "y" * 70_000}, _nested(5000)]
+)
 def test_a_bad_config_is_refused_in_the_training_script(server: ServerHandle, config: object) -> None:
     run_id = create_run(server.url)["id"]
     with pytest.raises(ConfigError, match="config"):

@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mlbench_metrics import ApiClient, ClientApiError, MetricsLogger, Run
-from mlbench_metrics.server import ServerHandle, serve
+from mlbench_metrics import ApiClient, ClientApiError, ConfigError, MetricsLogger, Run
+from mlbench_metrics.server import ServerHandle, serve, spawn
 
 from helpers import unique_name, wait_until
 
@@ -74,6 +74,15 @@ def test_wait_times_out_and_reports_progress(server: ServerHandle) -> None:
     assert seen and set(seen) == {"initialized"}
     with pytest.raises(ValueError, match="poll"):
         run.wait(poll=0)
+
+
+def test_wait_says_when_the_server_will_never_start_the_run(server: ServerHandle) -> None:
+    # As the README shows it, run.wait(timeout=3600) against `serve` (no --exec) waited an hour.
+    run = Run.create(
+        unique_name(), custom_image_name="x", custom_image_command="true", backend="gloo", url=server.address
+    )
+    with pytest.raises(ConfigError, match=r"will stay initialized.*does not run runs.*--exec"):
+        run.wait(timeout=120, poll=0.2)
 
 
 def test_bad_arguments_are_refused_before_sending(server: ServerHandle) -> None:
@@ -161,6 +170,61 @@ def test_deleting_a_run_stops_its_processes(exec_server: ServerHandle, tmp_path:
     run.delete()
     with pytest.raises(psutil.NoSuchProcess):
         psutil.Process(pid).status()  # reaped, not a zombie
+
+
+def test_a_run_gets_sigterm_and_sigint_unblocked_so_it_can_flush_when_stopped(
+    exec_server: ServerHandle, tmp_path: Path
+) -> None:
+    # The executor's thread blocks both (as the library's threads do); a child inherits a
+    # thread's mask through fork and exec, so a run's script could never handle SIGTERM:
+    # deleting the run, or stopping the server, always ended in SIGKILL, its logger unflushed.
+    marker = tmp_path / "handler ran"
+    run = create_local(
+        exec_server,
+        f"""
+        import pathlib, signal, sys, threading
+        print(sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])), flush=True)
+        def stop(signum, frame):
+            pathlib.Path({str(marker)!r}).write_text("yes")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, stop)
+        print("ready", flush=True)
+        threading.Event().wait()
+        """,
+    )
+    wait_until(lambda: "ready" in run.refresh().job_metadata.get("stdout", []), what="the run's process to start")
+    assert run.job_metadata["stdout"][-2] == "[]", "the run's process starts with signals blocked"
+    run.delete()
+    assert marker.read_text() == "yes", "SIGTERM did not reach the run's handler"
+
+
+def test_a_run_left_started_by_a_server_that_died_is_failed_when_a_server_opens_the_file(tmp_path: Path) -> None:
+    # Was: after kill -9 of serve --exec, its runs stayed "started" for ever: the page showed
+    # them live, and `runs wait` waited until its timeout.
+    server = spawn(str(tmp_path / "m.db"), args=["--exec", "--token", "t0k"])
+    try:
+        marker = tmp_path / "started"
+        code = f"import pathlib, threading; pathlib.Path({str(marker)!r}).touch(); threading.Event().wait()"
+        run = Run.create(
+            unique_name(),
+            custom_image_name="local",
+            custom_image_command=python_command(code),
+            backend="gloo",
+            url=server.address,
+            token="t0k",
+        )
+        wait_until(lambda: bool(run.refresh().job_metadata.get("pids")), what="the run's process to start")
+        server.kill()
+        for pid in run.job_metadata["pids"]:  # its orphan, killed too: nothing runs it any more
+            process = psutil.Process(pid)
+            process.kill()
+            process.wait(30)
+        server.start()
+        run.refresh()
+        assert run.state == "failed" and run.finished_at is not None
+        assert "the server stopped while it ran" in run.job_metadata["stderr"][-1]
+    finally:
+        server.close()
 
 
 def test_official_images_are_refused_with_a_clear_400(exec_server: ServerHandle) -> None:

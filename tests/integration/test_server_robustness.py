@@ -7,6 +7,7 @@ import socket
 import threading
 from pathlib import Path
 
+import pytest
 import requests
 
 from mlbench_metrics.server import ServerHandle, serve
@@ -41,6 +42,26 @@ def test_malformed_bodies(server: ServerHandle) -> None:
     _assert_json_error(
         requests.post(f"{server.url}/api/runs/", data=b"", headers={"Content-Type": "application/json"}), 400
     )
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/runs/"),
+        ("POST", "/api/metrics/"),
+        ("POST", "/api/metrics/batch/"),
+        ("PUT", "/api/runs/{run}/config/"),
+    ],
+)
+def test_json_nested_past_the_parsers_depth_is_a_400(server: ServerHandle, method: str, path: str) -> None:
+    # 10 KB of brackets: json.loads gives up with RecursionError, which is not a ValueError.
+    deep = b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    run = create_run(server.url)
+    r = requests.request(
+        method, server.url + path.format(run=run["id"]), data=deep, headers={"Content-Type": "application/json"}
+    )
+    _assert_json_error(r, 400)
+    assert "nested" in r.json()["message"]
 
 
 def test_unknown_paths_and_methods(server: ServerHandle) -> None:

@@ -172,6 +172,9 @@ def test_demo_exits_0_and_prints_its_summary() -> None:
         assert expected in out
     assert "0 dropped" in out and "cost of one logging call" in out and "train_loss" in out
     assert any(ch in out for ch in "▁▂▃▄▅▆▇█")  # the sparkline
+    # The README says the demo's server serves the web page too: the demo says where.
+    assert re.search(r"web UI: http://127\.0\.0\.1:\d+/#/run/1 ", out), out
+    assert "mlbench-metrics demo --url" in out  # and how to keep a run to look at
 
 
 def test_serve_refuses_exec_on_a_public_address_without_a_token() -> None:

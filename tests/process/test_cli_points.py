@@ -9,11 +9,14 @@ import threading
 from pathlib import Path
 
 import pytest
+import requests
 
 from mlbench_metrics import ApiClient, MetricsLogger
-from mlbench_metrics.server import ServerHandle
+from mlbench_metrics.server import ServerHandle, spawn
 
 from helpers import create_run
+
+METRIC_FORM = {"name": "loss", "value": "1.5", "date": "2021-01-02 03:04:05", "metadata": "", "cumulative": "False"}
 
 
 def _cli(*args: str, code: str = "from mlbench_metrics.cli import main; raise SystemExit(main())") -> list[str]:
@@ -61,7 +64,7 @@ def test_follow_prints_new_points_until_ctrl_c(server: ServerHandle) -> None:
 
 
 def test_plot_writes_a_png(server: ServerHandle, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="the plot extra is not installed")
+    image = pytest.importorskip("matplotlib.image", reason="the plot extra is not installed")
     run_id = create_run(server.url)["id"]
     with ApiClient(url=server.address) as client:
         for rank in (0, 1):
@@ -69,13 +72,20 @@ def test_plot_writes_a_png(server: ServerHandle, tmp_path: Path) -> None:
                 for step in range(20):
                     log.log("loss", 1 / (step + 1), step=step)
                     log.increment("samples", 8)
+                    log.log_many({f"m{k:02d}": step * k for k in range(10)}, step=step)
     out = tmp_path / "run.png"
     done = subprocess.run(
         _cli("plot", str(run_id), "-o", str(out), "--url", server.address), capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
     assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and out.stat().st_size > 10_000
-    assert "wrote" in done.stdout and "2 metrics" in done.stdout
+    assert "wrote" in done.stdout and "12 metrics" in done.stdout
+    # Was: with a dozen metrics, tight_layout left the figure's title inside the first panel.
+    dark = image.imread(str(out))[:, :, :3].mean(axis=2) < 0.5
+    width = dark.shape[1]
+    spine = next(y for y in range(dark.shape[0]) if dark[y].sum() > 0.6 * width)  # the first panel's top edge
+    middle = dark[:spine, int(0.3 * width) : int(0.7 * width)]  # the title is centred; panel titles are left
+    assert middle.any(), "the figure's title is not above the first panel"
     missing = subprocess.run(
         _cli("plot", str(run_id), "--metric", "nope", "-o", str(out), "--url", server.address),
         capture_output=True,
@@ -124,3 +134,46 @@ def test_runs_show_prints_the_config(server: ServerHandle) -> None:
     )
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.split("config:\n", 1)[1].splitlines() == ["  lr = 0.1", "  optimizer.name = sgd"]
+
+
+def test_control_characters_in_names_values_and_config_are_shown_escaped(server: ServerHandle) -> None:
+    # A metric named "\x1b[2J" cleared the terminal of whoever ran `metrics show`; an OSC
+    # sequence could retitle it. The terminal gets the characters' escapes instead.
+    run_id = create_run(server.url)["id"]
+    evil = "x\x1b[2J\x1b]0;owned\x07"
+    with ApiClient(url=server.address) as client:
+        client.post_metric(run_id, evil, "\x1b[31mred").result()
+        client.set_run_config(run_id, {evil: evil}).result()
+    for command in (["metrics", "show", str(run_id)], ["runs", "show", str(run_id)]):
+        shown = subprocess.run(_cli(*command, "--url", server.address), capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+        assert "x\\x1b[2J\\x1b]0;owned\\x07" in shown.stdout
+
+
+def test_follow_keeps_following_across_a_server_restart(tmp_path: Path) -> None:
+    # Was: the first poll while the server restarted ended `--follow` (exit 3), as `tail -f`
+    # would not; the web page carries on too.
+    server = spawn(str(tmp_path / "m.db"))
+    try:
+        run_id = create_run(server.url)["id"]
+        proc = subprocess.Popen(
+            _cli("metrics", "show", str(run_id), "--follow", "--interval", "0.1", "--url", server.address),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert _readline(proc.stderr).startswith(f"following run {run_id}")
+            server.kill()
+            assert "does not answer" in _readline(proc.stderr)
+            server.start()
+            requests.post(f"{server.url}/api/metrics/", data=dict(METRIC_FORM, run_id=run_id))
+            assert "loss" in _readline(proc.stdout)
+            assert proc.poll() is None
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "Traceback" not in err
+    finally:
+        server.close()

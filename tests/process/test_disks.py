@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from fakes import ScriptedServer, Seen, forward
 from mlbench_metrics import MetricsLogger
-from mlbench_metrics.server import ServerHandle
+from mlbench_metrics.server import ServerHandle, serve
 
 from helpers import closed_port, create_run
 
@@ -127,3 +128,32 @@ def test_an_unwritable_spool_directory_degrades_to_memory(
     finally:
         if os.path.ismount(tmp_path / "ro"):
             subprocess.run(["umount", "-l", str(tmp_path / "ro")], check=False)
+
+
+@pytest.mark.parametrize("small_disk", ["700k"], indirect=True)
+def test_a_full_disk_under_the_database_is_said_once_and_reads_go_on(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Was: every write answered "the database is busy (database or disk is full); try again"
+    # and logged one warning per request (391 lines for 400 batches).
+    caplog.set_level(logging.WARNING, logger="mlbench_metrics.server")
+    with serve(db_path=str(small_disk / "metrics.db")) as server:
+        run = create_run(server.url)
+        refused = []
+        for i in range(200):
+            metrics = [
+                {"name": f"m{j % 7}", "value": j, "date": "2026-01-01T00:00:00Z", "metadata": "x" * 200}
+                for j in range(200)
+            ]
+            body = {"batch_id": f"b{i}", "run_id": run["id"], "metrics": metrics}
+            r = requests.post(f"{server.url}/api/metrics/batch/", json=body)
+            if r.status_code != 201:
+                refused.append(r)
+            if len(refused) == 20:
+                break
+        assert len(refused) == 20, "the disk never filled"
+        assert {r.status_code for r in refused} == {503}  # clients retry, then spool: nothing is lost
+        assert "disk holding the database is full" in refused[0].json()["message"]
+        full = [rec for rec in caplog.records if "full" in rec.getMessage()]
+        assert len(full) == 1, [rec.getMessage() for rec in full]
+        assert requests.get(f"{server.url}/api/runs/{run['id']}/series/").status_code == 200

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from mlbench_metrics import Run
+from mlbench_metrics.server import ServerHandle
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -35,3 +41,22 @@ def test_the_mlbench_core_style_example() -> None:
     assert result.returncode == 0, result.stderr
     assert "finished: 1290 metrics in 58 series" in result.stdout
     assert "TaskResult @ 0: 70% Top 1 Validation Accuracy reached in" in result.stdout
+
+
+@pytest.mark.parametrize(("name", "args"), [("train_loop.py", "--epochs 1"), ("multi_rank.py", "--ranks 2 --steps 20")])
+def test_an_example_run_by_serve_exec_logs_to_that_server_and_run(
+    exec_server: ServerHandle, name: str, args: str
+) -> None:
+    # serve --exec hands its address and run in the environment; an example that starts a
+    # server of its own instead logs the run's id there: 404, its metrics rejected and spooled.
+    run = Run.create(
+        "example-under-exec",
+        custom_image_name="local",
+        custom_image_command=f"{shlex.quote(sys.executable)} {shlex.quote(str(EXAMPLES / name))} {args}",
+        backend="gloo",
+        url=exec_server.address,
+    )
+    run.wait(timeout=120, poll=0.2)
+    assert run.state == "finished", run.job_metadata.get("stderr")
+    assert "train_loss @ 0" in run.metrics(), run.job_metadata.get("stderr")
+    assert not any("404" in line for line in run.job_metadata.get("stderr", []))

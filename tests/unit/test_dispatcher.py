@@ -28,6 +28,7 @@ class FakeClock:
     def __init__(self) -> None:
         self.now = 100.0
         self.grace = 0.002  # real seconds a wait gives other threads before time jumps
+        self.movers: set[str] | None = None  # names of the threads whose waits move time (None: all)
         self._lock = threading.Lock()
 
     def __call__(self) -> float:
@@ -35,6 +36,9 @@ class FakeClock:
 
     def wait(self, event: threading.Event, seconds: float) -> bool:
         target = self.now + min(max(seconds, 1e-6), 3600.0)  # a float that big may not move by less
+        mover = self.movers is None or threading.current_thread().name in self.movers
+        if not mover and event.wait(60.0):  # in real time, while the movers move the clock
+            return True
         if event.wait(self.grace):
             return True
         with self._lock:  # to the waiter's own deadline: two waiters never add up their waits
@@ -235,6 +239,20 @@ def test_while_closing_the_backoff_still_applies(make: Any, clock: FakeClock) ->
     log(store, range(10))
     dispatcher.close(3.0)
     assert len(sink.sends) <= 6  # 0.1 + 0.2 + 0.4 + 0.8 + 1.6 > 2.25 s of sending time
+    assert dispatcher.stats().dropped == {"shutdown": 10}
+
+
+def test_close_ends_once_the_backoff_outlasts_its_sending_time(make: Any, clock: FakeClock) -> None:
+    # Was: a failing server held close() until its last moment to send, although the
+    # backoff of the oldest batch already ran past it and nothing more could be sent.
+    dispatcher, store, sink = make(answer=lambda batch, n: BatchResult(len(batch), 0, failed=transient(len(batch))))
+    clock.movers = {"mlbench-dispatcher"}  # close() waits in real time; only the thread moves the clock
+    dispatcher.start()
+    log(store, range(10))
+    started = clock()
+    dispatcher.close(20.0)  # 15 s of sending time: sends at 0, 0.1, 0.3, 0.7, 1.5, 3.1, 6.3 s, next at 12.7
+    assert sink.times("w-0") == [0.0, 0.1, 0.3, 0.7, 1.5, 3.1, 6.3, 12.7]
+    assert clock() - started < 15.0  # the next send would be at 25.5 s: no waiting for it
     assert dispatcher.stats().dropped == {"shutdown": 10}
 
 

@@ -4,7 +4,28 @@
 // to scheme, host and port) and removed from the address at once, so it never appears
 // in later URLs, the history or a bookmark. Every API call sends it as a bearer token.
 
+import { notice } from "./dom.js";
+
 const TOKEN_KEY = "mlbench-metrics.token";
+// A request unanswered this long means a stopped or stuck server (a local one answers in
+// milliseconds; even a million-point chart's first read takes a few seconds): say so
+// while waiting, since fetch itself would wait for ever without a word.
+const SLOW_MS = 4000;
+const pending = new Set();
+let slowShown = false;
+
+setInterval(() => {
+  let oldest = Infinity;
+  for (const started of pending) oldest = Math.min(oldest, started.at);
+  const waited = Date.now() - oldest;
+  if (waited >= SLOW_MS) {
+    notice(`The server has not answered for ${Math.round(waited / 1000)} s; still waiting…`);
+    slowShown = true;
+  } else if (slowShown) {
+    notice("");
+    slowShown = false;
+  }
+}, 1000);
 
 export class ApiError extends Error {
   constructor(status, message) {
@@ -57,10 +78,14 @@ async function failure(response) {
 
 async function send(method, path, params, options) {
   let response;
+  const started = { at: Date.now() };
+  pending.add(started);
   try {
     response = await fetch(url(path, params), Object.assign({ method, headers: headers() }, options || {}));
   } catch (e) {
     throw new ApiError(0, "the server does not answer (" + e.message + ")");
+  } finally {
+    pending.delete(started);
   }
   if (!response.ok) throw await failure(response);
   return response;

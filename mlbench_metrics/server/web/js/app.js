@@ -8,6 +8,7 @@ import { runsPage } from "./runs.js";
 
 captureToken();
 
+const RETRY_MS = 2000;
 let cleanup = null;
 let navigation = 0;
 
@@ -62,7 +63,15 @@ async function route() {
     if (current !== navigation) return;
     if (e instanceof ApiError && e.status === 401) tokenForm(main, e.message);
     else if (e instanceof ApiError && e.status === 404 && runMatch) main.replaceChildren(el("h1", {}, `Run ${runMatch[1]} not found`), el("p", {}, el("a", { href: "#/" }, "Back to the runs")));
-    else banner(e.message || String(e));
+    else {
+      banner(e.message || String(e));
+      if (e instanceof ApiError && (e.status === 0 || e.status >= 500)) {
+        // Down or overloaded: load the page again once it answers, without a reload.
+        main.replaceChildren(el("p", { class: "muted" }, "The server does not answer; trying again every few seconds…"));
+        const retry = setTimeout(() => current === navigation && route(), RETRY_MS);
+        cleanup = () => clearTimeout(retry);
+      }
+    }
   }
 }
 

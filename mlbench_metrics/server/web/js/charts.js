@@ -41,7 +41,6 @@ class Line {
     this.s = [];
     this.e = [];
     this.v = [];
-    this.seen = new Set();
     this.count = 0;
     this.downsampled = false;
   }
@@ -52,21 +51,18 @@ class Line {
     this.s = [];
     this.e = [];
     this.v = [];
-    this.seen = new Set();
     this.append(series);
     this.count = series.count;
     this.downsampled = series.downsampled;
   }
 
-  /** Add newly arrived points (duplicates by date are skipped); keeps date order. */
+  /** Add newly arrived points (reads never overlap: see `through`); keeps date order. */
   append(series) {
     const p = series.points;
     const d = p.date_us || [];
     let sorted = true;
     let added = 0;
     for (let i = 0; i < d.length; i++) {
-      if (this.seen.has(d[i])) continue;
-      this.seen.add(d[i]);
       if (this.d.length && d[i] < this.d[this.d.length - 1]) sorted = false;
       this.d.push(d[i]);
       this.s.push(p.step ? p.step[i] : null);
@@ -306,6 +302,9 @@ export class Chart {
       parts.push(`zoomed: ${shown.toLocaleString()} drawn of the window's ${inWindow.toLocaleString()}`);
     }
     else if (lines.some((l) => l.downsampled)) parts.push(`${shown.toLocaleString()} drawn (min and max of each pixel column)`);
+    // NaN and infinities are stored (a diverging loss must show): they cannot be drawn, so say so.
+    const notFinite = lines.reduce((n, l) => n + l.v.filter((v) => !isFinite(toNumber(v))).length, 0);
+    if (notFinite) parts.push(`${notFinite.toLocaleString()} not finite (NaN or infinite), not drawn`);
     if (!shown && points) parts.push(`none has ${this.opts.x === "epoch" ? "an epoch" : "this x value"}`);
     this.note.textContent = parts.join(" · ");
     if (!shown) {

@@ -14,7 +14,7 @@ export async function comparePage(main, query) {
   const runs = await getJson("runs/");
   const catalogs = new Map();
   const chartBox = el("div", { class: "charts wide" });
-  const metricSelect = el("select", { "aria-label": "metric", onchange: (e) => ((metric = e.target.value), update()) });
+  const metricSelect = el("select", { "aria-label": "metric", onchange: (e) => ((metric = e.target.value), redraw()) });
   const note = el("p", { class: "muted" });
   let chart = null;
   let generation = 0; // a newer update() wins over one still waiting for answers
@@ -35,7 +35,7 @@ export async function comparePage(main, query) {
             onchange: (e) => {
               if (e.target.checked) picked.add(r.id);
               else picked.delete(r.id);
-              update();
+              redraw();
             },
           }),
           ` ${r.name} `,
@@ -58,6 +58,11 @@ export async function comparePage(main, query) {
     note,
     chartBox,
   );
+
+  // From an event handler: a failure (the server gone, a run deleted) is said, not thrown away.
+  function redraw() {
+    update().catch((e) => banner(`Could not load the runs' metrics: ${e.message}`));
+  }
 
   async function catalog(runId) {
     if (!catalogs.has(runId)) catalogs.set(runId, await getJson(`runs/${runId}/series/`));

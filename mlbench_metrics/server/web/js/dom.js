@@ -33,6 +33,13 @@ export function banner(message, kind) {
   box.hidden = !message;
 }
 
+/** Show (or hide, with no message) the line that says the server is slow to answer. */
+export function notice(message) {
+  const box = document.getElementById("notice");
+  box.textContent = message || "";
+  box.hidden = !message;
+}
+
 const pad = (n) => String(n).padStart(2, "0");
 
 /** A date as local "YYYY-MM-DD HH:MM:SS". */

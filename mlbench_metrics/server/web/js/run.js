@@ -7,6 +7,8 @@ import { banner, el, every, fmtDate, fmtDuration, runSeconds, stateBadge } from 
 
 const FIELDS = "date_us,step,epoch,value";
 const TAIL = 200;
+const POLL_MAX = 20000; // points of one series in one poll before the server downsamples them
+const KEEP_MAX = 500000; // points a live line holds before its chart is read again, downsampled
 
 /** Microseconds since the epoch as the ISO date the API takes, to the microsecond. */
 function isoUs(us) {
@@ -51,6 +53,8 @@ export async function runPage(main, id) {
   ]);
   startUs.value = Date.parse(run.created_at) * 1000;
   cursor = catalog.cursor || 0;
+  const firstCursor = cursor;
+  const stale = new Set(); // metrics whose charts are to be read again whole (see poll)
 
   const head = el("div", { class: "heading" });
   const logs = el("div", { class: "logs" });
@@ -83,7 +87,8 @@ export async function runPage(main, id) {
           ["CPU limit", details.cpu_limit],
           ["GPU", details.gpu_enabled ? "yes" : "no"],
           ["job id", run.job_id],
-          ...meta.map(([k, v]) => [k, typeof v === "string" ? v : JSON.stringify(v)]),
+          // The job's own fields (its command with the placeholders filled, pids, exit codes).
+          ...meta.map(([k, v]) => ["job " + k.replace(/_/g, " "), typeof v === "string" ? v : JSON.stringify(v)]),
         ]),
         downloads,
       ),
@@ -159,12 +164,14 @@ export async function runPage(main, id) {
     for (const chart of charts.values()) chart.render(what !== "smoothing");
   }
 
-  async function loadChart(metric) {
+  // Only what had arrived by `through` (a cursor): the polls take the rest, after it, so no
+  // point is drawn twice and none need be dropped as "seen" (two in one µs are two).
+  async function loadChart(metric, through) {
     const chart = chartFor(metric);
     const width = Math.max(200, Math.round(chart.body.clientWidth || 800));
-    const answer = await getJson(`runs/${id}/points/`, { metric, max_points: width, fields: FIELDS });
+    const answer = await getJson(`runs/${id}/points/`, { metric, max_points: width, fields: FIELDS, through });
     for (const s of answer.series) chart.line(s.name, s.name, startUs.value, s.cumulative).set(s);
-    chart.render(true);
+    chart.render(chart.plot === null || through === firstCursor);
   }
 
   drawHead();
@@ -179,19 +186,29 @@ export async function runPage(main, id) {
   const rest = metrics.slice();
   await Promise.all(
     [0, 1, 2].map(async () => {
-      while (rest.length) await loadChart(rest.shift());
+      while (rest.length) await loadChart(rest.shift(), firstCursor);
     }),
   );
 
+  // New points are appended as they come, downsampled by the server past POLL_MAX a series
+  // (a tab left in the background for an hour, a very fast run); a chart that got such an
+  // answer, or holds more than KEEP_MAX points, is read again whole, downsampled, so the
+  // page's memory and each answer stay bounded however long it is open.
   async function poll() {
-    const answer = await getJson(`runs/${id}/points/`, { after: cursor, fields: FIELDS });
-    cursor = answer.cursor;
+    const answer = await getJson(`runs/${id}/points/`, { after: cursor, fields: FIELDS, max_points: POLL_MAX });
     const dirty = new Set();
     for (const s of answer.series) {
       const chart = chartFor(s.metric);
-      if (chart.line(s.name, s.name, startUs.value, s.cumulative).append(s)) dirty.add(chart);
+      const line = chart.line(s.name, s.name, startUs.value, s.cumulative);
+      if (s.downsampled || line.d.length + s.points.date_us.length > KEEP_MAX) stale.add(s.metric);
+      else if (line.append(s)) dirty.add(chart);
     }
+    cursor = answer.cursor;
     for (const chart of dirty) chart.render(chart.plot === null);
+    for (const metric of [...stale]) {
+      await loadChart(metric, cursor); // throws while the server is gone: tried again next poll
+      stale.delete(metric);
+    }
   }
 
   async function refresh() {

@@ -68,7 +68,7 @@ export async function runsPage(main, query) {
           "tr",
           { dataset: { run: r.id } },
           el("td", {}, pick),
-          el("td", {}, el("a", { href: `#/run/${r.id}` }, r.name), el("span", { class: "muted" }, ` #${r.id}`)),
+          el("td", { class: "name" }, el("a", { href: `#/run/${r.id}` }, r.name), el("span", { class: "muted" }, ` #${r.id}`)),
           el("td", {}, stateBadge(r.state)),
           el("td", {}, fmtDate(r.created_at)),
           el("td", { class: "num" }, fmtDuration(runSeconds(r, now))),
