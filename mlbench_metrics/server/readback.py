@@ -43,7 +43,7 @@ from urllib.parse import parse_qsl
 from ..points import MetricPoint, parse_metadata, split_name, to_number, write_csv, write_json
 from ..records import parse_date, us_to_datetime
 from ._http import Request, Response
-from .chunks import SeriesColumns
+from .columns import SeriesColumns
 from .parsing import ApiFailure, as_int, json_response, parse_body, secure_filename
 from .store import RunNotFound, Store
 

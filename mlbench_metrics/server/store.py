@@ -7,10 +7,18 @@ stored as integer microseconds since the epoch (UTC), so ``since`` and ordering 
 integer comparisons and every output format is derived from one value.
 
 Metrics are stored as *chunks*: one row per (batch, metric name) holding that series'
-points of the batch as JSON columns. A row per point cost ~4.5 us in SQLite on the
-2-core machines we measure on, capping the batch endpoint near 125,000 metrics/s end
-to end; a batch of 1,000 points over 10 names becomes 10 rows. Reads decode the chunks
-of a series and order its points by (date, arrival); a single POST is a chunk of one.
+points of the batch. A row per point cost ~4.5 us in SQLite on the 2-core machines we
+measure on, capping the batch endpoint near 125,000 metrics/s end to end; a batch of
+1,000 points over 10 names becomes 10 chunks. A chunk's keys (owner, name, dates, count)
+are a row of ``chunks``; its points, in the binary format :mod:`.chunks` owns, a row of
+``chunk_bodies``. Keeping the bodies out of ``chunks`` keeps its rows small: SQLite
+compares a WITHOUT ROWID table's whole row when it scans a range of keys, so a run's
+catalog or statistics would otherwise read every point. Reads decode the chunks of a
+series and order its points by (date, arrival); a single POST is a chunk of one.
+
+Databases written before the binary format hold each chunk's points as JSON text in
+``chunks.data`` and no body; they are read as they are (:class:`.chunks.TextChunk`), and
+new chunks go to ``chunk_bodies``, so opening one needs no migration.
 
 ``synchronous=NORMAL``: a commit survives the server process dying (the WAL is in the
 OS's hands); only a power cut can lose the last commits. No threads are started here.
@@ -26,7 +34,8 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any, Iterator, Sequence
 
-from .chunks import Chunk, ChunkCache, Columns, Point, SeriesColumns, decode_points, encode_chunks, merge_columns
+from .chunks import Columns, EncodedChunk, Point, decode_chunk, decode_points, encode_chunks
+from .columns import ChunkCache, SeriesColumns, merge_columns
 
 __all__ = ["Columns", "DuplicateBatch", "Point", "RunNotFound", "Store"]
 
@@ -56,11 +65,11 @@ CREATE TABLE IF NOT EXISTS pods (
     ip TEXT NOT NULL DEFAULT '',
     run_id INTEGER
 );
--- One row per (batch, metric name): the points of one series that arrived together,
--- sorted by date, in ``data`` as JSON {"d": dates_us, "v": values, "m": metadata (one
--- string or a list), "c": cumulative (one bool or a list)}. ``id`` orders arrivals.
--- Exactly one of run_id and pod_id is set; ``owner`` is run_id or -pod_id so that one
--- clustered key serves both.
+-- One row per (batch, metric name): the keys of the points of one series that arrived
+-- together; ``id`` orders arrivals and the points are the body of chunk ``id`` in
+-- chunk_bodies. ``owner`` is a run's id or minus a pod's, so that one clustered key
+-- serves both. ``data`` is '' but in databases written before chunk_bodies existed,
+-- whose chunks hold their points there as JSON text (see chunks.py).
 CREATE TABLE IF NOT EXISTS chunks (
     owner INTEGER NOT NULL,
     name TEXT NOT NULL,
@@ -73,6 +82,11 @@ CREATE TABLE IF NOT EXISTS chunks (
 ) WITHOUT ROWID;
 -- Arrival order per owner, for reads of "what arrived after chunk N" (live charts).
 CREATE INDEX IF NOT EXISTS chunks_arrival ON chunks (owner, id);
+-- Each chunk's points in the binary format of chunks.py.
+CREATE TABLE IF NOT EXISTS chunk_bodies (
+    id INTEGER PRIMARY KEY,
+    body BLOB NOT NULL
+);
 -- A run's configuration (hyperparameters), as JSON text: an extension the dashboard lacks.
 CREATE TABLE IF NOT EXISTS run_configs (
     run_id INTEGER PRIMARY KEY,
@@ -214,6 +228,7 @@ class Store:
             cur = conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
             if cur.rowcount == 0:
                 return False
+            conn.execute("DELETE FROM chunk_bodies WHERE id IN (SELECT id FROM chunks WHERE owner = ?)", (run_id,))
             conn.execute("DELETE FROM chunks WHERE owner = ?", (run_id,))
             conn.execute("DELETE FROM batches WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM run_configs WHERE run_id = ?", (run_id,))
@@ -297,14 +312,11 @@ class Store:
         """
         name, date_us, value, metadata, cumulative = row
         owner = run_id if run_id is not None else -_require(pod_id)
-        data = json.dumps({"d": [date_us], "v": [value], "m": metadata, "c": bool(cumulative)})
+        chunks = encode_chunks(([name], [date_us], [value], [metadata], [cumulative]))
         with self._transaction() as conn:
             if run_id is not None and conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
                 raise RunNotFound(run_id)
-            conn.execute(
-                "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, 1, ?)", (owner, name, date_us, self._next_id, date_us, data)
-            )
-            self._next_id += 1
+            self._insert_chunks(conn, owner, chunks)
 
     def add_batch(self, run_id: int, batch_id: str | None, columns: Columns, count: int, now_us: int) -> None:
         """Store a batch of ``count`` metrics of one run in one transaction.
@@ -325,12 +337,22 @@ class Store:
                     )
                 except sqlite3.IntegrityError:
                     raise DuplicateBatch(batch_id) from None
-            first = self._next_id
-            conn.executemany(
-                "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, name, lo, first + i, hi, n, data) for i, (name, lo, hi, n, data) in enumerate(chunks)],
-            )
-            self._next_id = first + len(chunks)
+            self._insert_chunks(conn, run_id, chunks)
+
+    def _insert_chunks(self, conn: sqlite3.Connection, owner: int, chunks: list[EncodedChunk]) -> None:
+        """Insert encoded chunks with the next arrival ids, inside the caller's transaction."""
+        # Another process may write to this file too (two servers on the default database):
+        # the write lock is held here, so ids stay unique and keep growing in commit order.
+        (newest,) = conn.execute("SELECT MAX(id) FROM chunk_bodies").fetchone()
+        first = max(self._next_id, (newest or 0) + 1)
+        conn.executemany(
+            "INSERT INTO chunks (owner, name, first_date, id, last_date, count, data) VALUES (?, ?, ?, ?, ?, ?, '')",
+            [(owner, name, lo, first + i, hi, n) for i, (name, lo, hi, n, _) in enumerate(chunks)],
+        )
+        conn.executemany(
+            "INSERT INTO chunk_bodies (id, body) VALUES (?, ?)", [(first + i, c[4]) for i, c in enumerate(chunks)]
+        )
+        self._next_id = first + len(chunks)
 
     def series(
         self,
@@ -357,8 +379,8 @@ class Store:
             where.append("name = ?")
             args.append(name)
         query = (
-            f"SELECT name, first_date, last_date, id, data FROM chunks WHERE {' AND '.join(where)} "
-            "ORDER BY name, first_date, id"
+            f"SELECT name, first_date, last_date, id, data, body FROM chunks LEFT JOIN chunk_bodies USING (id) "
+            f"WHERE {' AND '.join(where)} ORDER BY name, first_date, id"
         )
         with self._read() as conn:
             rows = conn.execute(query, args).fetchall()
@@ -371,8 +393,8 @@ class Store:
         """Every series of every run (``kind="run"``) or pod (``"pod"``): ``(id, name, points)``."""
         condition = "owner > 0" if kind == "run" else "owner < 0"
         query = (
-            f"SELECT owner, name, first_date, last_date, id, data FROM chunks WHERE {condition} "
-            "ORDER BY owner, name, first_date, id"
+            "SELECT owner, name, first_date, last_date, id, data, body FROM chunks LEFT JOIN chunk_bodies USING (id) "
+            f"WHERE {condition} ORDER BY owner, name, first_date, id"
         )
         with self._read() as conn:
             rows = conn.execute(query).fetchall()
@@ -416,14 +438,17 @@ class Store:
             rows = conn.execute(query, (run_id,)).fetchall()
             newest = {
                 name: conn.execute(
-                    "SELECT data FROM chunks WHERE owner = ? AND name = ? AND id = ?", (run_id, name, last_id)
-                ).fetchone()[0]
+                    "SELECT data, body FROM chunks LEFT JOIN chunk_bodies USING (id) "
+                    "WHERE owner = ? AND name = ? AND id = ?",
+                    (run_id, name, last_id),
+                ).fetchone()
                 for name, _, _, _, last_id in rows
             }
         out = []
         for name, count, first, last, last_id in rows:
-            newest_chunk = merge_columns(name, [Chunk(last_id, newest[name])], None, None)
-            (metadata,), (cumulative,) = newest_chunk.details([len(newest_chunk) - 1])
+            chunk = decode_chunk(last_id, *newest[name])
+            last_point = [len(chunk.dates) - 1]  # the writer sorts a chunk's points by date
+            (metadata,), (cumulative,) = chunk.metadata(last_point), chunk.cumulative(last_point)
             out.append(
                 {
                     "name": name,
@@ -470,7 +495,7 @@ class Store:
         if names is not None:
             where.append(f"name IN ({', '.join('?' for _ in names)})")
             args.extend(names)
-        # Keys first: a chunk decoded before is not read again (its text is most of the row).
+        # Keys first: a chunk decoded before is not read again (its points are most of it).
         query = f"SELECT name, first_date, id FROM chunks WHERE {' AND '.join(where)}"
         with self._read() as conn:
             keys = conn.execute(query, args).fetchall()
@@ -479,10 +504,15 @@ class Store:
             for start in range(0, len(missing), 500):
                 part = missing[start : start + 500]
                 marks = ", ".join("?" for _ in part)
-                for chunk_id, data in conn.execute(
-                    f"SELECT id, data FROM chunks WHERE owner = ? AND id IN ({marks})", [run_id, *part]
-                ):
-                    chunks[chunk_id] = self._chunk_cache.decode(chunk_id, data)
+                for chunk_id, body in conn.execute(f"SELECT id, body FROM chunk_bodies WHERE id IN ({marks})", part):
+                    chunks[chunk_id] = self._chunk_cache.decode(chunk_id, "", body)
+                older = [chunk_id for chunk_id in part if chunk_id not in chunks]  # text chunks of older databases
+                if older:
+                    for chunk_id, data in conn.execute(
+                        f"SELECT id, data FROM chunks WHERE owner = ? AND id IN ({', '.join('?' for _ in older)})",
+                        [run_id, *older],
+                    ):
+                        chunks[chunk_id] = self._chunk_cache.decode(chunk_id, data, None)
         keys.sort(key=itemgetter(0, 1, 2))  # sorted here, so that SQLite may use either index
         out = []
         for name, group in groupby(keys, key=itemgetter(0)):

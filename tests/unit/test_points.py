@@ -6,12 +6,14 @@ import datetime as dt
 import io
 import json
 import random
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from mlbench_metrics.points import EXPORT_COLUMNS, MetricPoint, parse_metadata, split_name, write_csv, write_json
-from mlbench_metrics.server.chunks import Chunk, ChunkCache, merge_columns
+from mlbench_metrics.server.chunks import BinaryChunk, TextChunk, encode_chunks
+from mlbench_metrics.server.columns import ChunkCache, merge_columns
 from mlbench_metrics.server.readback import minmax_indices
 from mlbench_metrics.server.store import Store
 
@@ -70,25 +72,62 @@ def test_writers_share_the_columns_and_keep_nan_as_text() -> None:
     assert json.loads(out.getvalue()) == []
 
 
-TRICKY = ["", '{"a": "x\\",\\"y"}', "ends with backslash \\", '","', "ünïcode ✓", '{"step": 1}', "a\nb"]
+TRICKY = ["", '{"a": "x\\",\\"y"}', "ends with backslash \\", '","', "ünïcode ✓", '{"step": 1}', "a\nb", "lone \ud800"]
+VALUES = [1, 2.5, "text", 'q"uote', "nan", float("nan"), -0.0, 2**70, float("inf")]
 
 
-@pytest.mark.parametrize("one_metadata", [True, False])
-def test_chunk_columns_match_the_full_decode(tmp_path: Path, one_metadata: bool) -> None:
-    """Cutting a chunk's text at its keys gives what decoding it whole gives, for tricky text."""
-    store = Store(str(tmp_path / "m.db"))
+def _write_text_chunks(path: Path, run: int, batches: list[list[tuple[int, object, str, bool]]]) -> None:
+    """Store batches as the code before the binary format did: JSON text in ``chunks.data``."""
+    conn = sqlite3.connect(path)
+    with conn:
+        for chunk_id, points in enumerate(batches, start=1):
+            points = sorted(points, key=lambda p: p[0])  # the writer sorted a chunk's points by date
+            d, v, m, c = (list(column) for column in zip(*points))
+            one_m = m[0] if m.count(m[0]) == len(m) else m
+            text = json.dumps({"d": d, "v": v, "m": one_m, "c": c}, separators=(",", ":"))
+            if len(points) == 1:  # single posts were stored with spaces
+                text = json.dumps({"d": d, "v": v, "m": m[0], "c": c[0]})
+            row = (run, "s", d[0], chunk_id, d[-1], len(d), text)
+            conn.execute(
+                "INSERT INTO chunks (owner, name, first_date, id, last_date, count, data) VALUES (?,?,?,?,?,?,?)", row
+            )
+    conn.close()
+
+
+@pytest.mark.parametrize("layout", ["binary", "text"])
+@pytest.mark.parametrize("metadata", ["one", "ascii", "unicode"])
+def test_chunk_columns_match_what_was_sent(tmp_path: Path, metadata: str, layout: str) -> None:
+    """Both chunk formats read back every point as sent, whole (dashboard reads) or as columns
+    (charts, which find a point's metadata in its chunk), for tricky text and values."""
+    path = tmp_path / "m.db"
+    store = Store(str(path))
+    run = store.create_run(0, name="r", num_workers=1)["id"]
+    rng = random.Random(7)
+    n = 60
+    texts = {"one": TRICKY[:1], "ascii": [t for t in TRICKY if t.isascii()], "unicode": TRICKY}[metadata]
+    batches = []
+    for _ in range(4):  # overlapping dates across batches: the sorted path
+        batches.append(
+            [
+                (rng.randrange(0, 1000), rng.choice(VALUES), rng.choice(texts), flag)
+                for flag in (rng.random() < 0.5 for _ in range(n))
+            ]
+        )
+    batches.append([(500, "single", TRICKY[1], True)])
+    if layout == "binary":
+        for i, points in enumerate(batches):
+            d, v, m, c = (list(column) for column in zip(*points))
+            store.add_batch(run, f"b{i}", (["s"] * len(d), d, v, m, c), len(d), 0)
+    else:
+        store.close()
+        _write_text_chunks(path, run, batches)
+        store = Store(str(path))
     try:
-        run = store.create_run(0, name="r", num_workers=1)["id"]
-        rng = random.Random(7)
-        n = 60
-        for batch in range(4):  # overlapping dates across batches: the sorted path
-            dates = sorted(rng.randrange(0, 1000) for _ in range(n))
-            values = [rng.choice([1, 2.5, "text", 'q"uote', "nan"]) for _ in range(n)]
-            metadata = [TRICKY[0]] * n if one_metadata else [rng.choice(TRICKY) for _ in range(n)]
-            cumulative = [rng.random() < 0.5 for _ in range(n)]
-            store.add_batch(run, f"b{batch}", (["s"] * n, dates, values, metadata, cumulative), n, 0)
-        store.add_metric(run_id=run, pod_id=None, row=("s", 500, "single", TRICKY[1], True))  # spaced JSON layout
-        expected = dict(store.series(run_id=run))["s"]
+        arrived = [p for points in batches for p in points]
+        expected = [
+            (d, v if isinstance(v, str) else str(v), c, m) for d, v, m, c in sorted(arrived, key=lambda p: p[0])
+        ]
+        assert dict(store.series(run_id=run))["s"] == expected
         (columns,) = store.series_columns(run)
         indices = list(range(len(columns)))
         metadata_got, cumulative_got = columns.details(indices)
@@ -109,8 +148,8 @@ def test_chunk_columns_match_the_full_decode(tmp_path: Path, one_metadata: bool)
 
 def test_merge_columns_concatenates_ordered_chunks() -> None:
     chunks = [
-        Chunk(1, '{"d":[1,2],"v":[1,2],"m":"","c":false}'),
-        Chunk(2, '{"d":[3,4],"v":[3,4],"m":["a","b"],"c":[true,false]}'),
+        TextChunk(1, '{"d":[1,2],"v":[1,2],"m":"","c":false}'),
+        TextChunk(2, '{"d":[3,4],"v":[3,4],"m":["a","b"],"c":[true,false]}'),
     ]
     columns = merge_columns("x", chunks, 2, 3)
     assert list(columns.dates) == [2, 3] and columns.values == [2, 3] and columns.cursor == 2
@@ -133,12 +172,12 @@ def test_minmax_keeps_bucket_extremes_ends_and_skips_nan() -> None:
 
 
 def test_the_chunk_cache_keeps_decoded_chunks_within_its_bound() -> None:
-    text = '{"d":[1,2,3],"v":[0.5,0.25,0.125],"m":"","c":false}'
-    cache = ChunkCache(max_bytes=Chunk(0, text).size() * 2)
-    one = cache.decode(1, text)
-    cache.decode(2, text)
+    ((*_, body),) = encode_chunks((["x"] * 3, [1, 2, 3], [0.5, 0.25, 0.125], [""] * 3, [False] * 3))
+    cache = ChunkCache(max_bytes=BinaryChunk(0, body).size() * 2)
+    one = cache.decode(1, "", body)
+    cache.decode(2, "", body)
     assert sorted(cache.lookup([1, 2])) == [1, 2]
     cache.lookup([1])  # 1 is now the most recently used
-    cache.decode(3, text)  # past the bound: 2, the least recently used, goes
+    cache.decode(3, "", body)  # past the bound: 2, the least recently used, goes
     assert sorted(cache.lookup([1, 2, 3])) == [1, 3]
     assert list(one.dates) == [1, 2, 3] and list(one.values) == [0.5, 0.25, 0.125]

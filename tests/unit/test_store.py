@@ -88,3 +88,23 @@ def test_arrival_ids_continue_after_reopening(tmp_path: Path) -> None:
     assert len(points) == 2
     second.close()
     second.close()  # idempotent
+
+
+def test_two_stores_on_one_file_take_turns_with_arrival_ids(tmp_path: Path) -> None:
+    """Two servers started on one database (the default path, say) both store every batch, and
+    arrival ids keep growing across both, so live charts that poll by cursor miss nothing."""
+    one, two = Store(str(tmp_path / "m.db")), Store(str(tmp_path / "m.db"))
+    try:
+        run = _run(one)
+        for i, store in enumerate([one, two, two, one, two]):
+            _batch(store, run, ["a"], [i])
+        (columns,) = one.series_columns(run)
+        assert list(columns.dates) == [0, 1, 2, 3, 4]
+        assert [p[1] for p in dict(two.series(run_id=run))["a"]] == [f"a:{i}" for i in range(5)]
+        first = two.series_columns(run, after_id=0)[0].cursor
+        _batch(one, run, ["a"], [-1])  # dated before everything, arriving last
+        (late,) = two.series_columns(run, after_id=first)
+        assert list(late.dates) == [-1] and late.cursor > first
+    finally:
+        one.close()
+        two.close()
