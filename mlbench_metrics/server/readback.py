@@ -36,6 +36,7 @@ import io
 import json
 import math
 import re
+from array import array
 from bisect import bisect_left
 from typing import Any, Callable, Final, Sequence
 from urllib.parse import parse_qsl
@@ -84,21 +85,24 @@ def minmax_indices(dates: Sequence[int], values: Sequence[Any], buckets: int) ->
         bounds = [bisect_left(dates, lo + span * b // buckets) for b in range(buckets)] + [n]
     else:  # every point at one instant: cut by position instead
         bounds = [n * b // buckets for b in range(buckets + 1)]
-    total = sum(values)  # NaN when any value is NaN (or when infinities of both signs meet)
-    has_nan = total != total
+    if not isinstance(values, array) and not set(map(type, values)) <= {int, float}:
+        raise TypeError("values must be numbers")  # text would compare as text
     keep = {0, n - 1}
     for b in range(buckets):
         i0, i1 = bounds[b], bounds[b + 1]
         if i0 >= i1:
             continue
         part = values[i0:i1]
-        if has_nan:
-            finite = [(v, i0 + k) for k, v in enumerate(part) if v == v]
-            if finite:
-                keep.add(min(finite)[1])
-                keep.add(max(finite)[1])
+        low = min(part)
+        # Every comparison with NaN is false, so min and max pass over a NaN, unless it is
+        # the first value, which they then return; only such buckets are sorted out by hand.
+        if low != low:
+            numbers = [(v, i0 + k) for k, v in enumerate(part) if v == v]
+            if numbers:
+                keep.add(min(numbers)[1])
+                keep.add(max(numbers)[1])
             continue
-        keep.add(i0 + part.index(min(part)))
+        keep.add(i0 + part.index(low))
         keep.add(i0 + part.index(max(part)))
     return sorted(keep)
 

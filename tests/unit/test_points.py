@@ -7,6 +7,7 @@ import io
 import json
 import random
 import sqlite3
+from array import array
 from pathlib import Path
 
 import pytest
@@ -156,19 +157,29 @@ def test_merge_columns_concatenates_ordered_chunks() -> None:
     assert columns.details([0, 1]) == (["", "a"], [False, True])
 
 
-def test_minmax_keeps_bucket_extremes_ends_and_skips_nan() -> None:
+@pytest.mark.parametrize("nans", [[], [55], [50], [50, 51, 52, 53, 54, 55, 56, 57, 58, 59], [0, 100]])
+def test_minmax_keeps_bucket_extremes_ends_and_skips_nan(nans: list[int]) -> None:
+    """NaN in the middle of a bucket, first in it (where min and max would return it), filling it."""
     dates = list(range(101))  # a span of 100: ten buckets of ten dates each
-    values = [float(i % 10) for i in range(101)]
-    values[55] = float("nan")
-    keep = minmax_indices(dates, values, 10)
-    assert keep[0] == 0 and keep[-1] == 100 and keep == sorted(set(keep)) and len(keep) <= 22
-    assert 55 not in keep
-    for b in range(10):
-        assert {values[i] for i in keep if b * 10 <= i < b * 10 + 10} == {0.0, 9.0}
+    values = [float((i * 7) % 10) for i in range(101)]
+    for i in nans:
+        values[i] = float("nan")
+    for given in (values, array("d", values)):
+        keep = minmax_indices(dates, given, 10)
+        assert keep[0] == 0 and keep[-1] == 100 and keep == sorted(set(keep)) and len(keep) <= 22
+        assert not set(keep) - {0, 100} & set(nans)
+        for b in range(10):
+            numbers = [v for v in values[b * 10 : b * 10 + 10] if v == v]
+            kept = {values[i] for i in keep if b * 10 <= i < b * 10 + 10 and i not in nans}
+            assert kept == ({min(numbers), max(numbers)} if numbers else set())
+
+
+def test_minmax_cuts_by_position_when_dates_are_equal_and_refuses_text() -> None:
     assert minmax_indices([5] * 50, list(range(50)), 5) == sorted(minmax_indices([5] * 50, list(range(50)), 5))
     assert minmax_indices([1, 2], [1.0, 2.0], 10) == [0, 1]
-    with pytest.raises(TypeError):
-        minmax_indices(list(range(100)), ["a"] * 100, 5)
+    for text in (["a"] * 100, [1.0] * 99 + ["a"], [True] * 100):
+        with pytest.raises(TypeError):
+            minmax_indices(list(range(100)), text, 5)
 
 
 def test_the_chunk_cache_keeps_decoded_chunks_within_its_bound() -> None:
