@@ -1,15 +1,15 @@
 """The chunk format: a batch's points of one series, written as one binary body, read back.
 
-:mod:`.store` keeps one row per (batch, metric name): its keys in ``chunks`` and its
-points in ``chunk_bodies.body``, which :func:`encode_chunks` writes as (little-endian)::
+:mod:`.store` keeps one row per (batch, metric name) with its points in a body that
+:func:`encode_chunks` writes as (little-endian)::
 
     header      <BBBBI: format version (1), values kind, cumulative kind, metadata kind, count n
     dates       n int64, microseconds since the epoch, ascending
     values      n float64 (every value a float) | n int64 (every value a whole number that
-                fits) | uint32 size + a JSON list (anything else: text, a mix, huge numbers)
+                fits) | texts (every value a string) | uint32 size + a JSON list (a mix)
     cumulative  1 byte, the flag of every point | n bytes, one per point
-    metadata    the UTF-8 text of every point | n uint32 end offsets + the texts' UTF-8
-                (kind 1 when all of it is ASCII, so offsets count characters too)
+    metadata    the UTF-8 text of every point | texts, one per point
+    texts       n uint32 end offsets, then the texts' UTF-8 (as many bytes as the last end)
 
 so reading a million points' dates and values is a copy at C speed (``array.frombytes``),
 and one point's metadata is a slice: charts need the metadata of only the few hundred
@@ -50,6 +50,7 @@ __all__ = [
     "decode_chunk",
     "decode_points",
     "encode_chunks",
+    "encode_point",
 ]
 
 # A batch in columns: names, dates (us), values, metadata, cumulative flags; each a list
@@ -65,13 +66,15 @@ Point = tuple[int, str, bool, str]
 _VERSION: Final = 1
 _HEADER: Final = struct.Struct("<BBBBI")
 _SIZE: Final = struct.Struct("<I")
-_FLOAT, _INT, _JSON = 0, 1, 2  # values kinds
-_ONE, _EACH, _EACH_UTF8 = 0, 1, 2  # cumulative and metadata kinds: one for all, one per point (ASCII)
+_TEXT_POINT: Final = struct.Struct("<BBBBIqI")  # a header, a date and one text's end offset
+_FLOAT, _INT, _TEXT, _JSON = 0, 1, 2, 3  # values kinds
+_KIND_OF: Final = {float: _FLOAT, int: _INT, str: _TEXT}  # the values kind when every value has this type
+_ONE, _EACH = 0, 1  # cumulative and metadata kinds: one for every point, or one per point
 _U32: Final = "I" if array("I").itemsize == 4 else "L"
-_END: Final = struct.Struct("<I")
 _BIG_ENDIAN: Final = sys.byteorder == "big"
 # Metadata keeps lone surrogates (JSON's "\ud800" decodes to one) through UTF-8.
 _UTF8: Final = ("utf-8", "surrogatepass")
+_COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":")).encode  # made once: dumps(separators=) makes one a call
 
 
 def _to_le(numbers: array[Any]) -> bytes:
@@ -129,6 +132,17 @@ def encode_chunks(columns: Columns) -> list[EncodedChunk]:
     return out
 
 
+def encode_point(date_us: int, value: Any, metadata: str, cumulative: bool) -> bytes:
+    """The body of a chunk of one point (a single POST's): what :func:`encode_chunks` makes of it, faster."""
+    if type(value) is not str:
+        return _body([date_us], [value], [metadata], [cumulative])
+    # What single posts send (the dashboard's values are text), packed in one go: the
+    # header, the date, a texts section of one value, the flag and the metadata.
+    text = value.encode(*_UTF8)
+    head = _TEXT_POINT.pack(_VERSION, _TEXT, _ONE, _ONE, 1, date_us, len(text))
+    return b"".join((head, text, b"\x01" if cumulative else b"\x00", metadata.encode(*_UTF8)))
+
+
 def _picker(idx: list[int]) -> Any:
     """A C-speed ``lambda seq: [seq[i] for i in idx]``."""
     if len(idx) == 1:
@@ -142,14 +156,16 @@ def _body(dates: list[int], values: list[Any], metadata: list[str], cumulative: 
     n = len(dates)
     parts = [b"", _to_le(array("q", dates))]
     kinds = set(map(type, values))
-    kind = _FLOAT if kinds == {float} else _INT if kinds == {int} else _JSON
-    if kind != _JSON:
+    kind = _KIND_OF.get(kinds.pop(), _JSON) if len(kinds) == 1 else _JSON
+    if kind == _TEXT:
+        parts += _texts(values)
+    elif kind != _JSON:
         try:
             parts.append(_to_le(array("d" if kind == _FLOAT else "q", values)))
         except OverflowError:  # a whole number beyond 64 bits
             kind = _JSON
     if kind == _JSON:
-        text = json.dumps(values, separators=(",", ":")).encode()  # ASCII: non-ASCII is escaped
+        text = _COMPACT_JSON(values).encode()  # ASCII: non-ASCII is escaped
         parts += [_SIZE.pack(len(text)), text]
     if len(cumulative) != n or cumulative.count(cumulative[0]) == n:
         cum_kind, flags = _ONE, bytes([bool(cumulative[0])])
@@ -160,15 +176,35 @@ def _body(dates: list[int], values: list[Any], metadata: list[str], cumulative: 
         meta_kind = _ONE
         parts.append(metadata[0].encode(*_UTF8))
     else:
-        joined = "".join(metadata)
-        if joined.isascii():  # one byte per character: the texts' lengths are their sizes
-            meta_kind, encoded, sizes = _EACH, joined.encode("ascii"), map(len, metadata)
-        else:
-            each = [m.encode(*_UTF8) for m in metadata]
-            meta_kind, encoded, sizes = _EACH_UTF8, b"".join(each), map(len, each)
-        parts += [_to_le(array(_U32, accumulate(sizes))), encoded]
+        meta_kind = _EACH
+        parts += _texts(metadata)
     parts[0] = _HEADER.pack(_VERSION, kind, cum_kind, meta_kind, n)
     return b"".join(parts)
+
+
+def _texts(texts: list[str]) -> list[bytes]:
+    """A texts section: end offsets, then the UTF-8 of every text."""
+    joined = "".join(texts)
+    if joined.isascii():  # one byte per character: the texts' lengths are their sizes
+        encoded, sizes = joined.encode("ascii"), map(len, texts)
+    else:
+        each = [t.encode(*_UTF8) for t in texts]
+        encoded, sizes = b"".join(each), map(len, each)
+    return [_to_le(array(_U32, accumulate(sizes))), encoded]
+
+
+def _read_texts(body: bytes, at: int, count: int, positions: Iterable[int] | None = None) -> tuple[list[str], int]:
+    """The texts of the section at ``at`` (those at ``positions``, or all), and where the section ends."""
+    ends = _from_le(_U32, memoryview(body), at, count)
+    start = at + 4 * count
+    stop = start + (ends[-1] if count else 0)
+    if positions is not None:
+        return [body[start + (ends[p - 1] if p else 0) : start + ends[p]].decode(*_UTF8) for p in positions], stop
+    starts, raw = [0, *ends[:-1]], body[start:stop]
+    if raw.isascii():  # one byte per character: slices of one decoded text, at C speed
+        text = raw.decode("ascii")
+        return list(map(text.__getitem__, map(slice, starts, ends))), stop
+    return [raw[s:e].decode(*_UTF8) for s, e in zip(starts, ends)], stop
 
 
 # -- reading ------------------------------------------------------------------------
@@ -213,38 +249,36 @@ class Chunk:
 class BinaryChunk(Chunk):
     """A chunk in the binary format (see the module), decoded from its body.
 
-    Dates and values are copied out into arrays; metadata and flags stay in the body
-    and are read point by point when asked for.
+    Dates and values are copied out into arrays (text values into a list); metadata and
+    flags stay in the body and are read point by point when asked for.
 
     Raises:
         ValueError: the body is not in a format this code knows.
     """
 
-    __slots__ = ("_body", "_ends_at", "_flags", "_meta_kind", "_text_at")
+    __slots__ = ("_body", "_flags", "_meta_at", "_meta_kind")
 
     def __init__(self, chunk_id: int, body: bytes) -> None:
         version, kind, cum_kind, meta_kind, n = _HEADER.unpack_from(body)
         if version != _VERSION:
             raise ValueError(f"chunk {chunk_id} is in format {version}; this code reads format {_VERSION}")
-        view = memoryview(body)
         pos = _HEADER.size
-        dates = _from_le("q", view, pos, n)
+        dates = _from_le("q", memoryview(body), pos, n)
         pos += 8 * n
         values: Sequence[Any]
-        if kind == _JSON:
+        if kind == _TEXT:
+            values, pos = _read_texts(body, pos, n)
+        elif kind == _JSON:
             (size,) = _SIZE.unpack_from(body, pos)
             values = json.loads(body[pos + 4 : pos + 4 + size])
             pos += 4 + size
         else:
-            values = _from_le("d" if kind == _FLOAT else "q", view, pos, n)
+            values = _from_le("d" if kind == _FLOAT else "q", memoryview(body), pos, n)
             pos += 8 * n
         super().__init__(chunk_id, dates, values)
         flag_count = n if cum_kind == _EACH else 1
         self._flags = body[pos : pos + flag_count]
-        self._body = body
-        self._meta_kind = meta_kind
-        self._ends_at = pos + flag_count
-        self._text_at = self._ends_at + (4 * n if meta_kind != _ONE else 0)
+        self._body, self._meta_kind, self._meta_at = body, meta_kind, pos + flag_count
 
     def size(self) -> int:
         """Roughly what this chunk holds in memory, in bytes."""
@@ -253,24 +287,13 @@ class BinaryChunk(Chunk):
 
     def metadata(self, positions: Sequence[int]) -> list[str]:
         """The metadata texts of the points at ``positions``."""
-        body, text_at = self._body, self._text_at
         if self._meta_kind == _ONE:
-            return [body[text_at:].decode(*_UTF8)] * len(positions)
-        if len(positions) == len(self.dates):  # all of them (dashboard reads): slices of one text
-            ends = _from_le(_U32, memoryview(body), self._ends_at, len(self.dates))
-            starts = [0, *ends[:-1]]
-            if self._meta_kind == _EACH:
-                text = body[text_at:].decode("ascii")
-                every = list(map(text.__getitem__, map(slice, starts, ends)))
-            else:
-                every = [body[text_at + s : text_at + e].decode(*_UTF8) for s, e in zip(starts, ends)]
-            return [every[p] for p in positions]
-        out = []
-        end_of = _END.unpack_from
-        for p in positions:
-            start = end_of(body, self._ends_at + 4 * (p - 1))[0] if p else 0
-            out.append(body[text_at + start : text_at + end_of(body, self._ends_at + 4 * p)[0]].decode(*_UTF8))
-        return out
+            return [self._body[self._meta_at :].decode(*_UTF8)] * len(positions)
+        n = len(self.dates)
+        if len(positions) == n:  # every one (dashboard reads): decoded at once
+            every, _ = _read_texts(self._body, self._meta_at, n)
+            return every if positions == range(n) else [every[p] for p in positions]
+        return _read_texts(self._body, self._meta_at, n, positions)[0]
 
     def cumulative(self, positions: Sequence[int]) -> list[bool]:
         """The cumulative flags of the points at ``positions``."""
@@ -363,9 +386,11 @@ class TextChunk(Chunk):
         return [bool(flags)] * len(positions)
 
 
-def decode_chunk(chunk_id: int, data: str, body: bytes | None) -> Chunk:
-    """A stored chunk from its row: its ``body`` when it has one, else its older ``data`` text."""
-    return BinaryChunk(chunk_id, body) if body is not None else TextChunk(chunk_id, data)
+def decode_chunk(chunk_id: int, data: str | bytes, body: bytes | None) -> Chunk:
+    """A stored chunk from its row: ``data`` is its body, JSON text (older databases) or empty: ``body``."""
+    if not data and body is not None:
+        return BinaryChunk(chunk_id, body)
+    return BinaryChunk(chunk_id, data) if isinstance(data, bytes) else TextChunk(chunk_id, data)
 
 
 def _text_points(data: str) -> list[Point]:
@@ -379,7 +404,7 @@ def _text_points(data: str) -> list[Point]:
 
 
 def decode_points(chunks: list[Any], since_us: int | None, until_us: int | None) -> list[Point]:
-    """The points of one series' chunks ``(name, first, last, id, data, body)`` in (date, arrival) order.
+    """The points of one series' chunk rows ``(name, first, last, id, data, body)`` in (date, arrival) order.
 
     Chunks come ordered by first date; when none overlaps the one before, their points
     are already in order and are concatenated, otherwise all are sorted.
@@ -391,7 +416,8 @@ def decode_points(chunks: list[Any], since_us: int | None, until_us: int | None)
         if previous_last is not None and first <= previous_last:
             ordered = False
         previous_last = last if previous_last is None else max(previous_last, last)
-        decoded.append((chunk_id, BinaryChunk(chunk_id, body).points() if body is not None else _text_points(data)))
+        text = isinstance(data, str) and data != ""
+        decoded.append((chunk_id, _text_points(data) if text else decode_chunk(chunk_id, data, body).points()))
     if ordered:
         points: list[Point] = [p for _, chunk_points in decoded for p in chunk_points]
     else:

@@ -24,10 +24,12 @@ __all__ = ["ChunkCache", "SeriesColumns", "merge_columns"]
 
 
 class ChunkCache:
-    """Decoded chunks by id, least recently used dropped first, within a memory bound.
+    """Decoded chunks by owner (run or pod) and id, least recently used dropped first, within a memory bound.
 
     Chunks never change once written (a deleted run's are never read again, and ids
-    only grow within a process), so an entry never goes stale. Thread-safe.
+    only grow), so an entry never goes stale. Ids are unique within an owner; two
+    processes writing to one database may give two owners' chunks the same id, hence
+    the owner in the key. Thread-safe.
 
     Args:
         max_bytes: what the decoded chunks may take, roughly (16 bytes a point for
@@ -36,27 +38,27 @@ class ChunkCache:
 
     def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
-        self._chunks: OrderedDict[int, Chunk] = OrderedDict()
+        self._chunks: OrderedDict[tuple[int, int], Chunk] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def lookup(self, chunk_ids: Iterable[int]) -> dict[int, Chunk]:
-        """The chunks among ``chunk_ids`` decoded before (now the most recently used)."""
+    def lookup(self, owner: int, chunk_ids: Iterable[int]) -> dict[int, Chunk]:
+        """The chunks of ``owner`` among ``chunk_ids`` decoded before (now the most recently used)."""
         found = {}
         with self._lock:
             for chunk_id in chunk_ids:
-                chunk = self._chunks.get(chunk_id)
+                chunk = self._chunks.get((owner, chunk_id))
                 if chunk is not None:
-                    self._chunks.move_to_end(chunk_id)
+                    self._chunks.move_to_end((owner, chunk_id))
                     found[chunk_id] = chunk
         return found
 
-    def decode(self, chunk_id: int, data: str, body: bytes | None) -> Chunk:
-        """Decode chunk ``chunk_id`` from its stored row (see :func:`.chunks.decode_chunk`) and keep it."""
+    def decode(self, owner: int, chunk_id: int, data: str | bytes, body: bytes | None) -> Chunk:
+        """Decode chunk ``chunk_id`` of ``owner`` from its row (see :func:`.chunks.decode_chunk`) and keep it."""
         chunk = decode_chunk(chunk_id, data, body)
         with self._lock:
-            if chunk_id not in self._chunks:
-                self._chunks[chunk_id] = chunk
+            if (owner, chunk_id) not in self._chunks:
+                self._chunks[owner, chunk_id] = chunk
                 self._bytes += chunk.size()
                 while self._bytes > self.max_bytes and self._chunks:
                     _, old = self._chunks.popitem(last=False)

@@ -6,19 +6,11 @@ connection from a small pool and, thanks to WAL, never wait for a writer. Dates 
 stored as integer microseconds since the epoch (UTC), so ``since`` and ordering are
 integer comparisons and every output format is derived from one value.
 
-Metrics are stored as *chunks*: one row per (batch, metric name) holding that series'
-points of the batch. A row per point cost ~4.5 us in SQLite on the 2-core machines we
-measure on, capping the batch endpoint near 125,000 metrics/s end to end; a batch of
-1,000 points over 10 names becomes 10 chunks. A chunk's keys (owner, name, dates, count)
-are a row of ``chunks``; its points, in the binary format :mod:`.chunks` owns, a row of
-``chunk_bodies``. Keeping the bodies out of ``chunks`` keeps its rows small: SQLite
-compares a WITHOUT ROWID table's whole row when it scans a range of keys, so a run's
-catalog or statistics would otherwise read every point. Reads decode the chunks of a
-series and order its points by (date, arrival); a single POST is a chunk of one.
-
-Databases written before the binary format hold each chunk's points as JSON text in
-``chunks.data`` and no body; they are read as they are (:class:`.chunks.TextChunk`), and
-new chunks go to ``chunk_bodies``, so opening one needs no migration.
+Metrics are stored as *chunks*: one per (batch, metric name) holding that series' points
+of the batch (their tables: :mod:`.chunk_tables`; their format: :mod:`.chunks`). A row
+per point cost ~4.5 us in SQLite on the 2-core machines we measure on, capping the batch
+endpoint near 125,000 metrics/s end to end; a batch of 1,000 points over 10 names becomes
+10 chunks. Reads decode the chunks of a series and order its points by (date, arrival).
 
 ``synchronous=NORMAL``: a commit survives the server process dying (the WAL is in the
 OS's hands); only a power cut can lose the last commits. No threads are started here.
@@ -30,16 +22,20 @@ import contextlib
 import json
 import sqlite3
 import threading
+from functools import partial
 from itertools import groupby
 from operator import itemgetter
 from typing import Any, Iterator, Sequence
 
-from .chunks import Columns, EncodedChunk, Point, decode_chunk, decode_points, encode_chunks
+from .chunk_tables import CHUNK_ROWS, SCHEMA, delete_chunks, insert_chunks, newest_id, read_chunks
+from .chunks import Columns, Point, decode_chunk, decode_points, encode_chunks, encode_point
 from .columns import ChunkCache, SeriesColumns, merge_columns
 
 __all__ = ["Columns", "DuplicateBatch", "Point", "RunNotFound", "Store"]
 
-_SCHEMA = """
+_SCHEMA = (
+    SCHEMA
+    + """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL,
@@ -65,28 +61,6 @@ CREATE TABLE IF NOT EXISTS pods (
     ip TEXT NOT NULL DEFAULT '',
     run_id INTEGER
 );
--- One row per (batch, metric name): the keys of the points of one series that arrived
--- together; ``id`` orders arrivals and the points are the body of chunk ``id`` in
--- chunk_bodies. ``owner`` is a run's id or minus a pod's, so that one clustered key
--- serves both. ``data`` is '' but in databases written before chunk_bodies existed,
--- whose chunks hold their points there as JSON text (see chunks.py).
-CREATE TABLE IF NOT EXISTS chunks (
-    owner INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    first_date INTEGER NOT NULL,
-    id INTEGER NOT NULL,
-    last_date INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    data TEXT NOT NULL,
-    PRIMARY KEY (owner, name, first_date, id)
-) WITHOUT ROWID;
--- Arrival order per owner, for reads of "what arrived after chunk N" (live charts).
-CREATE INDEX IF NOT EXISTS chunks_arrival ON chunks (owner, id);
--- Each chunk's points in the binary format of chunks.py.
-CREATE TABLE IF NOT EXISTS chunk_bodies (
-    id INTEGER PRIMARY KEY,
-    body BLOB NOT NULL
-);
 -- A run's configuration (hyperparameters), as JSON text: an extension the dashboard lacks.
 CREATE TABLE IF NOT EXISTS run_configs (
     run_id INTEGER PRIMARY KEY,
@@ -99,6 +73,7 @@ CREATE TABLE IF NOT EXISTS batches (
     stored_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+)
 
 _RUN_COLUMNS = (
     "id, name, created_at, finished_at, state, job_id, job_metadata, num_workers, cpu_limit, "
@@ -139,8 +114,7 @@ class Store:
         self._writer.execute("PRAGMA journal_mode=WAL")
         self._writer.executescript(_SCHEMA)
         self._writer.commit()
-        row = self._writer.execute("SELECT MAX(id) FROM chunks").fetchone()
-        self._next_id = (row[0] or 0) + 1
+        self._next_id = newest_id(self._writer) + 1
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
@@ -228,8 +202,7 @@ class Store:
             cur = conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
             if cur.rowcount == 0:
                 return False
-            conn.execute("DELETE FROM chunk_bodies WHERE id IN (SELECT id FROM chunks WHERE owner = ?)", (run_id,))
-            conn.execute("DELETE FROM chunks WHERE owner = ?", (run_id,))
+            delete_chunks(conn, run_id)
             conn.execute("DELETE FROM batches WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM run_configs WHERE run_id = ?", (run_id,))
             conn.execute("UPDATE pods SET run_id = NULL WHERE run_id = ?", (run_id,))
@@ -312,11 +285,12 @@ class Store:
         """
         name, date_us, value, metadata, cumulative = row
         owner = run_id if run_id is not None else -_require(pod_id)
-        chunks = encode_chunks(([name], [date_us], [value], [metadata], [cumulative]))
+        chunk = (name, date_us, date_us, 1, encode_point(date_us, value, metadata, cumulative))
         with self._transaction() as conn:
-            if run_id is not None and conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+            next_id = insert_chunks(conn, owner, [chunk], self._next_id, of_run=run_id is not None)
+            if next_id is None:
                 raise RunNotFound(run_id)
-            self._insert_chunks(conn, owner, chunks)
+            self._next_id = next_id
 
     def add_batch(self, run_id: int, batch_id: str | None, columns: Columns, count: int, now_us: int) -> None:
         """Store a batch of ``count`` metrics of one run in one transaction.
@@ -327,8 +301,6 @@ class Store:
         """
         chunks = encode_chunks(columns)
         with self._transaction() as conn:
-            if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
-                raise RunNotFound(run_id)
             if batch_id is not None:
                 try:
                     conn.execute(
@@ -337,22 +309,10 @@ class Store:
                     )
                 except sqlite3.IntegrityError:
                     raise DuplicateBatch(batch_id) from None
-            self._insert_chunks(conn, run_id, chunks)
-
-    def _insert_chunks(self, conn: sqlite3.Connection, owner: int, chunks: list[EncodedChunk]) -> None:
-        """Insert encoded chunks with the next arrival ids, inside the caller's transaction."""
-        # Another process may write to this file too (two servers on the default database):
-        # the write lock is held here, so ids stay unique and keep growing in commit order.
-        (newest,) = conn.execute("SELECT MAX(id) FROM chunk_bodies").fetchone()
-        first = max(self._next_id, (newest or 0) + 1)
-        conn.executemany(
-            "INSERT INTO chunks (owner, name, first_date, id, last_date, count, data) VALUES (?, ?, ?, ?, ?, ?, '')",
-            [(owner, name, lo, first + i, hi, n) for i, (name, lo, hi, n, _) in enumerate(chunks)],
-        )
-        conn.executemany(
-            "INSERT INTO chunk_bodies (id, body) VALUES (?, ?)", [(first + i, c[4]) for i, c in enumerate(chunks)]
-        )
-        self._next_id = first + len(chunks)
+            next_id = insert_chunks(conn, run_id, chunks, self._next_id, of_run=True)
+            if next_id is None:
+                raise RunNotFound(run_id)  # the transaction rolls back: the batch id is not kept either
+            self._next_id = next_id
 
     def series(
         self,
@@ -379,8 +339,8 @@ class Store:
             where.append("name = ?")
             args.append(name)
         query = (
-            f"SELECT name, first_date, last_date, id, data, body FROM chunks LEFT JOIN chunk_bodies USING (id) "
-            f"WHERE {' AND '.join(where)} ORDER BY name, first_date, id"
+            f"SELECT name, first_date, last_date, chunks.id, data, body FROM {CHUNK_ROWS} "
+            f"WHERE {' AND '.join(where)} ORDER BY name, first_date, chunks.id"
         )
         with self._read() as conn:
             rows = conn.execute(query, args).fetchall()
@@ -393,8 +353,8 @@ class Store:
         """Every series of every run (``kind="run"``) or pod (``"pod"``): ``(id, name, points)``."""
         condition = "owner > 0" if kind == "run" else "owner < 0"
         query = (
-            "SELECT owner, name, first_date, last_date, id, data, body FROM chunks LEFT JOIN chunk_bodies USING (id) "
-            f"WHERE {condition} ORDER BY owner, name, first_date, id"
+            f"SELECT owner, name, first_date, last_date, chunks.id, data, body FROM {CHUNK_ROWS} "
+            f"WHERE {condition} ORDER BY owner, name, first_date, chunks.id"
         )
         with self._read() as conn:
             rows = conn.execute(query).fetchall()
@@ -438,8 +398,7 @@ class Store:
             rows = conn.execute(query, (run_id,)).fetchall()
             newest = {
                 name: conn.execute(
-                    "SELECT data, body FROM chunks LEFT JOIN chunk_bodies USING (id) "
-                    "WHERE owner = ? AND name = ? AND id = ?",
+                    f"SELECT data, body FROM {CHUNK_ROWS} WHERE owner = ? AND name = ? AND chunks.id = ?",
                     (run_id, name, last_id),
                 ).fetchone()
                 for name, _, _, _, last_id in rows
@@ -499,20 +458,9 @@ class Store:
         query = f"SELECT name, first_date, id FROM chunks WHERE {' AND '.join(where)}"
         with self._read() as conn:
             keys = conn.execute(query, args).fetchall()
-            chunks = self._chunk_cache.lookup(k[2] for k in keys)
+            chunks = self._chunk_cache.lookup(run_id, (k[2] for k in keys))
             missing = [k[2] for k in keys if k[2] not in chunks]
-            for start in range(0, len(missing), 500):
-                part = missing[start : start + 500]
-                marks = ", ".join("?" for _ in part)
-                for chunk_id, body in conn.execute(f"SELECT id, body FROM chunk_bodies WHERE id IN ({marks})", part):
-                    chunks[chunk_id] = self._chunk_cache.decode(chunk_id, "", body)
-                older = [chunk_id for chunk_id in part if chunk_id not in chunks]  # text chunks of older databases
-                if older:
-                    for chunk_id, data in conn.execute(
-                        f"SELECT id, data FROM chunks WHERE owner = ? AND id IN ({', '.join('?' for _ in older)})",
-                        [run_id, *older],
-                    ):
-                        chunks[chunk_id] = self._chunk_cache.decode(chunk_id, data, None)
+            chunks.update(read_chunks(conn, run_id, missing, partial(self._chunk_cache.decode, run_id)))
         keys.sort(key=itemgetter(0, 1, 2))  # sorted here, so that SQLite may use either index
         out = []
         for name, group in groupby(keys, key=itemgetter(0)):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mlbench_metrics.points import EXPORT_COLUMNS, MetricPoint, parse_metadata, split_name, write_csv, write_json
-from mlbench_metrics.server.chunks import BinaryChunk, TextChunk, encode_chunks
+from mlbench_metrics.server.chunks import BinaryChunk, TextChunk, encode_chunks, encode_point
 from mlbench_metrics.server.columns import ChunkCache, merge_columns
 from mlbench_metrics.server.readback import minmax_indices
 from mlbench_metrics.server.store import Store
@@ -74,7 +74,12 @@ def test_writers_share_the_columns_and_keep_nan_as_text() -> None:
 
 
 TRICKY = ["", '{"a": "x\\",\\"y"}', "ends with backslash \\", '","', "ünïcode ✓", '{"step": 1}', "a\nb", "lone \ud800"]
-VALUES = [1, 2.5, "text", 'q"uote', "nan", float("nan"), -0.0, 2**70, float("inf")]
+VALUES = {
+    "mixed": [1, 2.5, "text", 'q"uote', "nan", float("nan"), -0.0, 2**70, float("inf")],
+    "text": ["0.5", "", "ünïcode", "lone \ud800", 'q"uote'],
+    "floats": [0.5, -0.0, float("nan"), float("-inf"), 1e300],
+    "whole": [0, -(2**63), 2**63 - 1, 7],
+}
 
 
 def _write_text_chunks(path: Path, run: int, batches: list[list[tuple[int, object, str, bool]]]) -> None:
@@ -97,7 +102,8 @@ def _write_text_chunks(path: Path, run: int, batches: list[list[tuple[int, objec
 
 @pytest.mark.parametrize("layout", ["binary", "text"])
 @pytest.mark.parametrize("metadata", ["one", "ascii", "unicode"])
-def test_chunk_columns_match_what_was_sent(tmp_path: Path, metadata: str, layout: str) -> None:
+@pytest.mark.parametrize("values", sorted(VALUES))
+def test_chunk_columns_match_what_was_sent(tmp_path: Path, values: str, metadata: str, layout: str) -> None:
     """Both chunk formats read back every point as sent, whole (dashboard reads) or as columns
     (charts, which find a point's metadata in its chunk), for tricky text and values."""
     path = tmp_path / "m.db"
@@ -110,7 +116,7 @@ def test_chunk_columns_match_what_was_sent(tmp_path: Path, metadata: str, layout
     for _ in range(4):  # overlapping dates across batches: the sorted path
         batches.append(
             [
-                (rng.randrange(0, 1000), rng.choice(VALUES), rng.choice(texts), flag)
+                (rng.randrange(0, 1000), rng.choice(VALUES[values]), rng.choice(texts), flag)
                 for flag in (rng.random() < 0.5 for _ in range(n))
             ]
         )
@@ -185,10 +191,19 @@ def test_minmax_cuts_by_position_when_dates_are_equal_and_refuses_text() -> None
 def test_the_chunk_cache_keeps_decoded_chunks_within_its_bound() -> None:
     ((*_, body),) = encode_chunks((["x"] * 3, [1, 2, 3], [0.5, 0.25, 0.125], [""] * 3, [False] * 3))
     cache = ChunkCache(max_bytes=BinaryChunk(0, body).size() * 2)
-    one = cache.decode(1, "", body)
-    cache.decode(2, "", body)
-    assert sorted(cache.lookup([1, 2])) == [1, 2]
-    cache.lookup([1])  # 1 is now the most recently used
-    cache.decode(3, "", body)  # past the bound: 2, the least recently used, goes
-    assert sorted(cache.lookup([1, 2, 3])) == [1, 3]
+    one = cache.decode(7, 1, body, None)
+    cache.decode(7, 2, "", body)
+    assert sorted(cache.lookup(7, [1, 2])) == [1, 2] and cache.lookup(8, [1, 2]) == {}  # ids are per owner
+    cache.lookup(7, [1])  # 1 is now the most recently used
+    cache.decode(8, 1, "", body)  # past the bound: 2, the least recently used, goes
+    assert sorted(cache.lookup(7, [1, 2, 3])) == [1] and sorted(cache.lookup(8, [1])) == [1]
     assert list(one.dates) == [1, 2, 3] and list(one.values) == [0.5, 0.25, 0.125]
+
+
+@pytest.mark.parametrize("value", ["0.5", "", "ünïcode", "lone \ud800", 0.5, 7, 2**70, True])
+@pytest.mark.parametrize(("metadata", "cumulative"), [("", False), ('{"rank": 0, "step": 3}', True), ("✓", False)])
+def test_a_single_point_encodes_as_in_a_batch(value: object, metadata: str, cumulative: bool) -> None:
+    ((*_, body),) = encode_chunks((["x"], [1_764_000_000_000_000], [value], [metadata], [cumulative]))
+    assert encode_point(1_764_000_000_000_000, value, metadata, cumulative) == body
+    (point,) = BinaryChunk(1, body).points()
+    assert point == (1_764_000_000_000_000, value if isinstance(value, str) else str(value), cumulative, metadata)
