@@ -180,6 +180,19 @@ def test_minmax_keeps_bucket_extremes_ends_and_skips_nan(nans: list[int]) -> Non
             assert kept == ({min(numbers), max(numbers)} if numbers else set())
 
 
+@pytest.mark.parametrize("code", ["d", "q"])
+def test_minmax_finds_the_same_points_in_arrays_as_in_lists(code: str) -> None:
+    """Arrays find a value's position by its bytes: not at a match across two items (small
+    whole numbers are mostly zero bytes), and not at an equal value with other bytes (-0.0)."""
+    rng = random.Random(3)
+    choices = [0.0, -0.0, 1.0, 256.0, 5e-324] if code == "d" else [0, 1, 256, 65536, -1]
+    for _ in range(50):
+        values = [rng.choice(choices) for _ in range(rng.randrange(30, 300))]
+        dates = sorted(rng.randrange(0, 1000) for _ in values)
+        expected = minmax_indices(dates, values, 7)
+        assert minmax_indices(dates, array(code, values), 7) == expected
+
+
 def test_minmax_cuts_by_position_when_dates_are_equal_and_refuses_text() -> None:
     assert minmax_indices([5] * 50, list(range(50)), 5) == sorted(minmax_indices([5] * 50, list(range(50)), 5))
     assert minmax_indices([1, 2], [1.0, 2.0], 10) == [0, 1]
