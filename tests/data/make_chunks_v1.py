@@ -192,6 +192,9 @@ def main() -> None:
     conn = sqlite3.connect(work)
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if "chunks" not in tables or "chunk_bodies" in tables:
+        conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(work) + suffix).unlink(missing_ok=True)
         sys.exit("this code writes the binary chunk format: run this file with the code of commit a8fe294")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.execute("PRAGMA journal_mode=DELETE")
