@@ -5,12 +5,16 @@ Future of it that :meth:`ApiClient.post_metrics` returns and the dispatcher wait
 fan-out of single posts (a server without the batch endpoint) answers metric by metric,
 so its future can say at any moment which metrics are stored already
 (:meth:`BatchFuture.partial`): when ``close()`` runs out of time, only the rest is
-spooled, and nothing answered 201 is ever sent again. :class:`Gather` collects those
-single answers. No threads are started here; callbacks run on the client's threads.
+spooled, and nothing answered 201 is ever sent again. A single post on the wire with no
+answer yet is the one case nobody can decide (the dashboard has no idempotency key): it
+is kept for ``sync``, which may store it a second time, and a warning says how many.
+:class:`Gather` collects those single answers. No threads are started here; callbacks
+run on the client's threads.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -19,6 +23,8 @@ from typing import Any, Callable, Mapping
 from ..errors import ApiError, TransientApiError
 
 __all__ = ["BatchFuture", "BatchResult", "Gather"]
+
+_log = logging.getLogger("mlbench_metrics")
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,13 @@ class Gather:
         with self._lock:
             failed: dict[int, ApiError] = dict(self._failed)
             stored = set(self._stored)
+            on_the_wire = sum(1 for request in self._requests if request.running())
+        if on_the_wire:
+            _log.warning(
+                "mlbench-metrics: %d metrics were sent to a server without the batch endpoint and had no answer in "
+                "time; they are kept for sync, which stores them a second time if the server did store them",
+                on_the_wire,
+            )
         waiting = TransientApiError("no answer before the deadline")
         for index in range(self._total):
             if index not in stored and index not in failed:

@@ -1,18 +1,30 @@
-"""The chunk format: writing a batch's series as chunks, reading them as points or columns.
+"""The chunk format: a batch's points of one series, written as one binary body, read back.
 
-:mod:`.store` keeps one row per (batch, metric name); :func:`encode_chunks` makes its
-``data``, the series' points as one JSON object ``{"d": dates_us, "v": values, "m":
-metadata, "c": cumulative}`` (``m`` and ``c`` are one value for the whole chunk or a
-list), and :func:`decode_points` reads them back. The dashboard-shaped reads decode all of it into a tuple per point;
-charts need only dates and values of every point, and metadata (for step and epoch) of
-the few hundred points a downsample keeps. Decoding a million points' metadata costs
-more than a second, so this module cuts each chunk's text at its ``"v"``, ``"m"`` and
-``"c"`` keys and decodes the parts separately.
+:mod:`.store` keeps one row per (batch, metric name) with its points in a body that
+:func:`encode_chunks` writes as (little-endian)::
 
-Why cutting is safe: inside a JSON string every ``"`` is escaped, so a ``,"m":`` whose
-quote follows the comma directly can only be structure; the date and value lists hold
-numbers and strings, never objects, so the first such key after ``"v"`` is the top-level
-one. Any text that does not look like the writer's layout is decoded whole instead.
+    header      <BBBBI: format version (1), values kind, cumulative kind, metadata kind, count n
+    dates       n int64, microseconds since the epoch, ascending
+    values      n float64 (every value a float) | n int64 (every value a whole number that
+                fits) | texts (every value a string) | uint32 size + a JSON list (a mix)
+    cumulative  1 byte, the flag of every point | n bytes, one per point
+    metadata    the UTF-8 text of every point | texts, one per point
+    texts       n uint32 end offsets, then the texts' UTF-8 (as many bytes as the last end)
+
+so reading a million points' dates and values is a copy at C speed (``array.frombytes``),
+and one point's metadata is a slice: charts need the metadata of only the few hundred
+points a downsample keeps. Numbers keep their type: a value sent as ``5`` reads
+back as ``"5"``, one sent as ``5.0`` as ``"5.0"``, as the dashboard's text column would.
+
+Databases written before (by mlbench-metrics up to commit a8fe294) hold each chunk as JSON
+text in ``chunks.data`` instead, ``{"d": dates, "v": values, "m": metadata, "c":
+cumulative}`` (``m`` and ``c`` one value or a list); :class:`TextChunk` reads those, so
+such a database needs no migration and new chunks are added to it in the binary format.
+Reading that text fast: it is cut at its ``"v"``, ``"m"`` and ``"c"`` keys and the parts
+decoded separately, because decoding a million points' metadata costs more than a second
+and charts need only the few hundred a downsample keeps. Cutting is safe: inside a JSON
+string every ``"`` is escaped, so a ``,"m":`` whose quote follows the comma directly can
+only be structure; the date and value lists hold numbers and strings, never objects.
 
 No threads are started here; nothing here touches the database.
 """
@@ -21,271 +33,75 @@ from __future__ import annotations
 
 import json
 import re
-import threading
+import struct
+import sys
 from array import array
-from bisect import bisect_left, bisect_right
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from itertools import islice
+from itertools import accumulate, islice
 from operator import itemgetter, le
 from typing import Any, Final, Iterable, Sequence
 
 __all__ = [
+    "BinaryChunk",
     "Chunk",
-    "ChunkCache",
     "Columns",
+    "EncodedChunk",
     "Point",
-    "SeriesColumns",
+    "TextChunk",
+    "decode_chunk",
     "decode_points",
     "encode_chunks",
-    "merge_columns",
+    "encode_point",
 ]
 
 # A batch in columns: names, dates (us), values, metadata, cumulative flags; each a list
 # or an iterable of the batch's length (metadata and flags are often ``itertools.repeat``).
-Columns = tuple[Iterable[str], Iterable[int], Iterable[str], Iterable[str], Iterable[bool]]
+Columns = tuple[Iterable[str], Iterable[int], Iterable[Any], Iterable[str], Iterable[bool]]
+
+# A chunk as encode_chunks writes it: (name, first date, last date, count, body).
+EncodedChunk = tuple[str, int, int, int, bytes]
 
 # A point as the dashboard-shaped reads return it: (date_us, value, cumulative, metadata).
 Point = tuple[int, str, bool, str]
 
-_HEAD: Final = re.compile(r'\{\s*"d"\s*:\s*')
-_KEY_V: Final = re.compile(r',\s*"v"\s*:\s*')
-_KEY_M: Final = re.compile(r',\s*"m"\s*:\s*')
-_KEY_C: Final = re.compile(r',\s*"c"\s*:\s*')
-# Between two elements of a list of strings: a closing quote, a comma, an opening quote.
-_STRING_SEPARATOR: Final = re.compile(r'"\s*,\s*"')
+_VERSION: Final = 1
+_HEADER: Final = struct.Struct("<BBBBI")
+_SIZE: Final = struct.Struct("<I")
+_TEXT_POINT: Final = struct.Struct("<BBBBIqI")  # a header, a date and one text's end offset
+_FLOAT, _INT, _TEXT, _JSON = 0, 1, 2, 3  # values kinds
+_KIND_OF: Final = {float: _FLOAT, int: _INT, str: _TEXT}  # the values kind when every value has this type
+_ONE, _EACH = 0, 1  # cumulative and metadata kinds: one for every point, or one per point
+_U32: Final = "I" if array("I").itemsize == 4 else "L"
+_BIG_ENDIAN: Final = sys.byteorder == "big"
+# Metadata keeps lone surrogates (JSON's "\ud800" decodes to one) through UTF-8.
+_UTF8: Final = ("utf-8", "surrogatepass")
+_COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":")).encode  # made once: dumps(separators=) makes one a call
 
 
-def _cut_compact(text: str) -> tuple[str, str, str, str] | None:
-    """The texts of d, v, m and c in the writer's compact layout, found at C speed; else None."""
-    if not text.startswith('{"d":'):
-        return None
-    v = text.find(',"v":', 5)
-    m = text.find(',"m":', v + 5) if v > 0 else -1
-    c = text.find(',"c":', m + 5) if m > 0 else -1
-    if c < 0 or not text.endswith("}"):
-        return None
-    return text[5:v], text[v + 5 : m], text[m + 5 : c], text[c + 5 : -1]
+def _to_le(numbers: array[Any]) -> bytes:
+    if _BIG_ENDIAN:
+        numbers = array(numbers.typecode, numbers)
+        numbers.byteswap()
+    return numbers.tobytes()
 
 
-def _cut_spaced(text: str) -> tuple[str, str, str, str] | None:
-    """As :func:`_cut_compact`, for any spacing (single posts are stored with spaces)."""
-    head = _HEAD.match(text)
-    v = _KEY_V.search(text, head.end()) if head else None
-    m = _KEY_M.search(text, v.end()) if v else None
-    c = _KEY_C.search(text, m.end()) if m else None
-    end = text.rfind("}")
-    if head is None or v is None or m is None or c is None or end < c.end():
-        return None
-    return text[head.end() : v.start()], text[v.end() : m.start()], text[m.end() : c.start()], text[c.end() : end]
+def _from_le(code: str, buffer: memoryview, start: int, count: int) -> array[Any]:
+    numbers = array(code)
+    numbers.frombytes(buffer[start : start + count * numbers.itemsize])
+    if _BIG_ENDIAN:
+        numbers.byteswap()
+    return numbers
 
 
-class Chunk:
-    """One stored chunk's dates and values, decoded; its metadata and flags stay text until asked for.
-
-    Args:
-        chunk_id: the chunk's id (its arrival order).
-        text: the chunk's stored ``data``.
-    """
-
-    __slots__ = ("cumulative_text", "dates", "id", "metadata_text", "values")
-
-    def __init__(self, chunk_id: int, text: str) -> None:
-        self.id = chunk_id
-        cut = _cut_compact(text) or _cut_spaced(text)
-        if cut is None:
-            whole = json.loads(text)  # not the writer's layout: decode it the slow way
-            self.dates: Sequence[int] = whole["d"]
-            self.values: Sequence[Any] = whole["v"]
-            self.metadata_text = json.dumps(whole["m"])
-            self.cumulative_text = json.dumps(whole["c"])
-            self._compact()
-            return
-        d_text, v_text, self.metadata_text, self.cumulative_text = cut
-        self.dates = json.loads(d_text)
-        self.values = json.loads(v_text)
-        self._compact()
-
-    def _compact(self) -> None:
-        """Dates as an int64 array and float values as a double array: 16 bytes a point in the cache."""
-        self.dates = array("q", self.dates)
-        if all(type(v) is float for v in self.values):
-            self.values = array("d", self.values)
-
-    def size(self) -> int:
-        """Roughly what this chunk holds in memory, in bytes (for the cache's bound)."""
-        values = len(self.values) * (8 if isinstance(self.values, array) else 60)
-        return len(self.dates) * 8 + values + len(self.metadata_text) + len(self.cumulative_text)
-
-    def metadata(self, positions: Sequence[int]) -> list[str]:
-        """The metadata texts of the points at ``positions`` in this chunk."""
-        text = self.metadata_text.strip()
-        if not text.startswith("["):
-            one = json.loads(text)
-            return [one] * len(positions)
-        inner = text[1:-1].strip()
-        if len(positions) * 8 > len(self.dates):
-            every: list[str] = json.loads(text)
-            return [every[p] for p in positions]
-        # A list of strings: split it at the separators and decode only the strings asked for.
-        body = inner[1:-1]
-        # The writer's compact layout separates with '","' (str.split, at C speed); any other
-        # spacing goes through the pattern.
-        parts = _STRING_SEPARATOR.split(body) if '", "' in body else body.split('","')
-        if len(parts) != len(self.dates):
-            every = json.loads(text)
-            return [every[p] for p in positions]
-        return [json.loads(f'"{parts[p]}"') for p in positions]
-
-    def cumulative(self, positions: Sequence[int]) -> list[bool]:
-        """The cumulative flags of the points at ``positions`` in this chunk."""
-        flags = json.loads(self.cumulative_text)
-        if isinstance(flags, list):
-            return [bool(flags[p]) for p in positions]
-        return [bool(flags)] * len(positions)
+# -- writing ------------------------------------------------------------------------
 
 
-class ChunkCache:
-    """Decoded chunks by id, least recently used dropped first, within a memory bound.
-
-    Chunks never change once written (a deleted run's are never read again, and ids
-    only grow within a process), so an entry never goes stale. Thread-safe.
-
-    Args:
-        max_bytes: what the decoded chunks may take, roughly (16 bytes a point for
-            float values, plus their metadata text).
-    """
-
-    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
-        self.max_bytes = max_bytes
-        self._chunks: OrderedDict[int, Chunk] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def lookup(self, chunk_ids: Iterable[int]) -> dict[int, Chunk]:
-        """The chunks among ``chunk_ids`` decoded before (now the most recently used)."""
-        found = {}
-        with self._lock:
-            for chunk_id in chunk_ids:
-                chunk = self._chunks.get(chunk_id)
-                if chunk is not None:
-                    self._chunks.move_to_end(chunk_id)
-                    found[chunk_id] = chunk
-        return found
-
-    def decode(self, chunk_id: int, text: str) -> Chunk:
-        """Decode chunk ``chunk_id`` from its stored ``text`` and keep it."""
-        chunk = Chunk(chunk_id, text)
-        with self._lock:
-            if chunk_id not in self._chunks:
-                self._chunks[chunk_id] = chunk
-                self._bytes += chunk.size()
-                while self._bytes > self.max_bytes and self._chunks:
-                    _, old = self._chunks.popitem(last=False)
-                    self._bytes -= old.size()
-        return chunk
-
-
-@dataclass
-class SeriesColumns:
-    """One series' points as columns, ordered by (date, arrival), cut to a date range.
-
-    Attributes:
-        name: the series' name.
-        dates: each point's date in microseconds since the epoch (ascending).
-        values: each point's value as stored: text, or a number as it was sent.
-        cursor: the highest chunk id read (chunk ids grow with every arrival).
-    """
-
-    name: str
-    dates: Sequence[int]
-    values: Sequence[Any]
-    cursor: int
-    _chunks: list[Chunk] = field(repr=False, default_factory=list)
-    # Where each point came from: (chunk index, position) pairs when chunks had to be
-    # sorted, else None and the chunk starts (``_starts``) locate a point by bisection.
-    _origin: list[tuple[int, int]] | None = field(repr=False, default=None)
-    _starts: list[int] = field(repr=False, default_factory=list)
-    _offset: int = field(repr=False, default=0)
-
-    def __len__(self) -> int:
-        return len(self.dates)
-
-    def _locate(self, indices: Sequence[int]) -> dict[int, list[tuple[int, int]]]:
-        """Group point indices by chunk: chunk index -> [(index, position in chunk)]."""
-        by_chunk: dict[int, list[tuple[int, int]]] = {}
-        for i in indices:
-            j = i + self._offset
-            if self._origin is not None:
-                chunk, pos = self._origin[j]
-            else:
-                chunk = bisect_right(self._starts, j) - 1
-                pos = j - self._starts[chunk]
-            by_chunk.setdefault(chunk, []).append((i, pos))
-        return by_chunk
-
-    def details(self, indices: Sequence[int]) -> tuple[list[str], list[bool]]:
-        """The metadata texts and cumulative flags of the points at ``indices``."""
-        metadata: dict[int, str] = {}
-        cumulative: dict[int, bool] = {}
-        for chunk_index, pairs in self._locate(indices).items():
-            chunk = self._chunks[chunk_index]
-            positions = [pos for _, pos in pairs]
-            for (i, _), text, flag in zip(pairs, chunk.metadata(positions), chunk.cumulative(positions)):
-                metadata[i] = text
-                cumulative[i] = flag
-        return [metadata[i] for i in indices], [cumulative[i] for i in indices]
-
-
-def merge_columns(name: str, chunks: Sequence[Chunk], since_us: int | None, until_us: int | None) -> SeriesColumns:
-    """One series from its chunks, given ordered by first date, then id.
-
-    Points come out in (date, arrival) order, as :meth:`.store.Store.series` gives them:
-    chunks that do not overlap are concatenated, overlapping ones sorted. Dates come as an
-    int64 array; values as a double array when every one is a float, else as a list.
-    """
-    ordered = True
-    previous_last: int | None = None
-    for chunk in chunks:  # the writer sorts the points within a chunk by date
-        first, last = chunk.dates[0], chunk.dates[-1]
-        if previous_last is not None and first <= previous_last:
-            ordered = False
-        previous_last = last if previous_last is None else max(previous_last, last)
-    dates: Any = array("q")
-    floats = all(isinstance(c.values, array) for c in chunks)
-    values: Any = array("d") if floats else []
-    origin: list[tuple[int, int]] | None = None
-    starts: list[int] = []
-    if ordered:
-        for chunk in chunks:
-            starts.append(len(dates))
-            dates += chunk.dates
-            values += chunk.values if floats or isinstance(chunk.values, list) else list(chunk.values)
-    else:
-        keyed = [(d, c.id, k, ci) for ci, c in enumerate(chunks) for k, d in enumerate(c.dates)]
-        keyed.sort()
-        dates = [item[0] for item in keyed]
-        values = [chunks[item[3]].values[item[2]] for item in keyed]
-        origin = [(item[3], item[2]) for item in keyed]
-    lo = 0 if since_us is None else bisect_left(dates, since_us)
-    hi = len(dates) if until_us is None else bisect_right(dates, until_us)
-    cursor = max((c.id for c in chunks), default=0)
-    if lo > 0 or hi < len(dates):
-        dates, values = dates[lo:hi], values[lo:hi]
-    return SeriesColumns(name, dates, values, cursor, list(chunks), origin, starts, lo)
-
-
-# -- writing chunks, and reading them back as points -------------------------------
-
-
-def encode_chunks(columns: Columns) -> list[tuple[str, int, int, int, str]]:
-    """Split a batch's columns into one chunk per name: ``(name, first, last, count, data)``.
+def encode_chunks(columns: Columns) -> list[EncodedChunk]:
+    """Split a batch's columns into one chunk per name: ``(name, first, last, count, body)``.
 
     Points keep their arrival order within a name unless their dates are out of order,
     in which case they are sorted by date (stably, so equal dates keep arrival order).
-    Values are kept as they came, text or numbers; reads turn numbers into ``str()`` text.
     This is the server's hottest loop: grouping is one dict step per point, and the
-    columns of each group are picked out at C speed.
+    columns of each group are picked out and packed at C speed.
     """
     names: list[str] = list(columns[0])
     dates: list[int] = list(columns[1])
@@ -306,14 +122,25 @@ def encode_chunks(columns: Columns) -> list[tuple[str, int, int, int, str]]:
             idx = sorted(idx, key=dates.__getitem__)
             pick = _picker(idx)
             d = pick(dates)
-        data = {
-            "d": d,
-            "v": values if len(idx) == n and d is dates else pick(values),
-            "m": one_meta if one_meta is not None else pick(metadata),
-            "c": one_cum if one_cum is not None else pick(cumulative),
-        }
-        out.append((name, d[0], max(d[0], d[-1]), len(idx), json.dumps(data, separators=(",", ":"))))
+        body = _body(
+            d,
+            values if d is dates else pick(values),
+            [one_meta] if one_meta is not None else pick(metadata),
+            [one_cum] if one_cum is not None else pick(cumulative),
+        )
+        out.append((name, d[0], max(d[0], d[-1]), len(idx), body))
     return out
+
+
+def encode_point(date_us: int, value: Any, metadata: str, cumulative: bool) -> bytes:
+    """The body of a chunk of one point (a single POST's): what :func:`encode_chunks` makes of it, faster."""
+    if type(value) is not str:
+        return _body([date_us], [value], [metadata], [cumulative])
+    # What single posts send (the dashboard's values are text), packed in one go: the
+    # header, the date, a texts section of one value, the flag and the metadata.
+    text = value.encode(*_UTF8)
+    head = _TEXT_POINT.pack(_VERSION, _TEXT, _ONE, _ONE, 1, date_us, len(text))
+    return b"".join((head, text, b"\x01" if cumulative else b"\x00", metadata.encode(*_UTF8)))
 
 
 def _picker(idx: list[int]) -> Any:
@@ -324,8 +151,260 @@ def _picker(idx: list[int]) -> Any:
     return lambda seq: list(getter(seq))
 
 
+def _body(dates: list[int], values: list[Any], metadata: list[str], cumulative: list[bool]) -> bytes:
+    """One chunk's body; ``metadata`` and ``cumulative`` may be one entry for every point."""
+    n = len(dates)
+    parts = [b"", _to_le(array("q", dates))]
+    kinds = set(map(type, values))
+    kind = _KIND_OF.get(kinds.pop(), _JSON) if len(kinds) == 1 else _JSON
+    if kind == _TEXT:
+        parts += _texts(values)
+    elif kind != _JSON:
+        try:
+            parts.append(_to_le(array("d" if kind == _FLOAT else "q", values)))
+        except OverflowError:  # a whole number beyond 64 bits
+            kind = _JSON
+    if kind == _JSON:
+        text = _COMPACT_JSON(values).encode()  # ASCII: non-ASCII is escaped
+        parts += [_SIZE.pack(len(text)), text]
+    if len(cumulative) != n or cumulative.count(cumulative[0]) == n:
+        cum_kind, flags = _ONE, bytes([bool(cumulative[0])])
+    else:
+        cum_kind, flags = _EACH, bytes(map(bool, cumulative))
+    parts.append(flags)
+    if len(metadata) != n or metadata.count(metadata[0]) == n:
+        meta_kind = _ONE
+        parts.append(metadata[0].encode(*_UTF8))
+    else:
+        meta_kind = _EACH
+        parts += _texts(metadata)
+    parts[0] = _HEADER.pack(_VERSION, kind, cum_kind, meta_kind, n)
+    return b"".join(parts)
+
+
+def _texts(texts: list[str]) -> list[bytes]:
+    """A texts section: end offsets, then the UTF-8 of every text."""
+    joined = "".join(texts)
+    if joined.isascii():  # one byte per character: the texts' lengths are their sizes
+        encoded, sizes = joined.encode("ascii"), map(len, texts)
+    else:
+        each = [t.encode(*_UTF8) for t in texts]
+        encoded, sizes = b"".join(each), map(len, each)
+    return [_to_le(array(_U32, accumulate(sizes))), encoded]
+
+
+def _read_texts(body: bytes, at: int, count: int, positions: Iterable[int] | None = None) -> tuple[list[str], int]:
+    """The texts of the section at ``at`` (those at ``positions``, or all), and where the section ends."""
+    ends = _from_le(_U32, memoryview(body), at, count)
+    start = at + 4 * count
+    stop = start + (ends[-1] if count else 0)
+    if positions is not None:
+        return [body[start + (ends[p - 1] if p else 0) : start + ends[p]].decode(*_UTF8) for p in positions], stop
+    starts, raw = [0, *ends[:-1]], body[start:stop]
+    if raw.isascii():  # one byte per character: slices of one decoded text, at C speed
+        text = raw.decode("ascii")
+        return list(map(text.__getitem__, map(slice, starts, ends))), stop
+    return [raw[s:e].decode(*_UTF8) for s, e in zip(starts, ends)], stop
+
+
+# -- reading ------------------------------------------------------------------------
+
+
+class Chunk:
+    """One stored chunk's dates and values, decoded; its metadata and flags read on demand.
+
+    Attributes:
+        id: the chunk's id (its arrival order).
+        dates: each point's date in microseconds, ascending (an int64 array).
+        values: each point's value as sent: a double array when every one is a float,
+            an int64 array when every one is a whole number, else a list.
+    """
+
+    __slots__ = ("dates", "id", "values")
+
+    def __init__(self, chunk_id: int, dates: array[int], values: Sequence[Any]) -> None:
+        self.id = chunk_id
+        self.dates = dates
+        self.values = values
+
+    def size(self) -> int:
+        """Roughly what this chunk holds in memory, in bytes (for a cache's bound)."""
+        raise NotImplementedError
+
+    def metadata(self, positions: Sequence[int]) -> list[str]:
+        """The metadata texts of the points at ``positions`` in this chunk."""
+        raise NotImplementedError
+
+    def cumulative(self, positions: Sequence[int]) -> list[bool]:
+        """The cumulative flags of the points at ``positions`` in this chunk."""
+        raise NotImplementedError
+
+    def points(self) -> list[Point]:
+        """Every point as the dashboard-shaped reads want it: ``(date, value text, cumulative, metadata)``."""
+        every = range(len(self.dates))
+        values = [v if type(v) is str else str(v) for v in self.values]  # numbers read as the text sent
+        return list(zip(self.dates, values, self.cumulative(every), self.metadata(every)))
+
+
+class BinaryChunk(Chunk):
+    """A chunk in the binary format (see the module), decoded from its body.
+
+    Dates and values are copied out into arrays (text values into a list); metadata and
+    flags stay in the body and are read point by point when asked for.
+
+    Raises:
+        ValueError: the body is not in a format this code knows.
+    """
+
+    __slots__ = ("_body", "_flags", "_meta_at", "_meta_kind")
+
+    def __init__(self, chunk_id: int, body: bytes) -> None:
+        version, kind, cum_kind, meta_kind, n = _HEADER.unpack_from(body)
+        if version != _VERSION:
+            raise ValueError(f"chunk {chunk_id} is in format {version}; this code reads format {_VERSION}")
+        pos = _HEADER.size
+        dates = _from_le("q", memoryview(body), pos, n)
+        pos += 8 * n
+        values: Sequence[Any]
+        if kind == _TEXT:
+            values, pos = _read_texts(body, pos, n)
+        elif kind == _JSON:
+            (size,) = _SIZE.unpack_from(body, pos)
+            values = json.loads(body[pos + 4 : pos + 4 + size])
+            pos += 4 + size
+        else:
+            values = _from_le("d" if kind == _FLOAT else "q", memoryview(body), pos, n)
+            pos += 8 * n
+        super().__init__(chunk_id, dates, values)
+        flag_count = n if cum_kind == _EACH else 1
+        self._flags = body[pos : pos + flag_count]
+        self._body, self._meta_kind, self._meta_at = body, meta_kind, pos + flag_count
+
+    def size(self) -> int:
+        """Roughly what this chunk holds in memory, in bytes."""
+        values = len(self.values) * (8 if isinstance(self.values, array) else 60)
+        return 8 * len(self.dates) + values + len(self._body)
+
+    def metadata(self, positions: Sequence[int]) -> list[str]:
+        """The metadata texts of the points at ``positions``."""
+        if self._meta_kind == _ONE:
+            return [self._body[self._meta_at :].decode(*_UTF8)] * len(positions)
+        n = len(self.dates)
+        if len(positions) == n:  # every one (dashboard reads): decoded at once
+            every, _ = _read_texts(self._body, self._meta_at, n)
+            return every if positions == range(n) else [every[p] for p in positions]
+        return _read_texts(self._body, self._meta_at, n, positions)[0]
+
+    def cumulative(self, positions: Sequence[int]) -> list[bool]:
+        """The cumulative flags of the points at ``positions``."""
+        flags = self._flags
+        if len(flags) == 1:
+            return [bool(flags[0])] * len(positions)
+        return [bool(flags[p]) for p in positions]
+
+
+def _cut_compact(text: str) -> tuple[str, str, str, str] | None:
+    """The texts of d, v, m and c in the writer's compact layout, found at C speed; else None."""
+    if not text.startswith('{"d":'):
+        return None
+    v = text.find(',"v":', 5)
+    m = text.find(',"m":', v + 5) if v > 0 else -1
+    c = text.find(',"c":', m + 5) if m > 0 else -1
+    if c < 0 or not text.endswith("}"):
+        return None
+    return text[5:v], text[v + 5 : m], text[m + 5 : c], text[c + 5 : -1]
+
+
+_HEAD: Final = re.compile(r'\{\s*"d"\s*:\s*')
+_KEY_V: Final = re.compile(r',\s*"v"\s*:\s*')
+_KEY_M: Final = re.compile(r',\s*"m"\s*:\s*')
+_KEY_C: Final = re.compile(r',\s*"c"\s*:\s*')
+# Between two elements of a list of strings: a closing quote, a comma, an opening quote.
+_STRING_SEPARATOR: Final = re.compile(r'"\s*,\s*"')
+
+
+def _cut_spaced(text: str) -> tuple[str, str, str, str] | None:
+    """As :func:`_cut_compact`, for any spacing (single posts were stored with spaces)."""
+    head = _HEAD.match(text)
+    v = _KEY_V.search(text, head.end()) if head else None
+    m = _KEY_M.search(text, v.end()) if v else None
+    c = _KEY_C.search(text, m.end()) if m else None
+    end = text.rfind("}")
+    if head is None or v is None or m is None or c is None or end < c.end():
+        return None
+    return text[head.end() : v.start()], text[v.end() : m.start()], text[m.end() : c.start()], text[c.end() : end]
+
+
+class TextChunk(Chunk):
+    """A chunk in the JSON text format of databases written before the binary one (see the module)."""
+
+    __slots__ = ("cumulative_text", "metadata_text")
+
+    def __init__(self, chunk_id: int, text: str) -> None:
+        cut = _cut_compact(text) or _cut_spaced(text)
+        if cut is None:
+            whole = json.loads(text)  # not the writer's layout: decode it the slow way
+            dates, values = whole["d"], whole["v"]
+            self.metadata_text, self.cumulative_text = json.dumps(whole["m"]), json.dumps(whole["c"])
+        else:
+            d_text, v_text, self.metadata_text, self.cumulative_text = cut
+            dates, values = json.loads(d_text), json.loads(v_text)
+        if all(type(v) is float for v in values):
+            values = array("d", values)
+        super().__init__(chunk_id, array("q", dates), values)
+
+    def size(self) -> int:
+        """Roughly what this chunk holds in memory, in bytes."""
+        values = len(self.values) * (8 if isinstance(self.values, array) else 60)
+        return len(self.dates) * 8 + values + len(self.metadata_text) + len(self.cumulative_text)
+
+    def metadata(self, positions: Sequence[int]) -> list[str]:
+        """The metadata texts of the points at ``positions``."""
+        text = self.metadata_text.strip()
+        if not text.startswith("["):
+            one = json.loads(text)
+            return [one] * len(positions)
+        inner = text[1:-1].strip()
+        if len(positions) * 8 > len(self.dates):
+            every: list[str] = json.loads(text)
+            return [every[p] for p in positions]
+        # A list of strings: split it at the separators and decode only the strings asked for.
+        body = inner[1:-1]
+        # The writer's compact layout separates with '","' (str.split, at C speed); any other
+        # spacing goes through the pattern.
+        parts = _STRING_SEPARATOR.split(body) if '", "' in body else body.split('","')
+        if len(parts) != len(self.dates):
+            every = json.loads(text)
+            return [every[p] for p in positions]
+        return [json.loads(f'"{parts[p]}"') for p in positions]
+
+    def cumulative(self, positions: Sequence[int]) -> list[bool]:
+        """The cumulative flags of the points at ``positions``."""
+        flags = json.loads(self.cumulative_text)
+        if isinstance(flags, list):
+            return [bool(flags[p]) for p in positions]
+        return [bool(flags)] * len(positions)
+
+
+def decode_chunk(chunk_id: int, data: str | bytes, body: bytes | None) -> Chunk:
+    """A stored chunk from its row: ``data`` is its body, JSON text (older databases) or empty: ``body``."""
+    if not data and body is not None:
+        return BinaryChunk(chunk_id, body)
+    return BinaryChunk(chunk_id, data) if isinstance(data, bytes) else TextChunk(chunk_id, data)
+
+
+def _text_points(data: str) -> list[Point]:
+    """Every point of an older text chunk, decoded whole (faster than cutting when all are wanted)."""
+    c = json.loads(data)
+    n = len(c["d"])
+    values = [v if type(v) is str else str(v) for v in c["v"]]  # numbers are stored as sent
+    metas = c["m"] if isinstance(c["m"], list) else [c["m"]] * n
+    cums = c["c"] if isinstance(c["c"], list) else [c["c"]] * n
+    return list(zip(c["d"], values, cums, metas))
+
+
 def decode_points(chunks: list[Any], since_us: int | None, until_us: int | None) -> list[Point]:
-    """The points of one series' chunks ``(name, first, last, id, data)`` in (date, arrival) order.
+    """The points of one series' chunk rows ``(name, first, last, id, data, body)`` in (date, arrival) order.
 
     Chunks come ordered by first date; when none overlaps the one before, their points
     are already in order and are concatenated, otherwise all are sorted.
@@ -333,16 +412,12 @@ def decode_points(chunks: list[Any], since_us: int | None, until_us: int | None)
     ordered = True
     previous_last: int | None = None
     decoded = []
-    for _, first, last, chunk_id, data in chunks:
+    for _, first, last, chunk_id, data, body in chunks:
         if previous_last is not None and first <= previous_last:
             ordered = False
         previous_last = last if previous_last is None else max(previous_last, last)
-        c = json.loads(data)
-        n = len(c["d"])
-        values = [v if type(v) is str else str(v) for v in c["v"]]  # numbers are stored as sent
-        metas = c["m"] if isinstance(c["m"], list) else [c["m"]] * n
-        cums = c["c"] if isinstance(c["c"], list) else [c["c"]] * n
-        decoded.append((chunk_id, list(zip(c["d"], values, cums, metas))))
+        text = isinstance(data, str) and data != ""
+        decoded.append((chunk_id, _text_points(data) if text else decode_chunk(chunk_id, data, body).points()))
     if ordered:
         points: list[Point] = [p for _, chunk_points in decoded for p in chunk_points]
     else:

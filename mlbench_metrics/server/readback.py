@@ -38,6 +38,8 @@ import io
 import json
 import math
 import re
+import struct
+from array import array
 from bisect import bisect_left
 from typing import Any, Callable, Final, Sequence
 from urllib.parse import parse_qsl
@@ -45,7 +47,7 @@ from urllib.parse import parse_qsl
 from ..points import MetricPoint, parse_metadata, split_name, to_number, write_csv, write_json
 from ..records import parse_date, us_to_datetime
 from ._http import Request, Response
-from .chunks import SeriesColumns
+from .columns import SeriesColumns
 from .parsing import ApiFailure, as_int, json_response, parse_body, secure_filename
 from .store import RunNotFound, Store
 
@@ -86,23 +88,49 @@ def minmax_indices(dates: Sequence[int], values: Sequence[Any], buckets: int) ->
         bounds = [bisect_left(dates, lo + span * b // buckets) for b in range(buckets)] + [n]
     else:  # every point at one instant: cut by position instead
         bounds = [n * b // buckets for b in range(buckets + 1)]
-    total = sum(values)  # NaN when any value is NaN (or when infinities of both signs meet)
-    has_nan = total != total
+    if not isinstance(values, array) and not set(map(type, values)) <= {int, float}:
+        raise TypeError("values must be numbers")  # text would compare as text
+    position = _first_position(values)
     keep = {0, n - 1}
     for b in range(buckets):
         i0, i1 = bounds[b], bounds[b + 1]
         if i0 >= i1:
             continue
         part = values[i0:i1]
-        if has_nan:
-            finite = [(v, i0 + k) for k, v in enumerate(part) if v == v]
-            if finite:
-                keep.add(min(finite)[1])
-                keep.add(max(finite)[1])
+        low = min(part)
+        # Every comparison with NaN is false, so min and max pass over a NaN, unless it is
+        # the first value, which they then return; only such buckets are sorted out by hand.
+        if low != low:
+            numbers = [(v, i0 + k) for k, v in enumerate(part) if v == v]
+            if numbers:
+                keep.add(min(numbers)[1])
+                keep.add(max(numbers)[1])
             continue
-        keep.add(i0 + part.index(min(part)))
-        keep.add(i0 + part.index(max(part)))
+        keep.add(position(part, i0, low))
+        keep.add(position(part, i0, max(part)))
     return sorted(keep)
+
+
+def _first_position(values: Sequence[Any]) -> Callable[[Sequence[Any], int, Any], int]:
+    """``position(part, i0, value)``: where ``value`` first is in ``part = values[i0:...]``, as an index of ``values``.
+
+    For an array, the first match of the value's bytes at a multiple of the item size
+    (``bytes.find``, at memory speed, where ``index`` compares item by item): min and
+    max return the first of equal values, so no equal value with other bytes (-0.0 for
+    0.0) comes before it.
+    """
+    if not isinstance(values, array):
+        return lambda part, i0, value: i0 + part.index(value)
+    raw, size, code = values.tobytes(), values.itemsize, values.typecode
+
+    def position(part: Sequence[Any], i0: int, value: Any) -> int:
+        pattern = struct.pack(code, value)
+        at = raw.find(pattern, size * i0)
+        while at % size and at > 0:  # a match across two items
+            at = raw.find(pattern, at + 1)
+        return at // size if at >= 0 else i0 + part.index(value)
+
+    return position
 
 
 def _as_floats(values: Sequence[Any]) -> list[float]:

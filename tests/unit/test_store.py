@@ -59,9 +59,14 @@ def test_duplicate_batch_and_unknown_run(store: Store) -> None:
         _batch(store, run, ["a"], [1], batch_id="x")
     with pytest.raises(RunNotFound):
         _batch(store, 999, ["a"], [1], batch_id="y")
-    with pytest.raises(RunNotFound):
-        store.add_metric(run_id=999, pod_id=None, row=("a", 1, "1", "", False))
-    assert store.count_metrics() == 1
+    for missing in (999, 0, -run):  # a run's id below 1 is no pod's either
+        with pytest.raises(RunNotFound):
+            store.add_metric(run_id=missing, pod_id=None, row=("a", 1, "1", "", False))
+        with pytest.raises(RunNotFound):
+            _batch(store, missing, ["a"], [1], batch_id=f"z{missing}")
+    assert store.count_metrics() == 1 and store.run_stats() == {run: (1, 1, 1)}
+    _batch(store, run, ["a"], [2], batch_id="z999")  # a refused batch's id was not kept
+    assert store.count_metrics() == 1 + 1
 
 
 def test_pod_and_run_series_stay_apart(store: Store) -> None:
@@ -88,3 +93,42 @@ def test_arrival_ids_continue_after_reopening(tmp_path: Path) -> None:
     assert len(points) == 2
     second.close()
     second.close()  # idempotent
+
+
+def test_two_stores_on_one_file_take_turns_with_arrival_ids(tmp_path: Path) -> None:
+    """Two servers started on one database (the default path, say) both store every batch, and
+    arrival ids keep growing across both, so live charts that poll by cursor miss nothing."""
+    one, two = Store(str(tmp_path / "m.db")), Store(str(tmp_path / "m.db"))
+    try:
+        run = _run(one)
+        for i, store in enumerate([one, two, two, one, two]):
+            _batch(store, run, ["a"], [i])
+        (columns,) = one.series_columns(run)
+        assert list(columns.dates) == [0, 1, 2, 3, 4]
+        assert [p[1] for p in dict(two.series(run_id=run))["a"]] == [f"a:{i}" for i in range(5)]
+        first = two.series_columns(run, after_id=0)[0].cursor
+        _batch(one, run, ["a"], [-1])  # dated before everything, arriving last
+        (late,) = two.series_columns(run, after_id=first)
+        assert list(late.dates) == [-1] and late.cursor > first
+    finally:
+        one.close()
+        two.close()
+
+
+def test_two_stores_may_give_two_runs_one_id_without_mixing_their_points(tmp_path: Path) -> None:
+    """Ids are unique per owner: a run's small chunk and another run's large one (its body in
+    chunk_bodies) may share one, and each run still reads, and deletes, only its own."""
+    one, two = Store(str(tmp_path / "m.db")), Store(str(tmp_path / "m.db"))
+    try:
+        small, large = _run(one), _run(one)
+        one.add_metric(run_id=small, pod_id=None, row=("a", 5, "small", "", False))
+        _batch(two, large, ["a"] * 200, list(range(200)))  # the same id as the small chunk, in chunk_bodies
+        assert [p[1] for p in dict(one.series(run_id=small))["a"]] == ["small"]
+        for store in (one, two):
+            (columns,) = store.series_columns(small)
+            assert list(columns.values) == ["small"] and len(store.series_columns(large)[0]) == 200
+        assert one.delete_run(large)
+        assert [p[1] for p in dict(two.series(run_id=small))["a"]] == ["small"]
+    finally:
+        one.close()
+        two.close()
