@@ -45,6 +45,14 @@ def write_results(name: str, figures: dict[str, Any]) -> Path:
     return path
 
 
+def proc_mib(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of process ``pid`` from ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

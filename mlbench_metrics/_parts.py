@@ -1,30 +1,62 @@
-"""A logger's delivery parts, assembled from its settings: a store and a dispatcher.
+"""A logger's delivery parts, assembled from its settings: a store and its delivery.
 
 The store is memory (``spool=False``), a batch spool, or durable mode's log; one whose
 directory cannot be written is reported once and replaced by memory, so ``log()`` never
-fails for it. The dispatcher gets the store and the ``deliver`` callable; neither is
-changed from outside afterwards. The dispatcher's thread is started here (except for
-the placeholder a forked child uses until its first record).
+fails for it. Delivery is a :class:`~mlbench_metrics.delivery.Dispatcher` given the store
+and the ``deliver`` callable, or, with ``delivery="process"``, an
+:class:`~mlbench_metrics.agent.AgentLink` to the agent process that delivers the log;
+neither is changed from outside afterwards. The dispatcher's thread (or the agent, and
+the link's watch thread) is started here (except for the placeholder a forked child uses
+until its first record).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from .config import LoggerConfig
-from .delivery import BatchStore, Dispatcher, MemoryStore
+from .delivery import BatchStore, Dispatcher, MemoryStore, Stats
 from .delivery.dispatcher import Deliver
 from .errors import SpoolError
 from .records.batch import Record
 from .spool import DurableStore, SpoolDir, SpoolStore
 from .spool.durable.store import Writer
 
-__all__ = ["Parts", "open_parts", "placeholder_parts", "with_aggregation"]
+if TYPE_CHECKING:
+    from .agent import AgentLink
+    from .agent.adopt import Adoption
+    from .api import ApiClient
+
+__all__ = ["Delivery", "Parts", "open_parts", "placeholder_parts", "with_aggregation"]
 
 _log = logging.getLogger("mlbench_metrics")
+
+
+class Delivery(Protocol):
+    """What the logger uses of its delivery (a :class:`Dispatcher`, or an ``AgentLink``)."""
+
+    @property
+    def started(self) -> bool:
+        """Whether it runs in this process already (a forked child starts its own)."""
+
+    def wake(self) -> None:
+        """A batch's worth is waiting."""
+
+    def trim(self) -> None:
+        """The buffer holds ``max_buffer`` records."""
+
+    def flush(self, timeout: float | None) -> bool:
+        """Wait until everything logged before is stored; False on time out or drops."""
+
+    def close(self, timeout: float) -> None:
+        """Deliver what is left within ``timeout``, then stop."""
+
+    def stats(self) -> Stats:
+        """A snapshot of the counts."""
 
 
 @dataclass(frozen=True)
@@ -33,15 +65,20 @@ class Parts:
 
     Attributes:
         store: where batches wait; its ``buffer`` is what the hot path appends to.
-        dispatcher: the delivery thread's owner.
+        dispatcher: the delivery thread's owner (or the link to the agent process).
         append: appends (or, durable, writes) one record tuple.
         write: durable mode's writer for ``log()`` (no tuple built), else None.
+        agent: the link to the delivery agent (``delivery="process"``), else None.
+        adoption: delivering what dead processes of the run left (thread delivery; an
+            agent does it itself), else None.
     """
 
     store: BatchStore
-    dispatcher: Dispatcher
+    dispatcher: Delivery
     append: Callable[[Record], None]
     write: Writer | None
+    agent: AgentLink | None = None
+    adoption: Adoption | None = None
 
 
 def open_parts(
@@ -53,8 +90,11 @@ def open_parts(
     batch_supported: Callable[[], bool | None] | None = None,
     on_frozen: Callable[[], None],
     on_drained: Callable[[], None],
+    client: ApiClient | None = None,
+    token: str | None = None,
 ) -> Parts:
-    """The store ``config`` asks for and a started dispatcher delivering through ``deliver``.
+    """The store ``config`` asks for and a started dispatcher delivering through ``deliver``
+    (or, ``delivery="process"``, the durable log and a link to its agent).
 
     Args:
         config: the logger's settings.
@@ -66,7 +106,14 @@ def open_parts(
             :func:`with_aggregation`; without it nothing is ever folded into aggregates.
         on_frozen: durable mode: told once when the log cannot grow any more.
         on_drained: told each time the dispatcher has emptied the buffer.
+        client: the logger's client (process delivery: the agent's is made like it).
+        token: the bearer token the agent sends (None: the environment's).
     """
+    if config.delivery == "process" and client is not None:
+        parts = _process_parts(config, deliver, run_id, endpoint, on_frozen, on_drained, client, token)
+        if parts is not None:
+            return parts
+        config = dataclasses.replace(config, delivery="thread", durable=False, spool=False)  # said once
     prefix = uuid.uuid4().hex
     store: BatchStore = MemoryStore(prefix)
     append: Callable[[Record], None] = store.buffer.append
@@ -98,7 +145,56 @@ def open_parts(
         on_drained=on_drained,
     )
     dispatcher.start()
-    return Parts(store, dispatcher, append, write)
+    adoption = None
+    if directory is not None and client is not None:
+        adoption = _adoption(directory, endpoint, client, config.batch_size)
+    return Parts(store, dispatcher, append, write, None, adoption)
+
+
+def _adoption(directory: SpoolDir, endpoint: str, client: ApiClient, batch_size: int) -> Adoption | None:
+    """Start delivering what dead processes of the run left next to ``directory``, if any."""
+    from .agent.adopt import Adoption, orphans
+
+    found = orphans(directory.path, endpoint)
+    return Adoption(found, client, batch_size) if found else None
+
+
+def _process_parts(
+    config: LoggerConfig,
+    deliver: Deliver,
+    run_id: int,
+    endpoint: str,
+    on_frozen: Callable[[], None],
+    on_drained: Callable[[], None],
+    client: ApiClient,
+    token: str | None,
+) -> Parts | None:
+    """The durable log (its writer queues nothing) and the link to its agent; None, with
+    one warning, when the log cannot be made (then a thread delivers, from memory)."""
+    from .agent import AgentLink  # imported here: only process delivery needs it
+
+    links: list[AgentLink] = []
+
+    def frozen() -> None:
+        for link in links:  # first: records kept in memory need a dispatcher here
+            link.frozen()
+        on_frozen()
+
+    meta = {"endpoint": endpoint, "durable": True, "batch_size": config.batch_size, "delivery": "process"}
+    directory = SpoolDir(config.spool_dir, run_id, meta)
+    try:
+        store = DurableStore(directory, config.spool_max_bytes, uuid.uuid4().hex, frozen, shared=True)
+    except SpoolError as exc:
+        _log.warning("mlbench-metrics: %s; delivering from this process, records kept in memory only", exc)
+        return None
+    try:
+        links.append(AgentLink(store, config, client, deliver, run_id, token, on_drained))
+    except SpoolError as exc:
+        _log.warning("mlbench-metrics: %s; delivering from this process, records kept in memory only", exc)
+        store.close(everything_settled=True)
+        directory.release(remove=True)
+        return None
+    return Parts(store, links[0], store.append, store.write, links[0])
 
 
 def placeholder_parts(deliver: Deliver) -> Parts:

@@ -18,7 +18,9 @@ from .delivery.pace import Aggregate, check_aggregate
 from .errors import ConfigError
 
 __all__ = [
+    "DELIVERY_MODES",
     "ENV_AGGREGATE",
+    "ENV_DELIVERY",
     "ENV_FLUSH_INTERVAL",
     "ENV_RANK",
     "ENV_RUN_ID",
@@ -56,6 +58,13 @@ ENV_SPOOL_DIR: Final = "MLBENCH_METRICS_SPOOL_DIR"
 
 ENV_FLUSH_INTERVAL: Final = "MLBENCH_METRICS_FLUSH_INTERVAL"
 """Seconds between the dispatcher's deliveries when no ``flush_interval`` is given."""
+
+ENV_DELIVERY: Final = "MLBENCH_METRICS_DELIVERY"
+"""How records are delivered when no ``delivery`` is given: ``thread`` or ``process``."""
+
+DELIVERY_MODES: Final = ("thread", "process")
+"""``thread``: a dispatcher thread in the training process; ``process``: the training
+process only writes the durable log, and an agent process delivers it."""
 
 
 def env_str(name: str, environ: Mapping[str, str] | None = None) -> str | None:
@@ -175,6 +184,7 @@ class LoggerConfig:
     aggregate: Aggregate = "auto"
     new_run: str | None = None
     run_config: Mapping[str, object] | None = None  # checked by run_config.check_config
+    delivery: str = "thread"
 
     def __post_init__(self) -> None:
         for name, ok, expected in _CHECKS:
@@ -183,6 +193,8 @@ class LoggerConfig:
                 raise ConfigError(f"{name} must be {expected}, got {value!r}")
         if self.durable and not self.spool:
             raise ConfigError("durable=True writes to the spool: it needs spool=True")
+        if self.delivery == "process" and not self.spool:
+            raise ConfigError("delivery='process' delivers from the spool's durable log: it needs spool=True")
         if (self.run_id is None) == (self.new_run is None):
             raise ConfigError("give the run to log to (run_id) or the name of a run to create (new_run), not both")
 
@@ -196,6 +208,7 @@ class LoggerConfig:
         aggregate: Aggregate | None = None,
         new_run: str | None = None,
         elsewhere: bool = False,
+        delivery: str | None = None,
         environ: Mapping[str, str] | None = None,
         **settings: object,
     ) -> LoggerConfig:
@@ -231,14 +244,32 @@ class LoggerConfig:
             aggregate = _env_aggregate(environ)
         if flush_interval is None:
             flush_interval = env_float(ENV_FLUSH_INTERVAL, 1.0, environ)
+        if delivery is None:
+            delivery = _env_delivery(environ, spool=settings.get("spool", True) is not False)
         return cls(
             run_id=None if run_id is None else _run_number(run_id),
             rank=rank,
             aggregate=aggregate,
             flush_interval=float(flush_interval) if _is_seconds(flush_interval) else flush_interval,
             new_run=new_run,
+            delivery=delivery,
             **settings,  # type: ignore[arg-type]
         )
+
+
+def _env_delivery(environ: Mapping[str, str] | None, *, spool: bool) -> str:
+    """``MLBENCH_METRICS_DELIVERY``, else ``thread``; warns and ignores a bad value, and
+    ``process`` for a logger without a spool (it has no log to deliver from)."""
+    raw = env_str(ENV_DELIVERY, environ)
+    if raw is None:
+        return "thread"
+    if raw not in DELIVERY_MODES:
+        _log.warning("ignoring %s=%r: not one of %s; using thread", ENV_DELIVERY, raw, ", ".join(DELIVERY_MODES))
+        return "thread"
+    if raw == "process" and not spool:
+        _log.info("%s=process does not apply to a logger with spool=False: delivering from a thread", ENV_DELIVERY)
+        return "thread"
+    return raw
 
 
 def _run_number(run_id: object) -> int:
@@ -263,6 +294,7 @@ _CHECKS: Final[tuple[tuple[str, Callable[[object, LoggerConfig], bool], str], ..
     ("aggregate", lambda v, c: _is_aggregate(v), '"auto", "off" or a positive number of seconds'),
     ("spool_max_bytes", lambda v, c: _is_int(v) and v >= 1 << 20, "an integer of at least 1 MiB"),  # type: ignore[operator]
     ("new_run", lambda v, c: v is None or isinstance(v, str), "a run name"),
+    ("delivery", lambda v, c: v in DELIVERY_MODES, "'thread' or 'process'"),
 )
 
 

@@ -140,6 +140,11 @@ class MetricsLogger:
         config: the run's configuration (hyperparameters), a JSON-serialisable mapping
             stored once with the run where the server can (the embedded server; the
             dashboard cannot, and a warning says so). See :mod:`mlbench_metrics.run_config`.
+        delivery: ``"thread"`` (else ``MLBENCH_METRICS_DELIVERY``, else the default): a
+            thread in this process delivers; ``"process"``: this process only writes
+            each record to the durable log (as ``durable=True``) and a delivery agent
+            process delivers it, even after this process is killed. See
+            :mod:`mlbench_metrics.agent`.
 
     Raises:
         ConfigError: an argument is invalid or the run id is missing.
@@ -166,6 +171,7 @@ class MetricsLogger:
         aggregate: str | float | None = None,
         new_run: str | None = None,
         config: Mapping[str, Any] | None = None,
+        delivery: str | None = None,
     ) -> None:
         self.settings = LoggerConfig.resolve(
             run_id,
@@ -173,6 +179,7 @@ class MetricsLogger:
             flush_interval=flush_interval,
             new_run=new_run,
             elsewhere=_elsewhere(url, client),
+            delivery=delivery,
             batch_size=batch_size,
             max_buffer=max_buffer,
             max_in_flight=max_in_flight,
@@ -186,6 +193,7 @@ class MetricsLogger:
             run_config=None if config is None else check_config(config),
         )
         self._own_client = client is None
+        self._token = token
         # The logger keeps its strict checks: it refuses at the call what the dashboard would.
         self.client = client if client is not None else ApiClient(url=url, token=token, strict=True)
         self._owns_run = self.settings.new_run is not None
@@ -224,6 +232,8 @@ class MetricsLogger:
                 endpoint=client.endpoint,
                 on_frozen=self._on_log_frozen,
                 on_drained=_lifecycle.weak_call(self._reset_wake_threshold),
+                client=self.client,
+                token=self._token,
             )
         )
         self._wake_at = self.settings.batch_size
@@ -231,6 +241,8 @@ class MetricsLogger:
     def _use(self, parts: Parts) -> None:
         self._store = parts.store
         self._dispatcher = parts.dispatcher
+        self._agent = parts.agent
+        self._adoption = parts.adoption
         self._buf: _Buffer = parts.store.buffer
         self._append = parts.append
         self._write = parts.write
@@ -477,6 +489,17 @@ class MetricsLogger:
         self._rebuild_contexts()
 
     @property
+    def delivery(self) -> str:
+        """``"process"`` when the agent delivers (in its process, or, when none could
+        start, in a thread here); ``"thread"`` when this process's dispatcher does."""
+        return "process" if self._agent is not None else "thread"
+
+    @property
+    def agent_pid(self) -> int | None:
+        """The delivery agent's process id (``delivery="process"``), while it runs."""
+        return self._agent.agent_pid if self._agent is not None else None
+
+    @property
     def spool_dir(self) -> Path | None:
         """This process's spool directory, when something was written there."""
         return self._store.location
@@ -550,6 +573,8 @@ class MetricsLogger:
         self._write = None
         self._buf = _ClosedBuffer()
         self._append = self._buf.append
+        if self._adoption is not None:  # what it did not deliver waits for the next logger
+            self._adoption.close(min(0.1, max(0.0, deadline - marking - time.monotonic())))
         self._dispatcher.close(max(0.0, deadline - marking - time.monotonic()))
         if self._owns_run:
             if failed is None:
@@ -569,6 +594,8 @@ class MetricsLogger:
         spooled = stats.spooled - stats.folded
         if not spooled:
             where = "dropped"
+        elif self.agent_pid is not None:
+            where = f"in {self.spool_dir}; the delivery agent (pid {self.agent_pid}) goes on delivering them"
         elif not stats.dropped_total:
             where = f"spooled in {self.spool_dir}; deliver them with: mlbench-metrics sync"
         else:

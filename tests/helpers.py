@@ -94,3 +94,16 @@ def raw_exchange(
                 break
             chunks.append(data)
         return b"".join(chunks)
+
+
+def values_stored(db_path: str, run_id: int, name: str = "x") -> list[int]:
+    """The integer values the server holds for metric ``name`` of a run, sorted (a value
+    stored twice shows twice)."""
+    from mlbench_metrics.server.store import Store
+
+    store = Store(db_path)
+    try:
+        series = dict(store.series(run_id=run_id))
+    finally:
+        store.close()
+    return sorted(int(float(p[1])) for p in series.get(name, []))

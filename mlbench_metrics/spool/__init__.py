@@ -4,7 +4,8 @@
   every appended file uses;
 * ``batches.py``: the batch spool (batches that failed or overflowed) and its store;
 * ``durable/``: the durable log (every record, memory-mapped, before ``log()``
-  returns), durable mode's store (the buffer is the log), its reader and its marks;
+  returns), durable mode's store (the buffer is the log), its reader and its marks, and
+  what a delivery agent in another process reads it with (the tail, the status area);
 * ``raw.py``: raw copies of what went to a server without the batch endpoint, for an
   exact upload elsewhere (``sync --to``) when that server got aggregates;
 * ``sync.py``: delivering what dead processes left (``mlbench-metrics sync``), and the

@@ -46,6 +46,7 @@ __all__ = [
     "read_frames",
     "read_meta",
     "remove_writer_dir",
+    "try_lock",
     "writer_dirs",
 ]
 
@@ -237,6 +238,26 @@ class SpoolDir:
             self._lock_fd = None
         if remove and self._created:
             remove_writer_dir(self.path)
+
+
+def try_lock(path: Path, *, create: bool = False) -> int | None:
+    """Take ``path``'s lock (``owner.lock``, ``agent.lock``) without waiting.
+
+    Returns:
+        The fd that holds it (closing the fd releases it), or None when another open
+        file holds it: its process is alive.
+
+    Raises:
+        OSError: the file cannot be opened (``FileNotFoundError``: it does not exist
+            and ``create`` is False).
+    """
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def remove_writer_dir(path: Path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from ..errors import SpoolError
 from ..records import Metric, MetricBatch
 from .batches import acknowledge, read_spool_file
 from .durable import CTL_DELIVERED, DurableMarks, DurableRecord, durable_metadata, read_durable, replay_batches
-from .files import read_meta, remove_writer_dir
+from .files import read_meta, remove_writer_dir, try_lock
 from .raw import drop_unneeded, kept_raw
 
 __all__ = ["Poster", "SyncReport", "sync_raw", "sync_writer"]
@@ -73,19 +74,24 @@ def sync_writer(
     *,
     batch_size: int = 1000,
     progress: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> SyncReport:
     """Deliver what one writer directory holds; delete it when all of it is delivered.
 
     Safe to run again (and alongside ``sync`` on other directories): acknowledgements and
     delivered marks are written as it goes, batches keep their ids, and a directory whose
-    writer is alive, or that another ``sync`` holds, is skipped.
+    writer is alive, whose delivery agent is at work, or that another ``sync`` holds, is
+    skipped.
 
     Args:
         path: a writer directory (with ``meta.json``).
         client: delivers the batches (an ``ApiClient`` for the run's server).
         batch_size: records per batch for ranges a dead writer never batched.
         progress: told how many records each delivered batch held.
+        stop: once set, nothing more is sent (what is left stays, marked as far as it went).
     """
+    if stop is not None:
+        client = _Stopping(client, stop)
 
     def work(report: SyncReport) -> None:
         _sync_spool_files(path, client, report, progress)
@@ -153,12 +159,48 @@ def _locked(path: Path, work: Callable[[SyncReport], None]) -> SyncReport:
         except OSError:
             report.busy = True
             return report
-        work(report)
+        agent = _agent_lock(path)
+        if agent is None:  # a delivery agent is at work on it (its trainer may be gone)
+            report.busy = True
+            return report
+        try:
+            work(report)
+        finally:
+            if agent >= 0:
+                os.close(agent)
     except OSError as exc:  # a file vanished or cannot be written: keep what is there
         report.errors.append(f"{path}: {type(exc).__name__}: {exc}")
     finally:
         os.close(lock)
     return report
+
+
+def _agent_lock(path: Path) -> int | None:
+    """Take ``agent.lock`` when there is one: its fd (-1: no agent ever ran here), or None
+    when an agent holds it."""
+    try:
+        return try_lock(path / "agent.lock")
+    except FileNotFoundError:
+        return -1
+
+
+class _Stopping:
+    """A poster that sends nothing more once ``stop`` is set (an adoption that ends with
+    its logger): every later batch fails as not sent, and stays."""
+
+    def __init__(self, client: Poster, stop: threading.Event) -> None:
+        self._client = client
+        self._stop = stop
+
+    def post_metrics(
+        self, run_id: int, metrics: MetricBatch | Sequence[Metric | Mapping[str, Any]], *, batch_id: str | None = None
+    ) -> Future[BatchResult]:
+        """The client's, until ``stop`` is set."""
+        if not self._stop.is_set():
+            return self._client.post_metrics(run_id, metrics, batch_id=batch_id)
+        future: Future[BatchResult] = Future()
+        future.set_result(BatchResult.unanswered(len(metrics), "stopped before it was sent", batch_id))
+        return future
 
 
 def _post(client: Poster, report: SyncReport, batch: MetricBatch, progress: Callable[[int], None] | None) -> bool:

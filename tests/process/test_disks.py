@@ -42,13 +42,15 @@ def small_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+@pytest.mark.parametrize("delivery", ["thread", "process"])
 @pytest.mark.parametrize(("small_disk", "records"), [("2m", 100_000), ("20m", 500_000)], indirect=["small_disk"])
 def test_a_full_disk_in_durable_mode_is_never_a_crash(
-    fresh_server: ServerHandle, small_disk: Path, records: int
+    fresh_server: ServerHandle, small_disk: Path, records: int, delivery: str
 ) -> None:
     # Was: the training process died of SIGBUS (signal 7) writing into a sparse mapping.
     # 2 MB holds no 16 MiB segment; 20 MB holds one, and the gate keeps the server from
-    # taking records (and so freeing the first segment) until everything is logged.
+    # taking records (and so freeing the first segment) until everything is logged. With
+    # process delivery, the agent delivers the log and the training process what followed.
     run = create_run(fresh_server.url)
     gate = threading.Event()
 
@@ -60,7 +62,7 @@ def test_a_full_disk_in_durable_mode_is_never_a_crash(
     code = textwrap.dedent(f"""
         import json, sys, mlbench_metrics
         log = mlbench_metrics.init({run["id"]}, url=sys.argv[1], durable=True, batch_size=10_000,
-                                   spool_dir={str(small_disk)!r}, max_buffer=1_000_000)
+                                   spool_dir={str(small_disk)!r}, max_buffer=1_000_000, delivery={delivery!r})
         for i in range({records}):
             log.log("x", i)
         print("logged", flush=True)
@@ -95,22 +97,27 @@ def under_a_file(tmp_path: Path) -> Path:
     return tmp_path / "a-file" / "spool"
 
 
-@pytest.mark.parametrize("durable", [True, False], ids=["durable", "spool"])
+@pytest.mark.parametrize("mode", ["durable", "spool", "process"])
 @pytest.mark.parametrize("where", [read_only_dir, under_a_file], ids=["read-only", "not-a-directory"])
 def test_an_unwritable_spool_directory_degrades_to_memory(
-    fresh_server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture, durable: bool, where: object
+    fresh_server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str, where: object
 ) -> None:
     # Was: every log() raised SpoolError in durable mode.
     caplog.set_level(logging.WARNING, "mlbench_metrics")
     spool_dir = where(tmp_path)  # type: ignore[operator]
+    durable, delivery = mode == "durable", "process" if mode == "process" else "thread"
     try:
         run = create_run(fresh_server.url)
-        with MetricsLogger(run["id"], url=fresh_server.address, durable=durable, spool_dir=spool_dir) as log:
+        with MetricsLogger(
+            run["id"], url=fresh_server.address, durable=durable, spool_dir=spool_dir, delivery=delivery
+        ) as log:
             for i in range(5000):
                 log.log("x", i)
             assert log.flush(60)
         assert fresh_server.store.count_metrics(run["id"]) == 5000
-        down = MetricsLogger(run["id"], url=closed_port(), durable=durable, spool_dir=spool_dir, batch_size=100)
+        down = MetricsLogger(
+            run["id"], url=closed_port(), durable=durable, spool_dir=spool_dir, batch_size=100, delivery=delivery
+        )
         for i in range(1000):
             down.log("x", i)
         assert down.close(timeout=0.5) == 1000

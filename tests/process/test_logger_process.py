@@ -21,9 +21,14 @@ from mlbench_metrics.server import ServerHandle
 
 from helpers import create_run
 
+DELIVERY = pytest.mark.parametrize("delivery", ["thread", "process"])
 
-def run_script(server_address: str, run_id: int, body: str, **kwargs: Any) -> subprocess.Popen[str]:
+
+def run_script(
+    server_address: str, run_id: int, body: str, delivery: str = "thread", **kwargs: Any
+) -> subprocess.Popen[str]:
     env = {**os.environ, "MLBENCH_METRICS_URL": server_address, "MLBENCH_METRICS_RUN_ID": str(run_id)}
+    env["MLBENCH_METRICS_DELIVERY"] = delivery
     env.pop("RANK", None)
     env.pop("MLBENCH_METRICS_RANK", None)
     code = "import mlbench_metrics, os, sys, signal, time\n" + textwrap.dedent(body)
@@ -37,7 +42,8 @@ def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, 
     return proc.returncode, out, err
 
 
-def test_records_are_delivered_when_the_script_returns(fresh_server: ServerHandle) -> None:
+@DELIVERY
+def test_records_are_delivered_when_the_script_returns(fresh_server: ServerHandle, delivery: str) -> None:
     run = create_run(fresh_server.url)
     proc = run_script(
         fresh_server.address,
@@ -48,13 +54,15 @@ def test_records_are_delivered_when_the_script_returns(fresh_server: ServerHandl
             log.log("x", i)
         # no flush, no close: the exit hook delivers
     """,
+        delivery,
     )
     code, _, err = finish(proc)
     assert code == 0, err
     assert fresh_server.store.count_metrics(run["id"]) == 5000
 
 
-def test_records_are_delivered_on_sys_exit(fresh_server: ServerHandle) -> None:
+@DELIVERY
+def test_records_are_delivered_on_sys_exit(fresh_server: ServerHandle, delivery: str) -> None:
     run = create_run(fresh_server.url)
     proc = run_script(
         fresh_server.address,
@@ -65,13 +73,15 @@ def test_records_are_delivered_on_sys_exit(fresh_server: ServerHandle) -> None:
             log.log("x", i)
         sys.exit(3)
     """,
+        delivery,
     )
     code, _, err = finish(proc)
     assert code == 3, err
     assert fresh_server.store.count_metrics(run["id"]) == 3000
 
 
-def test_a_program_with_its_own_sigterm_handler_keeps_it(fresh_server: ServerHandle) -> None:
+@DELIVERY
+def test_a_program_with_its_own_sigterm_handler_keeps_it(fresh_server: ServerHandle, delivery: str) -> None:
     run = create_run(fresh_server.url)
     proc = run_script(
         fresh_server.address,
@@ -85,6 +95,7 @@ def test_a_program_with_its_own_sigterm_handler_keeps_it(fresh_server: ServerHan
         while True:
             signal.pause()
     """,
+        delivery,
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
@@ -94,8 +105,9 @@ def test_a_program_with_its_own_sigterm_handler_keeps_it(fresh_server: ServerHan
     assert fresh_server.store.count_metrics(run["id"]) == 100
 
 
+@DELIVERY
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_sends_its_own_records_and_not_the_parents(fresh_server: ServerHandle) -> None:
+def test_a_forked_child_sends_its_own_records_and_not_the_parents(fresh_server: ServerHandle, delivery: str) -> None:
     run = create_run(fresh_server.url)
     proc = run_script(
         fresh_server.address,
@@ -114,6 +126,7 @@ def test_a_forked_child_sends_its_own_records_and_not_the_parents(fresh_server: 
         for i in range(200):
             log.log("parent", 1000 + i)
     """,
+        delivery,
     )
     code, _, err = finish(proc)
     assert code == 0, err
@@ -122,8 +135,9 @@ def test_a_forked_child_sends_its_own_records_and_not_the_parents(fresh_server: 
     assert counts == {"parent": 1200, "child": 500}
 
 
+@DELIVERY
 @pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
-def test_a_multiprocessing_worker_delivers_before_os_exit(fresh_server: ServerHandle) -> None:
+def test_a_multiprocessing_worker_delivers_before_os_exit(fresh_server: ServerHandle, delivery: str) -> None:
     run = create_run(fresh_server.url)
     proc = run_script(
         fresh_server.address,
@@ -144,6 +158,7 @@ def test_a_multiprocessing_worker_delivers_before_os_exit(fresh_server: ServerHa
             p.join()
             assert p.exitcode == 0
     """,
+        delivery,
     )
     code, _, err = finish(proc)
     assert code == 0, err
@@ -185,8 +200,12 @@ def busy_cpus() -> Iterator[None]:
             hog.wait()
 
 
-@pytest.mark.parametrize("attempt", range(10))
-def test_sigterm_is_handled_under_cpu_load(fresh_server: ServerHandle, busy_cpus: None, attempt: int) -> None:
+@pytest.mark.parametrize(
+    ("delivery", "attempt"), [("thread", i) for i in range(10)] + [("process", i) for i in range(3)]
+)
+def test_sigterm_is_handled_under_cpu_load(
+    fresh_server: ServerHandle, busy_cpus: None, delivery: str, attempt: int
+) -> None:
     # Was: about 1 run in 3 hung, because the kernel gave the signal to a library thread
     # and the main thread, waiting in signal.pause(), never woke.
     run = create_run(fresh_server.url)
@@ -201,6 +220,7 @@ def test_sigterm_is_handled_under_cpu_load(fresh_server: ServerHandle, busy_cpus
         while True:
             signal.pause()
     """,
+        delivery,
     )
     try:
         assert proc.stdout is not None

@@ -21,20 +21,10 @@ from typing import Any
 from fakes import RESET, ScriptedServer, Seen, forward, http_response
 from mlbench_metrics import ApiClient, MetricsLogger, RetryPolicy
 from mlbench_metrics.server import ServerHandle, spawn
-from mlbench_metrics.server.store import Store
 
-from helpers import create_run
+from helpers import create_run, values_stored
 
 QUICK = RetryPolicy(max_attempts=2, backoff_base=0.05, backoff_max=0.2, max_delay=2)
-
-
-def values_stored(db_path: str, run_id: int, name: str) -> list[int]:
-    store = Store(db_path)
-    try:
-        series = dict(store.series(run_id=run_id))
-    finally:
-        store.close()
-    return sorted(int(float(p[1])) for p in series.get(name, []))
 
 
 def sync(*args: str) -> subprocess.CompletedProcess[str]:

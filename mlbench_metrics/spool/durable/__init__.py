@@ -20,10 +20,19 @@ error here, never a SIGBUS in the training thread. Size bound: at most ``max(2,
 max_bytes // 16 MiB)`` segments are kept; mapping one more deletes the oldest (its
 undelivered records are counted as ``"spool_full"``).
 
+With process delivery an agent process delivers the log while its writer writes it; the
+two share ``status.bin``: what the trainer asks (flushes, where the log ends) and what the
+agent reports (its counts, its delivered watermark), and ``agent.lock``, held by the
+agent while it works (``sync`` leaves such a directory alone).
+
 This package is the only writer and reader of these files: ``layout.py`` (the format),
+``mapped.py`` (marking and reading, shared by the writer's process and the agent),
 ``log.py`` (:class:`DurableLog`, the live process's), ``store.py`` (:class:`DurableStore`,
-the dispatcher's store, with the training thread's writer) and ``replay.py``
-(:func:`read_durable` and :class:`DurableMarks`, for ``sync``). No threads.
+the dispatcher's store, with the training thread's writer; :class:`RangeStore`, the slot
+bookkeeping), ``tail.py`` (:class:`TailLog` and :class:`TailStore`: the agent's reading
+of a live log, and taking over from a dead agent), ``status.py`` (:class:`StatusArea`)
+and ``replay.py`` (:func:`read_durable` and :class:`DurableMarks`, for ``sync``). No
+threads.
 """
 
 from __future__ import annotations
@@ -31,18 +40,25 @@ from __future__ import annotations
 from .layout import CTL_DELIVERED, CTL_DONE, CTL_END, CTL_START
 from .log import DurableLog
 from .replay import DurableMarks, DurableRecord, DurableReport, durable_metadata, read_durable, replay_batches
-from .store import DurableStore
+from .status import AgentReport, StatusArea
+from .store import DurableStore, RangeStore
+from .tail import TailLog, TailStore
 
 __all__ = [
     "CTL_DELIVERED",
     "CTL_DONE",
     "CTL_END",
     "CTL_START",
+    "AgentReport",
     "DurableLog",
     "DurableMarks",
     "DurableRecord",
     "DurableReport",
     "DurableStore",
+    "RangeStore",
+    "StatusArea",
+    "TailLog",
+    "TailStore",
     "durable_metadata",
     "read_durable",
     "replay_batches",

@@ -18,6 +18,7 @@ __all__ = [
     "CTL_END",
     "CTL_START",
     "DONE_BIT",
+    "END_BIT",
     "FLAGS_AT",
     "FLAG_CUMULATIVE",
     "FLAG_STEP",
@@ -31,6 +32,7 @@ __all__ = [
     "SLOT",
     "SLOT_F",
     "SLOT_I",
+    "START_BIT",
     "STATE",
     "STATE_MAGIC",
     "STEP_BIT",
@@ -53,6 +55,8 @@ NO_STEP: Final = -(2**63)
 CTL_START, CTL_END, CTL_DELIVERED, CTL_DONE = 1, 2, 4, 8
 STEP_BIT: Final = bytes(b & FLAG_STEP for b in range(256))  # flags byte -> its step bit
 DONE_BIT: Final = bytes(b & CTL_DONE for b in range(256))
+START_BIT: Final = bytes(b & CTL_START for b in range(256))  # control byte -> its batch-start bit
+END_BIT: Final = bytes(b & CTL_END for b in range(256))
 GAP_WINDOW: Final = 4096  # uncommitted slots read past: threads caught between taking and filling one
 STATE_MAGIC: Final = b"MLBMDUR2"
 STATE: Final = struct.Struct("<8sQQ")  # magic, watermark, highest seq batched + 1

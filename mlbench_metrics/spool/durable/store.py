@@ -1,10 +1,13 @@
-"""Durable mode's store: the buffer is the log.
+"""Durable mode's stores: the buffer is the log.
 
 The training thread writes each record into a slot of the :class:`DurableLog` before
 ``log()`` returns and queues only the slot's number; batches are ranges of slots, marked
 in the log before they are sent, read back just before sending, and marked delivered
-after. The slot bookkeeping (which ranges are cut, which delivered, how far the
-delivered watermark may move) is this store's alone; the dispatcher only sees parcels.
+after. That slot bookkeeping (which ranges are cut, which delivered, how far the
+delivered watermark may move) is :class:`RangeStore`'s alone; the dispatcher only sees
+parcels. :class:`DurableStore` is it with the training thread's writer, for a
+dispatcher in the same process; an agent process delivers the same log through
+``tail.py``'s store, and then the writer queues nothing (``shared=True``).
 
 When the log cannot grow (the disk is full, the dictionary cannot be written) the store
 says so once and takes the records that follow in memory, as a spool-less logger would:
@@ -39,8 +42,9 @@ from .layout import (
     SLOT_I,
 )
 from .log import DurableLog
+from .mapped import SharedLog
 
-__all__ = ["DurableStore", "Writer"]
+__all__ = ["DurableStore", "RangeStore", "Writer"]
 
 _log = logging.getLogger("mlbench_metrics")
 
@@ -62,51 +66,25 @@ class _Range:
         self.seqs: list[int] = []
 
 
-class DurableStore(MemoryStore):
-    """A :class:`DurableLog` as a :class:`~mlbench_metrics.delivery.BatchStore`.
+class RangeStore(MemoryStore):
+    """A durable log's slots as a :class:`~mlbench_metrics.delivery.BatchStore`.
+
+    Slot numbers in the buffer become ranges; tuples (records a frozen log could not
+    take) become batches in memory, as :class:`MemoryStore` makes them.
 
     Args:
-        directory: the writer's directory (created now, with the first segment).
-        max_bytes: the log's size bound.
-        prefix: the batch-id prefix for records taken in memory after the log froze.
-        on_frozen: told (once) that the log stopped growing: :attr:`write` no longer
-            writes, and records should be appended to :attr:`buffer` as tuples.
-
-    Raises:
-        SpoolError: the directory or the first segment cannot be created.
+        log: the log the slots are in.
+        prefix: the batch-id prefix for records kept in memory.
+        first: every slot below it is settled already.
     """
 
-    def __init__(self, directory: SpoolDir, max_bytes: int, prefix: str, on_frozen: Callable[[], None]) -> None:
+    def __init__(self, log: SharedLog, prefix: str, first: int = 0) -> None:
         super().__init__(prefix)
-        self.dir = directory
-        self.log = DurableLog(directory, max_bytes)
-        self._on_frozen = on_frozen
-        self.frozen = False
+        self.log = log
         self._lock = threading.Lock()
-        self._untaken = 0  # every slot below this one is in a batch already
+        self._untaken = first  # every slot below this one is in a batch already
         self._taken_ahead: dict[int, int] = {}  # slot ranges in batches beyond it
         self._outstanding: dict[int, int] = {}  # first -> end of ranges cut and not settled
-        self.write: Writer = _writer(self)
-
-    @property
-    def location(self) -> Path | None:
-        """The writer directory."""
-        return self.dir.path
-
-    def append(self, record: Record) -> None:
-        """Write a whole record tuple (``increment``, timers, ``log_many``)."""
-        self.write(*record)
-
-    def freeze(self, error: SpoolError) -> None:
-        """The log cannot grow: say so once; from now on records are kept in memory."""
-        with self._lock:
-            if self.frozen:
-                return
-            self.frozen = True
-        _log.warning("mlbench-metrics: %s; records from now on are kept in memory only", error)
-        self._on_frozen()
-
-    # -- the store ------------------------------------------------------------------------
 
     def cut(self, items: list[object], size: int, seq: int) -> list[Parcel]:
         """Slot numbers become ranges of consecutive slots (marked in the log before they
@@ -116,14 +94,17 @@ class DurableStore(MemoryStore):
         seq += len(parcels)
         for first, count in _runs(slots):
             self._note_taken(first, first + count)
-            for start in range(first, first + count, size):
-                end = min(first + count, start + size)
+            for start, end in self._ranges(first, first + count, size):
                 self.log.mark_batch(start, end)
                 with self._lock:
                     self._outstanding[start] = end
                 parcels.append(Parcel(seq, self.log.batch_id(start, end), end - start, place=_Range(start, end)))
                 seq += 1
         return parcels
+
+    def _ranges(self, first: int, end: int, size: int) -> list[tuple[int, int]]:
+        """How slots ``first..end-1`` are cut into batches: ``size`` at a time."""
+        return [(start, min(end, start + size)) for start in range(first, end, size)]
 
     def load(self, parcel: Parcel) -> MetricBatch | None:
         """Read the range back from the log and encode it (None if none of it is left)."""
@@ -162,12 +143,20 @@ class DurableStore(MemoryStore):
         parcel.batch = None
         if not isinstance(place, _Range):
             return
+        self._settling(place.first, place.end)
         self.log.mark_delivered(place.first)
         with self._lock:
             self._outstanding.pop(place.first, None)
-            mark = min(self._outstanding, default=self._untaken)
-            mark = min(mark, self._untaken)
-        self.log.set_watermark(mark)
+        self.log.set_watermark(self.settled_below())
+
+    def _settling(self, first: int, end: int) -> None:
+        """Slots ``first..end-1`` are about to be marked delivered (their records are
+        counted already)."""
+
+    def settled_below(self) -> int:
+        """Every slot below this one is settled (the delivered watermark)."""
+        with self._lock:
+            return min(min(self._outstanding, default=self._untaken), self._untaken)
 
     def lost(self, parcel: Parcel) -> tuple[int, str]:
         """Slots of the range the size bound deleted."""
@@ -177,9 +166,8 @@ class DurableStore(MemoryStore):
         return 0, "spool_full"
 
     def close(self, everything_settled: bool) -> None:
-        """Unmap the log; remove the directory when everything was delivered."""
+        """Unmap the log."""
         self.log.close()
-        self.dir.release(remove=everything_settled)
 
     def _note_taken(self, first: int, end: int) -> None:
         """Slots ``first..end-1`` are in batches; move the untaken mark past them."""
@@ -190,6 +178,73 @@ class DurableStore(MemoryStore):
             while end in self._taken_ahead:
                 end = self._taken_ahead.pop(end)
             self._untaken = end
+
+
+class DurableStore(RangeStore):
+    """A :class:`DurableLog` and its writer, as a store.
+
+    Args:
+        directory: the writer's directory (created now, with the first segment).
+        max_bytes: the log's size bound.
+        prefix: the batch-id prefix for records taken in memory after the log froze.
+        on_frozen: told (once) that the log stopped growing: :attr:`write` no longer
+            writes, and records should be appended to :attr:`buffer` as tuples.
+        shared: another process (an agent) delivers the log: the writer queues no slot
+            numbers, and the directory is never removed here.
+
+    Raises:
+        SpoolError: the directory or the first segment cannot be created.
+    """
+
+    log: DurableLog
+
+    def __init__(
+        self, directory: SpoolDir, max_bytes: int, prefix: str, on_frozen: Callable[[], None], *, shared: bool = False
+    ) -> None:
+        super().__init__(DurableLog(directory, max_bytes), prefix)
+        self.dir = directory
+        self.shared = shared
+        self._on_frozen = on_frozen
+        self.frozen = False
+        self._unwritten: int | None = None  # the first slot taken and never written
+        self._next = itertools.count()
+        # Slot numbers for a dispatcher here; an agent finds them in the log itself.
+        self.write: Writer = _writer(self, None if shared else self.buffer, self._next)
+
+    @property
+    def location(self) -> Path | None:
+        """The writer directory."""
+        return self.dir.path
+
+    def append(self, record: Record) -> None:
+        """Write a whole record tuple (``increment``, timers, ``log_many``)."""
+        self.write(*record)
+
+    def freeze(self, error: SpoolError) -> None:
+        """The log cannot grow: say so once; from now on records are kept in memory."""
+        with self._lock:
+            if self.frozen:
+                return
+            self.frozen = True
+        _log.warning("mlbench-metrics: %s; records from now on are kept in memory only", error)
+        self._on_frozen()
+
+    def unwritten(self, seq: int) -> None:
+        """Slot ``seq`` was taken but cannot be written (its segment could not be made)."""
+        with self._lock:
+            self._unwritten = seq if self._unwritten is None else min(seq, self._unwritten)
+
+    def end(self) -> int:
+        """How many slots the log holds or will hold: those taken so far, up to the
+        first that could not be written (each below it is, or is being, written)."""
+        taken = int(repr(self._next)[6:-1])  # itertools.count's repr is "count(<next>)"
+        with self._lock:
+            return taken if self._unwritten is None else min(taken, self._unwritten)
+
+    def close(self, everything_settled: bool) -> None:
+        """Unmap the log; remove the directory when everything was delivered here."""
+        self.log.close()
+        self.dir.release(remove=everything_settled and not self.shared)
 
 
 def _runs(slots: list[int]) -> list[tuple[int, int]]:
@@ -210,7 +265,7 @@ def _runs(slots: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def _writer(store: DurableStore) -> Writer:
+def _writer(store: DurableStore, slots: collections.deque[object] | None, counter: itertools.count[int]) -> Writer:
     """The hot path: a closure, so its state is in cells (the fastest variables Python
     has) and only the first use of a name, a context or a segment takes a slow path.
 
@@ -219,7 +274,9 @@ def _writer(store: DurableStore) -> Writer:
     kill after that cannot lose it), and queues only the number: the dispatcher reads
     the records back when it sends them, and memory holds no record object the garbage
     collector would walk. Threads may queue in a slightly different order than they
-    numbered; the store batches by slot number, not queue order.
+    numbered; the store batches by slot number, not queue order. With no ``slots`` (an
+    agent process delivers, finding the slots in the log) nothing is queued. Records the
+    log cannot take go to ``store.buffer`` as tuples.
     """
     log = store.log
     buffer = store.buffer
@@ -227,11 +284,16 @@ def _writer(store: DurableStore) -> Writer:
     contexts: dict[int, tuple[int, int]] = {}  # id(ctx) -> (context id, flags)
     last: tuple[object, tuple[int, int]] = (None, (0, 0))  # the last context seen
     newest: tuple[Any, int, int] = (None, 0, 0)  # the newest segment: (map, first, end)
-    next_seq = itertools.count().__next__
+    next_seq = counter.__next__
     pack_float, pack_int = SLOT_F.pack_into, SLOT_I.pack_into
 
+    frozen = False  # the log stopped growing: records go to memory (store.frozen, in a cell)
+    enqueue = slots.append if slots is not None else None
+
     def in_memory(record: Record, error: SpoolError) -> None:
+        nonlocal frozen
         _deque_append(buffer, record)
+        frozen = True
         store.freeze(error)
 
     def context(ctx: Context) -> tuple[int, int]:
@@ -244,7 +306,11 @@ def _writer(store: DurableStore) -> Writer:
 
     def segment(seq: int) -> tuple[Any, int]:
         nonlocal newest
-        mm, first, end = log.segment_for(seq)
+        try:
+            mm, first, end = log.segment_for(seq)
+        except SpoolError:
+            store.unwritten(seq)  # taken, never written: where the log ends
+            raise
         if end > newest[2]:
             newest = (mm, first, end)
         return mm, first
@@ -261,7 +327,7 @@ def _writer(store: DurableStore) -> Writer:
             flag_step, raw_step = FLAG_STEP, step
         else:
             raise ValueError(f"step {step} does not fit 64 bits (durable mode stores it in one)")
-        if store.frozen:
+        if frozen:
             _deque_append(buffer, (name, value, time_ns, step, ctx))
             return
         try:
@@ -286,6 +352,7 @@ def _writer(store: DurableStore) -> Writer:
             in_memory((name, value, time_ns, step, ctx), error)
             return
         pack(mm, (seq - first) * SLOT, raw, time_ns, raw_step, nid, context_id, kind, flags | flag_step, seq + 1)
-        _deque_append(buffer, seq)
+        if enqueue is not None:
+            enqueue(seq)
 
     return write
