@@ -1,7 +1,9 @@
 """Shared helpers for the benchmarks: results files, statistics, machine facts.
 
 Every benchmark prints ratios against a baseline measured in the same run (the
-machines are shared and noisy) and writes its figures to ``benchmarks/results/``.
+machines are shared and noisy) and writes its figures to ``benchmarks/out/`` (ignored by
+git, so a run never dirties the tree). ``benchmarks/results/`` holds the figures the
+README quotes, copied there by hand when the README's table is updated.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import psutil
 import requests
 
-RESULTS = Path(__file__).parent / "results"
+OUT = Path(__file__).parent / "out"
 
 
 def machine() -> dict[str, Any]:
@@ -36,9 +38,9 @@ def machine() -> dict[str, Any]:
 
 
 def write_results(name: str, figures: dict[str, Any]) -> Path:
-    """Write ``figures`` (plus machine facts) to ``results/<name>.json`` and return the path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    """Write ``figures`` (plus machine facts) to ``out/<name>.json`` and return the path."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.json"
     payload = {"benchmark": name, "machine": machine(), **figures}
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     print(f"\nresults written to {path}")
