@@ -139,6 +139,28 @@ def test_an_agent_killed_mid_run_is_replaced_and_nothing_is_lost(fresh_server: S
     assert values_stored(fresh_server.db_path, run["id"]) == list(range(200_000))  # exactly once
 
 
+def test_an_agent_restarted_after_the_script_changed_directory_finds_a_relative_spool(
+    fresh_server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # spool_dir="spool" (relative), then the script changes directory: the agent that
+    # replaces a dead one must still find the log.
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    run = create_run(fresh_server.url)
+    log = MetricsLogger(run["id"], url=fresh_server.address, delivery="process", spool_dir="spool", flush_interval=0.1)
+    first = log.agent_pid
+    assert first is not None
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    os.kill(first, signal.SIGKILL)
+    for i in range(1000):
+        log.log("x", i)
+    assert log.flush(60), log.stats
+    assert log.agent_pid not in (None, first)
+    log.close()
+    assert values_stored(fresh_server.db_path, run["id"]) == list(range(1000))
+    wait_until(lambda: no_writer_dirs(tmp_path / "spool"), what="the agent to remove the delivered log")
+
+
 def test_an_agent_that_cannot_start_leaves_delivery_to_a_thread(
     fresh_server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
