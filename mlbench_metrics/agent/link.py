@@ -189,6 +189,10 @@ class AgentLink:
                     stdout=subprocess.DEVNULL,
                     stderr=errors,  # not the trainer's: a pipe there would wait for the agent
                     start_new_session=True,
+                    # `python -m` puts its working directory first on sys.path: not the
+                    # trainer's (a select.py of the user's there would be imported), and
+                    # not one the agent would keep busy for as long as it lingers.
+                    cwd=path,
                     env=env,
                 )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:

@@ -161,6 +161,28 @@ def test_an_agent_restarted_after_the_script_changed_directory_finds_a_relative_
     wait_until(lambda: no_writer_dirs(tmp_path / "spool"), what="the agent to remove the delivered log")
 
 
+def test_the_agent_does_not_import_modules_from_the_trainers_working_directory(
+    fresh_server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A script run from a directory holding a file named like a standard module (its own
+    # select.py, say): the agent must start anyway, and run none of the user's code.
+    caplog.set_level(logging.WARNING, "mlbench_metrics")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "select.py").write_text("raise SystemExit(9)\n")
+    monkeypatch.chdir(work)
+    run = create_run(fresh_server.url)
+    with MetricsLogger(
+        run["id"], url=fresh_server.address, delivery="process", spool_dir=tmp_path / "s", flush_interval=0.1
+    ) as log:
+        for i in range(1000):
+            log.log("x", i)
+        assert log.flush(60), log.stats
+        assert log.agent_pid is not None
+    assert values_stored(fresh_server.db_path, run["id"]) == list(range(1000))
+    assert [r.getMessage() for r in caplog.records] == []
+
+
 def test_an_agent_that_cannot_start_leaves_delivery_to_a_thread(
     fresh_server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
