@@ -178,6 +178,11 @@ class AgentLink:
     def _spawn(self) -> None:
         """Start an agent process (under ``_lock``); deliver from here if none can start."""
         path = self._store.dir.path
+        if getattr(sys, "frozen", False) or not sys.executable:
+            # Frozen, sys.executable is the application itself (it would train again);
+            # embedded, there may be no interpreter to name at all.
+            self._fall_back("no Python interpreter to run it with")
+            return
         env = dict(os.environ)
         # The agent imports this very package, wherever it was imported from.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)

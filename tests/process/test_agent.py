@@ -199,6 +199,40 @@ def test_an_agent_that_cannot_start_leaves_delivery_to_a_thread(
     assert len(warnings) == 1 and "delivering from this process" in warnings[0], warnings
 
 
+@pytest.mark.parametrize("case", ["frozen", "no executable"])
+def test_without_a_python_to_run_the_agent_delivery_is_from_a_thread(
+    fresh_server: ServerHandle,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+) -> None:
+    # In a frozen executable (PyInstaller, say) sys.executable is the application:
+    # "it -m mlbench_metrics.agent" would start the training again. An embedded
+    # interpreter may have no executable at all (None).
+    caplog.set_level(logging.WARNING, "mlbench_metrics")
+    started = tmp_path / "started"
+    app = tmp_path / "app"
+    app.write_text(f"#!/bin/sh\ntouch {started}\nexit 7\n")
+    app.chmod(0o755)
+    if case == "frozen":
+        monkeypatch.setattr(sys, "frozen", True, raising=False)
+        monkeypatch.setattr(sys, "executable", str(app))
+    else:
+        monkeypatch.setattr(sys, "executable", None)
+    run = create_run(fresh_server.url)
+    with MetricsLogger(
+        run["id"], url=fresh_server.address, delivery="process", spool_dir=tmp_path / "s", flush_interval=0.1
+    ) as log:
+        for i in range(1000):
+            log.log("x", i)
+        assert log.flush(60), log.stats
+    assert values_stored(fresh_server.db_path, run["id"]) == list(range(1000))
+    assert not started.exists()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "delivering from this process" in warnings[0], warnings
+
+
 def test_an_agent_that_dies_at_start_three_times_leaves_delivery_to_a_thread(
     fresh_server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
