@@ -283,9 +283,10 @@ class AgentLink:
 
     def _relay(self) -> None:
         """Repeat the agent's warnings here (it writes its own to ``agent.log``)."""
-        if self._local is not None or self._closed:
-            return  # in this process: they went to this process's log already
-        self._notices, texts = self._status.notices(self._notices)
+        with self._lock:  # the watch, flush and close: each notice repeated once
+            if self._local is not None or self._closed:
+                return  # in this process: they went to this process's log already
+            self._notices, texts = self._status.notices(self._notices)
         for text in texts:
             _log.warning("%s (from the delivery agent)", text)
 
@@ -346,6 +347,7 @@ class AgentLink:
             self._status.request_flush(end)
         self._poke()
         report = self._wait(end, deadline)
+        self._relay()  # why some were dropped, say, now rather than at the next watch
         if report.watermark < end:
             return False
         ok = ok and report.dropped_total == self._dropped_seen
@@ -375,6 +377,7 @@ class AgentLink:
         self._status.set_end(end, closed=True)
         self._poke()
         self._wait(end, deadline)  # (an agent that ended meanwhile is replaced: it delivers after)
+        self._relay()  # the agent's warnings so far: the watch stops before it would repeat them
         with self._lock:
             self._closed = True
         self._stop.set()

@@ -363,3 +363,26 @@ def test_records_the_server_refuses_are_counted_and_flush_says_so(fresh_server: 
         assert log.flush(60)  # the next flush covers only what came after
         log.close()
     assert values_stored(fresh_server.db_path, run["id"]) == [*range(500), 800]
+
+
+def test_why_records_were_dropped_is_said_in_the_trainer_when_it_closes_at_once(
+    fresh_server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A wrong token: every record is refused. The script ends before the watch would
+    # repeat the agent's warnings: close() must repeat them, as thread delivery says them.
+    caplog.set_level(logging.WARNING, "mlbench_metrics")
+    run = create_run(fresh_server.url)
+
+    def answer(seen: Seen, index: int) -> Any:
+        return http_response(401, '{"message": "missing or wrong bearer token"}')
+
+    with ScriptedServer(answer) as proxy:
+        log = MetricsLogger(run["id"], url=proxy.address, delivery="process", spool_dir=tmp_path, flush_interval=60)
+        for i in range(100):
+            log.log("x", i)
+        assert log.close(60) == 100
+        stats = log.stats
+    assert stats.dropped == {"rejected": 100}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("401" in w and "from the delivery agent" in w for w in warnings), warnings
+    assert len(warnings) == len(set(warnings)), warnings
