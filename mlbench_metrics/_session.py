@@ -300,6 +300,12 @@ class Transport:
         self, method: str, url: str, params: Any, body: bytes | None, headers: Mapping[str, str] | None
     ) -> requests.Response:
         """Send once; wrap ``requests`` errors; raise on a "try again" status."""
+        if self._closed.is_set():
+            # close() gave up on the pending calls: one that was still waiting for its
+            # turn (a lock, its first attempt) must not start a request nobody aborts.
+            raise ApiConnectionError(
+                f"{method} {url}: not sent: the client was closed", sent=False, method=method, url=url
+            )
         if self._fast is not None and method == "POST" and url.endswith("metrics/batch/") and body is not None:
             response = self._fast.post("metrics/batch/", body, JSON["Content-Type"])
         else:

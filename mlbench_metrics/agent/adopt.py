@@ -42,8 +42,8 @@ def _held(lock: Path) -> bool:
 
 
 def orphans(own: Path, endpoint: str) -> list[Path]:
-    """The writer directories next to ``own`` (the same run) left by dead processes for
-    the server at ``endpoint``, oldest first."""
+    """The writer directories next to ``own`` (the same run) left by dead processes of
+    this user for the server at ``endpoint``, oldest first."""
     run_dir = own.parent
     try:
         candidates = sorted((p for p in run_dir.iterdir() if p != own), key=lambda p: p.stat().st_mtime)
@@ -52,8 +52,10 @@ def orphans(own: Path, endpoint: str) -> list[Path]:
     found = []
     for path in candidates:
         try:
+            if path.stat().st_uid != os.geteuid():
+                continue  # another user's (a shared spool root): not sent with our token
             meta = read_meta(path)
-        except SpoolError:
+        except (OSError, SpoolError):
             continue  # damaged, or being created: sync reports it
         if meta.get("endpoint") != endpoint:
             continue

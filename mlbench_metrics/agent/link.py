@@ -178,6 +178,11 @@ class AgentLink:
     def _spawn(self) -> None:
         """Start an agent process (under ``_lock``); deliver from here if none can start."""
         path = self._store.dir.path
+        if getattr(sys, "frozen", False) or not sys.executable:
+            # Frozen, sys.executable is the application itself (it would train again);
+            # embedded, there may be no interpreter to name at all.
+            self._fall_back("no Python interpreter to run it with")
+            return
         env = dict(os.environ)
         # The agent imports this very package, wherever it was imported from.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
@@ -189,6 +194,10 @@ class AgentLink:
                     stdout=subprocess.DEVNULL,
                     stderr=errors,  # not the trainer's: a pipe there would wait for the agent
                     start_new_session=True,
+                    # `python -m` puts its working directory first on sys.path: not the
+                    # trainer's (a select.py of the user's there would be imported), and
+                    # not one the agent would keep busy for as long as it lingers.
+                    cwd=path,
                     env=env,
                 )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
@@ -274,9 +283,10 @@ class AgentLink:
 
     def _relay(self) -> None:
         """Repeat the agent's warnings here (it writes its own to ``agent.log``)."""
-        if self._local is not None or self._closed:
-            return  # in this process: they went to this process's log already
-        self._notices, texts = self._status.notices(self._notices)
+        with self._lock:  # the watch, flush and close: each notice repeated once
+            if self._local is not None or self._closed:
+                return  # in this process: they went to this process's log already
+            self._notices, texts = self._status.notices(self._notices)
         for text in texts:
             _log.warning("%s (from the delivery agent)", text)
 
@@ -337,6 +347,7 @@ class AgentLink:
             self._status.request_flush(end)
         self._poke()
         report = self._wait(end, deadline)
+        self._relay()  # why some were dropped, say, now rather than at the next watch
         if report.watermark < end:
             return False
         ok = ok and report.dropped_total == self._dropped_seen
@@ -366,6 +377,7 @@ class AgentLink:
         self._status.set_end(end, closed=True)
         self._poke()
         self._wait(end, deadline)  # (an agent that ended meanwhile is replaced: it delivers after)
+        self._relay()  # the agent's warnings so far: the watch stops before it would repeat them
         with self._lock:
             self._closed = True
         self._stop.set()

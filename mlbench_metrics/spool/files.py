@@ -161,6 +161,15 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
+def _absolute(path: Path) -> Path:
+    """``path`` made absolute now: the script may change directory later, and an agent or
+    a restarted one must find the same directory (as is, when the directory is gone)."""
+    try:
+        return path.absolute()
+    except OSError:
+        return path
+
+
 class SpoolDir:
     """One writing process's spool directory; created on first use, locked while alive.
 
@@ -171,7 +180,7 @@ class SpoolDir:
     """
 
     def __init__(self, root: str | os.PathLike[str] | None, run_id: int, meta: dict[str, Any]) -> None:
-        self.root = Path(root) if root is not None else default_spool_root()
+        self.root = _absolute(Path(root) if root is not None else default_spool_root())
         self.run_id = run_id
         self.writer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.path = self.root / f"run-{run_id}" / self.writer

@@ -193,6 +193,23 @@ def test_close_aborts_a_request_the_server_never_answers() -> None:
         assert time.monotonic() - started < 3
 
 
+def test_after_close_aborted_a_call_no_worker_starts_another_request() -> None:
+    # Two batches at once against a server that never answers: the first asks the root
+    # what the server is; the second waits for that answer. close() aborts the first;
+    # the second must not then send its own question and wait for it (the process
+    # would wait for that worker at exit, up to the read timeout).
+    with ScriptedServer(scripted(then=HANG)) as fake:
+        c = ApiClient(url=fake.address, timeout=(5, 300))
+        futures = [c.post_metrics(1, [Metric("x", i)]) for i in range(2)]
+        assert fake.wait_for_requests(1)
+        started = time.monotonic()
+        c.close(timeout=0.3)
+        for future in futures:
+            assert not future.result(timeout=10).ok
+        assert time.monotonic() - started < 10
+        assert len(fake.requests) == 1
+
+
 def test_post_metrics_with_a_batch_id_retries_like_a_get() -> None:
     info = http_response(200, json.dumps({"server": {"name": "mlbench-metrics", "batch": {"max_metrics": 100000}}}))
     stored = http_response(201, json.dumps({"stored": 1, "duplicate": False}))

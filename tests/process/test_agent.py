@@ -139,6 +139,50 @@ def test_an_agent_killed_mid_run_is_replaced_and_nothing_is_lost(fresh_server: S
     assert values_stored(fresh_server.db_path, run["id"]) == list(range(200_000))  # exactly once
 
 
+def test_an_agent_restarted_after_the_script_changed_directory_finds_a_relative_spool(
+    fresh_server: ServerHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # spool_dir="spool" (relative), then the script changes directory: the agent that
+    # replaces a dead one must still find the log.
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    run = create_run(fresh_server.url)
+    log = MetricsLogger(run["id"], url=fresh_server.address, delivery="process", spool_dir="spool", flush_interval=0.1)
+    first = log.agent_pid
+    assert first is not None
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    os.kill(first, signal.SIGKILL)
+    for i in range(1000):
+        log.log("x", i)
+    assert log.flush(60), log.stats
+    assert log.agent_pid not in (None, first)
+    log.close()
+    assert values_stored(fresh_server.db_path, run["id"]) == list(range(1000))
+    wait_until(lambda: no_writer_dirs(tmp_path / "spool"), what="the agent to remove the delivered log")
+
+
+def test_the_agent_does_not_import_modules_from_the_trainers_working_directory(
+    fresh_server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A script run from a directory holding a file named like a standard module (its own
+    # select.py, say): the agent must start anyway, and run none of the user's code.
+    caplog.set_level(logging.WARNING, "mlbench_metrics")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "select.py").write_text("raise SystemExit(9)\n")
+    monkeypatch.chdir(work)
+    run = create_run(fresh_server.url)
+    with MetricsLogger(
+        run["id"], url=fresh_server.address, delivery="process", spool_dir=tmp_path / "s", flush_interval=0.1
+    ) as log:
+        for i in range(1000):
+            log.log("x", i)
+        assert log.flush(60), log.stats
+        assert log.agent_pid is not None
+    assert values_stored(fresh_server.db_path, run["id"]) == list(range(1000))
+    assert [r.getMessage() for r in caplog.records] == []
+
+
 def test_an_agent_that_cannot_start_leaves_delivery_to_a_thread(
     fresh_server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -151,6 +195,40 @@ def test_an_agent_that_cannot_start_leaves_delivery_to_a_thread(
         assert log.flush(60), log.stats
         assert log.agent_pid is None and log.delivery == "process"
     assert values_stored(fresh_server.db_path, run["id"]) == list(range(10_000))
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "delivering from this process" in warnings[0], warnings
+
+
+@pytest.mark.parametrize("case", ["frozen", "no executable"])
+def test_without_a_python_to_run_the_agent_delivery_is_from_a_thread(
+    fresh_server: ServerHandle,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+) -> None:
+    # In a frozen executable (PyInstaller, say) sys.executable is the application:
+    # "it -m mlbench_metrics.agent" would start the training again. An embedded
+    # interpreter may have no executable at all (None).
+    caplog.set_level(logging.WARNING, "mlbench_metrics")
+    started = tmp_path / "started"
+    app = tmp_path / "app"
+    app.write_text(f"#!/bin/sh\ntouch {started}\nexit 7\n")
+    app.chmod(0o755)
+    if case == "frozen":
+        monkeypatch.setattr(sys, "frozen", True, raising=False)
+        monkeypatch.setattr(sys, "executable", str(app))
+    else:
+        monkeypatch.setattr(sys, "executable", None)
+    run = create_run(fresh_server.url)
+    with MetricsLogger(
+        run["id"], url=fresh_server.address, delivery="process", spool_dir=tmp_path / "s", flush_interval=0.1
+    ) as log:
+        for i in range(1000):
+            log.log("x", i)
+        assert log.flush(60), log.stats
+    assert values_stored(fresh_server.db_path, run["id"]) == list(range(1000))
+    assert not started.exists()
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "delivering from this process" in warnings[0], warnings
 
@@ -285,3 +363,26 @@ def test_records_the_server_refuses_are_counted_and_flush_says_so(fresh_server: 
         assert log.flush(60)  # the next flush covers only what came after
         log.close()
     assert values_stored(fresh_server.db_path, run["id"]) == [*range(500), 800]
+
+
+def test_why_records_were_dropped_is_said_in_the_trainer_when_it_closes_at_once(
+    fresh_server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A wrong token: every record is refused. The script ends before the watch would
+    # repeat the agent's warnings: close() must repeat them, as thread delivery says them.
+    caplog.set_level(logging.WARNING, "mlbench_metrics")
+    run = create_run(fresh_server.url)
+
+    def answer(seen: Seen, index: int) -> Any:
+        return http_response(401, '{"message": "missing or wrong bearer token"}')
+
+    with ScriptedServer(answer) as proxy:
+        log = MetricsLogger(run["id"], url=proxy.address, delivery="process", spool_dir=tmp_path, flush_interval=60)
+        for i in range(100):
+            log.log("x", i)
+        assert log.close(60) == 100
+        stats = log.stats
+    assert stats.dropped == {"rejected": 100}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("401" in w and "from the delivery agent" in w for w in warnings), warnings
+    assert len(warnings) == len(set(warnings)), warnings

@@ -3,6 +3,7 @@ replay grouping, and the durable store's slot bookkeeping."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -154,6 +155,22 @@ def test_the_durable_size_bound_deletes_the_oldest_segment(tmp_path: Path, monke
     assert values == list(range(2000, 2010))  # what is left of the range
     store.log.close()
     assert [r.value for r in read_durable(store.dir.path).records] == list(range(2000, 3500))
+
+
+def test_the_durable_size_bound_is_said_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A burst the server cannot keep up with deletes segment after segment: one warning
+    # says so (stats.dropped counts them), not a line on stderr per segment.
+    caplog.set_level(logging.WARNING, "mlbench_metrics")
+    monkeypatch.setattr(layout, "SEGMENT_SLOTS", 1000)
+    store = durable_store(tmp_path, max_bytes=0)
+    for i in range(6500):
+        store.write("x", i, i, None, CTX)
+    assert len(list(store.dir.path.glob("seg-*.bin"))) == 2
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "size bound" in warnings[0], warnings
+    store.log.close()
 
 
 def test_the_durable_log_reads_every_kind_of_value(tmp_path: Path) -> None:

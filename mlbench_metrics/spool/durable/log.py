@@ -51,6 +51,7 @@ class DurableLog(SharedLog):
         self.dir = directory
         self._keep = max(2, max_bytes // (layout.SEGMENT_SLOTS * SLOT))
         self._growing = threading.Lock()  # one segment reserved at a time, outside _lock
+        self._bound_said = False  # the size bound is said once: a long burst meets it per segment
         self._names: dict[str, int] = {}
         self._contexts: dict[int, int] = {}
         self._dict_fd = -1
@@ -164,7 +165,13 @@ class DurableLog(SharedLog):
                 self._segments.append(segment)
                 oldest = self._segments.pop(0) if len(self._segments) > self._keep else None
             if oldest is not None:
-                _log.warning("mlbench-metrics: the durable log passed its size bound; deleted %s", oldest.path.name)
+                if not self._bound_said:
+                    self._bound_said = True
+                    _log.warning(
+                        "mlbench-metrics: the durable log passed its size bound; deleted %s "
+                        "(older undelivered records are deleted from now on; see stats.dropped)",
+                        oldest.path.name,
+                    )
                 with self._lock:
                     oldest.unmap(delete=True)
 
