@@ -26,7 +26,7 @@ def create_own_run(client: ApiClient, name: str) -> int:
     """
     from .runs import Run  # runs imports api only; imported here to keep logger's imports light
 
-    command = " ".join([os.path.basename(sys.executable), *sys.argv]) or "python"
+    command = " ".join([os.path.basename(sys.executable or "python"), *sys.argv])
     try:
         run = Run.create(
             name, 1, custom_image_name="local", custom_image_command=command, custom_backend="local", client=client

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -473,3 +474,15 @@ def test_the_environment_run_does_not_replace_new_run_on_another_server(
         assert log.stats.stored == 1
     (run,) = fresh_server.store.list_runs()
     assert run["name"] == "elsewhere" and fresh_server.store.count_metrics(run["id"]) == 1
+
+
+def test_new_run_works_when_python_cannot_name_its_interpreter(
+    fresh_server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Was: with sys.executable None (embedded interpreters), new_run raised a TypeError
+    # while naming the run's command.
+    monkeypatch.setattr(sys, "executable", None)
+    with MetricsLogger(new_run="embedded", url=fresh_server.address) as log:
+        log.log("x", 1)
+    (run,) = fresh_server.store.list_runs()
+    assert run["name"] == "embedded" and fresh_server.store.count_metrics(run["id"]) == 1
