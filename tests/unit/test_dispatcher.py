@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -46,7 +46,7 @@ class FakeClock:
         return False
 
 
-Answer = Callable[[MetricBatch, int], BatchResult | None]
+Answer = Callable[[MetricBatch, int], Optional[BatchResult]]  # Optional: this alias is evaluated (Python 3.9)
 """What the sink answers to a batch on its n-th send (None: no answer, ever)."""
 
 
