@@ -130,6 +130,7 @@ class Gather:
         self._stored: set[int] = set()
         self._failed: dict[int, ApiError] = {}
         self._requests: list[Future[Any]] = []
+        self._said = False  # the warning about posts with no answer, given once
         self._lock = threading.Lock()
         outer.track(self.partial, self.cancel_waiting)
         if not self._total:
@@ -165,7 +166,9 @@ class Gather:
             failed: dict[int, ApiError] = dict(self._failed)
             stored = set(self._stored)
             on_the_wire = sum(1 for request in self._requests if request.running())
-        if on_the_wire:
+            say = on_the_wire and not self._said  # several deliveries may share one send
+            self._said = self._said or bool(on_the_wire)
+        if say:
             _log.warning(
                 "mlbench-metrics: %d metrics were sent to a server without the batch endpoint and had no answer in "
                 "time; they are kept for sync, which stores them a second time if the server did store them",
