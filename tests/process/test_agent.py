@@ -40,6 +40,28 @@ def no_writer_dirs(spool: Path) -> bool:
     return not any(p.is_dir() for p in spool.glob("run-*/*"))
 
 
+def deliver_in_process(
+    server: ServerHandle,
+    spool_dir: Path,
+    n: int,
+    check: Callable[[MetricsLogger], Any] = lambda log: None,
+    **options: Any,
+) -> None:
+    """Log ``n`` records with process delivery, flush, ``check`` the open logger, close,
+    and assert the server holds each record exactly once."""
+    run = create_run(server.url)
+    with MetricsLogger(run["id"], url=server.address, delivery="process", spool_dir=spool_dir, **options) as log:
+        for i in range(n):
+            log.log("x", i)
+        assert log.flush(60), log.stats
+        check(log)
+    assert values_stored(server.db_path, run["id"]) == list(range(n))
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records]
+
+
 def test_the_training_process_only_writes(fresh_server: ServerHandle, tmp_path: Path) -> None:
     run = create_run(fresh_server.url)
     log = MetricsLogger(run["id"], url=fresh_server.address, delivery="process", spool_dir=tmp_path)
@@ -171,16 +193,12 @@ def test_the_agent_does_not_import_modules_from_the_trainers_working_directory(
     work.mkdir()
     (work / "select.py").write_text("raise SystemExit(9)\n")
     monkeypatch.chdir(work)
-    run = create_run(fresh_server.url)
-    with MetricsLogger(
-        run["id"], url=fresh_server.address, delivery="process", spool_dir=tmp_path / "s", flush_interval=0.1
-    ) as log:
-        for i in range(1000):
-            log.log("x", i)
-        assert log.flush(60), log.stats
+
+    def started(log: MetricsLogger) -> None:
         assert log.agent_pid is not None
-    assert values_stored(fresh_server.db_path, run["id"]) == list(range(1000))
-    assert [r.getMessage() for r in caplog.records] == []
+
+    deliver_in_process(fresh_server, tmp_path / "s", 1000, started, flush_interval=0.1)
+    assert warnings_of(caplog) == []
 
 
 def test_an_agent_that_cannot_start_leaves_delivery_to_a_thread(
@@ -188,14 +206,12 @@ def test_an_agent_that_cannot_start_leaves_delivery_to_a_thread(
 ) -> None:
     caplog.set_level(logging.WARNING, "mlbench_metrics")
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
-    run = create_run(fresh_server.url)
-    with MetricsLogger(run["id"], url=fresh_server.address, delivery="process", spool_dir=tmp_path / "s") as log:
-        for i in range(10_000):
-            log.log("x", i)
-        assert log.flush(60), log.stats
+
+    def from_a_thread(log: MetricsLogger) -> None:
         assert log.agent_pid is None and log.delivery == "process"
-    assert values_stored(fresh_server.db_path, run["id"]) == list(range(10_000))
-    warnings = [r.getMessage() for r in caplog.records]
+
+    deliver_in_process(fresh_server, tmp_path / "s", 10_000, from_a_thread)
+    warnings = warnings_of(caplog)
     assert len(warnings) == 1 and "delivering from this process" in warnings[0], warnings
 
 
@@ -220,16 +236,9 @@ def test_without_a_python_to_run_the_agent_delivery_is_from_a_thread(
         monkeypatch.setattr(sys, "executable", str(app))
     else:
         monkeypatch.setattr(sys, "executable", None)
-    run = create_run(fresh_server.url)
-    with MetricsLogger(
-        run["id"], url=fresh_server.address, delivery="process", spool_dir=tmp_path / "s", flush_interval=0.1
-    ) as log:
-        for i in range(1000):
-            log.log("x", i)
-        assert log.flush(60), log.stats
-    assert values_stored(fresh_server.db_path, run["id"]) == list(range(1000))
+    deliver_in_process(fresh_server, tmp_path / "s", 1000, flush_interval=0.1)
     assert not started.exists()
-    warnings = [r.getMessage() for r in caplog.records]
+    warnings = warnings_of(caplog)
     assert len(warnings) == 1 and "delivering from this process" in warnings[0], warnings
 
 
@@ -241,15 +250,8 @@ def test_an_agent_that_dies_at_start_three_times_leaves_delivery_to_a_thread(
     failing.write_text("#!/bin/sh\nexit 7\n")
     failing.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(failing))
-    run = create_run(fresh_server.url)
-    with MetricsLogger(
-        run["id"], url=fresh_server.address, delivery="process", spool_dir=tmp_path / "s", flush_interval=0.1
-    ) as log:
-        for i in range(10_000):
-            log.log("x", i)
-        assert log.flush(60), log.stats
-    assert values_stored(fresh_server.db_path, run["id"]) == list(range(10_000))
-    warnings = [r.getMessage() for r in caplog.records]
+    deliver_in_process(fresh_server, tmp_path / "s", 10_000, flush_interval=0.1)
+    warnings = warnings_of(caplog)
     assert len(warnings) == 1 and "3 agents ended before they were ready" in warnings[0], warnings
 
 
