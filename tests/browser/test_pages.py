@@ -139,17 +139,7 @@ def test_zooming_into_a_downsampled_chart_fetches_the_window_at_full_resolution(
     probe: PageProbe, ui: dict[str, Any]
 ) -> None:
     server = _server(ui)
-    run_id = requests.post(
-        f"{server.url}/api/runs/",
-        data={
-            "name": "dense",
-            "num_workers": 1,
-            "image_name": "custom_image",
-            "custom_image_name": "i",
-            "custom_image_command": "c",
-            "backend": "gloo",
-        },
-    ).json()["id"]
+    run_id = create_run(server.url, "dense")["id"]
     n = 20_000
     steps = range(n)
     metadata = [f'{{"rank": 0, "epoch": 0, "step": {s}}}' for s in steps]
@@ -267,17 +257,7 @@ def test_downloads_come_with_the_token_free_url(probe: PageProbe, ui: dict[str, 
 
 def test_delete_asks_first(probe: PageProbe, ui: dict[str, Any]) -> None:
     server = _server(ui)
-    run_id = requests.post(
-        f"{server.url}/api/runs/",
-        data={
-            "name": "doomed",
-            "num_workers": 1,
-            "image_name": "custom_image",
-            "custom_image_name": "i",
-            "custom_image_command": "c",
-            "backend": "gloo",
-        },
-    ).json()["id"]
+    run_id = create_run(server.url, "doomed")["id"]
     page = probe.page
     page.goto(f"{server.url}/")
     row = page.locator(f'tr[data-run="{run_id}"]')
@@ -292,18 +272,9 @@ def test_delete_asks_first(probe: PageProbe, ui: dict[str, Any]) -> None:
 
 def test_a_token_in_the_address_is_kept_and_removed_from_it(browser: Any) -> None:
     with serve(token="s3cret") as server:
-        requests.post(
-            f"{server.url}/api/runs/",
-            headers={"Authorization": "Bearer s3cret"},
-            data={
-                "name": "private",
-                "num_workers": 1,
-                "image_name": "custom_image",
-                "custom_image_name": "i",
-                "custom_image_command": "c",
-                "backend": "gloo",
-            },
-        )
+        with requests.Session() as owner:
+            owner.headers["Authorization"] = "Bearer s3cret"
+            create_run(server.url, "private", session=owner)
         context = browser.new_context()
         try:
             page = context.new_page()
