@@ -322,27 +322,24 @@ class Dispatcher:
                 over -= parcel.count
         self._put_out_of_memory(spill, "overflow")
 
-    def _put_on_disk(self, parcels: list[Parcel]) -> None:
-        """Spill ``parcels`` to the store's disk where it can; the rest stay in memory."""
+    def _put_on_disk(self, parcels: list[Parcel]) -> int | None:
+        """Spill ``parcels`` to the store's disk where it can; the rest stay in memory.
+        Returns how many it kept, or None when the spool failed."""
         if not parcels:
-            return
+            return 0
         try:
             kept = self._store.spill(parcels)
         except Exception as exc:
             self._note_error("spool", exc)
-            return
+            return None
         self._ledger.parked(parcels[:kept])
+        return kept
 
     def _put_out_of_memory(self, parcels: list[Parcel], reason: str, *, queued: bool = True) -> None:
         """Spill ``parcels`` to the store's disk; drop (and count) what it cannot keep."""
-        if not parcels:
-            return
-        try:
-            kept = self._store.spill(parcels)
-        except Exception as exc:
-            self._note_error("spool", exc)
+        kept = self._put_on_disk(parcels)
+        if kept is None:
             kept, reason = 0, "spool_failed"
-        self._ledger.parked(parcels[:kept])
         for parcel in parcels[kept:]:
             self._drop(parcel, reason, queued=queued)
 
