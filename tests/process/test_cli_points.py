@@ -23,6 +23,16 @@ def _cli(*args: str, code: str = "from mlbench_metrics.cli import main; raise Sy
     return [sys.executable, "-c", code, *args]
 
 
+def _follow(run_id: int, address: str) -> subprocess.Popen[str]:
+    """``metrics show RUN --follow`` polling every 0.1 s, its output in pipes."""
+    return subprocess.Popen(
+        _cli("metrics", "show", str(run_id), "--follow", "--interval", "0.1", "--url", address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _readline(stream: object, timeout: float = 30.0) -> str:
     """One line from a pipe, waiting on a thread with a deadline (never on luck)."""
     got: list[str] = []
@@ -42,12 +52,7 @@ def test_follow_prints_new_points_until_ctrl_c(server: ServerHandle) -> None:
     with ApiClient(url=server.address) as client, MetricsLogger(run_id, client=client, rank=1) as log:
         log.log("loss", 0.5, step=1)
         log.flush()
-        proc = subprocess.Popen(
-            _cli("metrics", "show", str(run_id), "--follow", "--interval", "0.1", "--url", server.address),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = _follow(run_id, server.address)
         try:
             assert _readline(proc.stderr).startswith(f"following run {run_id}")
             first = _readline(proc.stdout)
@@ -157,12 +162,7 @@ def test_follow_keeps_following_across_a_server_restart(tmp_path: Path) -> None:
     server = spawn(str(tmp_path / "m.db"))
     try:
         run_id = create_run(server.url)["id"]
-        proc = subprocess.Popen(
-            _cli("metrics", "show", str(run_id), "--follow", "--interval", "0.1", "--url", server.address),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = _follow(run_id, server.address)
         try:
             assert _readline(proc.stderr).startswith(f"following run {run_id}")
             server.kill()
