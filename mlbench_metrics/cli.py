@@ -88,7 +88,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from .server.pages import page_url
 
         print(f"web UI: {page_url(handle.url, handle.token)}")  # with the token, the browser logs in once
-    print(f"database: {handle.db_path}" + ("" if args.db else " (the default; kept after exit; --db FILE for another)"))
+    print(f"database: {handle.store.path}" + ("" if args.db else " (the default; kept after exit; --db FILE for another)"))
     if args.exec_runs:
         print("local execution: on (runs with a custom_image_command run on this machine)")
     if handle.token and not args.token:  # generated: shown once, as Jupyter does

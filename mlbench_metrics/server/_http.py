@@ -45,7 +45,7 @@ from .._threads import start_blocked, start_thread
 from ._conn import RECV_SIZE, BodyTooLarge, Closed, Connection
 from ._wire import BadRequest, Request, Response, encode_response
 
-__all__ = ["HttpServer", "Request", "Response"]
+__all__ = ["HttpServer", "Request", "Response", "listen_socket"]
 
 _log = logging.getLogger("mlbench_metrics.server")
 
@@ -57,6 +57,21 @@ _PAUSE_MAX: Final = 1.0
 
 Handler = Callable[[Request], Response]
 ErrorFactory = Callable[[int, str], Response]
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0: any free port) and listening."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(512)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class HttpServer:
@@ -77,6 +92,8 @@ class HttpServer:
         max_workers: requests handled at once; more wait for a worker.
         max_connections: connections open at once; more are answered 503.
         server_header: the ``Server`` header of every answer.
+        listening: a socket already bound and listening (shared by several server
+            processes, see :mod:`.workers`) to accept on instead of binding ``host:port``.
     """
 
     def __init__(
@@ -94,6 +111,7 @@ class HttpServer:
         max_workers: int = 32,
         max_connections: int = 10_000,
         server_header: str = "mlbench-metrics",
+        listening: socket.socket | None = None,
     ) -> None:
         self._handler = handler
         self._error = error
@@ -105,16 +123,7 @@ class HttpServer:
         self._max_workers = max_workers
         self._max_connections = max_connections
         self._server_header = server_header
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, addr = infos[0]
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self._sock.bind(addr)
-            self._sock.listen(512)
-        except OSError:
-            self._sock.close()
-            raise
+        self._sock = listening if listening is not None else listen_socket(host, port)
         self._sock.setblocking(False)
         self.host = host
         self.port: int = self._sock.getsockname()[1]

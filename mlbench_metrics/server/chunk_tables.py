@@ -8,109 +8,83 @@ points), the row's own ``data``: one row to write, not two. Bodies are kept out 
 range of keys, so a run's catalog or statistics would otherwise read every point.
 Databases written before ``chunk_bodies`` existed hold each chunk's points as JSON text
 in ``data``; they are read as they are and take new chunks, so they need no migration.
-A row's ``data`` says where its points are: ``''`` for ``chunk_bodies``, else in it.
+A row's ``data`` says where its points are: empty (``''`` on SQLite, ``''::bytea`` on
+PostgreSQL) for ``chunk_bodies``, else in it. The tables' DDL is :mod:`.schema`'s.
 
-Arrival ids order what arrived (live charts ask for what came after an id). They are
-taken under SQLite's write lock past the newest an owner has and past the newest body,
-so two servers started on one database (the default file, say) do not collide: ids are
-unique among bodies and within an owner, and grow in commit order within an owner.
+Arrival ids order what arrived (live charts ask for what came after an id). The database
+gives them (:meth:`.database.Database.take_ids`): ids are unique among bodies and within
+an owner, and grow in commit order within an owner, also when several processes or
+servers write to one database.
 
 The functions here run SQL on a connection the caller owns (writes inside the caller's
-transaction); :class:`.store.Store` owns connections and locks. No threads are started.
+transaction); :class:`.store.Store` owns the database. No threads are started.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Callable, Final, Iterable
 
 from .chunks import Chunk, EncodedChunk
+from .database import Connection, Database
 
-__all__ = ["CHUNK_ROWS", "SCHEMA", "delete_chunks", "insert_chunks", "newest_id", "read_chunks"]
-
-SCHEMA: Final = """
--- One row per (batch, metric name): the keys of the points of one series that arrived
--- together; ``id`` orders arrivals. ``owner`` is a run's id or minus a pod's, so that one
--- clustered key serves both. ``data``: see chunk_tables.py.
-CREATE TABLE IF NOT EXISTS chunks (
-    owner INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    first_date INTEGER NOT NULL,
-    id INTEGER NOT NULL,
-    last_date INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    data TEXT NOT NULL,
-    PRIMARY KEY (owner, name, first_date, id)
-) WITHOUT ROWID;
--- Arrival order per owner, for reads of "what arrived after chunk N" (live charts).
-CREATE INDEX IF NOT EXISTS chunks_arrival ON chunks (owner, id);
--- The bodies of chunks larger than a few points, in the binary format of chunks.py.
-CREATE TABLE IF NOT EXISTS chunk_bodies (
-    id INTEGER PRIMARY KEY,
-    body BLOB NOT NULL
-);
-"""
+__all__ = ["CHUNK_ROWS", "delete_chunks", "insert_chunks", "newest_id", "read_chunks"]
 
 CHUNK_ROWS: Final = "chunks LEFT JOIN chunk_bodies b ON chunks.data = '' AND b.id = chunks.id"
 """A FROM clause: each chunk's row with its body (``data, body``, see :func:`.chunks.decode_chunk`)."""
 
 _INLINE_MAX: Final = 256  # bodies up to this many bytes stay in the chunk's row
 _INSERT: Final = "INSERT INTO chunks (owner, name, first_date, id, last_date, count, data) VALUES (?,?,?,?,?,?,?)"
-# The newest body's id, the newest id of an owner, and whether a run has the owner's id:
-# one statement, as a single POST's whole work is two.
-_NEXT_IDS: Final = (
-    "SELECT (SELECT MAX(id) FROM chunk_bodies), (SELECT MAX(id) FROM chunks WHERE owner = ?), "
-    "EXISTS (SELECT 1 FROM runs WHERE id = ?)"
-)
 
 
-def newest_id(conn: sqlite3.Connection) -> int:
+def newest_id(conn: Connection) -> int:
     """The highest arrival id in the database (0 when it holds no chunk)."""
     return int(conn.execute("SELECT MAX(id) FROM chunks").fetchone()[0] or 0)
 
 
 def insert_chunks(
-    conn: sqlite3.Connection, owner: int, chunks: list[EncodedChunk], next_id: int, *, of_run: bool
+    conn: Connection, db: Database, owner: int, chunks: list[EncodedChunk], next_id: int, *, of_run: bool
 ) -> int | None:
-    """Insert encoded chunks of ``owner`` with arrival ids from ``next_id`` on (or past what others took).
+    """Insert encoded chunks of ``owner`` with arrival ids the database gives (see :meth:`.Database.take_ids`).
 
     Args:
         conn: a connection inside a write transaction.
+        db: the database ``conn`` belongs to.
         owner: a run's id (``of_run``), or minus a pod's.
         chunks: what :func:`.chunks.encode_chunks` made.
         next_id: the lowest id to take.
         of_run: ``owner`` is a run's id, which must exist.
 
     Returns:
-        The next free id; None, and nothing inserted, when ``of_run`` and no run has that id.
+        The id after the last one taken (SQLite's next floor); None, and nothing
+        inserted, when ``of_run`` and no run has that id.
     """
-    body_max, own_max, run_exists = conn.execute(_NEXT_IDS, (owner, owner)).fetchone()
-    if of_run and not run_exists:
+    ids = db.take_ids(conn, owner, len(chunks), of_run=of_run, floor=next_id)
+    if ids is None:
         return None
-    first = max(next_id, (body_max or 0) + 1, (own_max or 0) + 1)
     if len(chunks) == 1 and len(chunks[0][4]) <= _INLINE_MAX:  # a single POST's: one row
         name, lo, hi, n, body = chunks[0]
-        conn.execute(_INSERT, (owner, name, lo, first, hi, n, body))
-        return first + 1
+        conn.execute(_INSERT, (owner, name, lo, ids[0], hi, n, body))
+        return ids[0] + 1
+    empty = db.empty_data
     rows = [
-        (owner, name, lo, first + i, hi, n, body if len(body) <= _INLINE_MAX else "")
-        for i, (name, lo, hi, n, body) in enumerate(chunks)
+        (owner, name, lo, chunk_id, hi, n, body if len(body) <= _INLINE_MAX else empty)
+        for chunk_id, (name, lo, hi, n, body) in zip(ids, chunks)
     ]
     conn.executemany(_INSERT, rows)
     bodies = [(row[3], chunk[4]) for row, chunk in zip(rows, chunks) if not row[6]]
     if bodies:
         conn.executemany("INSERT INTO chunk_bodies (id, body) VALUES (?, ?)", bodies)
-    return first + len(chunks)
+    return ids[-1] + 1
 
 
-def delete_chunks(conn: sqlite3.Connection, owner: int) -> None:
+def delete_chunks(conn: Connection, owner: int) -> None:
     """Delete every chunk of ``owner`` with its body, inside the caller's transaction."""
     conn.execute("DELETE FROM chunk_bodies WHERE id IN (SELECT id FROM chunks WHERE owner = ? AND data = '')", (owner,))
     conn.execute("DELETE FROM chunks WHERE owner = ?", (owner,))
 
 
 def read_chunks(
-    conn: sqlite3.Connection,
+    conn: Connection,
     owner: int,
     chunk_ids: Iterable[int],
     decode: Callable[[int, str | bytes, bytes | None], Chunk],
