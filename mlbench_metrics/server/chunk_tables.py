@@ -101,6 +101,8 @@ def read_chunks(
                 out[chunk_id] = decode(chunk_id, data, None)
             else:
                 elsewhere.append(chunk_id)
+        if not elsewhere:
+            continue  # PostgreSQL refuses an empty IN ()
         query = f"SELECT id, body FROM chunk_bodies WHERE id IN ({', '.join('?' for _ in elsewhere)})"
         for chunk_id, body in conn.execute(query, elsewhere):
             out[chunk_id] = decode(chunk_id, "", body)

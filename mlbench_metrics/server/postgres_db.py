@@ -34,6 +34,7 @@ from .database import Connection, Cursor, StoreError, StoreUnavailable, ValueRef
 
 try:
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict
 except ImportError:  # pragma: no cover - the extra is not installed
     psycopg = None  # type: ignore[assignment]
 
@@ -115,18 +116,16 @@ class PostgresDatabase:
         self._closed = False
         try:
             first = self._connect()
-        except psycopg.Error as exc:
+        except (psycopg.Error, ValueError) as exc:  # ValueError: a URL libpq cannot parse
             raise StoreError(f"cannot connect to the database {self.location}: {_first_line(exc)}") from None
         self._idle.append(first)
 
     def _connect(self) -> Any:
-        return psycopg.connect(
-            self.url,
-            autocommit=True,
-            connect_timeout=_CONNECT_TIMEOUT,
-            application_name="mlbench-metrics",
-            options=f"-c statement_timeout={_STATEMENT_TIMEOUT_MS}",
-        )
+        params = conninfo_to_dict(self.url)  # the URL's own options (a search_path, say) are kept
+        params["options"] = f"{params.get('options', '')} -c statement_timeout={_STATEMENT_TIMEOUT_MS}".strip()
+        params.setdefault("connect_timeout", _CONNECT_TIMEOUT)
+        params.setdefault("application_name", "mlbench-metrics")
+        return psycopg.connect(autocommit=True, **params)
 
     def close(self) -> None:
         """Close the idle connections; those in use are closed when they come back. Idempotent."""

@@ -416,6 +416,8 @@ class Store:
         where = [condition for condition, value in conditions if value is not None]
         args: list[Any] = [value for _, value in conditions if value is not None]
         if names is not None:
+            if not names:
+                return []
             where.append(f"name IN ({', '.join('?' for _ in names)})")
             args.extend(names)
         # Keys first: a chunk decoded before is not read again (its points are most of it).

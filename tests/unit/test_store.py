@@ -1,4 +1,7 @@
-"""The server's chunked storage: ordering, filters, counts, ids across restarts."""
+"""The server's chunked storage: ordering, filters, counts, ids across restarts.
+
+Every test runs on both databases (``db_target``: a SQLite file, a PostgreSQL schema).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ from mlbench_metrics.server.store import DuplicateBatch, RunNotFound, Store
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(str(tmp_path / "m.db"))
+def store(db_target: str) -> Iterator[Store]:
+    s = Store(db_target)
     yield s
     s.close()
 
@@ -82,12 +85,12 @@ def test_pod_and_run_series_stay_apart(store: Store) -> None:
         list(store.series())
 
 
-def test_arrival_ids_continue_after_reopening(tmp_path: Path) -> None:
-    first = Store(str(tmp_path / "m.db"))
+def test_arrival_ids_continue_after_reopening(db_target: str) -> None:
+    first = Store(db_target)
     run = _run(first)
     _batch(first, run, ["a"], [10])
     first.close()
-    second = Store(str(tmp_path / "m.db"))
+    second = Store(db_target)
     _batch(second, run, ["a"], [10])
     points = dict(second.series(run_id=run))["a"]
     assert len(points) == 2
@@ -95,10 +98,10 @@ def test_arrival_ids_continue_after_reopening(tmp_path: Path) -> None:
     second.close()  # idempotent
 
 
-def test_two_stores_on_one_file_take_turns_with_arrival_ids(tmp_path: Path) -> None:
+def test_two_stores_on_one_file_take_turns_with_arrival_ids(db_target: str) -> None:
     """Two servers started on one database (the default path, say) both store every batch, and
     arrival ids keep growing across both, so live charts that poll by cursor miss nothing."""
-    one, two = Store(str(tmp_path / "m.db")), Store(str(tmp_path / "m.db"))
+    one, two = Store(db_target), Store(db_target)
     try:
         run = _run(one)
         for i, store in enumerate([one, two, two, one, two]):
@@ -115,10 +118,10 @@ def test_two_stores_on_one_file_take_turns_with_arrival_ids(tmp_path: Path) -> N
         two.close()
 
 
-def test_two_stores_may_give_two_runs_one_id_without_mixing_their_points(tmp_path: Path) -> None:
+def test_two_stores_may_give_two_runs_one_id_without_mixing_their_points(db_target: str) -> None:
     """Ids are unique per owner: a run's small chunk and another run's large one (its body in
     chunk_bodies) may share one, and each run still reads, and deletes, only its own."""
-    one, two = Store(str(tmp_path / "m.db")), Store(str(tmp_path / "m.db"))
+    one, two = Store(db_target), Store(db_target)
     try:
         small, large = _run(one), _run(one)
         one.add_metric(run_id=small, pod_id=None, row=("a", 5, "small", "", False))
