@@ -121,7 +121,7 @@ class PostgresDatabase:
         self._idle.append(first)
 
     def _connect(self) -> Any:
-        params = conninfo_to_dict(self.url)  # the URL's own options (a search_path, say) are kept
+        params: dict[str, Any] = conninfo_to_dict(self.url)  # the URL's own options (a search_path, say) are kept
         params["options"] = f"{params.get('options', '')} -c statement_timeout={_STATEMENT_TIMEOUT_MS}".strip()
         params.setdefault("connect_timeout", _CONNECT_TIMEOUT)
         params.setdefault("application_name", "mlbench-metrics")
