@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import repeat
-from pathlib import Path
 
 import pytest
 
