@@ -24,6 +24,7 @@ text PostgreSQL cannot hold (a NUL character, a lone surrogate) becomes
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
@@ -47,6 +48,8 @@ DEFAULT_POOL_TIMEOUT: Final = 5.0
 """Seconds a request waits for a free connection before it is answered 503."""
 
 _CONNECT_TIMEOUT: Final = 5
+_MAX_PARAMS: Final = 30_000  # PostgreSQL takes at most 65,535 parameters a statement
+_VALUES: Final = re.compile(r"\s+VALUES\s*\(\s*\?(?:\s*,\s*\?)*\s*\)")
 _STATEMENT_TIMEOUT_MS: Final = 60_000
 
 
@@ -75,14 +78,30 @@ class _PgConnection:
         self.raw = raw
 
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> Cursor:
-        """Run one statement."""
-        cursor: Cursor = self.raw.execute(_pg(sql), params)
+        """Run one statement; results in binary (bytea arrives as bytes, not as hex text to decode)."""
+        cursor: Cursor = self.raw.execute(_pg(sql), params, binary=True)
         return cursor
 
     def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> object:
-        """Run one statement per row of parameters (psycopg pipelines them)."""
-        with self.raw.cursor() as cursor:
-            cursor.executemany(_pg(sql), params)
+        """Run one statement per row of parameters.
+
+        An ``INSERT ... VALUES (?, ...)`` becomes one statement of many rows (a round trip
+        for up to thousands of rows, where psycopg's pipeline syncs each); others run row by row.
+        """
+        rows = [tuple(row) for row in params]
+        match = _VALUES.search(sql)
+        if match is None or not rows:
+            with self.raw.cursor() as cursor:
+                cursor.executemany(_pg(sql), rows)
+            return None
+        width = len(rows[0])
+        group = "(" + ", ".join(["%s"] * width) + ")"
+        step = max(1, _MAX_PARAMS // width)
+        head, tail = _pg(sql[: match.start()]), _pg(sql[match.end() :])
+        for start in range(0, len(rows), step):
+            part = rows[start : start + step]
+            flat = [value for row in part for value in row]
+            self.raw.execute(f"{head} VALUES {', '.join([group] * len(part))}{tail}", flat)
         return None
 
 
@@ -189,11 +208,17 @@ class PostgresDatabase:
     def take_ids(self, conn: Connection, owner: int, count: int, *, of_run: bool, floor: int) -> list[int] | None:
         """Lock the owner's row, then take ``count`` values of the ``chunk_ids`` sequence."""
         table = "runs" if owner > 0 else "pods"
-        found = conn.execute(f"SELECT 1 FROM {table} WHERE id = ? FOR UPDATE", (abs(owner),)).fetchone()
-        if of_run and found is None:
+        # One statement: the row is locked (FOR UPDATE, in the subquery) before the ids are taken.
+        rows = conn.execute(
+            f"SELECT nextval('chunk_ids') FROM (SELECT id FROM {table} WHERE id = ? FOR UPDATE) AS owner_row, "
+            "generate_series(1, ?) ORDER BY 1",
+            (abs(owner), count),
+        ).fetchall()
+        if rows:
+            return [int(r[0]) for r in rows]
+        if of_run:
             return None
-        rows = conn.execute("SELECT nextval('chunk_ids') FROM generate_series(1, ?)", (count,)).fetchall()
-        return [int(r[0]) for r in rows]
+        return [int(r[0]) for r in conn.execute("SELECT nextval('chunk_ids') FROM generate_series(1, ?)", (count,))]
 
     def insert_id(self, conn: Connection, sql: str, params: Sequence[Any]) -> int:
         """Run the ``INSERT`` with ``RETURNING id``; the new row's id."""
