@@ -73,6 +73,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             exec_runs=args.exec_runs,
             exec_workdir=args.exec_workdir,
             pace=args.pace,
+            writer_timeout=args.writer_timeout,
         )
     except (OSError, ValueError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
@@ -225,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run created runs' custom_image_command on this machine (always with a token)",
     )
     serve.add_argument("--exec-workdir", default=None, help="working directory of --exec runs")
+    serve.add_argument(
+        "--writer-timeout",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a run whose logger stays silent this long without closing reads as crashed (default 60)",
+    )
     serve.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
 
