@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Final, Mapping, Protocol, TypeVar
 
 from . import _lifecycle
+from ._liveness import Liveness
 from ._own_run import create_own_run, mark_own_run
 from ._parts import Parts, open_parts, placeholder_parts
 from ._session import endpoint_of
@@ -213,7 +214,10 @@ class MetricsLogger:
         self._epoch = 0
         self._step: int | None = None
         self._samplers: list[Sampler] = []
+        self._last_step: int | None = None  # the newest step given: timers and totals carry it
         self._rebuild_contexts()
+        # The run's state follows its writers (the embedded server); the agent delivers for "process".
+        self._liveness = Liveness(self.client, self.run_id, self.rank) if self.settings.delivery != "process" else None
         self._open_parts()
         _lifecycle.at_fork_in_child(self._after_fork_in_child)
         _lifecycle.register(self, self.settings.handle_sigterm)
@@ -223,15 +227,22 @@ class MetricsLogger:
     def _open_parts(self) -> None:
         """Build the store and the dispatcher; point the hot path at the store's buffer."""
         client = self.client  # not self: the dispatcher's thread must not keep the logger alive
+        liveness, reset = self._liveness, _lifecycle.weak_call(self._reset_wake_threshold)
+
+        def drained() -> None:  # each interval's tick: the heartbeat rides on it
+            reset()
+            if liveness is not None:
+                liveness.tick()
+
         self._use(
             open_parts(
                 self.settings,
-                functools.partial(client.post_metrics, self.run_id),
+                liveness.deliver if liveness is not None else functools.partial(client.post_metrics, self.run_id),
                 batch_supported=lambda: client.batch_supported,
                 run_id=self.run_id,
                 endpoint=client.endpoint,
                 on_frozen=self._on_log_frozen,
-                on_drained=_lifecycle.weak_call(self._reset_wake_threshold),
+                on_drained=drained,
                 client=self.client,
                 token=self._token,
             )
@@ -551,9 +562,11 @@ class MetricsLogger:
 
         Args:
             timeout: seconds it may take (default ``shutdown_timeout``).
-            failed: for a run this logger created (``new_run``): mark it failed rather
-                than finished. By default it is failed when the program is ending with
-                an uncaught exception or on SIGTERM.
+            failed: this logger ended with a failure: against the embedded server its
+                run turns ``failed`` (else ``finished`` once every logger writing it
+                closed); against a server without run writers, a run this logger created
+                (``new_run``) is marked failed rather than finished. By default it failed
+                when the program is ending with an uncaught exception or on SIGTERM.
 
         Returns:
             How many records were neither stored nor folded into stored aggregates
@@ -567,7 +580,9 @@ class MetricsLogger:
             self._closed = True
         total = self.settings.shutdown_timeout if timeout is None else max(0.0, timeout)
         deadline = time.monotonic() + total
-        marking = min(0.5, 0.2 * total) if self._owns_run else 0.0  # kept for marking the run
+        liveness = self._liveness
+        reporting = self._owns_run or (liveness is not None and liveness.supported is not False)
+        marking = min(0.5, 0.2 * total) if reporting else 0.0  # kept for telling the server the run's end
         for sampler in list(self._samplers):  # before the buffer closes: a sample may be under way
             sampler.stop(max(0.0, deadline - marking - time.monotonic()) / 2)
         self._write = None
@@ -576,9 +591,10 @@ class MetricsLogger:
         if self._adoption is not None:  # what it did not deliver waits for the next logger
             self._adoption.close(min(0.1, max(0.0, deadline - marking - time.monotonic())))
         self._dispatcher.close(max(0.0, deadline - marking - time.monotonic()))
-        if self._owns_run:
-            if failed is None:
-                failed = _lifecycle.terminating() or getattr(sys, "last_value", None) is not None
+        if failed is None:
+            failed = _lifecycle.terminating() or getattr(sys, "last_value", None) is not None
+        told = liveness is not None and liveness.close(failed, deadline - time.monotonic())
+        if self._owns_run and not told:  # a server without writers: mark the run this logger made
             mark_own_run(self.client, self.run_id, "failed" if failed else "finished", deadline - time.monotonic())
         if self._own_client:
             self.client.close(timeout=max(0.0, deadline - time.monotonic()))
@@ -610,6 +626,7 @@ class MetricsLogger:
         self._lock = threading.Lock()
         self._close_lock = threading.RLock()
         self._owns_run = False  # the parent ends the run, not each child
+        self._liveness = None  # nor is a child a writer of its own: its records are the parent's
         if self._closed:
             return
         self._use(placeholder_parts(functools.partial(self.client.post_metrics, self.run_id)))

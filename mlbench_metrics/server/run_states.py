@@ -15,7 +15,8 @@ Routes (extensions; the API root lists ``run_state`` and ``writers``):
   as that writer's ``open`` report, so a busy logger needs no heartbeat.
 
 A run reads as ``crashed`` while its stored state is ``started`` and one of its open
-writers has not been heard for ``timeout`` seconds: derived from the database when a run
+writers has not been heard for ``timeout`` seconds (except a run with a job, ``serve
+--exec``'s: its state is the job's, which sees each process's exit code): derived from the database when a run
 is read (never stored, never one process's memory), so several server processes agree and
 a late report turns the run back to ``started``. Run answers gain ``started_at`` (the first
 writer's first report) and ``last_seen_at`` (the newest report). No threads.
@@ -102,7 +103,7 @@ class RunStates:
         out = run_json(run, with_metadata=with_metadata)
         stale = self.stale_before() if stale_before_us is None else stale_before_us
         seen = run.get("open_seen_at")
-        if out["state"] == "started" and seen is not None and seen < stale:
+        if out["state"] == "started" and seen is not None and seen < stale and not run["job_id"]:
             out["state"] = "crashed"
         for key in ("started_at", "last_seen_at"):
             out[key] = None if run.get(key) is None else format_iso_date(run[key])

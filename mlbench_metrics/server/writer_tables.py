@@ -12,6 +12,8 @@ nothing kept in memory):
 * a writer that closes failed makes the run ``failed``;
 * the last open writer closing cleanly makes a run that is ``started`` (or
   ``initialized``) ``finished``;
+* a run with a job (``serve --exec`` runs its processes; the dashboard, Kubernetes jobs)
+  keeps the state its job gives it: the job sees every process's exit code;
 * ``crashed`` is never stored: a reader derives it from the oldest ``last_seen_at`` of the
   open writers (:data:`LIVENESS_COLUMNS`), so a late report turns it back to ``started``.
 
@@ -83,10 +85,10 @@ def report_writer(
     Returns:
         Every writer of the run, oldest first; None when there is no such run.
     """
-    found = conn.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
+    found = conn.execute("SELECT state, job_id FROM runs WHERE id = ?", (run_id,)).fetchone()
     if found is None:
         return None
-    run_state = found[0]
+    run_state, job = found
     known = conn.execute(
         "SELECT closed_at FROM run_writers WHERE run_id = ? AND writer = ?", (run_id, writer)
     ).fetchone()
@@ -106,7 +108,7 @@ def report_writer(
         conn.execute(
             "UPDATE run_writers SET last_seen_at = ? WHERE run_id = ? AND writer = ?", (now_us, run_id, writer)
         )
-    new_state = _next_state(conn, run_id, run_state, new_writer=known is None, state=state)
+    new_state = None if job else _next_state(conn, run_id, run_state, new_writer=known is None, state=state)
     if new_state == "started" and new_state != run_state:
         conn.execute("UPDATE runs SET state = 'started', finished_at = NULL WHERE id = ?", (run_id,))
     elif new_state is not None and new_state != run_state:

@@ -140,3 +140,14 @@ def test_an_old_database_takes_writers(tmp_path: Path) -> None:
         assert runs and all(r["last_seen_at"] is None for r in runs)
         run_id = runs[0]["id"]
         assert report(handle, run_id, "w1")["run"]["last_seen_at"] is not None
+
+
+def test_a_run_with_a_job_keeps_the_state_its_job_gives(quick: ServerHandle) -> None:
+    run = create_run(quick.url)
+    quick.store.update_run(run["id"], state="started", job_id=f"local-{run['id']}")
+    assert report(quick, run["id"], "w1", "closed")["run"]["state"] == "started"  # the job ends it, by exit code
+    report(quick, run["id"], "w2")
+    other = create_run(quick.url)
+    report(quick, other["id"], "w3")
+    wait_until(lambda: state(quick, other["id"]) == "crashed", what="the run without a job to read crashed")
+    assert state(quick, run["id"]) == "started"
