@@ -288,8 +288,10 @@ class MetricsLogger:
         kind = type(value)
         if kind is not float and kind is not int:
             value = _value(final, value)
-        if step is not None and type(step) is not int:
-            step = check_step(step)
+        if step is not None:
+            if type(step) is not int:
+                step = check_step(step)
+            self._last_step = step
         ctx = self._ctx if not metadata else self._context_with(metadata)
         write = self._write
         if write is None:
@@ -307,8 +309,8 @@ class MetricsLogger:
         """
         if not isinstance(values, Mapping):
             raise TypeError(f"log_many takes a mapping of name -> value, not {type(values).__name__}")
-        if step is not None and type(step) is not int:
-            step = check_step(step)
+        if step is not None:
+            step = self._last_step = check_step(step) if type(step) is not int else step
         ctx = self._ctx if not metadata else self._context_with(metadata)
         checked = []
         for name, value in values.items():
@@ -327,7 +329,8 @@ class MetricsLogger:
     def increment(self, name: str, delta: float | int = 1) -> float | int:
         """Add ``delta`` to a cumulative metric and record the new running total.
 
-        The total is posted with ``cumulative=True``; the dashboard draws it as a rate.
+        The total is posted with ``cumulative=True``; the dashboard draws it as a rate. It
+        carries the current epoch and the newest step given (see :attr:`step`).
 
         Returns:
             The running total.
@@ -348,7 +351,7 @@ class MetricsLogger:
         with self._lock:  # totals and their order in the buffer must agree across threads
             total = self._totals.get(final, 0) + delta
             self._totals[final] = total
-            self._append((final, total, _time_ns(), None, self._cum_ctx))
+            self._append((final, total, _time_ns(), self._last_step, self._cum_ctx))
         if len(self._buf) >= self._wake_at:
             self._threshold()
         return total
@@ -371,6 +374,8 @@ class MetricsLogger:
     def timer(self, name: str, cumulative: bool = False) -> Timer:
         """A new :class:`Timer` recording under ``name``: ``with log.timer("fwd_pass"): ...``.
 
+        Each duration carries the current epoch and the newest step given (see :attr:`step`).
+
         Args:
             name: the metric's name.
             cumulative: record the running total of time spent instead of each duration.
@@ -386,7 +391,7 @@ class MetricsLogger:
         return timed(self._record_total if cumulative else self._record_duration, self._name(name), cumulative)
 
     def _record_duration(self, final: str, seconds: float, cumulative: bool) -> None:
-        self._append((final, seconds, _time_ns(), None, self._ctx))
+        self._append((final, seconds, _time_ns(), self._last_step, self._ctx))
         if len(self._buf) >= self._wake_at:
             self._threshold()
 
@@ -394,7 +399,7 @@ class MetricsLogger:
         with self._lock:
             total = self._totals.get(final, 0.0) + seconds
             self._totals[final] = total
-            self._append((final, total, _time_ns(), None, self._cum_ctx))
+            self._append((final, total, _time_ns(), self._last_step, self._cum_ctx))
         if len(self._buf) >= self._wake_at:
             self._threshold()
 
@@ -491,12 +496,15 @@ class MetricsLogger:
 
     @property
     def step(self) -> int | None:
-        """The default step for records logged without ``step=`` (None: no step)."""
+        """The default step for records logged without ``step=`` (None: no step).
+
+        Timers and :meth:`increment` record the newest step given, here or to ``log(step=)``,
+        so that their charts share the x axis of the metrics logged with steps."""
         return self._step
 
     @step.setter
     def step(self, value: int | None) -> None:
-        self._step = None if value is None else check_step(value)
+        self._step = self._last_step = None if value is None else check_step(value)
         self._rebuild_contexts()
 
     @property
