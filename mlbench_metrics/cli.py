@@ -281,7 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     filters.add_argument("--last-n", type=_count, default=None, help="only the last N points of each metric")
     filters.add_argument("--filter", default=None, help="only the metric with exactly this name, e.g. 'loss @ 0'")
     p = metrics_sub.add_parser("show", parents=[server, filters], help="a table of the run's metrics")
-    p.add_argument("-f", "--follow", action="store_true", help="then print new points as they arrive, until Ctrl-C")
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="then print a line per interval as points arrive, until Ctrl-C"
+    )
+    p.add_argument(
+        "--every-point", action="store_true", help="with --follow: a line per point, not per interval (latest values)"
+    )
     p.add_argument("--interval", type=_positive_float, default=1.0, help="seconds between polls with --follow")
     p.set_defaults(func=runs_cmd.cmd_metrics_show)
     p = metrics_sub.add_parser("download", parents=[server, filters], help="save the run's metrics to a file")
