@@ -34,9 +34,9 @@ import uuid
 from concurrent.futures import Future
 from typing import Any, Callable, Final
 
-from .api import ApiClient
-from .delivery import BatchFuture
-from .records import MetricBatch
+from ..client.api import ApiClient
+from ..client.result import BatchFuture
+from ..records import MetricBatch
 
 __all__ = ["Liveness", "writer_id"]
 
