@@ -52,25 +52,37 @@ def test_a_writer_starts_the_run_and_its_close_finishes_it(server: ServerHandle)
     assert closed["state"] == "finished" and closed["finished_at"] is not None
 
 
-def test_several_writers_finish_the_run_when_the_last_closes(server: ServerHandle) -> None:
+@pytest.mark.parametrize(
+    "steps",
+    [
+        pytest.param(  # the last writer closing finishes; a late rank runs it again; a failure stays
+            [
+                ("rank-0", "open", 0, "started"),
+                ("rank-1", "open", 1, "started"),
+                ("rank-0", "closed", 0, "started"),
+                ("rank-1", "closed", 1, "finished"),
+                ("rank-2", "open", 2, "started"),
+                ("rank-2", "failed", 2, "failed"),
+                ("rank-3", "open", 3, "failed"),
+                ("rank-3", "closed", 3, "failed"),
+            ],
+            id="several-writers",
+        ),
+        pytest.param(
+            [
+                ("a", "open", 0, "started"),
+                ("b", "open", 1, "started"),
+                ("b", "failed", 1, "failed"),
+                ("a", "closed", 0, "failed"),
+            ],
+            id="one-fails",
+        ),
+    ],
+)
+def test_the_run_state_follows_its_writers(server: ServerHandle, steps: list[tuple[str, str, int, str]]) -> None:
     run = create_run(server.url)
-    report(server, run["id"], "rank-0", rank=0)
-    report(server, run["id"], "rank-1", rank=1)
-    assert report(server, run["id"], "rank-0", "closed", rank=0)["run"]["state"] == "started"
-    assert report(server, run["id"], "rank-1", "closed", rank=1)["run"]["state"] == "finished"
-    # A rank that starts late runs the run again; a failure is not undone by a new writer.
-    assert report(server, run["id"], "rank-2", rank=2)["run"]["state"] == "started"
-    assert report(server, run["id"], "rank-2", "failed", rank=2)["run"]["state"] == "failed"
-    assert report(server, run["id"], "rank-3", rank=3)["run"]["state"] == "failed"
-    assert report(server, run["id"], "rank-3", "closed", rank=3)["run"]["state"] == "failed"
-
-
-def test_one_failed_writer_fails_the_run(server: ServerHandle) -> None:
-    run = create_run(server.url)
-    report(server, run["id"], "a", rank=0)
-    report(server, run["id"], "b", rank=1)
-    assert report(server, run["id"], "b", "failed", rank=1)["run"]["state"] == "failed"
-    assert report(server, run["id"], "a", "closed", rank=0)["run"]["state"] == "failed"
+    for writer, said, rank, expected in steps:
+        assert report(server, run["id"], writer, said, rank=rank)["run"]["state"] == expected, (writer, said)
 
 
 def test_a_silent_writer_makes_the_run_crashed_and_a_late_batch_brings_it_back(quick: ServerHandle) -> None:
