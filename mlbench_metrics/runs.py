@@ -182,6 +182,16 @@ class Run:
         return _date(self._data.get("finished_at"))
 
     @property
+    def started_at(self) -> _dt.datetime | None:
+        """When the first logger writing the run was heard (UTC; the embedded server's run states), else None."""
+        return _date(self._data.get("started_at"))
+
+    @property
+    def last_seen_at(self) -> _dt.datetime | None:
+        """When a logger writing the run was last heard (UTC; the embedded server's run states), else None."""
+        return _date(self._data.get("last_seen_at"))
+
+    @property
     def job_metadata(self) -> dict[str, Any]:
         """The job's details (``stdout``/``stderr`` tails and more); empty in :meth:`list`."""
         return dict(self._data.get("job_metadata") or {})

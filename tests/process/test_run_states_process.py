@@ -78,8 +78,8 @@ def test_a_running_run_turns_finished_at_close(quick: ServerHandle) -> None:
     log.log("loss", 1.0)
     assert log.flush(30)
     wait_until(lambda: state(quick, run["id"]) == "started", what="the run to be started")
-    started = Run.get(run["id"], url=quick.address).as_dict()
-    assert started["started_at"] is not None and started["finished_at"] is None
+    started = Run.get(run["id"], url=quick.address)
+    assert started.started_at is not None and started.last_seen_at is not None and started.finished_at is None
     log.close()
     after = Run.get(run["id"], url=quick.address)
     assert after.state == "finished" and after.finished_at is not None
