@@ -85,6 +85,7 @@ def serve_workers(args: argparse.Namespace, db: str, token: str | None) -> int:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {exc}", EXIT_USAGE) from None
     port = sock.getsockname()[1]
     child_args = ["--host", args.host, "--port", str(port), "--max-body", str(args.max_body)]
+    child_args += ["--writer-timeout", str(args.writer_timeout)]
     for name in args.allow_host:
         child_args += ["--allow-host", name]
     child_args += ["--no-extensions"] if args.no_extensions else []

@@ -146,6 +146,7 @@ def serve(
     pool_size: int | None = None,
     pool_timeout: float | None = None,
     listening: socket.socket | None = None,
+    writer_timeout: float = 60.0,
 ) -> ServerHandle:
     """Start the embedded server in background threads of this process.
 
@@ -177,6 +178,8 @@ def serve(
             and seconds a request waits for one before a 503 (see :mod:`.postgres_db`).
         listening: a bound, listening socket to accept on (``serve --workers``: the
             processes share one); ``host`` and ``port`` then only name it.
+        writer_timeout: seconds a logger writing a run may stay silent (it sends a heartbeat
+            when idle) before the run reads as ``crashed``; see :mod:`.run_states`.
 
     Returns:
         The running server's handle.
@@ -184,7 +187,7 @@ def serve(
     Raises:
         OSError: the address cannot be bound, or the database cannot be opened.
         ValueError: ``exec_runs`` on a non-loopback address without a token, or a
-            ``pace`` that is not a positive number.
+            ``pace`` or ``writer_timeout`` that is not a positive number.
     """
     if exec_runs and not token:
         if not is_loopback(host):
@@ -200,8 +203,8 @@ def serve(
     store = _open_store(db_path, tmpdir, pool_size, pool_timeout)
     fail_abandoned_runs(store)
     access = AccessPolicy(token=token, allowed_hosts=allow_hosts, bind_host=host)
-    app = App(store, access=access, max_body=max_body, extensions=extensions)
     try:
+        app = App(store, access=access, max_body=max_body, extensions=extensions, writer_timeout=writer_timeout)
         pacer = None if pace is None else Pacer(app.handle, pace)
         http = HttpServer(
             host,

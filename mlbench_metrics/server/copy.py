@@ -158,17 +158,26 @@ def _insert_owner(target: Store, conn: Connection, owner: int, fields: dict[str,
 
 
 def _copy_run_extras(source: Store, conn: Connection, run_id: int, new_id: int) -> None:
-    """The run's configuration and batch ids, into the target's transaction ``conn``."""
+    """The run's configuration, batch ids and writers, into the target's transaction ``conn``."""
     config = source.get_run_config(run_id)
     if config is not None:
         conn.execute("INSERT INTO run_configs (run_id, config) VALUES (?, ?)", (new_id, config))
     with source.db.read() as src:
         batches = src.execute("SELECT batch_id, count, stored_at FROM batches WHERE run_id = ?", (run_id,)).fetchall()
-    conn.executemany(
-        "INSERT INTO batches (batch_id, run_id, count, stored_at) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (batch_id) DO NOTHING",
-        [(b, new_id, n, at) for b, n, at in batches],
-    )
+    if batches:
+        conn.executemany(
+            "INSERT INTO batches (batch_id, run_id, count, stored_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (batch_id) DO NOTHING",
+            [(b, new_id, n, at) for b, n, at in batches],
+        )
+    columns = "writer, rank, first_seen_at, last_seen_at, closed_at, outcome"
+    with source.db.read() as src:
+        writers = src.execute(f"SELECT {columns} FROM run_writers WHERE run_id = ?", (run_id,)).fetchall()
+    if writers:
+        conn.executemany(
+            f"INSERT INTO run_writers (run_id, {columns}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(new_id, *w) for w in writers],
+        )
 
 
 def _chunks(source: Store, owner: int) -> Iterator[list[EncodedChunk]]:

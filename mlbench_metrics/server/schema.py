@@ -92,6 +92,17 @@ CREATE TABLE IF NOT EXISTS batches (
     count INTEGER NOT NULL,
     stored_at {big} NOT NULL
 ){without_rowid};
+-- The loggers writing a run (an extension): see writer_tables.py.
+CREATE TABLE IF NOT EXISTS run_writers (
+    run_id {big} NOT NULL,
+    writer TEXT NOT NULL,
+    rank INTEGER,
+    first_seen_at {big} NOT NULL,
+    last_seen_at {big} NOT NULL,
+    closed_at {big},
+    outcome TEXT,
+    PRIMARY KEY (run_id, writer)
+);
 -- Runs that `mlbench-metrics db copy` brought here: (source database, its run id) -> our run.
 CREATE TABLE IF NOT EXISTS copied_runs (
     source TEXT NOT NULL,

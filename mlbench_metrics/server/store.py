@@ -41,6 +41,7 @@ from .database import (
     open_database,
 )
 from .schema import ensure_schema
+from .writer_tables import LIVENESS_COLUMNS, WriterMethods
 
 __all__ = [
     "Columns",
@@ -54,10 +55,11 @@ __all__ = [
     "ValueRefused",
 ]
 
-_RUN_COLUMNS = (
+_RUN_KEYS = (
     "id, name, created_at, finished_at, state, job_id, job_metadata, num_workers, cpu_limit, "
     "image, command, backend, run_on_all_nodes, gpu_enabled, light_target"
 )
+_RUN_COLUMNS = f"{_RUN_KEYS}, {LIVENESS_COLUMNS}"  # see writer_tables: started_at, last_seen_at, open_seen_at
 
 
 class RunNotFound(LookupError):
@@ -69,7 +71,7 @@ class DuplicateBatch(Exception):
 
 
 def _run_dict(row: Sequence[Any]) -> dict[str, Any]:
-    keys = [c.strip() for c in _RUN_COLUMNS.split(",")]
+    keys = [c.strip() for c in _RUN_KEYS.split(",")] + ["started_at", "last_seen_at", "open_seen_at"]
     run = dict(zip(keys, row))
     run["job_metadata"] = json.loads(run["job_metadata"] or "{}")
     for flag in ("run_on_all_nodes", "gpu_enabled", "light_target"):
@@ -77,8 +79,8 @@ def _run_dict(row: Sequence[Any]) -> dict[str, Any]:
     return run
 
 
-class Store:
-    """Runs, pods and metrics in one database.
+class Store(WriterMethods):
+    """Runs, pods, metrics and a run's writers in one database.
 
     Args:
         target: a SQLite file (created with its schema when missing), a
@@ -154,6 +156,7 @@ class Store:
             delete_chunks(conn, run_id)
             conn.execute("DELETE FROM batches WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM run_configs WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM run_writers WHERE run_id = ?", (run_id,))
             conn.execute("UPDATE pods SET run_id = NULL WHERE run_id = ?", (run_id,))
         return True
 
