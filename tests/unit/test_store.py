@@ -5,12 +5,15 @@ Every test runs on both databases (``db_target``: a SQLite file, a PostgreSQL sc
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from itertools import repeat
+from pathlib import Path
 
 import pytest
 
-from mlbench_metrics.server.store import DuplicateBatch, RunNotFound, Store
+from mlbench_metrics.server.schema import SCHEMA_VERSION
+from mlbench_metrics.server.store import DuplicateBatch, RunNotFound, SchemaError, Store
 
 
 @pytest.fixture
@@ -134,3 +137,26 @@ def test_two_stores_may_give_two_runs_one_id_without_mixing_their_points(db_targ
     finally:
         one.close()
         two.close()
+
+
+def test_the_schema_is_versioned_and_a_newer_one_is_refused(db_target: str) -> None:
+    first = Store(db_target)
+    assert first.schema_found == 0  # empty: created
+    with first.db.transaction() as conn:
+        conn.execute("UPDATE schema_version SET version = 99")
+    first.close()
+    with pytest.raises(SchemaError, match=r"schema is version 99, newer than this mlbench-metrics knows \(2\)"):
+        Store(db_target)
+
+
+def test_a_file_written_before_versions_is_brought_up_to_date(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    shutil.copy(Path(__file__).parent.parent / "data" / "chunks_v1.db", path)
+    store = Store(str(path))
+    try:
+        assert store.schema_found == 1 and store.list_runs()
+    finally:
+        store.close()
+    again = Store(str(path))
+    assert again.schema_found == SCHEMA_VERSION
+    again.close()
