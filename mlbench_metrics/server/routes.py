@@ -18,9 +18,7 @@ connection threads, and the store serialises writes.
 from __future__ import annotations
 
 import logging
-import math
 import re
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Final, Protocol
@@ -32,6 +30,7 @@ from . import pages, readback, run_states
 from ._http import Request, Response
 from .access import AccessPolicy
 from .formats import metric_json, point_json, run_json, summarize_points, zip_metrics
+from .health import FailureAnswers, probe_answer
 from .parsing import (
     INT_MAX,
     INT_MIN,
@@ -54,12 +53,11 @@ from .parsing import (
     query,
     secure_filename,
 )
-from .store import DuplicateBatch, Point, RunNotFound, Store, StoreError, StoreUnavailable, ValueRefused
+from .store import DuplicateBatch, Point, RunNotFound, Store, StoreError
 
 __all__ = ["App", "Handler", "RunExecutor", "run_json"]
 
 _log = logging.getLogger("mlbench_metrics.server")
-_DB_WARN_EVERY: Final = 60.0  # seconds between two log lines about one kind of database failure
 
 _RUN_NAME_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _RUN_NAME_MAX: Final = 100
@@ -124,8 +122,7 @@ class App:
         self.extensions = extensions
         self._official = official_image_names()
         self._routes: list[_Route] = []
-        self._db_warned: dict[str, float] = {}  # kind of database failure -> when last logged
-        self._health: dict[str, Handler] = {"/healthz": self.healthz, "/readyz": self.readyz}
+        self._failures = FailureAnswers()
         if extensions:  # the web UI (public: its files carry no data) and the read-back extension
             for pattern, methods in pages.Pages().routes():
                 self.add_route(pattern, methods, public=True)
@@ -167,11 +164,9 @@ class App:
     def handle(self, request: Request) -> Response:
         """Answer one request; never raises."""
         try:
-            health = self._health.get(request.path)
-            if health is not None and request.method in ("GET", "HEAD"):
-                # Before the access checks: probes (Kubernetes') send no token and address
-                # the pod by its IP; the answer says nothing but "up" or "ready".
-                return health(request)
+            probe = probe_answer(request, self.store, self.store.db.kind)  # before access: see health.py
+            if probe is not None:
+                return probe
             for route in self._routes:
                 match = route.pattern.fullmatch(request.path)
                 if match is not None:
@@ -191,36 +186,8 @@ class App:
             return handler(request, **match.groupdict())
         except ApiFailure as exc:
             return error_response(exc.status, exc.message, exc.extra)
-        except StoreUnavailable as exc:
-            return self._database_unavailable(exc)
-        except ValueRefused as exc:
-            return error_response(400, str(exc))
         except StoreError as exc:
-            _log.error("%s", exc)
-            return error_response(500, "the database failed; the server's log says how")
-
-    def _database_unavailable(self, exc: StoreUnavailable) -> Response:
-        """A 503 with ``Retry-After`` (clients retry, then spool: nothing is lost) saying what
-        is wrong, logged once a minute per kind: a full disk fails every write, and each used
-        to log a line."""
-        message = str(exc)
-        now = time.monotonic()
-        kind = message.split(" (", 1)[0]
-        if now - self._db_warned.get(kind, -math.inf) >= _DB_WARN_EVERY:
-            self._db_warned[kind] = now
-            _log.warning("%s (answering 503; said again at most once a minute)", message)
-        return error_response(503, message, headers=[("Retry-After", str(exc.retry_after))])
-
-    # -- health ------------------------------------------------------------------
-
-    def healthz(self, request: Request) -> Response:
-        """``GET /healthz``: the process answers (liveness); no token, no database."""
-        return json_response(200, {"status": "ok"})
-
-    def readyz(self, request: Request) -> Response:
-        """``GET /readyz``: the database answers too (readiness); 503 while it does not."""
-        self.store.ping()
-        return json_response(200, {"status": "ready", "database": self.store.db.kind})
+            return self._failures.answer(exc)
 
     def api_root(self, request: Request) -> Response:
         """The API root, like the dashboard's router, plus what this server is."""

@@ -16,6 +16,7 @@ import requests
 
 from mlbench_metrics.cli.team import DB_ENV, TOKEN_ENV
 from mlbench_metrics.server import ServerHandle
+from mlbench_metrics.server.health import PROBE_PATHS
 
 yaml = pytest.importorskip("yaml")  # PyYAML comes with the kubernetes package
 
@@ -57,6 +58,7 @@ def test_the_probes_are_paths_the_server_answers_without_a_token(server: ServerH
     (container,) = _manifests()["Deployment"]["spec"]["template"]["spec"]["containers"]
     probes = [container["livenessProbe"], container["readinessProbe"]]
     assert {p["httpGet"]["port"] for p in probes} == {container["ports"][0]["name"]}
+    assert [p["httpGet"]["path"] for p in probes] == list(PROBE_PATHS)
     for probe in probes:
         answer = requests.get(server.url + probe["httpGet"]["path"], timeout=10)
         assert answer.status_code == 200, probe
