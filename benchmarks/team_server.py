@@ -4,8 +4,9 @@ Measured in one run, side by side, each server in its own processes:
 
 * batch ingest (``POST /api/metrics/batch/``, batches of 1,000 metrics over 10 names, the
   columnar form, bodies encoded before the clock starts) in metrics/s, with 8 and with 64
-  concurrent writers (threads spread over 2 client processes, one connection each), for
-  SQLite with 1 process and PostgreSQL with 1, 2 and 4 processes (``serve --workers N``);
+  concurrent writers (threads spread over 2 client processes, one connection each) into
+  one run (a multi-node job's ranks), and 64 writers into 8 runs (a team), for SQLite with
+  1 process and PostgreSQL with 1, 2 and 4 processes (``serve --workers N``);
 * the first chart of a 1,000,000-point series (``GET /api/runs/{id}/points/?metric=loss
   &max_points=1000``, what the web UI asks; the answer time of a server that never read
   that run, then warm), on each database;
@@ -30,15 +31,14 @@ import http.client
 import json
 import multiprocessing
 import os
-import secrets
 import statistics
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
@@ -46,6 +46,9 @@ from mlbench_metrics.server import spawn
 from mlbench_metrics.server.store import Store
 
 from _common import write_results
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from postgres import session_database
 
 JSON = {"Content-Type": "application/json"}
 T0 = 1_700_000_000_000_000
@@ -71,15 +74,15 @@ def _bodies(run_id: int, first: int, count: int, size: int) -> list[bytes]:
     return out
 
 
-def _client(address: str, run_id: int, threads: int, batches: list[tuple[int, int]], start_at: float) -> int:
-    """One client process: ``threads`` writers, each posting its batches on one connection; errors."""
+def _client(address: str, work: list[tuple[int, int, int]], start_at: float) -> int:
+    """One client process: a writer per ``(run_id, first, count)``, each posting its batches on one connection."""
     host, port = address.rsplit(":", 1)
-    work = [_bodies(run_id, first, count, 1000) for first, count in batches]
+    bodies = [_bodies(run_id, first, count, 1000) for run_id, first, count in work]
     errors = []
 
-    def writer(bodies: list[bytes]) -> None:
+    def writer(mine: list[bytes]) -> None:
         conn = http.client.HTTPConnection(host, int(port), timeout=120)
-        for body in bodies:
+        for body in mine:
             conn.request("POST", "/api/metrics/batch/", body=body, headers=JSON)
             answer = conn.getresponse()
             answer.read()
@@ -88,7 +91,7 @@ def _client(address: str, run_id: int, threads: int, batches: list[tuple[int, in
         conn.close()
 
     time.sleep(max(0.0, start_at - time.time()))  # every client starts at once
-    pool = [threading.Thread(target=writer, args=(w,)) for w in work[:threads]]
+    pool = [threading.Thread(target=writer, args=(b,)) for b in bodies]
     for t in pool:
         t.start()
     for t in pool:
@@ -96,22 +99,25 @@ def _client(address: str, run_id: int, threads: int, batches: list[tuple[int, in
     return len(errors)
 
 
-def ingest(address: str, run_id: int, writers: int, metrics: int) -> dict[str, Any]:
-    """Metrics/s of ``writers`` concurrent writers posting ``metrics`` metrics in batches of 1,000."""
+def ingest(address: str, run_ids: list[int], writers: int, metrics: int) -> dict[str, Any]:
+    """Metrics/s of ``writers`` concurrent writers (spread over ``run_ids``) posting ``metrics`` in batches of 1,000."""
     batches = metrics // 1000
-    per_writer = [
-        (w * batches // writers, (w + 1) * batches // writers - w * batches // writers) for w in range(writers)
+    work = [
+        (run_ids[w % len(run_ids)], w * batches // writers, (w + 1) * batches // writers - w * batches // writers)
+        for w in range(writers)
     ]
     start_at = time.time() + 3.0  # the clients encode their bodies first
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(CLIENT_PROCESSES) as pool:
-        parts = [per_writer[c::CLIENT_PROCESSES] for c in range(CLIENT_PROCESSES)]
-        jobs = [pool.apply_async(_client, (address, run_id, len(p), p, start_at)) for p in parts]
+        jobs = [
+            pool.apply_async(_client, (address, work[c::CLIENT_PROCESSES], start_at)) for c in range(CLIENT_PROCESSES)
+        ]
         errors = sum(j.get(600) for j in jobs)
     elapsed = time.time() - start_at
     assert errors == 0, f"{errors} batches failed"
     return {
         "writers": writers,
+        "runs": len(run_ids),
         "metrics": batches * 1000,
         "seconds": elapsed,
         "metrics_per_s": batches * 1000 / elapsed,
@@ -157,20 +163,6 @@ def timed(url: str, path: str, params: dict[str, Any] | None = None) -> float:
     return time.perf_counter() - start
 
 
-@contextmanager
-def postgres_database(admin_url: str) -> Iterator[str]:
-    import psycopg
-
-    name = f"mlbench_bench_{secrets.token_hex(3)}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def reads(db: str, chart_run: int) -> dict[str, Any]:
     """The chart (cold: a server that never read the run; then warm) and the runs table, on ``db``."""
     chart = {"metric": "loss", "max_points": 1000, "fields": "date_us,step,epoch,value"}
@@ -182,6 +174,12 @@ def reads(db: str, chart_run: int) -> dict[str, Any]:
     return {"chart_cold_s": cold, "chart_warm_s": warm, "runs_table_s": runs, "runs_stats_s": stats}
 
 
+def new_run(url: str, name: str) -> int:
+    form = {"name": name, "num_workers": 1, "image_name": "custom_image", "custom_image_name": "x"}
+    form.update({"custom_image_command": "x", "backend": "gloo"})
+    return int(requests.post(url + "/api/runs/", data=form, timeout=30).json()["id"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--metrics", type=int, default=200_000, help="metrics posted per configuration")
@@ -191,34 +189,22 @@ def main() -> None:
     parser.add_argument("--postgres", default=default_pg)
     args = parser.parse_args()
     figures: dict[str, Any] = {"ingest": {}, "reads": {}}
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        postgres_database(args.postgres) as pg,
-        postgres_database(args.postgres) as pg_reads,
-    ):
+    with ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        pg = stack.enter_context(session_database(args.postgres, "mlbench_bench"))
+        pg_reads = stack.enter_context(session_database(args.postgres, "mlbench_bench"))
         configs = [("sqlite", 1), ("postgresql", 1), ("postgresql", 2), ("postgresql", 4)]
         for kind, workers in configs:
-            for writers in (8, 64):
-                db = os.path.join(tmp, f"ingest-{writers}.db") if kind == "sqlite" else pg
+            for writers, runs in ((8, 1), (64, 1), (64, 8)):
+                db = os.path.join(tmp, f"ingest-{writers}-{runs}.db") if kind == "sqlite" else pg
                 extra = ["--workers", str(workers)] if workers > 1 else []
                 with spawn(db_path=db, args=extra) as server:
-                    run_id = requests.post(
-                        server.url + "/api/runs/",
-                        data={
-                            "name": f"ingest-{kind}-{workers}-{writers}",
-                            "num_workers": 1,
-                            "image_name": "custom_image",
-                            "custom_image_name": "x",
-                            "custom_image_command": "x",
-                            "backend": "gloo",
-                        },
-                        timeout=30,
-                    ).json()["id"]
-                    fig = ingest(server.address, run_id, writers, args.metrics)
-                key = f"{kind}_{workers}p_{writers}w"
+                    run_ids = [new_run(server.url, f"ingest-{kind}-{workers}-{writers}-{r}") for r in range(runs)]
+                    fig = ingest(server.address, run_ids, writers, args.metrics)
+                key = f"{kind}_{workers}p_{writers}w_{runs}r"
                 figures["ingest"][key] = fig
                 rate = fig["metrics_per_s"]
-                print(f"ingest {kind:10} {workers} process(es), {writers:2} writers: {rate:>10,.0f} metrics/s")
+                print(f"ingest {kind:10} {workers}p, {writers:2} writers, {runs} run(s): {rate:>10,.0f} metrics/s")
         for kind, db in (("sqlite", os.path.join(tmp, "reads.db")), ("postgresql", pg_reads)):
             chart_run = fill_chart(db, args.chart_points)
             fill_runs(db, args.runs - 1)
@@ -228,16 +214,10 @@ def main() -> None:
                 f"(warm {fig['chart_warm_s'] * 1000:,.0f} ms); runs table of {args.runs:,} runs "
                 f"{fig['runs_table_s'] * 1000:,.0f} ms, stats {fig['runs_stats_s'] * 1000:,.0f} ms"
             )
-    ing = figures["ingest"]
-    ratios = {
-        f"pg2_over_pg1_{w}w": ing[f"postgresql_2p_{w}w"]["metrics_per_s"] / ing[f"postgresql_1p_{w}w"]["metrics_per_s"]
-        for w in (8, 64)
-    }
-    worst = min(
-        ing[f"postgresql_{p}p_{w}w"]["metrics_per_s"] / ing[f"sqlite_1p_{w}w"]["metrics_per_s"]
-        for p in (1, 2, 4)
-        for w in (8, 64)
-    )
+    ing = {k: v["metrics_per_s"] for k, v in figures["ingest"].items()}
+    shapes = ("8w_1r", "64w_1r", "64w_8r")
+    ratios = {f"pg2_over_pg1_{w}": ing[f"postgresql_2p_{w}"] / ing[f"postgresql_1p_{w}"] for w in shapes}
+    worst = min(ing[f"postgresql_{p}p_{w}"] / ing[f"sqlite_1p_{w}"] for p in (1, 2, 4) for w in shapes)
     rd = figures["reads"]
     slowest_read = max(rd["postgresql"][k] / rd["sqlite"][k] for k in rd["sqlite"])
     figures["ratios"] = {**ratios, "worst_pg_ingest_over_sqlite": worst, "worst_pg_read_time_over_sqlite": slowest_read}

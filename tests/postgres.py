@@ -40,28 +40,28 @@ def with_schema(url: str, schema: str) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
-def admin() -> Any:
+def admin(url: str = ADMIN_URL) -> Any:
     """An autocommit connection to the admin database (skips when there is none)."""
     try:
         import psycopg
     except ImportError:
         unavailable("no psycopg: pip install -e '.[test,postgres]'")
     try:
-        return psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5)
+        return psycopg.connect(url, autocommit=True, connect_timeout=5)
     except psycopg.Error as exc:
-        unavailable(f"no PostgreSQL at {ADMIN_URL.split('@')[-1]}: {str(exc).strip().splitlines()[0]}")
+        unavailable(f"no PostgreSQL at {url.split('@')[-1]}: {str(exc).strip().splitlines()[0]}")
 
 
 @contextmanager
-def session_database() -> Iterator[str]:
-    """A fresh database for this test session, dropped at its end: its URL."""
-    name = f"mlbench_test_{os.getpid()}_{secrets.token_hex(3)}"
-    with admin() as conn:
+def session_database(admin_url: str = ADMIN_URL, prefix: str = "mlbench_test") -> Iterator[str]:
+    """A fresh database (for a test session, a benchmark), dropped at its end: its URL."""
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
+    with admin(admin_url) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield with_database(ADMIN_URL, name)
+        yield with_database(admin_url, name)
     finally:
-        with admin() as conn:
+        with admin(admin_url) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

@@ -150,10 +150,7 @@ class PostgresDatabase:
         """Close the idle connections; those in use are closed when they come back. Idempotent."""
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
-        for raw in idle:
-            with contextlib.suppress(Exception):
-                raw.close()
+        self._drop_idle()
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[Any]:
