@@ -42,7 +42,7 @@ import time
 from typing import Callable, Final
 
 from .._threads import start_blocked, start_thread
-from ._conn import RECV_SIZE, BodyTooLarge, Closed, Connection
+from ._conn import RECV_SIZE, BodyTooLarge, Closed, Connection, Refused, Screen
 from ._wire import BadRequest, Request, Response, encode_response
 
 __all__ = ["HttpServer", "Request", "Response"]
@@ -53,10 +53,13 @@ _log = logging.getLogger("mlbench_metrics.server")
 _EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _PAUSE_MIN: Final = 0.05
 _PAUSE_MAX: Final = 1.0
+# Bytes of a streamed answer made ahead of what the client has taken (per connection).
+_OUT_AHEAD: Final = 256 * 1024
 
 
 Handler = Callable[[Request], Response]
 ErrorFactory = Callable[[int, str], Response]
+Serial = Callable[[Request], bool]
 
 
 class HttpServer:
@@ -77,6 +80,11 @@ class HttpServer:
         max_workers: requests handled at once; more wait for a worker.
         max_connections: connections open at once; more are answered 503.
         server_header: the ``Server`` header of every answer.
+        screen: sees each request's head before its body is read, and may refuse it (the
+            access checks: a request without its token never gets its body kept).
+        serial: requests for which it is true are handled one at a time, in arrival
+            order, by one thread of their own (``mlbench-server-serial``), so requests
+            that wait their turn (paced posts) never hold the workers others need.
     """
 
     def __init__(
@@ -94,8 +102,14 @@ class HttpServer:
         max_workers: int = 32,
         max_connections: int = 10_000,
         server_header: str = "mlbench-metrics",
+        screen: Screen | None = None,
+        serial: Serial | None = None,
     ) -> None:
         self._handler = handler
+        self._screen = screen
+        self._serial = serial
+        self._serial_work: queue.SimpleQueue[tuple[Connection, Request, bool] | None] = queue.SimpleQueue()
+        self._serial_thread: threading.Thread | None = None
         self._error = error
         self._max_body = max_body
         self._idle_timeout = idle_timeout
@@ -136,6 +150,8 @@ class HttpServer:
         """Start accepting connections in the ``mlbench-server`` thread."""
         if self._selector_thread is not None:
             return
+        if self._serial is not None:
+            self._serial_thread = start_thread(self._serial_loop, "mlbench-server-serial")
         self._selector_thread = start_thread(self._select_loop, "mlbench-server")
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -156,8 +172,11 @@ class HttpServer:
                 pass
         for _ in workers:
             self._work.put(None)
+        self._serial_work.put(None)
         for worker in workers:
             worker.join(max(0.0, deadline - time.monotonic()))
+        if self._serial_thread is not None:
+            self._serial_thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             leftovers = list(self._open)
         for conn in leftovers:  # parked after the selector stopped watching
@@ -207,7 +226,7 @@ class HttpServer:
                                 pause = min(pause * 2, _PAUSE_MAX)
                         else:
                             conn = key.data
-                            whole = self._read_parked(conn)
+                            whole = self._write_parked(conn) if conn.sending else self._read_parked(conn)
                             if whole is not False:
                                 parked.discard(conn)
                                 sel.unregister(conn.sock)
@@ -222,7 +241,8 @@ class HttpServer:
                         newly, self._to_park = self._to_park, []
                     for conn in newly:
                         try:
-                            sel.register(conn.sock, selectors.EVENT_READ, conn)
+                            events = selectors.EVENT_WRITE if conn.sending else selectors.EVENT_READ
+                            sel.register(conn.sock, events, conn)
                         except (KeyError, ValueError, OSError):
                             _log.exception("cannot watch the connection from %s; closing it", conn.client)
                             self._close(conn)
@@ -269,11 +289,7 @@ class HttpServer:
                 if not full:
                     self._open.add(conn)
             if full:
-                try:
-                    sock.settimeout(1.0)
-                    self._send(sock, self._error(503, "too many connections"), close=True)
-                except OSError:
-                    pass
+                self._send_nowait(sock, self._error(503, "too many connections"))
                 sock.close()
                 continue
             self._dispatch(conn)
@@ -286,17 +302,46 @@ class HttpServer:
             when the peer closed it or it failed (the caller closes it).
         """
         try:
-            conn.received(conn.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT), self._header_timeout)
+            data = conn.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+            if conn.discard:  # a refused body: thrown away, then the connection closes
+                return False if conn.discarded(data) else None
+            conn.received(data, self._header_timeout)
         except (BlockingIOError, InterruptedError):
             return False
         except (Closed, OSError):
             return None
         return conn.ready()
 
+    def _write_parked(self, conn: Connection) -> bool | None:
+        """Send what a parked connection's answer still has, without blocking.
+
+        Returns:
+            True when the answer's bytes went (a worker goes on: the rest of a streamed
+            answer, or the next request), False to keep waiting, None when it failed.
+        """
+        try:
+            conn.sock.settimeout(0.0)
+            sent = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return None
+        del conn.out[:sent]
+        conn.last_active = time.monotonic()
+        return not conn.out
+
     def _expire(self, sel: selectors.BaseSelector, parked: set[Connection]) -> None:
-        """Close parked connections silent for ``idle_timeout`` or late with their request (408)."""
+        """Close parked connections silent for ``idle_timeout``, late with their request (408),
+        not reading their answer for ``idle_timeout`` or done with the time to throw a refused
+        body away."""
         now = time.monotonic()
         for conn in list(parked):
+            if conn.sending or conn.discard:
+                if now - conn.last_active > self._idle_timeout or (conn.discard and now > (conn.deadline or 0)):
+                    parked.discard(conn)
+                    sel.unregister(conn.sock)
+                    self._close(conn)
+                continue
             late = conn.deadline is not None and now > conn.deadline
             if late or (conn.deadline is None and now - conn.last_active > self._idle_timeout):
                 parked.discard(conn)
@@ -347,25 +392,43 @@ class HttpServer:
             pass
 
     def _serve(self, conn: Connection) -> None:
-        """Serve requests on ``conn`` until it closes, or park it when it has nothing whole to serve."""
+        """Serve requests on ``conn`` until it closes, or park it when it cannot go on without waiting.
+
+        It waits neither for a client to read (an answer that does not fit in the socket's
+        buffer is parked with the rest: :meth:`_flush`) nor for bytes for longer than
+        ``park_after``. While an answer is going out no further request is read, so a
+        client that pipelines requests and never reads holds one answer, not a worker.
+        """
         sock = conn.sock
         answered = False
         try:
             while not self._stopping.is_set():
-                sock.settimeout(self._idle_timeout)  # for the answers and 100 Continue
+                if conn.sending and not self._flush(conn):
+                    self._park(conn)  # the client is not reading: the selector waits for it
+                    return
+                if conn.discard:
+                    self._park(conn)  # the selector throws the refused body away, then closes
+                    return
+                if conn.close_after:
+                    break
                 try:
-                    taken = conn.take_request(self._max_body, self._body_timeout)
+                    taken = conn.take_request(self._max_body, self._body_timeout, self._screen)
+                except Refused as exc:
+                    self._refused(conn, exc)
+                    continue
                 except BodyTooLarge as exc:
-                    self._send(sock, self._error(413, exc.message), close=True)
-                    conn.drain(exc.length)  # so the client gets to read the 413
-                    break
+                    self._queue(conn, self._error(413, exc.message), close=True)
+                    conn.refuse_body(exc.length)  # so the client gets to read the 413
+                    continue
                 except BadRequest as exc:
-                    self._send(sock, self._error(exc.status, exc.message), close=True)
-                    break
+                    self._queue(conn, self._error(exc.status, exc.message), close=True)
+                    continue
                 if taken is None:
+                    if conn.out:  # a 100 Continue to send first
+                        continue
                     if conn.deadline is not None and time.monotonic() > conn.deadline:
-                        self._send(sock, self._error(408, "the request did not arrive in time"), close=True)
-                        break
+                        self._queue(conn, self._error(408, "the request did not arrive in time"), close=True)
+                        continue
                     if (answered or conn.buf) and self._work.qsize() > 0:  # others wait for a worker: make way
                         self._park(conn)
                         return
@@ -377,28 +440,110 @@ class HttpServer:
                         return
                     continue
                 request, keep_alive = taken
-                try:
-                    response = self._handler(request)
-                except Exception:
-                    _log.exception("unhandled error for %s %s", request.method, request.path)
-                    response = self._error(500, "internal server error; the server log has the details")
-                close = response.close or not keep_alive or self._stopping.is_set()
-                self._send(sock, response, close=close, head_only=request.method == "HEAD")
-                if close:
-                    break
+                if self._serial is not None and self._serial(request):
+                    self._serial_work.put((conn, request, keep_alive))  # its worker is free for others
+                    return
+                self._answer(conn, request, keep_alive)
                 answered = True
-                conn.last_active = time.monotonic()
         except (Closed, OSError):
             # The peer went away, or stop() shut the socket down.
             pass
         self._close(conn)
 
-    # -- requests and answers ---------------------------------------------------------
+    def _refused(self, conn: Connection, exc: Refused) -> None:
+        """Answer a head the screen refused; its body (if any) is thrown away unread, then the
+        connection closes. A refused request without a body leaves the connection open."""
+        if exc.length == 0 and exc.keep_alive:
+            self._queue(conn, exc.response, close=False)
+            conn.deadline = None
+            conn.scanned = 0
+            return
+        self._queue(conn, exc.response, close=True)
+        conn.refuse_body(exc.length)
 
-    def _send(self, sock: socket.socket, response: Response, *, close: bool, head_only: bool = False) -> None:
-        """Send ``response`` in one write; for a HEAD request, its head alone (HTTP forbids a body)."""
+    def _answer(self, conn: Connection, request: Request, keep_alive: bool) -> None:
+        """Run the handler for ``request`` and queue its answer on ``conn``."""
+        try:
+            response = self._handler(request)
+        except Exception:
+            _log.exception("unhandled error for %s %s", request.method, request.path)
+            response = self._error(500, "internal server error; the server log has the details")
+        close = response.close or not keep_alive or self._stopping.is_set()
+        self._queue(conn, response, close=close, head_only=request.method == "HEAD")
+        conn.last_active = time.monotonic()
+
+    def _serial_loop(self) -> None:
+        """The ``mlbench-server-serial`` thread: requests that take turns (``serial``), one at a time."""
+        while True:
+            item = self._serial_work.get()
+            if item is None:
+                return
+            conn, request, keep_alive = item
+            try:
+                self._answer(conn, request, keep_alive)
+            except Exception:
+                _log.exception("connection from %s failed", conn.client)
+                self._close(conn)
+                continue
+            self._dispatch(conn)  # a worker sends the answer and reads what follows
+
+    # -- answers: queued on the connection, sent without waiting for the client --------
+
+    def _queue(self, conn: Connection, response: Response, *, close: bool, head_only: bool = False) -> None:
+        """Put ``response`` in ``conn``'s output; for a HEAD request, its head alone (HTTP forbids a body)."""
         head, body = encode_response(response, self._server_header, close=close)
-        sock.sendall(head if head_only else head + body)
+        conn.out += head
+        if not head_only:
+            if response.stream is not None:
+                conn.stream = iter(response.stream)
+            else:
+                conn.out += body
+        conn.close_after = close
+
+    def _flush(self, conn: Connection) -> bool:
+        """Send what ``conn`` has to send, as far as the client takes it now; True when all went.
+
+        A streamed answer is framed in chunks here, and asked for its next pieces only
+        when fewer than ``_OUT_AHEAD`` bytes wait to be sent, so it never runs ahead of the
+        client by more than that.
+
+        Raises:
+            OSError: the connection failed.
+            Closed: a streamed answer failed half-way (logged): closing tells the client it
+                is incomplete, since its last chunk never comes.
+        """
+        sock = conn.sock
+        sock.settimeout(0.0)
+        while True:
+            while conn.out:
+                try:
+                    sent = sock.send(conn.out)
+                except (BlockingIOError, InterruptedError):
+                    return False
+                del conn.out[:sent]
+                conn.last_active = time.monotonic()
+            if conn.stream is None:
+                return True
+            self._refill(conn)
+
+    @staticmethod
+    def _refill(conn: Connection) -> None:
+        stream = conn.stream
+        assert stream is not None
+        try:
+            for piece in stream:
+                if piece:
+                    conn.out += b"%x\r\n" % len(piece)
+                    conn.out += piece
+                    conn.out += b"\r\n"
+                if len(conn.out) >= _OUT_AHEAD:
+                    return
+        except Exception:
+            conn.stream = None
+            _log.exception("a streamed answer to %s failed half-way; closing the connection", conn.client)
+            raise Closed from None
+        conn.stream = None
+        conn.out += b"0\r\n\r\n"
 
     def _send_nowait(self, sock: socket.socket, response: Response) -> None:
         """Best effort from the selector thread: whatever fits in the socket's buffer now."""

@@ -14,9 +14,10 @@ for an unknown coding, but a 5xx would say the server failed, and nothing did). 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Final
+from typing import Final, Optional
 from urllib.parse import unquote, urlsplit
 
 __all__ = [
@@ -64,13 +65,22 @@ class Request:
 
 @dataclass
 class Response:
-    """One HTTP answer; ``body`` is sent as is (no body for 204 and 304)."""
+    """One HTTP answer; ``body`` is sent as is (no body for 204 and 304).
+
+    Attributes:
+        stream: when set, the body instead: pieces of bytes made while the answer is
+            sent (``Transfer-Encoding: chunked``), so that a large export never sits whole
+            in memory. The server asks for the next piece only once the client has read
+            the previous ones; the iterable must not hold a database cursor between pieces
+            (a piece may be asked for from another thread).
+    """
 
     status: int
     body: bytes = b""
     content_type: str = "application/json"
     headers: list[tuple[str, str]] = field(default_factory=list)
     close: bool = False
+    stream: Optional[Iterable[bytes]] = None
 
 
 class BadRequest(Exception):
@@ -278,12 +288,22 @@ def _reason(status: int) -> str:
 def encode_response(response: Response, server: str, *, close: bool) -> tuple[bytes, bytes]:
     """The answer's head (status line and headers) and body, ready for one write.
 
-    204, 304 and 1xx answers carry no body whatever ``response.body`` holds.
+    204, 304 and 1xx answers carry no body whatever ``response.body`` holds. A streamed
+    answer (``response.stream``) announces ``Transfer-Encoding: chunked`` and returns no
+    body here: the server frames the pieces as it sends them. Every answer says
+    ``X-Content-Type-Options: nosniff``, so a browser never takes a JSON or CSV answer
+    holding ``<script>`` for a page.
     """
     status = response.status
     lines = [f"HTTP/1.1 {status} {_reason(status)}", f"Server: {server}"]
+    if not any(k.lower() == "x-content-type-options" for k, _ in response.headers):
+        lines.append("X-Content-Type-Options: nosniff")
     body = response.body
     if status in (204, 304) or 100 <= status < 200:
+        body = b""
+    elif response.stream is not None:
+        lines.append(f"Content-Type: {response.content_type}")
+        lines.append("Transfer-Encoding: chunked")
         body = b""
     else:
         lines.append(f"Content-Type: {response.content_type}")
