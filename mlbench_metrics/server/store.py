@@ -27,7 +27,7 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any, Iterator, Sequence
 
-from .chunk_tables import CHUNK_ROWS, SCHEMA, delete_chunks, insert_chunks, newest_id, read_chunks
+from .chunk_tables import CHUNK_ROWS, SCHEMA, delete_chunks, insert_chunks, newest_id, read_chunks, series_pieces
 from .chunks import Columns, Point, decode_chunk, decode_points, encode_chunks, encode_point
 from .columns import ChunkCache, SeriesColumns, merge_columns
 
@@ -476,6 +476,13 @@ class Store:
             if len(columns):
                 out.append(columns)
         return out
+
+    def series_pieces(
+        self, run_id: int, names: Sequence[str] | None, dates: tuple[int | None, int | None] = (None, None)
+    ) -> Iterator[SeriesColumns]:
+        """A run's series (as :meth:`series_columns`, ``dates`` its since and until) in pieces of about
+        50,000 points, read when asked for: exports stream (see :func:`.chunk_tables.series_pieces`)."""
+        return series_pieces(self._read, run_id, names, dates)
 
     def count_metrics(self, run_id: int | None = None) -> int:
         """How many metrics are stored (for one run, or in all)."""
