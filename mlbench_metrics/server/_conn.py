@@ -10,14 +10,28 @@ selector while it is parked) touches it. No threads.
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Callable, Final, Optional
 
 from ._wire import BadRequest, Head, Request, Response, head_complete, parse_chunked, parse_head, skip_blank_lines
 
-__all__ = ["DRAIN_LIMIT", "DRAIN_SECONDS", "RECV_SIZE", "BodyTooLarge", "Closed", "Connection", "Refused", "Screen"]
+__all__ = [
+    "DRAIN_LIMIT",
+    "DRAIN_SECONDS",
+    "RECV_SIZE",
+    "BodyBudget",
+    "BodyTooLarge",
+    "Closed",
+    "Connection",
+    "Refused",
+    "Screen",
+]
+
+_log = logging.getLogger("mlbench_metrics.server")
 
 RECV_SIZE: Final = 65536
 """Bytes asked for per ``recv``."""
@@ -27,6 +41,9 @@ DRAIN_LIMIT: Final = 256 * 1024 * 1024
 
 DRAIN_SECONDS: Final = 5.0
 """How long a refused body may take to be thrown away before the connection is closed."""
+
+OUT_AHEAD: Final = 256 * 1024
+"""Bytes of a streamed answer made ahead of what the client has taken."""
 
 Screen = Callable[[Request], Optional[Response]]
 """Looks at a request's head (its ``body`` still empty): a refusal, or None to read the body."""
@@ -73,6 +90,8 @@ class Connection:
         stream: the rest of a streamed answer's body, or None.
         close_after: close once ``out`` and ``stream`` are sent.
         discard: bytes of a refused body still to read and throw away before closing.
+        reserved: bytes the server counts for the body being received (its limit on
+            bodies in flight), until the request is answered or the connection closes.
     """
 
     __slots__ = (
@@ -84,6 +103,7 @@ class Connection:
         "head",
         "last_active",
         "out",
+        "reserved",
         "scanned",
         "sock",
         "stream",
@@ -101,6 +121,7 @@ class Connection:
         self.stream: Iterator[bytes] | None = None
         self.close_after = False
         self.discard = 0
+        self.reserved = 0
 
     @property
     def sending(self) -> bool:
@@ -207,3 +228,105 @@ class Connection:
             raise Closed
         self.discard = max(0, self.discard - len(data))
         return self.discard > 0
+
+    # -- the answer going out: sent as far as the client takes it, never waiting ------------
+
+    def queue(self, head: bytes, body: bytes | None, stream: Iterable[bytes] | None, *, close: bool) -> None:
+        """Queue an answer: its head, then ``body`` or the pieces of ``stream`` (chunked)."""
+        self.out += head
+        if stream is not None:
+            self.stream = iter(stream)
+        elif body:
+            self.out += body
+        self.close_after = close
+
+    def flush(self) -> bool:
+        """Send what there is to send, as far as the client takes it now; True when all went.
+
+        A streamed answer is framed in chunks here, and asked for its next pieces only
+        when fewer than :data:`OUT_AHEAD` bytes wait, so it never runs ahead of the client
+        by more than that.
+
+        Raises:
+            OSError: the connection failed.
+            Closed: a streamed answer failed half-way (logged): closing tells the client it
+                is incomplete, since its last chunk never comes.
+        """
+        self.sock.settimeout(0.0)
+        while True:
+            while self.out:
+                try:
+                    sent = self.sock.send(self.out)
+                except (BlockingIOError, InterruptedError):
+                    return False
+                del self.out[:sent]
+                self.last_active = time.monotonic()
+            if self.stream is None:
+                return True
+            self._refill(self.stream)
+
+    def _refill(self, stream: Iterator[bytes]) -> None:
+        try:
+            for piece in stream:
+                if piece:
+                    self.out += b"%x\r\n" % len(piece)
+                    self.out += piece
+                    self.out += b"\r\n"
+                if len(self.out) >= OUT_AHEAD:
+                    return
+        except Exception:
+            self.stream = None
+            _log.exception("a streamed answer to %s failed half-way; closing the connection", self.client)
+            raise Closed from None
+        self.stream = None
+        self.out += b"0\r\n\r\n"
+
+    def send_parked(self) -> bool | None:
+        """From the selector, parked: send what waits without blocking (no stream is read here).
+
+        Returns:
+            True when the bytes went (a worker goes on: the rest of a streamed answer, or
+            the next request), False to keep waiting, None when the connection failed.
+        """
+        try:
+            self.sock.settimeout(0.0)
+            sent = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return None
+        del self.out[:sent]
+        self.last_active = time.monotonic()
+        return not self.out
+
+
+class BodyBudget:
+    """The bytes of request bodies being received or handled at once, within a limit.
+
+    A body is counted (:attr:`Connection.reserved`) once its head is read and it does not
+    come whole with it, until its request is answered or its connection closes; one that
+    would go beyond the limit is answered 503 and thrown away unread. Thread-safe.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, conn: Connection, max_body: int) -> bool:
+        """Count the body ``conn`` is receiving (``max_body`` for a chunked one); False when it does not fit."""
+        assert conn.head is not None
+        size = max(1, max_body if conn.head.chunked else conn.head.length)
+        with self._lock:
+            if self.used + size > self.limit:
+                return False
+            self.used += size
+        conn.reserved = size
+        return True
+
+    def release(self, conn: Connection) -> None:
+        """Stop counting ``conn``'s body (idempotent)."""
+        if conn.reserved:
+            with self._lock:
+                self.used -= conn.reserved
+            conn.reserved = 0

@@ -1,37 +1,37 @@
-"""A small HTTP/1.1 server: keep-alive, one write per answer, idle connections parked.
+"""A small HTTP/1.1 server: keep-alive, no worker ever waits on a client, idle connections parked.
 
-Why not ``http.server``: it parses headers with the ``email`` package and writes the
-status line, headers and body in separate sends; on a kept-alive connection Nagle's
-algorithm and the client's delayed ACK then add ~40 ms to every request. Here every
-answer goes out in one ``sendall`` on a socket with ``TCP_NODELAY``.
+Why not ``http.server``: it writes the status line, headers and body in separate sends;
+with Nagle's algorithm and delayed ACKs that adds ~40 ms per kept-alive request. Here an
+answer goes out in as few sends as the socket takes, with ``TCP_NODELAY``.
 
-Why not a thread per connection: clients written like the upstream one open a new
-connection per request and keep it open until the answer is garbage-collected, so
-thousands of idle connections can pile up. A connection that stays quiet for
-``park_after`` seconds (20 ms), or at once when other connections wait for a worker, is
-handed back to the selector and costs no thread until it speaks again; a busy
-connection keeps its worker, so back-to-back kept-alive requests need no hand-off.
+Why not a thread per connection: upstream-style clients keep thousands of idle
+connections open. A connection quiet for ``park_after`` (20 ms), or at once when others
+wait for a worker, is handed to the selector and costs no thread until it speaks again.
 
-A worker only ever waits ``park_after`` for bytes: a request that arrives in pieces is
-parked with what came so far, the selector reads the rest without blocking, and the
-connection gets a worker again once the request is whole. So clients trickling their
-headers a byte at a time (slowloris) hold no worker, and each request must arrive whole
-within a total deadline (``header_timeout`` for the head, ``body_timeout`` for the
-body; 408 after), not a timeout that restarts with every byte. A connection and its
-request in progress are ``_conn.py``; parsing and answers' bytes, ``_wire.py``.
+A worker never waits on a client. Bytes: it waits ``park_after`` at most; a request that
+arrives in pieces is parked and the selector reads the rest (slowloris holds no worker),
+within total deadlines (``header_timeout``, ``body_timeout``; 408 after). Answers: sent
+without blocking; what the client does not take is parked with the connection and the
+selector sends it as the client reads (a streamed answer gets a worker again for its next
+pieces), and no further request is read meanwhile, so a client that pipelines requests
+and never reads holds one answer, never a worker. The access checks (``screen``) see a
+request's head before its body is read; a refused body is thrown away unread, and bodies
+in progress are counted against ``max_bodies`` (503 beyond). Requests that must take
+turns (``serial``: paced posts) wait in a thread of their own, not in workers.
 
-When the process runs out of file descriptors, ``accept`` fails at once for as long as
-it lasts; the selector then stops watching the listening socket for a growing pause
-(50 ms to 1 s) and logs the condition once, instead of spinning on it.
+When the process runs out of file descriptors, the selector stops accepting for a growing
+pause (50 ms to 1 s) and logs once, instead of spinning. A connection and its request
+and answer in progress are ``_conn.py``; parsing and answers' bytes, ``_wire.py``.
 
-Threads: ``start()`` starts the selector thread (``mlbench-server``), which accepts
-and watches parked connections; workers (``mlbench-server-worker``) are started on
-demand up to ``max_workers``. ``stop()`` wakes the selector, shuts every connection
-down and joins every thread to one deadline.
+Threads: ``start()`` starts the selector thread (``mlbench-server``) and, with
+``serial``, ``mlbench-server-serial``; workers (``mlbench-server-worker``) start on demand
+up to ``max_workers``. ``stop()`` wakes the selector, shuts every connection down and
+joins every thread to one deadline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import queue
@@ -42,7 +42,7 @@ import time
 from typing import Callable, Final
 
 from .._threads import start_blocked, start_thread
-from ._conn import RECV_SIZE, BodyTooLarge, Closed, Connection, Refused, Screen
+from ._conn import RECV_SIZE, BodyBudget, BodyTooLarge, Closed, Connection, Refused, Screen
 from ._wire import BadRequest, Request, Response, encode_response
 
 __all__ = ["HttpServer", "Request", "Response"]
@@ -53,8 +53,6 @@ _log = logging.getLogger("mlbench_metrics.server")
 _EXHAUSTED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _PAUSE_MIN: Final = 0.05
 _PAUSE_MAX: Final = 1.0
-# Bytes of a streamed answer made ahead of what the client has taken (per connection).
-_OUT_AHEAD: Final = 256 * 1024
 
 
 Handler = Callable[[Request], Response]
@@ -79,6 +77,9 @@ class HttpServer:
             once when other connections are waiting for one).
         max_workers: requests handled at once; more wait for a worker.
         max_connections: connections open at once; more are answered 503.
+        max_bodies: bytes of request bodies being received or handled at once (default
+            four times ``max_body``); a body that would go beyond is answered 503 (clients
+            retry) and thrown away unread, so many large posts cannot exhaust memory.
         server_header: the ``Server`` header of every answer.
         screen: sees each request's head before its body is read, and may refuse it (the
             access checks: a request without its token never gets its body kept).
@@ -101,6 +102,7 @@ class HttpServer:
         park_after: float = 0.02,
         max_workers: int = 32,
         max_connections: int = 10_000,
+        max_bodies: int | None = None,
         server_header: str = "mlbench-metrics",
         screen: Screen | None = None,
         serial: Serial | None = None,
@@ -112,6 +114,7 @@ class HttpServer:
         self._serial_thread: threading.Thread | None = None
         self._error = error
         self._max_body = max_body
+        self._bodies = BodyBudget(max_bodies if max_bodies is not None else 4 * max_body)
         self._idle_timeout = idle_timeout
         self._header_timeout = header_timeout
         self._body_timeout = body_timeout
@@ -166,10 +169,8 @@ class HttpServer:
             conns = list(self._open)
             workers = list(self._workers)
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         for _ in workers:
             self._work.put(None)
         self._serial_work.put(None)
@@ -182,10 +183,8 @@ class HttpServer:
         for conn in leftovers:  # parked after the selector stopped watching
             self._close(conn)
         for s in (self._sock, self._wake_r, self._wake_w):
-            try:
+            with contextlib.suppress(OSError):
                 s.close()
-            except OSError:
-                pass
 
     @property
     def connections(self) -> int:
@@ -194,10 +193,8 @@ class HttpServer:
             return len(self._open)
 
     def _wake(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
-        except OSError:
-            pass
 
     # -- the selector thread: accept, watch parked connections -------------------
 
@@ -226,7 +223,7 @@ class HttpServer:
                                 pause = min(pause * 2, _PAUSE_MAX)
                         else:
                             conn = key.data
-                            whole = self._write_parked(conn) if conn.sending else self._read_parked(conn)
+                            whole = conn.send_parked() if conn.sending else self._read_parked(conn)
                             if whole is not False:
                                 parked.discard(conn)
                                 sel.unregister(conn.sock)
@@ -312,24 +309,6 @@ class HttpServer:
             return None
         return conn.ready()
 
-    def _write_parked(self, conn: Connection) -> bool | None:
-        """Send what a parked connection's answer still has, without blocking.
-
-        Returns:
-            True when the answer's bytes went (a worker goes on: the rest of a streamed
-            answer, or the next request), False to keep waiting, None when it failed.
-        """
-        try:
-            conn.sock.settimeout(0.0)
-            sent = conn.sock.send(conn.out)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return None
-        del conn.out[:sent]
-        conn.last_active = time.monotonic()
-        return not conn.out
-
     def _expire(self, sel: selectors.BaseSelector, parked: set[Connection]) -> None:
         """Close parked connections silent for ``idle_timeout``, late with their request (408),
         not reading their answer for ``idle_timeout`` or done with the time to throw a refused
@@ -383,13 +362,17 @@ class HttpServer:
             with self._lock:
                 self._idle_workers += 1
 
+    @property
+    def bodies_in_flight(self) -> int:
+        """Bytes of request bodies counted against ``max_bodies`` right now."""
+        return self._bodies.used
+
     def _close(self, conn: Connection) -> None:
+        self._bodies.release(conn)
         with self._lock:
             self._open.discard(conn)
-        try:
+        with contextlib.suppress(OSError):
             conn.sock.close()
-        except OSError:
-            pass
 
     def _serve(self, conn: Connection) -> None:
         """Serve requests on ``conn`` until it closes, or park it when it cannot go on without waiting.
@@ -403,7 +386,7 @@ class HttpServer:
         answered = False
         try:
             while not self._stopping.is_set():
-                if conn.sending and not self._flush(conn):
+                if conn.sending and not conn.flush():
                     self._park(conn)  # the client is not reading: the selector waits for it
                     return
                 if conn.discard:
@@ -422,6 +405,15 @@ class HttpServer:
                     continue
                 except BadRequest as exc:
                     self._queue(conn, self._error(exc.status, exc.message), close=True)
+                    continue
+                if (
+                    taken is None
+                    and conn.head is not None
+                    and not conn.reserved
+                    and not self._bodies.reserve(conn, self._max_body)
+                ):
+                    self._queue(conn, self._error(503, "too many large request bodies at once; retry"), close=True)
+                    conn.refuse_body(conn.head.length if not conn.head.chunked else self._max_body)
                     continue
                 if taken is None:
                     if conn.out:  # a 100 Continue to send first
@@ -451,8 +443,7 @@ class HttpServer:
         self._close(conn)
 
     def _refused(self, conn: Connection, exc: Refused) -> None:
-        """Answer a head the screen refused; its body (if any) is thrown away unread, then the
-        connection closes. A refused request without a body leaves the connection open."""
+        """Answer a refused head; a body is thrown away unread, then the connection closes."""
         if exc.length == 0 and exc.keep_alive:
             self._queue(conn, exc.response, close=False)
             conn.deadline = None
@@ -468,6 +459,7 @@ class HttpServer:
         except Exception:
             _log.exception("unhandled error for %s %s", request.method, request.path)
             response = self._error(500, "internal server error; the server log has the details")
+        self._bodies.release(conn)  # the body is answered: it no longer counts
         close = response.close or not keep_alive or self._stopping.is_set()
         self._queue(conn, response, close=close, head_only=request.method == "HEAD")
         conn.last_active = time.monotonic()
@@ -492,63 +484,10 @@ class HttpServer:
     def _queue(self, conn: Connection, response: Response, *, close: bool, head_only: bool = False) -> None:
         """Put ``response`` in ``conn``'s output; for a HEAD request, its head alone (HTTP forbids a body)."""
         head, body = encode_response(response, self._server_header, close=close)
-        conn.out += head
-        if not head_only:
-            if response.stream is not None:
-                conn.stream = iter(response.stream)
-            else:
-                conn.out += body
-        conn.close_after = close
-
-    def _flush(self, conn: Connection) -> bool:
-        """Send what ``conn`` has to send, as far as the client takes it now; True when all went.
-
-        A streamed answer is framed in chunks here, and asked for its next pieces only
-        when fewer than ``_OUT_AHEAD`` bytes wait to be sent, so it never runs ahead of the
-        client by more than that.
-
-        Raises:
-            OSError: the connection failed.
-            Closed: a streamed answer failed half-way (logged): closing tells the client it
-                is incomplete, since its last chunk never comes.
-        """
-        sock = conn.sock
-        sock.settimeout(0.0)
-        while True:
-            while conn.out:
-                try:
-                    sent = sock.send(conn.out)
-                except (BlockingIOError, InterruptedError):
-                    return False
-                del conn.out[:sent]
-                conn.last_active = time.monotonic()
-            if conn.stream is None:
-                return True
-            self._refill(conn)
-
-    @staticmethod
-    def _refill(conn: Connection) -> None:
-        stream = conn.stream
-        assert stream is not None
-        try:
-            for piece in stream:
-                if piece:
-                    conn.out += b"%x\r\n" % len(piece)
-                    conn.out += piece
-                    conn.out += b"\r\n"
-                if len(conn.out) >= _OUT_AHEAD:
-                    return
-        except Exception:
-            conn.stream = None
-            _log.exception("a streamed answer to %s failed half-way; closing the connection", conn.client)
-            raise Closed from None
-        conn.stream = None
-        conn.out += b"0\r\n\r\n"
+        conn.queue(head, None if head_only else body, None if head_only else response.stream, close=close)
 
     def _send_nowait(self, sock: socket.socket, response: Response) -> None:
         """Best effort from the selector thread: whatever fits in the socket's buffer now."""
         head, body = encode_response(response, self._server_header, close=True)
-        try:
+        with contextlib.suppress(OSError):
             sock.send(head + body, socket.MSG_DONTWAIT)
-        except OSError:
-            pass

@@ -161,3 +161,25 @@ def test_reads_do_not_queue_behind_paced_posts() -> None:
             server.stop()
             for thread in posters:
                 thread.join(60)
+
+
+def test_bodies_in_flight_are_bounded_and_the_one_beyond_is_refused_unread() -> None:
+    """Authenticated clients too: 4 x max_body of bodies at once, then 503 (clients retry)."""
+    mib = 1024 * 1024
+    with serve(max_body=mib) as server:
+        head = f"POST /api/runs/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {mib}\r\n\r\n"
+        socks = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(4)]
+        try:
+            for sock in socks:
+                sock.sendall(head.encode() + b" " * 1000)  # the rest never comes
+            wait_until(lambda: server._http.bodies_in_flight == 4 * mib, what="4 bodies counted")
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as fifth:
+                fifth.sendall(head.encode() + b" " * 1000)
+                answer = fifth.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 503 "), answer[:100]
+            assert b"Retry-After: 1" in answer
+        finally:
+            for sock in socks:
+                sock.close()
+        wait_until(lambda: server._http.bodies_in_flight == 0, what="closed connections to stop counting")
+        assert create_run(server.url)["id"]  # and a whole body is served as before
