@@ -96,6 +96,7 @@ class Connection:
 
     __slots__ = (
         "buf",
+        "chunked",
         "client",
         "close_after",
         "deadline",
@@ -122,6 +123,7 @@ class Connection:
         self.close_after = False
         self.discard = 0
         self.reserved = 0
+        self.chunked = True
 
     @property
     def sending(self) -> bool:
@@ -201,7 +203,8 @@ class Connection:
         self.scanned = 0
         self.deadline = None  # what follows (pipelined) starts a new request
         self.last_active = time.monotonic()
-        return Request(head.method, head.path, head.query, head.headers, body, self.client), head.keep_alive
+        request = Request(head.method, head.path, head.query, head.headers, body, self.client, head.http10)
+        return request, head.keep_alive
 
     def _continue(self, head: Head) -> None:
         if head.expect_continue and not head.continue_sent:
@@ -231,9 +234,13 @@ class Connection:
 
     # -- the answer going out: sent as far as the client takes it, never waiting ------------
 
-    def queue(self, head: bytes, body: bytes | None, stream: Iterable[bytes] | None, *, close: bool) -> None:
-        """Queue an answer: its head, then ``body`` or the pieces of ``stream`` (chunked)."""
+    def queue(
+        self, head: bytes, body: bytes | None, stream: Iterable[bytes] | None, *, close: bool, chunked: bool = True
+    ) -> None:
+        """Queue an answer: its head, then ``body`` or the pieces of ``stream`` (framed as chunks
+        unless ``chunked`` is false: then the connection's end is the body's, so ``close``)."""
         self.out += head
+        self.chunked = chunked
         if stream is not None:
             self.stream = iter(stream)
         elif body:
@@ -268,7 +275,9 @@ class Connection:
     def _refill(self, stream: Iterator[bytes]) -> None:
         try:
             for piece in stream:
-                if piece:
+                if piece and not self.chunked:
+                    self.out += piece
+                elif piece:
                     self.out += b"%x\r\n" % len(piece)
                     self.out += piece
                     self.out += b"\r\n"
@@ -279,7 +288,8 @@ class Connection:
             _log.exception("a streamed answer to %s failed half-way; closing the connection", self.client)
             raise Closed from None
         self.stream = None
-        self.out += b"0\r\n\r\n"
+        if self.chunked:
+            self.out += b"0\r\n\r\n"
 
     def send_parked(self) -> bool | None:
         """From the selector, parked: send what waits without blocking (no stream is read here).

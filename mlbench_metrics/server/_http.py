@@ -81,11 +81,9 @@ class HttpServer:
             four times ``max_body``); a body that would go beyond is answered 503 (clients
             retry) and thrown away unread, so many large posts cannot exhaust memory.
         server_header: the ``Server`` header of every answer.
-        screen: sees each request's head before its body is read, and may refuse it (the
-            access checks: a request without its token never gets its body kept).
-        serial: requests for which it is true are handled one at a time, in arrival
-            order, by one thread of their own (``mlbench-server-serial``), so requests
-            that wait their turn (paced posts) never hold the workers others need.
+        screen: sees each request's head before its body is read and may refuse it.
+        serial: requests for which it is true are handled one at a time, in arrival order,
+            by one thread of their own, so those that wait their turn hold no worker.
     """
 
     def __init__(
@@ -461,7 +459,7 @@ class HttpServer:
             response = self._error(500, "internal server error; the server log has the details")
         self._bodies.release(conn)  # the body is answered: it no longer counts
         close = response.close or not keep_alive or self._stopping.is_set()
-        self._queue(conn, response, close=close, head_only=request.method == "HEAD")
+        self._queue(conn, response, close=close, head_only=request.method == "HEAD", v10=request.http10)
         conn.last_active = time.monotonic()
 
     def _serial_loop(self) -> None:
@@ -481,10 +479,15 @@ class HttpServer:
 
     # -- answers: queued on the connection, sent without waiting for the client --------
 
-    def _queue(self, conn: Connection, response: Response, *, close: bool, head_only: bool = False) -> None:
-        """Put ``response`` in ``conn``'s output; for a HEAD request, its head alone (HTTP forbids a body)."""
-        head, body = encode_response(response, self._server_header, close=close)
-        conn.queue(head, None if head_only else body, None if head_only else response.stream, close=close)
+    def _queue(
+        self, conn: Connection, response: Response, *, close: bool, head_only: bool = False, v10: bool = False
+    ) -> None:
+        """Put ``response`` in ``conn``'s output: for HEAD, its head alone (HTTP forbids a body);
+        for HTTP/1.0 (``v10``, no chunks), a streamed body ends with the connection."""
+        close = close or (v10 and response.stream is not None)
+        head, body = encode_response(response, self._server_header, close=close, chunked=not v10)
+        stream = None if head_only else response.stream
+        conn.queue(head, None if head_only else body, stream, close=close, chunked=not v10)
 
     def _send_nowait(self, sock: socket.socket, response: Response) -> None:
         """Best effort from the selector thread: whatever fits in the socket's buffer now."""

@@ -61,6 +61,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     client: str = ""
+    http10: bool = False
 
 
 @dataclass
@@ -112,6 +113,7 @@ class Head:
     length: int
     size: int
     continue_sent: bool = False
+    http10: bool = False
 
 
 def skip_blank_lines(buf: bytearray) -> None:
@@ -165,7 +167,8 @@ def parse_head(buf: bytearray, max_body: int) -> Head | None:
     if expect_continue and length > max_body:
         raise BadRequest(413, f"body of {length} bytes is over the limit of {max_body}")
     path, query = _split_target(target)
-    return Head(method, path, query, headers, keep_alive, expect_continue, chunked, length, size)
+    http10 = version == "HTTP/1.0"
+    return Head(method, path, query, headers, keep_alive, expect_continue, chunked, length, size, http10=http10)
 
 
 def _request_line(line: str) -> tuple[str, str, str]:
@@ -285,12 +288,13 @@ def _reason(status: int) -> str:
         return "Unknown"
 
 
-def encode_response(response: Response, server: str, *, close: bool) -> tuple[bytes, bytes]:
+def encode_response(response: Response, server: str, *, close: bool, chunked: bool = True) -> tuple[bytes, bytes]:
     """The answer's head (status line and headers) and body, ready for one write.
 
     204, 304 and 1xx answers carry no body whatever ``response.body`` holds. A streamed
-    answer (``response.stream``) announces ``Transfer-Encoding: chunked`` and returns no
-    body here: the server frames the pieces as it sends them. Every answer says
+    answer (``response.stream``) announces ``Transfer-Encoding: chunked`` (with ``chunked``;
+    else, for an HTTP/1.0 client, nothing: the end of its body is the connection's) and
+    returns no body here: the server frames the pieces as it sends them. Every answer says
     ``X-Content-Type-Options: nosniff``, so a browser never takes a JSON or CSV answer
     holding ``<script>`` for a page.
     """
@@ -303,7 +307,8 @@ def encode_response(response: Response, server: str, *, close: bool) -> tuple[by
         body = b""
     elif response.stream is not None:
         lines.append(f"Content-Type: {response.content_type}")
-        lines.append("Transfer-Encoding: chunked")
+        if chunked:
+            lines.append("Transfer-Encoding: chunked")
         body = b""
     else:
         lines.append(f"Content-Type: {response.content_type}")

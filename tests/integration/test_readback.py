@@ -20,7 +20,7 @@ from mlbench_metrics.cli import main as cli_main
 from mlbench_metrics.points import EXPORT_COLUMNS
 from mlbench_metrics.server import ServerHandle, serve
 
-from helpers import METRIC_BODY_2, create_run
+from helpers import METRIC_BODY_2, create_run, raw_exchange
 
 
 def _points(server: ServerHandle, run_id: int, **params: object) -> dict[str, object]:
@@ -382,3 +382,15 @@ def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_neutralised(server: S
     )
     with open(out, newline="", encoding="utf-8") as f:
         assert {(r["name"], r["value"], r["metadata"]) for r in csv.DictReader(f)} == expected
+
+
+def test_an_http10_client_gets_a_streamed_export_without_chunks(server: ServerHandle) -> None:
+    """HTTP/1.0 has no chunked encoding: the body ends with the connection instead."""
+    run_id = create_run(server.url)["id"]
+    _add(server, run_id, "loss", [1, 2], [0.5, 0.25])
+    request = f"GET /api/runs/{run_id}/points/?format=csv HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+    answer = raw_exchange("127.0.0.1", server.port, request.encode())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Transfer-Encoding" not in head and b"Connection: close" in head
+    rows = list(csv.DictReader(io.StringIO(body.decode())))
+    assert [r["value"] for r in rows] == ["0.5", "0.25"]
