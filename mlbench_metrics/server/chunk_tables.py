@@ -22,18 +22,38 @@ transaction); :class:`.store.Store` owns the database. No threads are started.
 
 from __future__ import annotations
 
-from typing import Callable, Final, Iterable
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable, ContextManager, Final, Iterable, NamedTuple
 
-from .chunks import Chunk, EncodedChunk
+from .chunks import Chunk, EncodedChunk, decode_chunk
+from .columns import SeriesColumns, merge_columns, windows
 from .database import Connection, Database
 
-__all__ = ["CHUNK_ROWS", "delete_chunks", "insert_chunks", "newest_id", "read_chunks"]
+__all__ = [
+    "CHUNK_ROWS",
+    "ChunkKey",
+    "chunk_keys",
+    "delete_chunks",
+    "insert_chunks",
+    "newest_id",
+    "read_chunks",
+    "series_pieces",
+]
 
 CHUNK_ROWS: Final = "chunks LEFT JOIN chunk_bodies b ON chunks.data = '' AND b.id = chunks.id"
 """A FROM clause: each chunk's row with its body (``data, body``, see :func:`.chunks.decode_chunk`)."""
 
 _INLINE_MAX: Final = 256  # bodies up to this many bytes stay in the chunk's row
 _INSERT: Final = "INSERT INTO chunks (owner, name, first_date, id, last_date, count, data) VALUES (?,?,?,?,?,?,?)"
+
+
+# Portable upsert (SQLite >= 3.24 and PostgreSQL): no MAX(a, b) / GREATEST.
+_COUNT: Final = (
+    "INSERT INTO series_stats (owner, name, points, last_date) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (owner, name) DO UPDATE SET points = series_stats.points + excluded.points, "
+    "last_date = CASE WHEN excluded.last_date > series_stats.last_date "
+    "THEN excluded.last_date ELSE series_stats.last_date END"
+)
 
 
 def newest_id(conn: Connection) -> int:
@@ -64,6 +84,7 @@ def insert_chunks(
     if len(chunks) == 1 and len(chunks[0][4]) <= _INLINE_MAX:  # a single POST's: one row
         name, lo, hi, n, body = chunks[0]
         conn.execute(_INSERT, (owner, name, lo, ids[0], hi, n, body))
+        conn.execute(_COUNT, (owner, name, n, hi))
         return ids[0] + 1
     empty = db.empty_data
     rows = [
@@ -74,6 +95,11 @@ def insert_chunks(
     bodies = [(row[3], chunk[4]) for row, chunk in zip(rows, chunks) if not row[6]]
     if bodies:
         conn.executemany("INSERT INTO chunk_bodies (id, body) VALUES (?, ?)", bodies)
+    totals: dict[str, tuple[int, int]] = {}
+    for name, _, hi, n, _ in chunks:
+        points, last = totals.get(name, (0, hi))
+        totals[name] = (points + n, max(last, hi))
+    conn.executemany(_COUNT, [(owner, name, points, last) for name, (points, last) in totals.items()])
     return ids[-1] + 1
 
 
@@ -81,6 +107,7 @@ def delete_chunks(conn: Connection, owner: int) -> None:
     """Delete every chunk of ``owner`` with its body, inside the caller's transaction."""
     conn.execute("DELETE FROM chunk_bodies WHERE id IN (SELECT id FROM chunks WHERE owner = ? AND data = '')", (owner,))
     conn.execute("DELETE FROM chunks WHERE owner = ?", (owner,))
+    conn.execute("DELETE FROM series_stats WHERE owner = ?", (owner,))
 
 
 def read_chunks(
@@ -107,3 +134,76 @@ def read_chunks(
         for chunk_id, body in conn.execute(query, elsewhere):
             out[chunk_id] = decode(chunk_id, "", body)
     return out
+
+
+class ChunkKey(NamedTuple):
+    """A chunk's keys: its series, date range, arrival id and number of points."""
+
+    name: str
+    first_date: int
+    id: int
+    last_date: int
+    points: int
+
+
+def chunk_keys(
+    read: Callable[[], ContextManager[Connection]],
+    owner: int,
+    names: Sequence[str] | None,
+    since_us: int | None,
+    until_us: int | None,
+    page: int = 5000,
+) -> Iterator[ChunkKey]:
+    """The keys of ``owner``'s chunks in (name, first date, id) order, read ``page`` at a time.
+
+    Each page is read on a connection of its own (``read()``), after the last key of
+    the one before (row values, as PostgreSQL has them too), so a reader that stops
+    half-way (a client that stops reading an export) holds no cursor and no lock.
+    """
+    conditions: list[tuple[str, Any]] = [("last_date >= ?", since_us), ("first_date <= ?", until_us)]
+    where = ["owner = ?"] + [condition for condition, value in conditions if value is not None]
+    args: list[Any] = [owner] + [value for _, value in conditions if value is not None]
+    if names is not None:
+        if not names:
+            return  # PostgreSQL refuses an empty IN ()
+        where.append(f"name IN ({', '.join('?' for _ in names)})")
+        args.extend(names)
+    base = f"SELECT name, first_date, id, last_date, count FROM chunks WHERE {' AND '.join(where)}"
+    order = f" ORDER BY name, first_date, id LIMIT {int(page)}"
+    after: tuple[str, int, int] | None = None
+    while True:
+        with read() as conn:
+            if after is None:
+                rows = conn.execute(base + order, args).fetchall()
+            else:
+                rows = conn.execute(
+                    base + " AND (name, first_date, id) > (?, ?, ?)" + order, [*args, *after]
+                ).fetchall()
+        for row in rows:
+            yield ChunkKey(*row)
+        if len(rows) < page:
+            return
+        after = (rows[-1][0], rows[-1][1], rows[-1][2])
+
+
+def series_pieces(
+    read: Callable[[], ContextManager[Connection]],
+    owner: int,
+    names: Sequence[str] | None,
+    dates: tuple[int | None, int | None] = (None, None),
+    points: int = 50_000,
+) -> Iterator[SeriesColumns]:
+    """``owner``'s series, by name, in pieces of about ``points`` points (see :func:`.columns.windows`),
+    with only the points dated within ``dates`` (since, until; inclusive, None for open).
+
+    Every piece is read when asked for, on a connection of its own: nothing stays open
+    between two pieces, so an export streams in bounded memory whatever its size, and a
+    client that stops reading holds no database resource.
+    """
+    since_us, until_us = dates
+    for name, group in windows(chunk_keys(read, owner, names, since_us, until_us), points):
+        with read() as conn:
+            chunks = read_chunks(conn, owner, [k.id for k in group], decode_chunk)
+        piece = merge_columns(name, [chunks[k.id] for k in group if k.id in chunks], since_us, until_us)
+        if len(piece):
+            yield piece

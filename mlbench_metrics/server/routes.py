@@ -30,7 +30,7 @@ from . import pages, readback, run_states
 from ._http import Request, Response
 from .access import AccessPolicy
 from .formats import metric_json, point_json, run_json, summarize_points, zip_metrics
-from .health import FailureAnswers, probe_answer
+from .health import PROBE_PATHS, FailureAnswers, probe_answer
 from .parsing import (
     INT_MAX,
     INT_MIN,
@@ -167,12 +167,7 @@ class App:
             probe = probe_answer(request, self.store, self.store.db.kind)  # before access: see health.py
             if probe is not None:
                 return probe
-            for route in self._routes:
-                match = route.pattern.fullmatch(request.path)
-                if match is not None:
-                    break
-            else:
-                route, match = None, None
+            route, match = self._route(request.path)
             refused = self.access.refuse(request, public=route is not None and route.public)
             if refused is not None:
                 return refused
@@ -188,6 +183,22 @@ class App:
             return error_response(exc.status, exc.message, exc.extra)
         except StoreError as exc:
             return self._failures.answer(exc)
+
+    def screen(self, request: Request) -> Response | None:
+        """The access checks on a request's head alone, before its body is read: the refusal,
+        or None. The HTTP layer asks this first, so a body sent without the token (or from a
+        foreign origin) is never kept in memory; :meth:`handle` checks again all the same."""
+        if request.path in PROBE_PATHS:
+            return None  # probes pass without a token (see health.py)
+        route, _ = self._route(request.path)
+        return self.access.refuse(request, public=route is not None and route.public)
+
+    def _route(self, path: str) -> tuple[_Route | None, re.Match[str] | None]:
+        for route in self._routes:
+            match = route.pattern.fullmatch(path)
+            if match is not None:
+                return route, match
+        return None, None
 
     def api_root(self, request: Request) -> Response:
         """The API root, like the dashboard's router, plus what this server is."""
