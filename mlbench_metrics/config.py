@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Final, Mapping, Union
 
+from ._ranks import ENV_RANK, find_placement
 from .delivery.pace import Aggregate, check_aggregate
 from .errors import ConfigError
 
@@ -48,10 +49,6 @@ ENV_AGGREGATE: Final = "MLBENCH_METRICS_AGGREGATE"
 
 ENV_RUN_ID: Final = "MLBENCH_METRICS_RUN_ID"
 """The run to log to when a logger is given neither ``run_id`` nor ``new_run``."""
-
-ENV_RANK: Final = "MLBENCH_METRICS_RANK"
-"""This process's rank when none is given (``RANK``, as torch.distributed sets it, is
-read after it)."""
 
 ENV_SPOOL_DIR: Final = "MLBENCH_METRICS_SPOOL_DIR"
 """Where spools live (default: the user's cache directory, ``~/.cache/mlbench-metrics``)."""
@@ -172,6 +169,7 @@ class LoggerConfig:
     run_id: int | None
     rank: int | None
     flush_interval: float
+    world_size: int | None = None  # found with the rank (see _ranks.py), kept in each record's metadata
     batch_size: int = 1000
     max_buffer: int = 500_000
     max_in_flight: int = 4
@@ -238,8 +236,9 @@ class LoggerConfig:
             run_id = from_env
         if run_id is None and new_run is None:
             raise ConfigError(f"give the run to log to: MetricsLogger(run_id=...) or {ENV_RUN_ID}")
+        placement = find_placement(os.environ if environ is None else environ)
         if rank is None:
-            rank = env_int(ENV_RANK, env_int("RANK", None, environ), environ)
+            rank = placement.rank
         if aggregate is None:
             aggregate = _env_aggregate(environ)
         if flush_interval is None:
@@ -249,6 +248,7 @@ class LoggerConfig:
         return cls(
             run_id=None if run_id is None else _run_number(run_id),
             rank=rank,
+            world_size=placement.world_size,
             aggregate=aggregate,
             flush_interval=float(flush_interval) if _is_seconds(flush_interval) else flush_interval,
             new_run=new_run,
@@ -286,6 +286,7 @@ def _run_number(run_id: object) -> int:
 
 _CHECKS: Final[tuple[tuple[str, Callable[[object, LoggerConfig], bool], str], ...]] = (
     ("rank", lambda v, c: v is None or (_is_int(v) and v >= 0), "a non-negative integer or None"),  # type: ignore[operator]
+    ("world_size", lambda v, c: v is None or (_is_int(v) and v >= 1), "a positive integer or None"),  # type: ignore[operator]
     ("flush_interval", lambda v, c: _is_seconds(v), "a positive number of seconds"),
     ("batch_size", lambda v, c: _is_int(v) and 1 <= v <= 100_000, "an integer from 1 to 100000"),  # type: ignore[operator]
     ("max_buffer", lambda v, c: _is_int(v) and v >= c.batch_size, "an integer of at least batch_size"),  # type: ignore[operator]
