@@ -26,7 +26,7 @@ __all__ = ["MLBenchCallback"]
 UpdateFreq = Union[str, int]
 
 
-class MLBenchCallback(keras.callbacks.Callback):  # type: ignore[misc]
+class MLBenchCallback(keras.callbacks.Callback):
     """Record ``model.fit``'s logs and settings to an MLBench dashboard.
 
     At the start of training the run's configuration becomes ``fit``'s parameters

@@ -97,8 +97,8 @@ class MLBenchLogger(Logger):
     @rank_zero_only
     def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
         """Add ``params`` to the run's configuration (shown on the run's page)."""
-        params = _sanitize_callable_params(_convert_params(params))
-        self._link.update_config(params)
+        converted: dict[str, Any] = _sanitize_callable_params(_convert_params(params))
+        self._link.update_config(converted)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

@@ -30,7 +30,7 @@ from ._run import RunLink, default_run_name
 __all__ = ["MLBenchCallback"]
 
 
-class MLBenchCallback(TrainerCallback):  # type: ignore[misc]
+class MLBenchCallback(TrainerCallback):
     """Record a ``Trainer``'s logs, arguments and model configuration to an MLBench dashboard.
 
     At the start of training the run's configuration becomes the model's configuration
