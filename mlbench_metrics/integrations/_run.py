@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 from ..logger import MetricsLogger
-from ..run_config import check_config, send_config
+from ..logger.run_config import check_config, send_config
 
 __all__ = ["RunLink", "default_run_name", "jsonable", "scalar"]
 

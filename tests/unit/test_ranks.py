@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mlbench_metrics._ranks import Placement, find_placement
+from mlbench_metrics.logger.ranks import Placement, find_placement
 
 
 @pytest.mark.parametrize(
@@ -42,7 +42,7 @@ def test_importing_the_library_and_its_integrations_never_imports_a_framework() 
         "import sys, mlbench_metrics, mlbench_metrics.integrations\n"
         "import mlbench_metrics.compat, mlbench_metrics.server\n"
         "mlbench_metrics.MetricsLogger  # noqa\n"
-        "from mlbench_metrics._ranks import find_placement; find_placement({})\n"
+        "from mlbench_metrics.logger.ranks import find_placement; find_placement({})\n"
         "loaded = sorted(m for m in ('torch', 'lightning', 'transformers', 'keras') if m in sys.modules)\n"
         "assert not loaded, loaded\n"
     )

@@ -18,12 +18,11 @@ import logging
 import sys
 from typing import Final, Mapping, NamedTuple, Optional
 
-__all__ = ["ENV_RANK", "LAUNCHER_VARIABLES", "Placement", "find_placement"]
+from ..env import ENV_RANK
+
+__all__ = ["LAUNCHER_VARIABLES", "Placement", "find_placement"]
 
 _log = logging.getLogger("mlbench_metrics")
-
-ENV_RANK: Final = "MLBENCH_METRICS_RANK"
-"""This process's rank, set by hand; read before anything else when no ``rank`` is given."""
 
 LAUNCHER_VARIABLES: Final = (
     ("RANK", "WORLD_SIZE"),
