@@ -151,26 +151,28 @@ class RunLink:
         """Record each scalar of ``values`` at ``step``; others are skipped (warned once).
 
         A value the logger refuses (a name too long, say) is skipped with one warning per
-        name; the others are recorded: a tracker must not stop training.
+        name; the others are recorded: a tracker must not stop training. Called on every
+        step a framework logs, so it does little: one ``log()`` per value.
         """
-        logger = self.logger()
-        if epoch is not None and math.isfinite(epoch) and epoch >= 0 and int(epoch) != logger.epoch:
-            logger.epoch = int(epoch)
-        clean: dict[str, float | int | str] = {}
+        logger = self._logger
+        if logger is None or logger.closed:
+            logger = self.logger()
+        if epoch is not None and 0 <= epoch < math.inf:
+            whole = int(epoch)
+            if whole != logger.epoch:
+                logger.epoch = whole
+        log = logger.log
         for name, value in values.items():
-            number = scalar(value)
-            if number is None:
-                self._warn(name, f"{type(value).__name__} is not a scalar")
-            else:
-                clean[name] = number
-        try:
-            logger.log_many(clean, step=step)
-        except (TypeError, ValueError):
-            for name, number in clean.items():
-                try:
-                    logger.log(name, number, step=step)
-                except (TypeError, ValueError) as exc:
-                    self._warn(name, str(exc))
+            kind = type(value)
+            if kind is not float and kind is not int:
+                value = scalar(value)
+                if value is None:
+                    self._warn(name, f"{type(values[name]).__name__} is not a scalar")
+                    continue
+            try:
+                log(name, value, step)
+            except (TypeError, ValueError) as exc:
+                self._warn(name, str(exc))
 
     def close(self, failed: bool = False) -> None:
         """End the run: a logger this link opened is closed (the run marked finished or
