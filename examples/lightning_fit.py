@@ -7,16 +7,15 @@ python examples/lightning_fit.py --url 127.0.0.1:8080 # or logs to a running one
 
 from __future__ import annotations
 
-import argparse
-import os
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mlbench_metrics import Run
 from mlbench_metrics.integrations.lightning import MLBenchLogger
+
+from _common import arguments, server_url, summary
 
 
 class Regression(pl.LightningModule):
@@ -45,35 +44,20 @@ def loader(n: int) -> DataLoader[Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", help="a running server (default: start an embedded one)")
-    parser.add_argument("--epochs", type=int, default=3)
-    args = parser.parse_args()
-    url, server = args.url or os.environ.get("MLBENCH_METRICS_URL"), None
-    if url is None:
-        from mlbench_metrics.server import serve
-
-        server = serve()
-        url = server.address
-
-    logger = MLBenchLogger(new_run="example-lightning", url=url)
-    trainer = pl.Trainer(
-        max_epochs=args.epochs,
-        logger=logger,
-        log_every_n_steps=1,
-        accelerator="cpu",
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(Regression(), loader(512), loader(128))  # the run is marked finished at the end
-
-    run = Run.get(int(str(logger.version)), url=url)
-    print(f"run {run.id} {run.state}: config {run.config()}")
-    for name, points in sorted(run.metrics().items()):
-        print(f"  {name}: {len(points)} points")
-    if server is not None:
-        server.stop()
+    args = arguments(__doc__, epochs=3)
+    with server_url(args.url) as url:
+        logger = MLBenchLogger(new_run="example-lightning", url=url)
+        trainer = pl.Trainer(
+            max_epochs=args.epochs,
+            logger=logger,
+            log_every_n_steps=1,
+            accelerator="cpu",
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(Regression(), loader(512), loader(128))  # the run is marked finished at the end
+        summary(int(str(logger.version)), url, lambda run: f": config {run.config()}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ logger takes the rank and world size from the group. The torch helpers time phas
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 
@@ -22,6 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mlbench_metrics import MetricsLogger, Run
 from mlbench_metrics.integrations import torch as mt
+
+from _common import arguments, server_url, summary
 
 
 def worker(rank: int, world_size: int, init_method: str, url: str, run_id: int, steps: int) -> None:
@@ -47,17 +48,12 @@ def worker(rank: int, world_size: int, init_method: str, url: str, run_id: int, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", help="a running server (default: start an embedded one)")
-    parser.add_argument("--steps", type=int, default=20)
-    args = parser.parse_args()
-    url, server = args.url or os.environ.get("MLBENCH_METRICS_URL"), None
-    if url is None:
-        from mlbench_metrics.server import serve
+    args = arguments(__doc__, steps=20)
+    with server_url(args.url) as url:
+        train(url, args.steps)
 
-        server = serve()
-        url = server.address
 
+def train(url: str, steps: int) -> None:
     given = os.environ.get("MLBENCH_METRICS_RUN_ID")  # under serve --exec: that run, marked by our exit
     run = (
         Run.get(int(given), url=url)
@@ -74,15 +70,10 @@ def main() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         init_method = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
-    mp.spawn(worker, args=(2, init_method, url, run.id, args.steps), nprocs=2, join=True)
-
+    mp.spawn(worker, args=(2, init_method, url, run.id, steps), nprocs=2, join=True)
     if not given:
         run.mark_finished()  # mp.spawn raised, had a worker failed
-    print(f"run {run.id} {run.refresh().state}")
-    for name, points in sorted(run.metrics().items()):
-        print(f"  {name}: {len(points)} points")
-    if server is not None:
-        server.stop()
+    summary(run.id, url)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ A tiny BERT built from a config (nothing is downloaded) learns a toy task for a 
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 from typing import Any
@@ -19,8 +18,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing from the hub: the model 
 import torch
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
-from mlbench_metrics import Run
 from mlbench_metrics.integrations.transformers import MLBenchCallback
+
+from _common import arguments, server_url, summary
 
 
 def dataset(n: int, seed: int) -> list[dict[str, Any]]:
@@ -31,21 +31,11 @@ def dataset(n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", help="a running server (default: start an embedded one)")
-    parser.add_argument("--steps", type=int, default=20)
-    args = parser.parse_args()
-    url, server = args.url or os.environ.get("MLBENCH_METRICS_URL"), None
-    if url is None:
-        from mlbench_metrics.server import serve
-
-        server = serve()
-        url = server.address
-
+    args = arguments(__doc__, steps=20)
     config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     model = BertForSequenceClassification(config)
-    callback = MLBenchCallback(new_run="example-transformers", url=url)
-    with tempfile.TemporaryDirectory() as out:
+    with server_url(args.url) as url, tempfile.TemporaryDirectory() as out:
+        callback = MLBenchCallback(new_run="example-transformers", url=url)
         training = TrainingArguments(
             output_dir=out,
             max_steps=args.steps,
@@ -67,13 +57,7 @@ def main() -> None:
             callbacks=[callback],
         )
         trainer.train()  # the run is marked finished at the end
-
-    run = Run.get(callback.run_id or 0, url=url)
-    print(f"run {run.id} {run.state}: {len(run.config())} settings in its config")
-    for name, points in sorted(run.metrics().items()):
-        print(f"  {name}: {len(points)} points")
-    if server is not None:
-        server.stop()
+        summary(callback.run_id or 0, url, lambda run: f": {len(run.config())} settings in its config")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ class MLBenchLogger(Logger):
     """Record a Lightning run's metrics and hyperparameters to an MLBench dashboard.
 
     ``self.log(...)`` in a ``LightningModule`` is recorded with Lightning's step (the
-    global step), and the epoch goes in each record's metadata; ``save_hyperparameters()``
+    global step), and the epoch goes in each record's metadata (not in a series of its
+    own, as Lightning's ``epoch`` entry would be); ``save_hyperparameters()``
     (or :meth:`log_hyperparams`) becomes the run's configuration; at the end of ``fit``
     the run is marked finished, or failed when training raised (for a run this logger
     created). Metrics logged afterwards (``trainer.test``) go to the same run.
@@ -89,9 +90,16 @@ class MLBenchLogger(Logger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Record ``metrics`` at ``step`` (Lightning's ``epoch`` entry also sets the epoch)."""
-        metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+        """Record ``metrics`` at ``step``.
+
+        The ``epoch`` entry Lightning adds to every call is not a series of its own: it is
+        the epoch in each record's metadata (charts draw against it from there), which
+        halves what a step costs to deliver.
+        """
         epoch = metrics.get("epoch")
+        if epoch is not None:
+            metrics = {name: value for name, value in metrics.items() if name != "epoch"}
+        metrics = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
         self._link.log(metrics, step=step, epoch=None if epoch is None else float(epoch))
 
     @rank_zero_only

@@ -65,15 +65,17 @@ def _trainer(tmp_path: Path, *loggers: Any) -> pl.Trainer:
     )
 
 
-def _csv_metrics(path: str) -> dict[str, list[tuple[int, float]]]:
-    """What Lightning handed its own logger: name -> [(step, value), ...]."""
+def _csv_metrics(path: str) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[int]]]:
+    """What Lightning handed its own logger: name -> [(step, value), ...], and name -> [epoch, ...]."""
     out: dict[str, list[tuple[int, float]]] = {}
+    epochs: dict[str, list[int]] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             for name, value in row.items():
-                if name != "step" and value != "":
+                if name not in ("step", "epoch") and value != "":
                     out.setdefault(name, []).append((int(row["step"]), float(value)))
-    return out
+                    epochs.setdefault(name, []).append(int(float(row["epoch"])))
+    return out, epochs
 
 
 def test_fit_records_every_metric_with_its_step_the_hyperparameters_and_the_end(
@@ -86,14 +88,15 @@ def test_fit_records_every_metric_with_its_step_the_hyperparameters_and_the_end(
 
     run_id = ours.version
     assert isinstance(run_id, int)
-    expected = _csv_metrics(str(Path(theirs.log_dir) / "metrics.csv"))
-    assert {"train_loss_step", "train_loss_epoch", "val_loss", "epoch"} <= set(expected)
+    expected, expected_epochs = _csv_metrics(str(Path(theirs.log_dir) / "metrics.csv"))
+    assert {"train_loss_step", "train_loss_epoch", "val_loss"} <= set(expected)
     stored = points(server, run_id)
     assert sorted(stored) == sorted(expected)
     for name, rows in expected.items():
         got = stored[name]
         assert [step for step, _ in got] == [step for step, _ in rows], name
         assert all(math.isclose(a, b, rel_tol=1e-6) for (_, a), (_, b) in zip(got, rows)), name
+        assert epochs(server, run_id, name) == expected_epochs[name], name  # Lightning's epoch: in the metadata
     assert epochs(server, run_id, "train_loss_epoch") == [0, 1]
     assert run(server, run_id).config() == {"lr": 0.05, "hidden": 8, "fail_at": -1}
     assert run(server, run_id).state == "finished"
