@@ -103,16 +103,14 @@ class RunLink:
         self._warned: set[str] = set()
 
     @property
-    def opened(self) -> bool:
-        """Whether the logger exists and is open."""
-        return self._logger is not None and not self._logger.closed
-
-    @property
     def run_id(self) -> int | None:
         """The run's id, once known (after the logger opened, or when given)."""
         if self._logger is not None:
             return self._logger.run_id
-        return None if self._run_id is None else int(self._run_id)
+        try:
+            return None if self._run_id is None else int(self._run_id)
+        except ValueError:  # the logger says what is wrong with it when it opens
+            return None
 
     def logger(self) -> MetricsLogger:
         """The logger, opened now if needed; after the end, a new one for the same run."""
