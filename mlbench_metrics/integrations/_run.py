@@ -84,6 +84,9 @@ class RunLink:
         logger: a logger the program made itself; it is flushed at the end, never closed.
         **logger_kwargs: more :class:`~mlbench_metrics.MetricsLogger` arguments (``url``,
             ``client``, ``rank``, ``config``, ...).
+
+    Raises:
+        ConfigError: ``config`` cannot be stored (see ``MetricsLogger``).
     """
 
     def __init__(
@@ -96,8 +99,9 @@ class RunLink:
         self._run_id = run_id
         self._new_run = None if run_id is not None else new_run
         self._kwargs = logger_kwargs
-        self._config: dict[str, Any] = dict(jsonable(logger_kwargs.pop("config", None) or {}))
-        self._sent: list[Future[Any]] = []
+        config = logger_kwargs.pop("config", None)
+        self._config: dict[str, Any] = {} if config is None else check_config(config)
+        self._sent: Future[Any] | None = None  # the newest configuration sent
         self._logger = logger
         self._own = logger is None
         self._warned: set[str] = set()
@@ -120,10 +124,11 @@ class RunLink:
         if found is not None:  # logging after the end (a test after fit): same run, not owned
             found = MetricsLogger(found.run_id, **self._kwargs)
             self._own = True
+            self._logger = found
         else:
-            config = self._config or None
-            found = MetricsLogger(self._run_id, new_run=self._new_run, config=config, **self._kwargs)
-        self._logger = found
+            self._logger = found = MetricsLogger(self._run_id, new_run=self._new_run, **self._kwargs)
+            if self._config:
+                self._send_config(found)
         return found
 
     def update_config(self, params: Mapping[str, Any]) -> None:
@@ -139,11 +144,17 @@ class RunLink:
             _log.warning("mlbench-metrics: the run's configuration is not stored: %s", exc)
             return
         self._config = merged
-        if self._logger is None:  # given to the logger when it opens
+        if self._logger is None:  # sent when the logger opens
             return
-        logger = self.logger()
-        self._sent = [f for f in self._sent if not f.done()]
-        self._sent.append(send_config(logger.client, logger.run_id, merged))
+        self._send_config(self.logger())
+
+    def _send_config(self, logger: MetricsLogger) -> None:
+        """Send the whole configuration, after the one sent before it: each replaces the
+        last, so two on the client's pool at once could land in the wrong order."""
+        previous = self._sent
+        if previous is not None and not previous.done():
+            wait_futures([previous], timeout=_CONFIG_WAIT)  # once or twice a run, at its start
+        self._sent = send_config(logger.client, logger.run_id, self._config)
 
     def log(self, values: Mapping[str, Any], step: int | None = None, epoch: float | None = None) -> None:
         """Record each scalar of ``values`` at ``step``; others are skipped (warned once).
@@ -178,9 +189,9 @@ class RunLink:
         logger = self._logger
         if logger is None or logger.closed:
             return
-        if self._sent:
-            wait_futures(self._sent, timeout=_CONFIG_WAIT)
-            self._sent = []
+        if self._sent is not None:
+            wait_futures([self._sent], timeout=_CONFIG_WAIT)
+            self._sent = None
         if self._own:
             logger.close(failed=failed)
         else:

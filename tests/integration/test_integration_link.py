@@ -83,3 +83,16 @@ def test_a_config_too_large_is_warned_about_not_raised(server: ServerHandle, cap
 def test_scalars_and_json() -> None:
     assert [scalar(v) for v in (1, 2.5, True, "a", _Tensor(3), [1], None)] == [1, 2.5, 1, "a", 3, None, None]
     assert jsonable({"a": (1, {2}), 3: float("inf")}) == {"a": [1, [2]], "3": "inf"}
+
+
+def test_configurations_land_in_the_order_given(server: ServerHandle) -> None:
+    # Each send replaces the whole config; two on the client's pool at once could land
+    # in either order, and the older one last (seen once under load).
+    link = RunLink(None, "link-order", url=server.address, config={"step": 0})
+    link.log({"loss": 1.0})
+    for i in range(1, 30):
+        link.update_config({"step": i})
+    run_id = link.run_id
+    assert isinstance(run_id, int)
+    link.close()
+    assert Run.get(run_id, url=server.address).config() == {"step": 29}
