@@ -30,11 +30,14 @@ from typing import Any, Iterator, Sequence
 from .chunk_tables import CHUNK_ROWS, SCHEMA, delete_chunks, insert_chunks, newest_id, read_chunks
 from .chunks import Columns, Point, decode_chunk, decode_points, encode_chunks, encode_point
 from .columns import ChunkCache, SeriesColumns, merge_columns
+from .summaries import SCHEMA as SUMMARIES_SCHEMA
+from .summaries import SeriesSummary, backfill, delete_summaries, read_summaries, record_summaries
 
 __all__ = ["Columns", "DuplicateBatch", "Point", "RunNotFound", "Store"]
 
 _SCHEMA = (
     SCHEMA
+    + SUMMARIES_SCHEMA
     + """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -90,8 +93,7 @@ class DuplicateBatch(Exception):
 
 
 def _run_dict(row: Sequence[Any]) -> dict[str, Any]:
-    keys = [c.strip() for c in _RUN_COLUMNS.split(",")]
-    run = dict(zip(keys, row))
+    run = dict(zip([c.strip() for c in _RUN_COLUMNS.split(",")], row))
     run["job_metadata"] = json.loads(run["job_metadata"] or "{}")
     for flag in ("run_on_all_nodes", "gpu_enabled", "light_target"):
         run[flag] = bool(run[flag])
@@ -118,6 +120,8 @@ class Store:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        with self._transaction() as conn:  # once, for databases written before series_summaries existed
+            backfill(conn)
         self._chunk_cache = ChunkCache()  # decoded chunks for charts (series_columns)
 
     def _connect(self) -> sqlite3.Connection:
@@ -203,6 +207,7 @@ class Store:
             if cur.rowcount == 0:
                 return False
             delete_chunks(conn, run_id)
+            delete_summaries(conn, run_id)
             conn.execute("DELETE FROM batches WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM run_configs WHERE run_id = ?", (run_id,))
             conn.execute("UPDATE pods SET run_id = NULL WHERE run_id = ?", (run_id,))
@@ -290,6 +295,7 @@ class Store:
             next_id = insert_chunks(conn, owner, [chunk], self._next_id, of_run=run_id is not None)
             if next_id is None:
                 raise RunNotFound(run_id)
+            record_summaries(conn, owner, [chunk])
             self._next_id = next_id
 
     def add_batch(self, run_id: int, batch_id: str | None, columns: Columns, count: int, now_us: int) -> None:
@@ -312,6 +318,7 @@ class Store:
             next_id = insert_chunks(conn, run_id, chunks, self._next_id, of_run=True)
             if next_id is None:
                 raise RunNotFound(run_id)  # the transaction rolls back: the batch id is not kept either
+            record_summaries(conn, run_id, chunks)
             self._next_id = next_id
 
     def series(
@@ -363,10 +370,10 @@ class Store:
             yield abs(owner), series_name, points
 
     def latest_value(self, run_id: int, name: str) -> str | None:
-        """The newest value of metric ``name`` in run ``run_id``, or None."""
-        for _, points in self.series(run_id=run_id, name=name):
-            return points[-1][1]
-        return None
+        """The newest value of metric ``name`` in run ``run_id``, or None (from the kept summaries)."""
+        with self._read() as conn:
+            row = conn.execute("SELECT last_value FROM series_summaries WHERE owner = ? AND name = ?", (run_id, name))
+            return next((str(r[0]) for r in row), None)
 
     # -- reads for charts and the run page (extensions) ---------------------------
 
@@ -386,6 +393,16 @@ class Store:
         with self._read() as conn:
             row = conn.execute("SELECT config FROM run_configs WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else str(row[0])
+
+    def series_summaries(self) -> list[SeriesSummary]:
+        """Every run's series with count, last value, min and max, read from one small table."""
+        with self._read() as conn:
+            return read_summaries(conn)
+
+    def run_configs(self) -> dict[int, str]:
+        """Every stored run configuration as JSON text, by run id."""
+        with self._read() as conn:
+            return {run_id: str(text) for run_id, text in conn.execute("SELECT run_id, config FROM run_configs")}
 
     def series_catalog(self, run_id: int) -> list[dict[str, Any]]:
         """A run's series without points, by name: count, first and last date, the newest point's
@@ -422,15 +439,8 @@ class Store:
         return out
 
     def run_stats(self) -> dict[int, tuple[int, int, int]]:
-        """For each run with metrics: ``(series, points, last date in microseconds)``.
-
-        A scan of every chunk's key row (the runs page asks every 2 s): about 0.2 us a
-        row here, a million points being 1,000 to 10,000 rows; kept counts would cost
-        every write instead.
-        """
-        query = (
-            "SELECT owner, COUNT(DISTINCT name), SUM(count), MAX(last_date) FROM chunks WHERE owner > 0 GROUP BY owner"
-        )
+        """For each run with metrics: ``(series, points, last date in microseconds)``, from the kept summaries."""
+        query = "SELECT owner, COUNT(*), SUM(count), MAX(last_date) FROM series_summaries WHERE owner > 0 GROUP BY 1"
         with self._read() as conn:
             return {owner: (series, points, last) for owner, series, points, last in conn.execute(query)}
 
@@ -479,12 +489,9 @@ class Store:
 
     def count_metrics(self, run_id: int | None = None) -> int:
         """How many metrics are stored (for one run, or in all)."""
+        where, args = ("", ()) if run_id is None else (" WHERE owner = ?", (run_id,))
         with self._read() as conn:
-            if run_id is None:
-                row = conn.execute("SELECT COALESCE(SUM(count), 0) FROM chunks").fetchone()
-            else:
-                row = conn.execute("SELECT COALESCE(SUM(count), 0) FROM chunks WHERE owner = ?", (run_id,)).fetchone()
-        return int(row[0])
+            return int(conn.execute("SELECT COALESCE(SUM(count), 0) FROM chunks" + where, args).fetchone()[0])
 
 
 def _require(value: int | None) -> int:
