@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from array import array
 from dataclasses import dataclass
 from typing import Any, Final, Iterable, Sequence
 
@@ -90,9 +91,17 @@ def summarize(chunk: Chunk) -> tuple[int, int, str, float | None, float | None]:
     """``(count, last date, last value as text, min, max)`` of one chunk (dates ascending, as written)."""
     values = chunk.values
     last = values[-1]
-    numbers = _numbers(values)
-    low = min(numbers) if numbers else None
-    high = max(numbers) if numbers else None
+    low: float | None
+    high: float | None
+    if isinstance(values, array):  # every value a number: min and max at C speed
+        # They pass over a NaN unless it comes first (every comparison with NaN is false).
+        low, high = min(values), max(values)
+        if low != low or high != high:
+            numbers = _numbers(values)
+            low, high = (min(numbers), max(numbers)) if numbers else (None, None)
+    else:
+        numbers = _numbers(values)
+        low, high = (min(numbers), max(numbers)) if numbers else (None, None)
     return len(values), chunk.dates[-1], last if type(last) is str else str(last), low, high
 
 
