@@ -14,9 +14,8 @@ import requests
 from mlbench_metrics import ApiClient, MetricsLogger
 from mlbench_metrics.server import ServerHandle, serve
 
-from conftest import PageProbe
+from conftest import COLORED_PIXELS, XSS, PageProbe
 from helpers import create_run
-from test_pages import COLORED_PIXELS, XSS
 
 # name -> (lr, batch size, final loss); every run has model "resnet20" (the same in all).
 RUNS = {"sgd-fast": (0.3, 32, 0.9), "sgd-slow": (0.01, 32, 0.2), "adam": (0.001, 64, 0.4), "sgd-mid": (0.05, 64, 0.6)}
@@ -156,7 +155,7 @@ def test_the_compare_grid_draws_every_metric_of_three_runs_and_keeps_its_view(
         ".filter((r) => r.style.display !== 'none').length === 4"  # x and a mean per run
     )
     visible = page.locator('.chart[data-metric="train_loss"] .u-legend .u-series:visible .u-label').all_inner_texts()
-    assert "sgd-fast #%d (mean of 2)" % ids["sgd-fast"] in visible
+    assert f"sgd-fast #{ids['sgd-fast']} (mean of 2)" in visible
     assert page.evaluate(COLORED_PIXELS, '.chart[data-metric="train_loss"]') > 300
     probe.shot("-folded")
     url = page.url

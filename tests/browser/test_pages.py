@@ -15,23 +15,10 @@ import requests
 from mlbench_metrics import ApiClient, MetricsLogger
 from mlbench_metrics.server import ServerHandle, serve, spawn
 
-from conftest import PageProbe
+from conftest import COLORED_PIXELS, XSS, PageProbe
 from helpers import create_run
 
-XSS = "<img src=x onerror=alert(1)>"
 METRIC_FORM = {"name": "loss", "value": "1.5", "date": "2021-01-02 03:04:05", "metadata": "", "cumulative": "False"}
-
-# Colored (not grey) pixels of a chart's canvas: the lines; the grid and axes are grey.
-COLORED_PIXELS = """(selector) => {
-  const canvas = document.querySelector(selector + " canvas");
-  if (!canvas) return 0;
-  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-  let n = 0;
-  for (let i = 0; i < data.length; i += 4) {
-    if (data[i + 3] > 0 && (Math.abs(data[i] - data[i + 1]) > 30 || Math.abs(data[i + 1] - data[i + 2]) > 30)) n++;
-  }
-  return n;
-}"""
 
 
 def _train(

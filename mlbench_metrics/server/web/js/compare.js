@@ -118,9 +118,11 @@ export async function comparePage(main, query) {
         charts.get(s.metric).line(`${run.id}/${s.name}`, `${group}: ${s.name}`, start, s.cumulative, group, colourOf(run.id)).set(s);
       }
     });
-    note.textContent = names.length ? `${names.length} metrics of ${ids.length} runs` : "The picked runs have no metrics.";
     applyFilter();
     for (const chart of charts.values()) chart.render(true);
+    const drawn = [...charts.values()].filter((c) => !c.card.classList.contains("textonly")).length;
+    note.textContent = names.length ? `${drawn} ${drawn === 1 ? "metric" : "metrics"} of ${ids.length} ${ids.length === 1 ? "run" : "runs"}` : "The picked runs have no metrics.";
+    if (charts.size && ![...charts.values()].some((c) => !c.card.hidden)) note.textContent = "No metric matches the filter.";
   }
 
   await update();
