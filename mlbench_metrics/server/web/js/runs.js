@@ -65,12 +65,15 @@ export async function runsPage(main, query) {
 
   const metricsAsked = () => {
     const names = state.cols.map((c) => c.slice(0, c.lastIndexOf(":")));
-    if (state.pcm) names.push(state.pcm.slice(0, state.pcm.lastIndexOf(":")));
+    if (state.pc && state.pcm) names.push(state.pcm.slice(0, state.pcm.lastIndexOf(":")));
     return [...new Set([...names, ...filterMetrics(parseFilter(state.filter), state.answer.metrics)])];
   };
 
+  let loads = 0; // an answer older than the newest asked for is dropped (it may lack a new column's figures)
   async function load() {
+    const current = ++loads;
     const answer = await getJson("runs/table/", { metric: metricsAsked(), ranks: state.ranks === "mean" ? "mean" : "" });
+    if (current !== loads) return;
     const signature = JSON.stringify(answer);
     if (signature === state.signature) return void tick();
     state.answer = answer;
@@ -90,18 +93,18 @@ export async function runsPage(main, query) {
       diff: state.diff,
       ranks: state.ranks === "mean" ? "mean" : "",
       pc: state.pc,
-      pcm: state.pcm,
+      pcm: state.pc ? state.pcm : "",
       brush: brushesToText(state.brushes),
       runs: [...state.picked].sort((a, b) => a - b),
     });
   }
 
   function changed(refetch) {
+    draw(); // at once with what is here (it also picks the chart's metric); then again if other figures are needed
     save();
     const asked = metricsAsked().filter((m) => state.answer.metrics.includes(m));
     const missing = asked.some((m) => !state.runs.some((r) => m in r.metrics));
     if (refetch || missing) load().catch((e) => banner(e.message));
-    else draw();
   }
 
   function setCols(cols) {
