@@ -366,6 +366,17 @@ export class Chart {
   }
 }
 
+/** Show only the charts whose title has every word of `text`; returns how many are shown. */
+export function filterCharts(charts, text) {
+  const words = (text || "").toLowerCase().split(/\s+/).filter(Boolean);
+  let visible = 0;
+  for (const chart of charts) {
+    chart.card.hidden = !words.every((w) => chart.title.toLowerCase().includes(w));
+    if (!chart.card.hidden) visible++;
+  }
+  return visible;
+}
+
 /** The chart settings bar: x axis, smoothing, log scale, a metric filter; calls `changed(what)`. */
 export function toolbar(opts, changed, withFilter) {
   const select = el(

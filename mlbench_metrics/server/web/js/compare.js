@@ -4,7 +4,7 @@
 // scale, fold, metric filter) is the address.
 
 import { getJson } from "./api.js";
-import { Chart, defaultOptions, toolbar } from "./charts.js";
+import { Chart, defaultOptions, filterCharts, toolbar } from "./charts.js";
 import { banner, el } from "./dom.js";
 import { chartOptions, chartParams, listParam, saveView } from "./view.js";
 
@@ -78,12 +78,7 @@ export async function comparePage(main, query) {
   }
 
   function applyFilter() {
-    const words = (opts.filter || "").toLowerCase().split(/\s+/).filter(Boolean);
-    let visible = 0;
-    for (const chart of charts.values()) {
-      chart.card.hidden = !words.every((w) => chart.title.toLowerCase().includes(w));
-      if (!chart.card.hidden) visible++;
-    }
+    const visible = filterCharts(charts.values(), opts.filter);
     if (charts.size && !visible) note.textContent = "No metric matches the filter.";
   }
 
@@ -118,11 +113,10 @@ export async function comparePage(main, query) {
         charts.get(s.metric).line(`${run.id}/${s.name}`, `${group}: ${s.name}`, start, s.cumulative, group, colourOf(run.id)).set(s);
       }
     });
-    applyFilter();
     for (const chart of charts.values()) chart.render(true);
     const drawn = [...charts.values()].filter((c) => !c.card.classList.contains("textonly")).length;
     note.textContent = names.length ? `${drawn} ${drawn === 1 ? "metric" : "metrics"} of ${ids.length} ${ids.length === 1 ? "run" : "runs"}` : "The picked runs have no metrics.";
-    if (charts.size && ![...charts.values()].some((c) => !c.card.hidden)) note.textContent = "No metric matches the filter.";
+    applyFilter();
   }
 
   await update();

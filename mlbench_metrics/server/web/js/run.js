@@ -2,7 +2,7 @@
 // keeps up with new points while the page is open.
 
 import { ApiError, download, getJson } from "./api.js";
-import { Chart, defaultOptions, toolbar } from "./charts.js";
+import { Chart, defaultOptions, filterCharts, toolbar } from "./charts.js";
 import { banner, el, every, fmtDate, fmtDuration, isDone, runSeconds, stateBadge } from "./dom.js";
 import { chartOptions, chartParams, saveView } from "./view.js";
 
@@ -154,12 +154,7 @@ export async function runPage(main, id, query) {
   }
 
   function applyFilter() {
-    const words = (opts.filter || "").toLowerCase().split(/\s+/).filter(Boolean);
-    let visible = 0;
-    for (const chart of charts.values()) {
-      chart.card.hidden = !words.every((w) => chart.title.toLowerCase().includes(w));
-      if (!chart.card.hidden) visible++;
-    }
+    const visible = filterCharts(charts.values(), opts.filter);
     empty.textContent = !charts.size ? "No metrics yet." : visible ? "" : "No metric matches the filter.";
   }
 
