@@ -370,10 +370,10 @@ class Store:
             yield abs(owner), series_name, points
 
     def latest_value(self, run_id: int, name: str) -> str | None:
-        """The newest value of metric ``name`` in run ``run_id``, or None (from the kept summaries)."""
-        with self._read() as conn:
-            row = conn.execute("SELECT last_value FROM series_summaries WHERE owner = ? AND name = ?", (run_id, name))
-            return next((str(r[0]) for r in row), None)
+        """The newest value of metric ``name`` in run ``run_id``, or None."""
+        for _, points in self.series(run_id=run_id, name=name):
+            return points[-1][1]
+        return None
 
     # -- reads for charts and the run page (extensions) ---------------------------
 

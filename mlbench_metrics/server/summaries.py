@@ -7,7 +7,8 @@ of every run. So each write also folds its chunks into one small row per series 
 
 * ``last_value``: the value of the point with the latest date (of equal dates, the one
   that arrived last), as the text the dashboard-shaped reads return (``"0.5"``, ``"5"``,
-  ``"nan"``, or a text value such as ``"warming up"``);
+  ``"nan"``, or a text value such as ``"warming up"``; a lone surrogate, which no TEXT
+  column holds, as U+FFFD);
 * ``min_value``/``max_value``: over the values that are numbers (text that reads as a
   number counts; NaN and other text do not), NULL while there is none.
 
@@ -20,6 +21,7 @@ rows once, when a store opens them (:func:`backfill`). No threads are started he
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
 from array import array
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ CREATE TABLE IF NOT EXISTS series_summaries (
 );
 """
 
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _UPSERT: Final = """
 INSERT INTO series_summaries (owner, name, count, last_date, last_value, min_value, max_value)
 VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -102,7 +105,12 @@ def summarize(chunk: Chunk) -> tuple[int, int, str, float | None, float | None]:
     else:
         numbers = _numbers(values)
         low, high = (min(numbers), max(numbers)) if numbers else (None, None)
-    return len(values), chunk.dates[-1], last if type(last) is str else str(last), low, high
+    text = last if type(last) is str else str(last)
+    # A text a database's TEXT column cannot hold (a lone surrogate, which the chunk keeps as
+    # bytes) is shown with U+FFFD in its place: this is a summary for the table, not the value.
+    if not text.isascii():
+        text = _SURROGATE.sub("\ufffd", text)
+    return len(values), chunk.dates[-1], text, low, high
 
 
 def _row(owner: int, name: str, chunk: Chunk) -> tuple[Any, ...]:

@@ -56,7 +56,8 @@ def test_last_is_by_date_and_nan_is_left_out_of_min_and_max(server: ServerHandle
     requests.post(f"{server.url}/api/metrics/", data=dict(form, metadata="", cumulative="False"))
     row = _row(_table(server, "acc"), run_id)
     assert row["metrics"]["acc"] == {"last": 0.3, "min": "-inf", "max": 0.9, "count": 5, "ranks": 1}
-    assert server.store.latest_value(run_id, "acc") == "0.3"
+    store.add_batch(run_id, None, (["odd"], [1], ["a\ud800b"], [""], [False]), 1, 0)  # no TEXT column holds it
+    assert _row(_table(server, "odd"), run_id)["metrics"]["odd"]["last"] == "a\ufffdb"
 
 
 def test_deleting_a_run_forgets_its_summaries_and_bad_parameters_are_said(server: ServerHandle) -> None:
