@@ -26,8 +26,8 @@ from urllib.parse import parse_qsl
 
 from ..points import split_name, to_number
 from ._http import Request, Response
-from .formats import run_json
 from .parsing import ApiFailure, json_response
+from .run_states import RunStates
 from .store import Store
 from .summaries import SeriesSummary, finite_or_text
 
@@ -77,10 +77,17 @@ def _figures(series: list[tuple[int | None, SeriesSummary]], ranks: str) -> dict
 
 
 class RunsTable:
-    """The handler of ``GET /api/runs/table/`` over a :class:`~.store.Store`."""
+    """The handler of ``GET /api/runs/table/`` over a :class:`~.store.Store`.
 
-    def __init__(self, store: Store) -> None:
+    Args:
+        store: where runs, configs and summaries live.
+        states: shows each run as ``GET /api/runs/`` does (``crashed`` derived, ``started_at``
+            and ``last_seen_at`` added).
+    """
+
+    def __init__(self, store: Store, states: RunStates) -> None:
         self.store = store
+        self.states = states
 
     def routes(self) -> list[tuple[re.Pattern[str], dict[str, Callable[..., Response]]]]:
         """``(path pattern, {method: handler})``; it goes before ``/api/runs/{id}/``."""
@@ -105,9 +112,10 @@ class RunsTable:
             if metric in wanted:
                 by_run[summary.run_id].setdefault(metric, []).append((rank, summary))
         configs = self.store.run_configs()
+        stale = self.states.stale_before()
         runs = []
         for run in self.store.list_runs():
-            row = run_json(run, with_metadata=False)
+            row = self.states.view(run, with_metadata=False, stale_before_us=stale)
             del row["job_metadata"]
             text = configs.get(run["id"])
             row["config"] = json.loads(text) if text else {}

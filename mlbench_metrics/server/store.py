@@ -31,13 +31,15 @@ from .chunk_tables import CHUNK_ROWS, SCHEMA, delete_chunks, insert_chunks, newe
 from .chunks import Columns, Point, decode_chunk, decode_points, encode_chunks, encode_point
 from .columns import ChunkCache, SeriesColumns, merge_columns
 from .summaries import SCHEMA as SUMMARIES_SCHEMA
-from .summaries import SeriesSummary, backfill, delete_summaries, read_summaries, record_summaries
+from .summaries import SummaryMethods, backfill, delete_summaries, record_summaries
+from .writer_tables import LIVENESS_COLUMNS, WRITERS_SCHEMA, WriterMethods
 
 __all__ = ["Columns", "DuplicateBatch", "Point", "RunNotFound", "Store"]
 
 _SCHEMA = (
     SCHEMA
     + SUMMARIES_SCHEMA
+    + WRITERS_SCHEMA
     + """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -78,10 +80,11 @@ CREATE TABLE IF NOT EXISTS batches (
 """
 )
 
-_RUN_COLUMNS = (
+_RUN_KEYS = (
     "id, name, created_at, finished_at, state, job_id, job_metadata, num_workers, cpu_limit, "
     "image, command, backend, run_on_all_nodes, gpu_enabled, light_target"
 )
+_RUN_COLUMNS = f"{_RUN_KEYS}, {LIVENESS_COLUMNS}"  # see writer_tables: started_at, last_seen_at, open_seen_at
 
 
 class RunNotFound(LookupError):
@@ -93,15 +96,16 @@ class DuplicateBatch(Exception):
 
 
 def _run_dict(row: Sequence[Any]) -> dict[str, Any]:
-    run = dict(zip([c.strip() for c in _RUN_COLUMNS.split(",")], row))
+    keys = [c.strip() for c in _RUN_KEYS.split(",")] + ["started_at", "last_seen_at", "open_seen_at"]
+    run = dict(zip(keys, row))
     run["job_metadata"] = json.loads(run["job_metadata"] or "{}")
     for flag in ("run_on_all_nodes", "gpu_enabled", "light_target"):
         run[flag] = bool(run[flag])
     return run
 
 
-class Store:
-    """Runs, pods and metrics in one SQLite database file.
+class Store(WriterMethods, SummaryMethods):
+    """Runs, pods, metrics and a run's writers in one SQLite database file.
 
     Args:
         path: the database file; created with its schema when missing.
@@ -210,6 +214,7 @@ class Store:
             delete_summaries(conn, run_id)
             conn.execute("DELETE FROM batches WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM run_configs WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM run_writers WHERE run_id = ?", (run_id,))
             conn.execute("UPDATE pods SET run_id = NULL WHERE run_id = ?", (run_id,))
         return True
 
@@ -393,16 +398,6 @@ class Store:
         with self._read() as conn:
             row = conn.execute("SELECT config FROM run_configs WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else str(row[0])
-
-    def series_summaries(self) -> list[SeriesSummary]:
-        """Every run's series with count, last value, min and max, read from one small table."""
-        with self._read() as conn:
-            return read_summaries(conn)
-
-    def run_configs(self) -> dict[int, str]:
-        """Every stored run configuration as JSON text, by run id."""
-        with self._read() as conn:
-            return {run_id: str(text) for run_id, text in conn.execute("SELECT run_id, config FROM run_configs")}
 
     def series_catalog(self, run_id: int) -> list[dict[str, Any]]:
         """A run's series without points, by name: count, first and last date, the newest point's

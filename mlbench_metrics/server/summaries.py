@@ -25,12 +25,21 @@ import re
 import sqlite3
 from array import array
 from dataclasses import dataclass
-from typing import Any, Final, Iterable, Sequence
+from typing import Any, ContextManager, Final, Iterable, Sequence
 
 from .chunk_tables import CHUNK_ROWS
 from .chunks import Chunk, EncodedChunk, decode_chunk
 
-__all__ = ["SCHEMA", "SeriesSummary", "backfill", "delete_summaries", "read_summaries", "record_summaries", "summarize"]
+__all__ = [
+    "SCHEMA",
+    "SeriesSummary",
+    "SummaryMethods",
+    "backfill",
+    "delete_summaries",
+    "read_summaries",
+    "record_summaries",
+    "summarize",
+]
 
 SCHEMA: Final = """
 -- One row per series (owner as in chunks): what the runs table shows without reading points.
@@ -159,6 +168,24 @@ def read_summaries(conn: sqlite3.Connection) -> list[SeriesSummary]:
         "WHERE owner > 0 ORDER BY owner, name"
     ).fetchall()
     return [SeriesSummary(*row) for row in rows]
+
+
+class SummaryMethods:
+    """The store's reads for the runs table, mixed into :class:`~.store.Store` (which owns the
+    connections): kept here beside their SQL, as :class:`~.writer_tables.WriterMethods` is."""
+
+    def _read(self) -> ContextManager[sqlite3.Connection]:
+        raise NotImplementedError
+
+    def series_summaries(self) -> list[SeriesSummary]:
+        """Every run's series with count, last value, min and max, read from one small table."""
+        with self._read() as conn:
+            return read_summaries(conn)
+
+    def run_configs(self) -> dict[int, str]:
+        """Every stored run configuration as JSON text, by run id."""
+        with self._read() as conn:
+            return {run_id: str(text) for run_id, text in conn.execute("SELECT run_id, config FROM run_configs")}
 
 
 def finite_or_text(value: float | None) -> Any:

@@ -196,6 +196,21 @@ def test_a_running_run_shows_its_time_then_turns_finished(probe: PageProbe, lab:
     assert "running" not in (duration.get_attribute("class") or "")
 
 
+def test_a_writer_that_goes_silent_turns_its_run_crashed_on_the_page(probe: PageProbe, tmp_path: Any) -> None:
+    # The server derives crashed (an open writer not heard for writer_timeout); the table's
+    # read shows each run as GET /api/runs/ does.
+    with serve(db_path=str(tmp_path / "m.db"), writer_timeout=1.0) as server:
+        run_id = create_run(server.url, "goes-quiet")["id"]
+        answer = requests.put(f"{server.url}/api/runs/{run_id}/writers/w1/", json={"rank": 0, "state": "open"})
+        assert answer.status_code == 200, answer.text
+        page = probe.page
+        page.goto(f"{server.url}/")
+        page.wait_for_selector(f'tr[data-run="{run_id}"] .state-crashed', timeout=15_000)
+        title = page.locator(f'tr[data-run="{run_id}"] .state').get_attribute("title") or ""
+        assert title.startswith("last heard of"), title
+        probe.shot("-crashed")
+
+
 def test_a_text_value_is_listed_and_a_one_point_series_is_drawn(probe: PageProbe, lab: dict[str, Any]) -> None:
     server = _server(lab)
     run_id = create_run(server.url, "notes")["id"]
