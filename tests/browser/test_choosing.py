@@ -229,3 +229,12 @@ def test_a_text_value_is_listed_and_a_one_point_series_is_drawn(probe: PageProbe
     assert page.locator('.chart[data-metric="val_acc"] .note').inner_text() == "1 point"
     assert page.evaluate(COLORED_PIXELS, '.chart[data-metric="val_acc"]') > 30, "one point, nothing drawn"
     assert page.evaluate("() => document.querySelectorAll('img').length") == 0
+    page.select_option('select[aria-label="x axis"]', "relative")
+    page.check("text=log scale")
+    page.fill('input[aria-label="filter metrics"]', "val")
+    page.reload()
+    page.wait_for_selector('.chart[data-metric="val_acc"][data-drawn="1"]')
+    assert page.locator('select[aria-label="x axis"]').input_value() == "relative"
+    assert page.locator("text=log scale").locator("input").is_checked()
+    assert page.locator('input[aria-label="filter metrics"]').input_value() == "val"
+    assert "x=relative" in page.url and "log=1" in page.url
