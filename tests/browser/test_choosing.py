@@ -14,7 +14,7 @@ import requests
 from mlbench_metrics import ApiClient, MetricsLogger
 from mlbench_metrics.server import ServerHandle, serve
 
-from conftest import COLORED_PIXELS, XSS, PageProbe
+from conftest import COLORED_PIXELS, SCREENSHOTS, XSS, PageProbe
 from helpers import create_run
 
 # name -> (lr, batch size, final loss); every run has model "resnet20" (the same in all).
@@ -170,6 +170,7 @@ def test_the_compare_grid_draws_every_metric_of_three_runs_and_keeps_its_view(
     assert download.value.suggested_filename == "train_loss.png"
     with open(download.value.path(), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    download.value.save_as(SCREENSHOTS / f"{probe.name}-saved.png")  # to look at
 
 
 def test_a_running_run_shows_its_time_then_turns_finished(probe: PageProbe, lab: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@
 
 import { el } from "./dom.js";
 import { Line, fold, isText, smooth, toNumber } from "./lines.js";
+import { savePng } from "./png.js";
 
 export { toNumber };
 
@@ -316,41 +317,7 @@ export class Chart {
 
   /** Download the chart as a PNG: its title, the plot as drawn, and a legend of its lines. */
   savePng() {
-    if (!this.plot) return;
-    const plot = this.plot.ctx.canvas;
-    const ratio = plot.width / (this.plot.width || plot.width);
-    const series = this.plot.series.slice(1).filter((sp, i) => {
-      const row = this.plot.root.querySelectorAll(".u-legend .u-series")[i + 1];
-      return !(row && row.style.display === "none");
-    });
-    const rowH = 18 * ratio;
-    const out = document.createElement("canvas");
-    out.width = plot.width;
-    out.height = plot.height + 30 * ratio + rowH * series.length + 8 * ratio;
-    const ctx = out.getContext("2d");
-    ctx.fillStyle = "#ffffff";
-    ctx.fillRect(0, 0, out.width, out.height);
-    ctx.fillStyle = "#1b1f24";
-    ctx.font = `600 ${14 * ratio}px sans-serif`;
-    ctx.fillText(this.heading.textContent, 8 * ratio, 20 * ratio);
-    ctx.drawImage(plot, 0, 30 * ratio);
-    ctx.font = `${12 * ratio}px sans-serif`;
-    series.forEach((sp, i) => {
-      const top = plot.height + 30 * ratio + i * rowH + 4 * ratio;
-      ctx.fillStyle = typeof sp.stroke === "function" ? sp.stroke(this.plot, i + 1) : sp.stroke || "#000";
-      ctx.fillRect(8 * ratio, top + 4 * ratio, 14 * ratio, 4 * ratio);
-      ctx.fillStyle = "#1b1f24";
-      ctx.fillText(String(sp.label), 28 * ratio, top + 10 * ratio);
-    });
-    const name = this.title.replace(/[^A-Za-z0-9_.-]+/g, "_").slice(0, 80) || "chart";
-    out.toBlob((blob) => {
-      if (!blob) return;
-      const link = el("a", { href: URL.createObjectURL(blob), download: name + ".png" });
-      document.body.append(link);
-      link.click();
-      link.remove();
-      setTimeout(() => URL.revokeObjectURL(link.href), 10000);
-    }, "image/png");
+    if (this.plot) savePng(this.plot, this.heading.textContent, this.title);
   }
 
   destroyPlot() {
