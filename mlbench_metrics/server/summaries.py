@@ -1,21 +1,20 @@
-"""Each series' count, last value, minimum and maximum, kept as its points are written.
+"""Each series' last value, minimum and maximum, kept as its points are written.
 
 The runs table (``GET /api/runs/table/``) shows, for a thousand runs, a few metrics'
 last, min and max values; computing those from the points would decode every chunk
-of every run. So each write also folds its chunks into one small row per series of
-``series_summaries``, inside the write's transaction, with one upsert per chunk.
+of every run. So each write also folds its chunks into the series' row of
+``series_stats`` (:mod:`.chunk_tables` owns that table and its SQL), beside the point
+count and newest date kept there:
 
 * ``last_value``: the value of the point with the latest date (of equal dates, the one
   that arrived last), as the text the dashboard-shaped reads return (``"0.5"``, ``"5"``,
   ``"nan"``, or a text value such as ``"warming up"``; a lone surrogate, which no TEXT
-  column holds, as U+FFFD);
+  column holds, as U+FFFD; a long text, its first 1,000 characters);
 * ``min_value``/``max_value``: over the values that are numbers (text that reads as a
   number counts; NaN and other text do not), NULL while there is none.
 
-The SQL is portable to PostgreSQL (``INSERT ... ON CONFLICT ... DO UPDATE`` with
-``excluded``, ``CASE`` instead of SQLite's two-argument ``MIN``/``MAX``); only the
-parameter marks (``?``) differ. Databases written before this table existed get their
-rows once, when a store opens them (:func:`backfill`). No threads are started here.
+This module says what a chunk's summary is and how two combine; it runs no write. No
+threads are started here.
 """
 
 from __future__ import annotations
@@ -25,51 +24,17 @@ import re
 import sqlite3
 from array import array
 from dataclasses import dataclass
-from typing import Any, ContextManager, Final, Iterable, Sequence
+from typing import Any, ContextManager, Final, Optional, Sequence, Tuple
 
-from .chunk_tables import CHUNK_ROWS
-from .chunks import Chunk, EncodedChunk, decode_chunk
+from .chunks import Chunk
 
-__all__ = [
-    "SCHEMA",
-    "SeriesSummary",
-    "SummaryMethods",
-    "backfill",
-    "delete_summaries",
-    "read_summaries",
-    "record_summaries",
-    "summarize",
-]
+__all__ = ["SeriesSummary", "Summary", "SummaryMethods", "combine", "finite_or_text", "read_summaries", "summarize"]
 
-SCHEMA: Final = """
--- One row per series (owner as in chunks): what the runs table shows without reading points.
-CREATE TABLE IF NOT EXISTS series_summaries (
-    owner INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    last_date INTEGER NOT NULL,
-    last_value TEXT NOT NULL,
-    min_value REAL,
-    max_value REAL,
-    PRIMARY KEY (owner, name)
-);
-"""
+Summary = Tuple[int, int, str, Optional[float], Optional[float]]
+"""``(points, last date, last value as text, min, max)`` of a chunk or a series."""
 
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
-_UPSERT: Final = """
-INSERT INTO series_summaries (owner, name, count, last_date, last_value, min_value, max_value)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (owner, name) DO UPDATE SET
-    count = series_summaries.count + excluded.count,
-    last_value = CASE WHEN excluded.last_date >= series_summaries.last_date
-        THEN excluded.last_value ELSE series_summaries.last_value END,
-    last_date = CASE WHEN excluded.last_date >= series_summaries.last_date
-        THEN excluded.last_date ELSE series_summaries.last_date END,
-    min_value = CASE WHEN series_summaries.min_value IS NULL OR excluded.min_value < series_summaries.min_value
-        THEN excluded.min_value ELSE series_summaries.min_value END,
-    max_value = CASE WHEN series_summaries.max_value IS NULL OR excluded.max_value > series_summaries.max_value
-        THEN excluded.max_value ELSE series_summaries.max_value END
-"""
+_TEXT_MAX: Final = 1000  # characters of a text value kept as a series' last value (a table cell)
 
 
 @dataclass(frozen=True)
@@ -99,8 +64,8 @@ def _numbers(values: Sequence[Any]) -> list[float]:
     return out
 
 
-def summarize(chunk: Chunk) -> tuple[int, int, str, float | None, float | None]:
-    """``(count, last date, last value as text, min, max)`` of one chunk (dates ascending, as written)."""
+def summarize(chunk: Chunk) -> Summary:
+    """``(points, last date, last value as text, min, max)`` of one chunk (dates ascending, as written)."""
     values = chunk.values
     last = values[-1]
     low: float | None
@@ -114,7 +79,7 @@ def summarize(chunk: Chunk) -> tuple[int, int, str, float | None, float | None]:
     else:
         numbers = _numbers(values)
         low, high = (min(numbers), max(numbers)) if numbers else (None, None)
-    text = last if type(last) is str else str(last)
+    text = (last if type(last) is str else str(last))[:_TEXT_MAX]
     # A text a database's TEXT column cannot hold (a lone surrogate, which the chunk keeps as
     # bytes) is shown with U+FFFD in its place: this is a summary for the table, not the value.
     if not text.isascii():
@@ -122,49 +87,26 @@ def summarize(chunk: Chunk) -> tuple[int, int, str, float | None, float | None]:
     return len(values), chunk.dates[-1], text, low, high
 
 
-def _row(owner: int, name: str, chunk: Chunk) -> tuple[Any, ...]:
-    count, last_date, last_value, low, high = summarize(chunk)
-    # A huge integer read as a float may overflow to inf: kept, as the value is that large.
-    return owner, name, count, last_date, last_value, low, high
-
-
-def record_summaries(conn: sqlite3.Connection, owner: int, chunks: Iterable[EncodedChunk]) -> None:
-    """Fold freshly encoded chunks of ``owner`` into their series' rows, inside the caller's transaction."""
-    rows = [_row(owner, name, decode_chunk(0, "", body)) for name, _, _, _, body in chunks]
-    conn.executemany(_UPSERT, rows)
-
-
-def delete_summaries(conn: sqlite3.Connection, owner: int) -> None:
-    """Delete ``owner``'s rows, inside the caller's transaction."""
-    conn.execute("DELETE FROM series_summaries WHERE owner = ?", (owner,))
-
-
-def backfill(conn: sqlite3.Connection) -> int:
-    """Give every series that has chunks but no row its row (databases written before this table).
-
-    Reads the points of those series only; on a database that has every row it is one
-    scan of the chunks' keys. Runs inside the caller's write transaction.
-
-    Returns:
-        How many series got a row.
-    """
-    missing = conn.execute(
-        "SELECT DISTINCT owner, name FROM chunks c WHERE NOT EXISTS "
-        "(SELECT 1 FROM series_summaries s WHERE s.owner = c.owner AND s.name = c.name)"
-    ).fetchall()
-    for owner, name in missing:
-        rows = conn.execute(
-            f"SELECT chunks.id, data, body FROM {CHUNK_ROWS} WHERE owner = ? AND name = ? ORDER BY chunks.id",
-            (owner, name),
-        ).fetchall()
-        conn.executemany(_UPSERT, [_row(owner, name, decode_chunk(*row)) for row in rows])
-    return len(missing)
+def combine(earlier: Summary | None, later: Summary) -> Summary:
+    """One summary of two parts of a series; of equal last dates, ``later``'s value is the last."""
+    if earlier is None:
+        return later
+    last = later if later[1] >= earlier[1] else earlier
+    lows = [v for v in (earlier[3], later[3]) if v is not None]
+    highs = [v for v in (earlier[4], later[4]) if v is not None]
+    return (
+        earlier[0] + later[0],
+        last[1],
+        last[2],
+        min(lows) if lows else None,
+        max(highs) if highs else None,
+    )
 
 
 def read_summaries(conn: sqlite3.Connection) -> list[SeriesSummary]:
     """Every run's series summaries (pods' left out), by run and name."""
     rows = conn.execute(
-        "SELECT owner, name, count, last_date, last_value, min_value, max_value FROM series_summaries "
+        "SELECT owner, name, points, last_date, COALESCE(last_value, ''), min_value, max_value FROM series_stats "
         "WHERE owner > 0 ORDER BY owner, name"
     ).fetchall()
     return [SeriesSummary(*row) for row in rows]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,20 @@ def test_a_database_written_before_the_summaries_gets_them_when_opened(tmp_path:
                 numbers = [v for v in map(_number, series["points"]["value"]) if v == v]
                 if series["rank"] in (0, None) and numbers and figures["ranks"] == 1:
                     assert (figures["min"], figures["max"]) == (min(numbers), max(numbers)), series["name"]
+
+
+def test_series_counted_before_values_were_kept_get_them_when_opened(tmp_path: Path) -> None:
+    # A database whose series_stats has counts but no value columns (written between the two).
+    path = tmp_path / "m.db"
+    with serve(db_path=str(path)) as server:
+        run_id = create_run(server.url)["id"]
+        server.store.add_batch(run_id, None, (["acc"] * 3, [1, 2, 3], [0.5, 0.9, 0.7], [""] * 3, [False] * 3), 3, 0)
+    with sqlite3.connect(path) as conn:
+        for column in ("last_value", "min_value", "max_value"):
+            conn.execute(f"ALTER TABLE series_stats DROP COLUMN {column}")
+    with serve(db_path=str(path)) as server:
+        figures = _row(_table(server, "acc"), run_id)["metrics"]["acc"]
+        assert figures == {"last": 0.7, "min": 0.5, "max": 0.9, "count": 3, "ranks": 1}
 
 
 def _points(server: ServerHandle, run_id: int) -> list[dict[str, Any]]:
