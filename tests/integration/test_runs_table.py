@@ -60,9 +60,9 @@ def test_last_is_by_date_and_nan_is_left_out_of_min_and_max(server: ServerHandle
 
 
 def test_a_last_value_no_text_column_holds_is_kept_with_a_replacement_character(tmp_path: Path) -> None:
-    # A lone surrogate (JSON's "\ud800") is stored in the chunk's bytes; no TEXT column holds
-    # it, and storing the summary failed the whole batch. (Its own server: the dashboard-shaped
-    # reads of such a value answer 500, which would fail other tests on a shared server.)
+    # A lone surrogate (which older servers accepted; the chunk keeps it in its bytes) fits
+    # no TEXT column: storing the series' summary failed the whole batch. (Its own server:
+    # such a value in the shared one would show up in other tests' reads.)
     with serve(db_path=str(tmp_path / "m.db")) as server:
         run_id = create_run(server.url)["id"]
         server.store.add_batch(run_id, None, (["odd"], [1], ["a\ud800b"], [""], [False]), 1, 0)
