@@ -171,6 +171,11 @@ def test_the_compare_grid_draws_every_metric_of_three_runs_and_keeps_its_view(
     with open(download.value.path(), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     download.value.save_as(SCREENSHOTS / f"{probe.name}-saved.png")  # to look at
+    page.goto(page.url.replace("runs=", f"runs={ids['hostile']},"))  # a run without these metrics
+    page.wait_for_function(
+        "() => (document.querySelector('.chart[data-metric=\"train_loss\"] .note') || {}).textContent"
+        "?.includes('not in hostile')"
+    )
 
 
 def test_a_running_run_shows_its_time_then_turns_finished(probe: PageProbe, lab: dict[str, Any]) -> None:

@@ -248,6 +248,7 @@ export class Chart {
     if (texts) parts.push(`${texts.toLocaleString()} text ${texts === 1 ? "value" : "values"} (listed under Text values)`);
     if (notFinite) parts.push(`${notFinite.toLocaleString()} not finite (NaN or infinite), not drawn`);
     if (!shown && points > texts) parts.push(`none has ${this.opts.x === "epoch" ? "an epoch" : "this x value"}`);
+    if (this.extraNote) parts.push(this.extraNote); // the page's own word (compare: runs without this metric)
     this.note.textContent = parts.join(" · ");
     // A metric of text values only has nothing to draw: its values are listed instead.
     this.card.classList.toggle("textonly", points > 0 && texts === points && !this.detail);

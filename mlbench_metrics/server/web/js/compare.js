@@ -113,7 +113,11 @@ export async function comparePage(main, query) {
         charts.get(s.metric).line(`${run.id}/${s.name}`, `${group}: ${s.name}`, start, s.cumulative, group, colourOf(run.id)).set(s);
       }
     });
-    for (const chart of charts.values()) chart.render(true);
+    for (const [name, chart] of charts) {
+      const without = ids.filter((rid, i) => !answers[i].series.some((s) => s.metric === name));
+      if (without.length) chart.extraNote = "not in " + without.map((rid) => { const r = runs.find((x) => x.id === rid); return `${r.name} #${r.id}`; }).join(", ");
+      chart.render(true);
+    }
     const drawn = [...charts.values()].filter((c) => !c.card.classList.contains("textonly")).length;
     note.textContent = names.length ? `${drawn} ${drawn === 1 ? "metric" : "metrics"} of ${ids.length} ${ids.length === 1 ? "run" : "runs"}` : "The picked runs have no metrics.";
     applyFilter();
