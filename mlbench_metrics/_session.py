@@ -30,7 +30,7 @@ from requests.adapters import HTTPAdapter
 from ._lifecycle import at_fork_in_child
 from ._retry import RETRYABLE_STATUSES, RetryableResponse, RetryPolicy, parse_retry_after
 from ._threads import block_signals, signals_blocked
-from ._transport import FastPoster
+from ._transport import FastPoster, ack_promptly
 from ._version import __version__
 from .config import Timeouts
 from .errors import (
@@ -93,6 +93,13 @@ class _Tracked:
     def connect(self) -> None:
         super().connect()  # type: ignore[misc]
         self.registry.add(self)
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        """Read the answer, its segments ACKed at once (see :func:`~._transport.ack_promptly`)."""
+        sock = getattr(self, "sock", None)
+        if sock is not None:
+            ack_promptly(sock)
+        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
 
 
 def _tracking_adapter(registry: weakref.WeakSet[Any], pool_size: int) -> HTTPAdapter:
