@@ -217,7 +217,7 @@ def _stored_told(response: requests.Response, sent: int) -> int | ApiError:
         status_code=response.status_code,
         body=response.text[:2000],
         method="POST",
-        url=response.request.url,
+        url=response.request.url or "",
     )
 
 
