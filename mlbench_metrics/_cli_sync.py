@@ -81,9 +81,10 @@ def _sync(args: argparse.Namespace, dirs: list[Path]) -> int:
             if not _ok(report, "not everything in it was delivered"):
                 status = EXIT_FAILED
             if report.raw_kept:
+                folded = "some" if report.raw_folded is None else f"{report.raw_folded:,}"
                 print(
-                    f"  {directory}: kept: the raw copies of {report.raw_kept:,} records the server got as aggregates; "
-                    f"upload them with: mlbench-metrics sync {directory} --to URL"
+                    f"  {directory}: kept: raw copies of {report.raw_kept:,} records, {folded} of which the server "
+                    f"got only as aggregates; upload them with: mlbench-metrics sync {directory} --to URL"
                 )
     finally:
         for client in clients.values():

@@ -40,7 +40,7 @@ from ..records import Metric, MetricBatch
 from .batches import acknowledge, read_spool_file
 from .durable import CTL_DELIVERED, DurableMarks, DurableRecord, durable_metadata, read_durable, replay_batches
 from .files import read_meta, remove_writer_dir, try_lock
-from .raw import drop_unneeded, kept_raw
+from .raw import drop_unneeded, folded_count, kept_raw
 
 __all__ = ["IN_FLIGHT", "Poster", "SyncReport", "sync_raw", "sync_writer"]
 
@@ -70,6 +70,7 @@ class SyncReport:
     busy: bool = False
     errors: list[str] = field(default_factory=list)
     raw_kept: int = 0  # records in raw copies, kept for ``sync --to``
+    raw_folded: int | None = None  # of those, the server got only as aggregates (None: not said)
     owed: bool = False  # ``sync_raw``: the run's own server still waits for records here
 
     @property
@@ -112,6 +113,7 @@ def sync_writer(
             _sync_durable(path, pipe, batch_size)
         drop_unneeded(path)
         report.raw_kept = sum(len(b) for f in kept_raw(path) for b in read_spool_file(f).batches)
+        report.raw_folded = folded_count(path) if report.raw_kept else None
         if report.ok and not report.raw_kept:
             remove_writer_dir(path)
 
