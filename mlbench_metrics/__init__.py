@@ -23,12 +23,10 @@ The embedded server that speaks the same API lives in :mod:`mlbench_metrics.serv
 
 from __future__ import annotations
 
-from ._current import current, finish, flush, increment, init, log, log_many, timer
-from ._current import timed_call as timed
-from ._retry import RetryPolicy
 from ._version import __version__
-from .api import MLBENCH_BACKENDS, MLBENCH_IMAGES, ApiClient, BatchResult
-from .config import Timeouts
+from .client.api import MLBENCH_BACKENDS, MLBENCH_IMAGES, ApiClient, BatchResult
+from .client.retry import RetryPolicy
+from .client.timeouts import Timeouts
 from .delivery import Stats
 from .errors import (
     ApiConnectionError,
@@ -45,7 +43,9 @@ from .errors import (
     TransientApiError,
     TransportError,
 )
-from .logger import MetricsLogger
+from .logger.current import current, finish, flush, increment, init, log, log_many, timer
+from .logger.current import timed_call as timed
+from .logger.metrics_logger import MetricsLogger
 from .records import Metric, MetricBatch
 from .runs import Run
 from .system import SystemMetrics

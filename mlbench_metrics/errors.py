@@ -22,7 +22,7 @@ One warning: :class:`DashboardWarning` (a ``UserWarning``), when ``ApiClient`` s
 what ``mlbench_core.api.ApiClient`` would send although the dashboard will refuse it or
 store it differently (``ApiClient(strict=True)`` raises ``ValueError`` instead).
 
-``requests`` exceptions are wrapped once, in ``api.py``; the two transport errors also
+``requests`` exceptions are wrapped once, in ``client/transport.py``; the two transport errors also
 subclass their ``requests`` counterparts so code written for the upstream client,
 which catches ``requests.exceptions.ConnectionError``, still catches them.
 """

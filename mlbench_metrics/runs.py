@@ -30,8 +30,8 @@ from typing import Any, Callable, Final, Literal, overload
 
 import requests
 
-from ._session import status_error
-from .api import ApiClient
+from .client.api import ApiClient
+from .client.transport import status_error
 from .errors import ClientApiError, ConfigError, MetricsError
 from .points import MetricPoint, split_name, to_number
 from .records import parse_date, us_to_datetime

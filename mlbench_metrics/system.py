@@ -17,7 +17,7 @@ import psutil
 
 from ._threads import start_thread
 from .errors import ConfigError
-from .logger import MetricsLogger
+from .logger.metrics_logger import MetricsLogger
 
 __all__ = ["SystemMetrics"]
 

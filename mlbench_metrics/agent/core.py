@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Final, Protocol
 
 from .._threads import start_thread
-from ..api import ApiClient
+from ..client.api import ApiClient
 from ..delivery import Dispatcher, Stats
 from ..errors import SpoolError
 from ..spool.durable.status import AgentReport, StatusArea

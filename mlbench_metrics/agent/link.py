@@ -39,10 +39,10 @@ from typing import IO, Callable, Final
 
 from .. import _lifecycle
 from .._threads import start_thread
-from ..api import ApiClient
-from ..config import LoggerConfig
+from ..client.api import ApiClient
 from ..delivery import Dispatcher, MemoryStore, Stats
 from ..delivery.dispatcher import Deliver
+from ..logger.settings import LoggerConfig
 from ..spool import DurableStore
 from ..spool.durable.status import AgentReport, StatusArea
 from .core import AgentCore

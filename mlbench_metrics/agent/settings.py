@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from .._retry import RetryPolicy
-from ..api import ApiClient
-from ..config import LoggerConfig, env_float
+from ..client.api import ApiClient
+from ..client.retry import RetryPolicy
+from ..env import env_float
+from ..logger.settings import LoggerConfig
 
 __all__ = ["ENV_AGENT_LINGER", "PROTOCOL", "AgentSettings"]
 

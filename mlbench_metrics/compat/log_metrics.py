@@ -31,10 +31,10 @@ import threading
 import time
 from typing import Any, ClassVar
 
-from ..api import ApiClient
-from ..config import ENV_URL, env_str
+from ..client.api import ApiClient
+from ..env import ENV_URL, env_str
 from ..errors import ClosedError, ConfigError
-from ..logger import MetricsLogger
+from ..logger.metrics_logger import MetricsLogger
 
 __all__ = ["LogMetrics"]
 

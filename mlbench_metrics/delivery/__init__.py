@@ -3,38 +3,33 @@
 * ``dispatcher.py``: :class:`Dispatcher`, the ``mlbench-dispatcher`` thread;
 * ``ledger.py``: :class:`Ledger`, where every record is (one lock, one invariant), the
   flush markers, and :class:`Stats`;
-* ``store.py``: the :class:`BatchStore` protocol, :class:`Parcel` and :class:`MemoryStore`
+* ``batch_store.py``: the :class:`BatchStore` protocol, :class:`Parcel` and :class:`MemoryStore`
   (the spool and durable stores live with their files, in ``mlbench_metrics.spool``);
-* ``result.py``: :class:`BatchResult` and :class:`BatchFuture`, with per-metric results
-  for a fan-out of single posts;
 * ``aggregator.py``: :class:`Aggregator`, a ``deliver`` that folds records into per-series
   aggregates when a server without the batch endpoint falls behind (``fold.py``: what a
   point is; ``pace.py``: :class:`FoldPolicy`, when to fold).
 
 The dispatcher knows batches, not modes: a logger builds a store and a ``deliver``
 callable (the client's, or an :class:`Aggregator` around it) and passes both in; an
-agent process can run the same pair.
+agent process can run the same pair. What a delivery answers (:class:`BatchResult`,
+:class:`BatchFuture`) is the client's, in ``mlbench_metrics.client.result``.
 """
 
 from __future__ import annotations
 
 from .aggregator import Aggregator
+from .batch_store import BatchStore, MemoryStore, Parcel, base_batch_id, next_batch_id
 from .dispatcher import BACKOFF_FIRST, BACKOFF_MAX, Dispatcher
 from .ledger import Ledger, Stats
 from .pace import FoldPolicy
-from .result import BatchFuture, BatchResult, Gather
-from .store import BatchStore, MemoryStore, Parcel, base_batch_id, next_batch_id
 
 __all__ = [
     "BACKOFF_FIRST",
     "BACKOFF_MAX",
     "Aggregator",
-    "BatchFuture",
-    "BatchResult",
     "BatchStore",
     "Dispatcher",
     "FoldPolicy",
-    "Gather",
     "Ledger",
     "MemoryStore",
     "Parcel",

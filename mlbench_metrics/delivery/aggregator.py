@@ -34,12 +34,12 @@ import time
 from concurrent.futures import Future
 from typing import Callable, Iterator, Sequence
 
+from ..client.result import BatchFuture, BatchResult
 from ..errors import ApiError, ClientApiError, ClosedError, TransientApiError
 from ..records import MetricBatch
 from .dispatcher import Deliver
 from .fold import plan_fold, rows_of
 from .pace import FoldPolicy
-from .result import BatchFuture, BatchResult
 
 __all__ = ["Aggregator"]
 

@@ -33,11 +33,11 @@ from collections import deque
 from typing import Callable, Final
 
 from .._threads import start_thread
+from ..client.result import BatchFuture, BatchResult
 from ..errors import ClosedError
 from ..records import MetricBatch
+from .batch_store import BatchStore, Parcel
 from .ledger import Ledger, Marker, Stats
-from .result import BatchFuture, BatchResult
-from .store import BatchStore, Parcel
 
 __all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "Deliver", "Dispatcher", "Stats"]
 

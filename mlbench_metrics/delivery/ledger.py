@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Mapping
 
-from .store import Parcel
+from .batch_store import Parcel
 
 __all__ = ["Ledger", "Marker", "Stats"]
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Final, Protocol
 
 from .._version import __version__
-from ..images import official_image_names
+from ..client.images import official_image_names
 from ..records import parse_date
 from . import pages, readback
 from ._http import Request, Response

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Iterator
 
-from ..config import ENV_SPOOL_DIR, env_str
+from ..env import ENV_SPOOL_DIR, env_str
 from ..errors import SpoolError
 
 __all__ = [

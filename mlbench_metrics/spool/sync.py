@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from ..delivery import BatchResult
+from ..client.result import BatchResult
 from ..errors import SpoolError
 from ..records import Metric, MetricBatch
 from .batches import acknowledge, read_spool_file

@@ -112,7 +112,7 @@ def test_node_port_falls_back_to_the_internal_ip_with_a_warning(
     )
     kube.routes[PODS] = k8s_list("PodList", [k8s_pod("master-0", "127.0.0.20", node="node-7")])
     kube.routes["/api/v1/nodes/node-7"] = k8s_node("node-7", [("InternalIP", "127.0.0.13")])
-    with caplog.at_level(logging.WARNING, logger="mlbench_metrics.discovery"), out_of_cluster() as client:
+    with caplog.at_level(logging.WARNING, logger="mlbench_metrics.client.discovery"), out_of_cluster() as client:
         assert client.endpoint == "http://127.0.0.13:30080/api/"
     assert "InternalIP" in caplog.text
 

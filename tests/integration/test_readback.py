@@ -284,7 +284,7 @@ def test_against_a_server_without_the_extensions_config_warns_and_detail_degrade
     run_id = create_run(dashboard_like.url)["id"]
     assert requests.get(f"{dashboard_like.url}/api/runs/{run_id}/points/").status_code == 404
     assert requests.get(f"{dashboard_like.url}/").status_code == 404
-    with caplog.at_level(logging.WARNING, logger="mlbench_metrics.config"):
+    with caplog.at_level(logging.WARNING, logger="mlbench_metrics.logger.run_config"):
         with ApiClient(url=dashboard_like.address) as client:
             with MetricsLogger(run_id, client=client, rank=2, config={"lr": 0.1}) as log:
                 log.log("loss", 1.0, step=3)

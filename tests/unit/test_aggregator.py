@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from mlbench_metrics import TransientApiError
-from mlbench_metrics.delivery import Aggregator, BatchFuture, BatchResult, Dispatcher, FoldPolicy, MemoryStore
+from mlbench_metrics.client.result import BatchFuture, BatchResult
+from mlbench_metrics.delivery import Aggregator, Dispatcher, FoldPolicy, MemoryStore
 from mlbench_metrics.errors import ApiError
 from mlbench_metrics.records import Context, MetricBatch, encode
 

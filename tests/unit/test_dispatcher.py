@@ -11,7 +11,8 @@ from typing import Any, Optional
 import pytest
 
 from mlbench_metrics import TransientApiError
-from mlbench_metrics.delivery import BACKOFF_FIRST, BACKOFF_MAX, BatchFuture, BatchResult, Dispatcher, MemoryStore
+from mlbench_metrics.client.result import BatchFuture, BatchResult
+from mlbench_metrics.delivery import BACKOFF_FIRST, BACKOFF_MAX, Dispatcher, MemoryStore
 from mlbench_metrics.errors import ClientApiError
 from mlbench_metrics.records import Context, MetricBatch
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mlbench_metrics.delivery import Ledger
-from mlbench_metrics.delivery.store import Parcel
+from mlbench_metrics.delivery.batch_store import Parcel
 
 
 def test_an_answer_after_abandon_changes_no_count() -> None:

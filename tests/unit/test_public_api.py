@@ -10,6 +10,7 @@ import mlbench_metrics
 MODULES = [
     "mlbench_metrics",
     "mlbench_metrics.api",
+    "mlbench_metrics.client",
     "mlbench_metrics.compat",
     "mlbench_metrics.delivery",
     "mlbench_metrics.errors",

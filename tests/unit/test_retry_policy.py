@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from mlbench_metrics import ConfigError, RetryPolicy
-from mlbench_metrics._retry import RetryableResponse, is_safe_to_retry, parse_retry_after
+from mlbench_metrics.client.retry import RetryableResponse, is_safe_to_retry, parse_retry_after
 from mlbench_metrics.errors import ApiConnectionError, ApiTimeout, TransientApiError
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from mlbench_metrics.agent import AgentSettings
-from mlbench_metrics.config import LoggerConfig
 from mlbench_metrics.delivery import Parcel
 from mlbench_metrics.errors import ConfigError
+from mlbench_metrics.logger.settings import LoggerConfig
 from mlbench_metrics.records import Context
 from mlbench_metrics.spool import DurableStore, SpoolDir
 from mlbench_metrics.spool.durable import layout

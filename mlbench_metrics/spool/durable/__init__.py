@@ -27,7 +27,7 @@ agent while it works (``sync`` leaves such a directory alone).
 
 This package is the only writer and reader of these files: ``layout.py`` (the format),
 ``mapped.py`` (marking and reading, shared by the writer's process and the agent),
-``log.py`` (:class:`DurableLog`, the live process's), ``store.py`` (:class:`DurableStore`,
+``log.py`` (:class:`DurableLog`, the live process's), ``range_store.py`` (:class:`DurableStore`,
 the dispatcher's store, with the training thread's writer; :class:`RangeStore`, the slot
 bookkeeping), ``tail.py`` (:class:`TailLog` and :class:`TailStore`: the agent's reading
 of a live log, and taking over from a dead agent), ``status.py`` (:class:`StatusArea`)
@@ -39,9 +39,9 @@ from __future__ import annotations
 
 from .layout import CTL_DELIVERED, CTL_DONE, CTL_END, CTL_START
 from .log import DurableLog
+from .range_store import DurableStore, RangeStore
 from .replay import DurableMarks, DurableRecord, DurableReport, durable_metadata, read_durable, replay_batches
 from .status import AgentReport, StatusArea
-from .store import DurableStore, RangeStore
 from .tail import TailLog, TailStore
 
 __all__ = [

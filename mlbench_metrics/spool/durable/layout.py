@@ -1,6 +1,6 @@
 """The durable log's file layout: slots, control bits, state, segment names.
 
-Shared by the writer (``log.py``, ``store.py``) and the reader (``replay.py``) of the
+Shared by the writer (``log.py``, ``range_store.py``) and the reader (``replay.py``) of the
 one format; see the package docstring. No threads, no I/O.
 """
 

@@ -1,6 +1,6 @@
 """The live durable log, as its writer keeps it: segments reserved and mapped, the dictionary.
 
-The training threads write slots (through ``store.py``'s writer) and the dictionary's
+The training threads write slots (through ``range_store.py``'s writer) and the dictionary's
 entries; whoever delivers (the dispatcher thread, or an agent process through its own
 :class:`~.tail.TailLog`) marks batches and deliveries and moves the watermark, with
 the code both share (``mapped.py``). Segments are reserved with ``posix_fallocate``

@@ -34,7 +34,7 @@ from ..files import HEADER_SIZE, read_frames
 from . import layout
 from .layout import COMMIT_AT, CONTROL_AT, CTL_DELIVERED, END_BIT, GAP_WINDOW, SLOT, START_BIT, STATE, segment_name
 from .mapped import Columns, Segment, SharedLog
-from .store import RangeStore
+from .range_store import RangeStore
 
 __all__ = ["GAP_TIMEOUT", "TailLog", "TailStore"]
 

@@ -1,6 +1,6 @@
 """What every ``mlbench-metrics`` command shares: exit codes, one-line errors, the client, progress.
 
-The command modules (``cli.py`` and ``_cli_runs.py``) import from here, never from each
+The command modules (``main.py``, ``runs.py``, ``sync.py``, ``points.py``) import from here, never from each
 other's internals. No threads.
 """
 
@@ -16,11 +16,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-from .config import ENV_URL, env_str
-from .errors import ApiTimeout, DiscoveryError, TransportError
+from ..env import ENV_URL, env_str
+from ..errors import ApiTimeout, DiscoveryError, TransportError
 
 if TYPE_CHECKING:
-    from .api import ApiClient
+    from ..client.api import ApiClient
 
 __all__ = [
     "EXIT_FAILED",
@@ -57,7 +57,7 @@ class CliError(Exception):
 @contextmanager
 def open_client(args: argparse.Namespace) -> Iterator[ApiClient]:
     """An :class:`ApiClient` for the global options (``--url``, ``--token``, discovery); closed after."""
-    from .api import ApiClient  # imported when needed: --help and --version stay fast
+    from ..client.api import ApiClient  # imported when needed: --help and --version stay fast
 
     client = ApiClient(
         url=args.url,

@@ -2,7 +2,7 @@
 
 :class:`Transport` owns what every call goes through: the ``requests.Session`` with a
 keep-alive pool sized to the workers (its connections tracked, so ``close()`` can abort
-them), the lean :class:`~._transport.FastPoster` for batch posts, the retry policy, and
+them), the lean :class:`~.fast_poster.FastPoster` for batch posts, the retry policy, and
 the thread pool that runs calls and hands back Futures. ``requests`` exceptions are
 wrapped here and nowhere else (:func:`status_error` and :func:`post_error` say what an
 answer means).
@@ -27,13 +27,10 @@ import urllib3.connection
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
-from ._lifecycle import at_fork_in_child
-from ._retry import RETRYABLE_STATUSES, RetryableResponse, RetryPolicy, parse_retry_after
-from ._threads import block_signals, signals_blocked
-from ._transport import FastPoster, ack_promptly
-from ._version import __version__
-from .config import Timeouts
-from .errors import (
+from .._lifecycle import at_fork_in_child
+from .._threads import block_signals, signals_blocked
+from .._version import __version__
+from ..errors import (
     ApiConnectionError,
     ApiError,
     ApiTimeout,
@@ -42,6 +39,9 @@ from .errors import (
     ConfigError,
     TransientApiError,
 )
+from .fast_poster import FastPoster, ack_promptly
+from .retry import RETRYABLE_STATUSES, RetryableResponse, RetryPolicy, parse_retry_after
+from .timeouts import Timeouts
 
 __all__ = ["FORM", "JSON", "Transport", "endpoint_of", "form", "post_error", "status_error"]
 
@@ -95,7 +95,7 @@ class _Tracked:
         self.registry.add(self)
 
     def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-        """Read the answer, its segments ACKed at once (see :func:`~._transport.ack_promptly`)."""
+        """Read the answer, its segments ACKed at once (see :func:`~.fast_poster.ack_promptly`)."""
         sock = getattr(self, "sock", None)
         if sock is not None:
             ack_promptly(sock)

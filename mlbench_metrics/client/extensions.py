@@ -17,9 +17,9 @@ from urllib.parse import quote
 
 import requests
 
-from ._dropin import non_negative_int, since_text
-from ._posting import ServerInfo
-from ._session import JSON
+from .dropin import non_negative_int, since_text
+from .posting import ServerInfo
+from .transport import JSON
 
 __all__ = ["ExtensionCalls"]
 

@@ -2,7 +2,7 @@
 
 Commands: ``serve``, ``demo``, ``runs list|create|show|wait|delete``,
 ``metrics show|download``, ``plot`` and ``sync`` (the ``runs`` and ``metrics`` commands
-live in ``_cli_runs.py``, the views of points in ``cli_points.py``). Tables for people by
+live in ``runs.py``, the views of points in ``points.py``). Tables for people by
 default, ``--json`` for scripts. The options that say which server to talk to
 (``--url``, ``--token``, ``--json``, ...) work before or after the command. Errors are
 one line on stderr, never a traceback.
@@ -28,7 +28,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Callable
 
-from ._cli_common import (
+from .._version import __version__
+from ..errors import ApiError, ConfigError, DiscoveryError, MetricsError, TransportError
+from .common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -39,9 +41,7 @@ from ._cli_common import (
     describe_transport_error,
     open_client,
 )
-from ._cli_common import progress_done as _progress_done
-from ._version import __version__
-from .errors import ApiError, ConfigError, DiscoveryError, MetricsError, TransportError
+from .common import progress_done as _progress_done
 
 __all__ = ["build_parser", "main"]
 
@@ -50,7 +50,7 @@ __all__ = ["build_parser", "main"]
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .server import default_db_path, ready_line, serve
+    from ..server import default_db_path, ready_line, serve
 
     db = args.db
     if db is None:
@@ -85,7 +85,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     print(ready_line(handle.url), flush=True)
     if not args.no_extensions:
-        from .server.pages import page_url
+        from ..server.pages import page_url
 
         print(f"web UI: {page_url(handle.url, handle.token)}")  # with the token, the browser logs in once
     print(f"database: {handle.db_path}" + ("" if args.db else " (the default; kept after exit; --db FILE for another)"))
@@ -118,7 +118,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from ._cli_sync import cmd_sync
+    from .sync import cmd_sync
 
     return cmd_sync(args)
 
@@ -176,7 +176,7 @@ def _server_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mlbench-metrics``."""
-    from . import _cli_runs as runs_cmd
+    from . import runs as runs_cmd
 
     parser = argparse.ArgumentParser(
         prog="mlbench-metrics",
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, help="the file (default run-<id>-metrics.<format>)")
     p.set_defaults(func=runs_cmd.cmd_metrics_download)
 
-    from . import cli_points
+    from . import points as cli_points
 
     p = sub.add_parser("plot", parents=[server], help="draw a run's metrics to a PNG (needs the plot extra)")
     p.add_argument("run_id", type=_positive_int)
@@ -338,7 +338,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail(message: str, code: int) -> int:
     print(f"mlbench-metrics: error: {message}", file=sys.stderr)
     return code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -17,11 +17,11 @@ import sys
 import time
 from typing import Any, TextIO
 
-from ._text import fmt_value, metrics_table, sparkline
-from .api import ApiClient
-from .logger import MetricsLogger
-from .runs import Run
-from .system import SystemMetrics
+from ..client.api import ApiClient
+from ..logger.metrics_logger import MetricsLogger
+from ..runs import Run
+from ..system import SystemMetrics
+from .text import fmt_value, metrics_table, sparkline
 
 __all__ = ["run_demo"]
 
@@ -88,7 +88,7 @@ class _Net:
 
 def run_demo(url: str | None = None, token: str | None = None, seconds: float = 8.0, out: TextIO = sys.stdout) -> int:
     """Run the demo; returns the exit code (0 when every logged metric was stored)."""
-    from .server import serve
+    from ..server import serve
 
     started = time.monotonic()
     server = serve() if url is None else None

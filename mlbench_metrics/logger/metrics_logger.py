@@ -10,7 +10,7 @@ The logger builds its parts and passes them in: a :class:`LoggerConfig`, a store
 (memory, spool or durable: see ``delivery/store.py``), a :class:`Dispatcher` that owns
 the one delivery thread, and ``deliver`` (``ApiClient.post_metrics`` for its run). Exit,
 SIGTERM and fork hooks are ``_lifecycle``'s; the module-level API (``init``, ``log``,
-``finish``...) is ``_current``'s. After ``os.fork()`` the child starts empty and builds
+``finish``...) is ``current``'s. After ``os.fork()`` the child starts empty and builds
 its own parts on its first record. This module starts no threads itself.
 """
 
@@ -27,19 +27,20 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Final, Mapping, Protocol, TypeVar
 
-from . import _lifecycle
-from ._own_run import create_own_run, mark_own_run
-from ._parts import Parts, open_parts, placeholder_parts
-from ._session import endpoint_of
-from .api import ApiClient
-from .config import ENV_URL, LoggerConfig, env_str
-from .delivery import Stats
-from .errors import ClosedError, ConfigError
-from .records import Context, check_name, check_number, check_step, coerce_value
-from .records.batch import Record
-from .records.checks import Value
+from .. import _lifecycle
+from ..client.api import ApiClient
+from ..client.transport import endpoint_of
+from ..delivery import Stats
+from ..env import ENV_URL, env_str
+from ..errors import ClosedError, ConfigError
+from ..records import Context, check_name, check_number, check_step, coerce_value
+from ..records.batch import Record
+from ..records.checks import Value
+from ..timing import Timer, timed
+from .own_run import create_own_run, mark_own_run
+from .parts import Parts, open_parts, placeholder_parts
 from .run_config import check_config, send_config
-from .timing import Timer, timed
+from .settings import LoggerConfig
 
 __all__ = ["MetricsLogger", "Sampler"]
 

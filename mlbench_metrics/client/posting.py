@@ -9,7 +9,7 @@ the endpoint, which means "no such route", never "rejected"), each metric become
 single post in parallel over the pool, and a :class:`~.delivery.Gather` keeps each
 one's result, so only what was not stored is ever sent again.
 
-No threads of its own: calls run on the :class:`~._session.Transport`'s pool.
+No threads of its own: calls run on the :class:`~.transport.Transport`'s pool.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from typing import Any, Final
 
 import requests
 
-from ._session import FORM, JSON, Transport, form, post_error, status_error
-from .delivery import BatchFuture, BatchResult, Gather
-from .errors import ApiError, ClosedError, TransientApiError
-from .records import MetricBatch, columns, format_str_datetime, pack, value_to_str
+from ..errors import ApiError, ClosedError, TransientApiError
+from ..records import MetricBatch, columns, format_str_datetime, pack, value_to_str
+from .result import BatchFuture, BatchResult, Gather
+from .transport import FORM, JSON, Transport, form, post_error, status_error
 
 __all__ = ["MetricsPoster", "ServerInfo"]
 
-_log = logging.getLogger("mlbench_metrics.api")
+_log = logging.getLogger("mlbench_metrics.client.api")
 
 _BATCH_CHUNK: Final = 10_000
 _NO_SUCH_ROUTE: Final = (404, 405)

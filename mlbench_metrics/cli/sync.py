@@ -4,7 +4,7 @@
 server each spool was written for; ``--to URL [--to-run ID]`` uploads instead the raw
 copies of records a slow server got as aggregates, to a server with the batch endpoint
 (see :mod:`mlbench_metrics.spool.sync`). One line per writer directory on stdout, its
-problems on stderr, progress on a terminal. ``cli.py`` owns the parser. No threads.
+problems on stderr, progress on a terminal. ``main.py`` owns the parser. No threads.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ._cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, progress, progress_done
-from .config import ENV_URL, env_str
-from .errors import SpoolError
-from .spool import default_spool_root, sync_raw, sync_writer, writer_dirs
-from .spool.files import read_meta
-from .spool.raw import kept_raw
+from ..env import ENV_URL, env_str
+from ..errors import SpoolError
+from ..spool import default_spool_root, sync_raw, sync_writer, writer_dirs
+from ..spool.files import read_meta
+from ..spool.raw import kept_raw
+from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, progress, progress_done
 
 if TYPE_CHECKING:
-    from .api import ApiClient
-    from .spool import SyncReport
+    from ..client.api import ApiClient
+    from ..spool import SyncReport
 
 __all__ = ["cmd_sync"]
 
@@ -44,7 +44,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace, dirs: list[Path]) -> int:
-    from .api import ApiClient
+    from ..client.api import ApiClient
 
     clients: dict[str, ApiClient] = {}
     status = EXIT_OK
@@ -94,7 +94,7 @@ def _sync(args: argparse.Namespace, dirs: list[Path]) -> int:
 
 def _sync_to(args: argparse.Namespace, dirs: list[Path]) -> int:
     """``sync --to URL``: upload the raw copies to a server with the batch endpoint."""
-    from .api import ApiClient
+    from ..client.api import ApiClient
 
     status = EXIT_OK
     client = ApiClient(url=args.to, token=args.token)

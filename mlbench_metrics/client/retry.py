@@ -24,7 +24,7 @@ from typing import Any, Callable, Final, TypeVar, cast
 import requests
 import tenacity
 
-from .errors import ApiError, ConfigError, TransientApiError, TransportError
+from ..errors import ApiError, ConfigError, TransientApiError, TransportError
 
 __all__ = ["RETRYABLE_STATUSES", "RetryPolicy", "parse_retry_after"]
 

@@ -9,7 +9,7 @@ upstream-compatible call keeps using the ``requests.Session`` (its Futures must 
 
 Each thread of the client's executor keeps one connection; connections register in the
 client's registry so ``close()`` can abort them. Errors are turned into the library's
-own at this one place, like ``api.py`` does for ``requests``. No threads are started.
+own at this one place, like ``transport.py`` does for ``requests``. No threads are started.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 import requests
 from requests.structures import CaseInsensitiveDict
 
-from .config import Timeouts
-from .errors import ApiConnectionError, ApiTimeout
+from ..errors import ApiConnectionError, ApiTimeout
+from .timeouts import Timeouts
 
 __all__ = ["FastPoster", "ack_promptly"]
 

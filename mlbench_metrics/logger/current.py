@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, TypeVar
 
-from .errors import ClosedError
-from .logger import MetricsLogger
-from .timing import Timer
+from ..errors import ClosedError
+from ..timing import Timer
+from .metrics_logger import MetricsLogger
 
 __all__ = ["current", "finish", "flush", "increment", "init", "log", "log_many", "timed_call", "timer"]
 

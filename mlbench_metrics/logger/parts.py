@@ -18,18 +18,18 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from .config import LoggerConfig
-from .delivery import BatchStore, Dispatcher, MemoryStore, Stats
-from .delivery.dispatcher import Deliver
-from .errors import SpoolError
-from .records.batch import Record
-from .spool import DurableStore, SpoolDir, SpoolStore
-from .spool.durable.store import Writer
+from ..delivery import BatchStore, Dispatcher, MemoryStore, Stats
+from ..delivery.dispatcher import Deliver
+from ..errors import SpoolError
+from ..records.batch import Record
+from ..spool import DurableStore, SpoolDir, SpoolStore
+from ..spool.durable.range_store import Writer
+from .settings import LoggerConfig
 
 if TYPE_CHECKING:
-    from .agent import AgentLink
-    from .agent.adopt import Adoption
-    from .api import ApiClient
+    from ..agent import AgentLink
+    from ..agent.adopt import Adoption
+    from ..client.api import ApiClient
 
 __all__ = ["Delivery", "Parts", "open_parts", "placeholder_parts", "with_aggregation"]
 
@@ -153,7 +153,7 @@ def open_parts(
 
 def _adoption(directory: SpoolDir, endpoint: str, client: ApiClient, batch_size: int) -> Adoption | None:
     """Start delivering what dead processes of the run left next to ``directory``, if any."""
-    from .agent.adopt import Adoption, orphans
+    from ..agent.adopt import Adoption, orphans
 
     found = orphans(directory.path, endpoint)
     return Adoption(found, client, batch_size) if found else None
@@ -171,7 +171,7 @@ def _process_parts(
 ) -> Parts | None:
     """The durable log (its writer queues nothing) and the link to its agent; None, with
     one warning, when the log cannot be made (then a thread delivers, from memory)."""
-    from .agent import AgentLink  # imported here: only process delivery needs it
+    from ..agent import AgentLink  # imported here: only process delivery needs it
 
     links: list[AgentLink] = []
 
@@ -224,8 +224,8 @@ def with_aggregation(
         batch_supported: whether the server has the batch endpoint (None until known).
         on_drained: what the dispatcher would tell each time it empties the buffer.
     """
-    from .delivery import Aggregator, FoldPolicy  # imported here: only aggregation needs them
-    from .spool import KeepRaw, RawCopies
+    from ..delivery import Aggregator, FoldPolicy  # imported here: only aggregation needs them
+    from ..spool import KeepRaw, RawCopies
 
     policy = FoldPolicy(config.aggregate)
     if policy.off:

@@ -16,8 +16,8 @@ import time
 import warnings
 from typing import Any, Callable, Final
 
-from .errors import DashboardWarning
-from .records import (
+from ..errors import DashboardWarning
+from ..records import (
     check_flag,
     check_value,
     format_dashboard_date,

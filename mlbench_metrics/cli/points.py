@@ -1,7 +1,7 @@
 """The command line's views of points: ``metrics show --follow``, ``plot``, CSV/JSON downloads,
 and the run configuration ``runs show`` prints.
 
-``cli.py`` parses the arguments and hands over ``args`` with a client factory
+``main.py`` parses the arguments and hands over ``args`` with a client factory
 (``open_client(args)``, a context manager); errors are raised as the library's own
 (:class:`~mlbench_metrics.errors.ConfigError` for usage, ``ApiError`` from the server), so
 ``cli.main`` reports them in one line. No threads are started here.
@@ -19,13 +19,13 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ._text import fmt_value, printable
-from .errors import ClientApiError, ConfigError, TransientApiError
-from .points import MetricPoint, split_name, write_csv, write_json
-from .records import us_to_datetime
+from ..errors import ClientApiError, ConfigError, TransientApiError
+from ..points import MetricPoint, split_name, write_csv, write_json
+from ..records import us_to_datetime
+from .text import fmt_value, printable
 
 if TYPE_CHECKING:
-    from .runs import Run
+    from ..runs import Run
 
 __all__ = ["config_text", "download", "follow", "plot"]
 
@@ -49,7 +49,7 @@ def follow(args: argparse.Namespace, open_client: OpenClient, *, stop: threading
     Returns:
         0 when stopped with Ctrl-C (or ``stop``).
     """
-    from .runs import Run  # imported when used: the command line starts fast
+    from ..runs import Run  # imported when used: the command line starts fast
 
     stop = stop or threading.Event()
     with open_client(args) as client:
@@ -174,7 +174,7 @@ def _points(
 def download(args: argparse.Namespace, client: Any, target: Path) -> None:
     """``metrics download --format csv|json``: one row per point with name, date, step, epoch,
     rank, value, cumulative and metadata; written to a temporary file, then renamed."""
-    from .runs import Run
+    from ..runs import Run
 
     series = _points(Run({"id": args.run_id}, client=client), args.since, args.filter, args.summarize, args.last_n)
     tmp = target.with_name(target.name + ".part")
@@ -203,7 +203,7 @@ def plot(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .runs import Run
+    from ..runs import Run
 
     with args.open_client(args) as client:
         run = Run.get(args.run_id, client=client)

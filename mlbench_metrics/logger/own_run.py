@@ -10,8 +10,8 @@ import logging
 import os
 import sys
 
-from .api import ApiClient
-from .errors import ConfigError
+from ..client.api import ApiClient
+from ..errors import ConfigError
 
 __all__ = ["create_own_run", "mark_own_run"]
 
@@ -24,7 +24,7 @@ def create_own_run(client: ApiClient, name: str) -> int:
     Raises:
         ConfigError: the server refuses the name.
     """
-    from .runs import Run  # runs imports api only; imported here to keep logger's imports light
+    from ..runs import Run  # runs imports api only; imported here to keep logger's imports light
 
     command = " ".join([os.path.basename(sys.executable or "python"), *sys.argv])
     try:

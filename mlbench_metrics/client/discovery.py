@@ -19,11 +19,11 @@ from __future__ import annotations
 import logging
 from typing import Any, NamedTuple, Sequence
 
-from .errors import DiscoveryError
+from ..errors import DiscoveryError
 
 __all__ = ["Discovered", "discover"]
 
-_log = logging.getLogger("mlbench_metrics.discovery")
+_log = logging.getLogger("mlbench_metrics.client.discovery")
 
 
 def _k8s_error(what: str, exc: BaseException) -> DiscoveryError:

@@ -1,7 +1,7 @@
 """The ``runs`` and ``metrics`` commands of ``mlbench-metrics``: one function per subcommand.
 
 Each takes the parsed arguments and returns the exit code, raising
-:class:`~mlbench_metrics._cli_common.CliError` for a one-line failure; ``cli.py`` owns the
+:class:`~mlbench_metrics.cli.common.CliError` for a one-line failure; ``main.py`` owns the
 parser and turns every other error into one line. No threads.
 """
 
@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._cli_common import (
+from ..errors import ConfigError
+from .common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_TIMEOUT,
@@ -26,11 +27,10 @@ from ._cli_common import (
     progress,
     progress_done,
 )
-from ._text import metrics_table, table
-from .errors import ConfigError
+from .text import metrics_table, table
 
 if TYPE_CHECKING:
-    from .runs import Run
+    from ..runs import Run
 
 __all__ = [
     "cmd_metrics_download",
@@ -69,7 +69,7 @@ _RUN_HEADERS = ["id", "name", "state", "workers", "created (UTC)", "finished (UT
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
     """``runs list``: every run, as a table or JSON."""
-    from .runs import Run
+    from ..runs import Run
 
     with open_client(args) as client:
         runs = Run.list(client=client)
@@ -84,7 +84,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
 
 def cmd_runs_create(args: argparse.Namespace) -> int:
     """``runs create``: create a run from an official or a custom image."""
-    from .runs import Run
+    from ..runs import Run
 
     if (args.image is None) == (args.custom_image is None):
         raise CliError("give --image (an official benchmark) or --custom-image with --command", EXIT_USAGE)
@@ -117,8 +117,8 @@ def cmd_runs_create(args: argparse.Namespace) -> int:
 
 def cmd_runs_show(args: argparse.Namespace) -> int:
     """``runs show``: one run, with the tails of its stdout and stderr."""
-    from .cli_points import config_text
-    from .runs import Run
+    from ..runs import Run
+    from .points import config_text
 
     with open_client(args) as client:
         run = Run.get(args.run_id, client=client)
@@ -144,7 +144,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 
 def cmd_runs_wait(args: argparse.Namespace) -> int:
     """``runs wait``: poll until the run finishes (exit 0) or fails (exit 1)."""
-    from .runs import Run
+    from ..runs import Run
 
     started = time.monotonic()
     last_state: list[str] = [""]
@@ -176,7 +176,7 @@ def cmd_runs_wait(args: argparse.Namespace) -> int:
 
 def cmd_runs_delete(args: argparse.Namespace) -> int:
     """``runs delete``: delete a run; fails when the server did not."""
-    from .runs import Run
+    from ..runs import Run
 
     with open_client(args) as client:
         Run({"id": args.run_id}, client=client).delete()
@@ -193,10 +193,10 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_metrics_show(args: argparse.Namespace) -> int:
     """``metrics show``: a table (or JSON) of the run's metrics."""
-    from .runs import Run
+    from ..runs import Run
 
     if args.follow:
-        from .cli_points import follow
+        from .points import follow
 
         return follow(args, open_client)
     with open_client(args) as client:
@@ -219,7 +219,7 @@ def cmd_metrics_show(args: argparse.Namespace) -> int:
 
 def cmd_metrics_download(args: argparse.Namespace) -> int:
     """``metrics download``: the run's metrics to a zip, JSON or CSV file."""
-    from .runs import Run
+    from ..runs import Run
 
     fmt = args.format
     target = Path(args.output or f"run-{args.run_id}-metrics.{fmt}")
@@ -232,7 +232,7 @@ def cmd_metrics_download(args: argparse.Namespace) -> int:
                     raise CliError("--filter and --last-n do not apply to --format zip (the server's zip)", EXIT_USAGE)
                 run.download(target, since=args.since, summarize=args.summarize)
             else:
-                from .cli_points import download
+                from .points import download
 
                 _check_filter(run, args.filter)
                 download(args, client, target)

@@ -23,15 +23,15 @@ from typing import Any, Final, Mapping
 
 import requests
 
-from .api import ApiClient
-from .errors import ConfigError
+from ..client.api import ApiClient
+from ..errors import ConfigError
 
 __all__ = ["MAX_CONFIG_BYTES", "check_config", "send_config"]
 
 MAX_CONFIG_BYTES: Final = 64 * 1024
 """The largest configuration (as compact JSON) the server stores."""
 
-_log = logging.getLogger("mlbench_metrics.config")
+_log = logging.getLogger(__name__)
 
 
 def check_config(config: Any) -> dict[str, Any]:
