@@ -42,7 +42,7 @@ from .durable import CTL_DELIVERED, DurableMarks, DurableRecord, durable_metadat
 from .files import read_meta, remove_writer_dir, try_lock
 from .raw import drop_unneeded, folded_count, kept_raw
 
-__all__ = ["IN_FLIGHT", "Poster", "SyncReport", "sync_raw", "sync_writer"]
+__all__ = ["IN_FLIGHT", "Poster", "SyncReport", "records_waiting", "sync_raw", "sync_writer"]
 
 IN_FLIGHT = 4
 """Batches sent and unanswered at most, as the logger's ``max_in_flight`` default."""
@@ -302,16 +302,29 @@ def _send_all(spool_file: Path, pipe: _Pipeline) -> bool:
 
 def _owed(path: Path) -> bool:
     """Whether the run's own server still waits for records (or damage) in ``path``."""
+    waiting, damaged = _waiting(path)
+    return bool(waiting or damaged)
+
+
+def records_waiting(path: Path) -> int:
+    """How many records in a writer directory the run's own server has not got yet (its
+    batch spool and durable log; not the raw copies). Reads only: safe on a live writer's
+    directory, where it is a snapshot."""
+    return _waiting(path)[0]
+
+
+def _waiting(path: Path) -> tuple[int, bool]:
+    """Records waiting for the run's own server in ``path``, and whether any file is damaged."""
+    waiting, damaged = 0, False
     for spool_file in path.glob("spool-*.log"):
         contents = read_spool_file(spool_file)
-        if contents.batches or contents.problems:
-            return True
-    if not (path / "state.bin").exists():
-        return False
-    durable = read_durable(path)
-    if durable.problems or durable.unreadable:
-        return True
-    return any(not chunk[0].control & CTL_DELIVERED for chunk in replay_batches(durable.records, 1_000_000))
+        waiting += sum(len(b) for b in contents.batches)
+        damaged = damaged or bool(contents.problems)
+    if (path / "state.bin").exists():
+        durable = read_durable(path)
+        damaged = damaged or bool(durable.problems or durable.unreadable)
+        waiting += sum(len(c) for c in replay_batches(durable.records, 1_000_000) if not c[0].control & CTL_DELIVERED)
+    return waiting, damaged
 
 
 def _sync_durable(path: Path, pipe: _Pipeline, batch_size: int) -> None:
