@@ -55,6 +55,10 @@ _log = logging.getLogger("mlbench_metrics")
 START_TIMEOUT: Final = 30.0
 """Seconds an agent may take to become ready before it is given up (and killed)."""
 
+STOPPED_GRACE: Final = 5.0
+"""Seconds an agent may stay stopped (SIGSTOP, a debugger) before it is replaced: a
+stopped agent delivers nothing, and holds its lock so that nothing else can."""
+
 _TRIES: Final = 3  # agents that ended before they were ready, in a row, before delivering from here
 _PACKAGE_ROOT: Final = str(Path(__file__).resolve().parent.parent.parent)
 
@@ -159,6 +163,7 @@ class AgentLink:
         self._pipe: IO[bytes] | None = None
         self._spawned_at = 0.0
         self._ready_after = 0  # the generation the current agent makes ready by passing it
+        self._stopped_since: float | None = None  # when the agent was first seen stopped
         self._failures = 0
         self._local: tuple[AgentCore, threading.Thread, _LocalInbox] | None = None
         self._memory: Dispatcher | None = None
@@ -222,10 +227,20 @@ class AgentLink:
                 return
             code = proc.poll()
             ready = self._status.read().generation > self._ready_after
+            stopped = False
             if code is None:
-                if ready or self._clock() - self._spawned_at < START_TIMEOUT:
+                stopped = self._stopped_for_good(proc)
+                if stopped:
+                    _log.warning(
+                        "mlbench-metrics: the delivery agent (pid %d) has been stopped (SIGSTOP?) for %.0f s and "
+                        "delivers nothing; replacing it",
+                        proc.pid,
+                        STOPPED_GRACE,
+                    )
+                    ready = True  # it was working: not a failure to start
+                elif ready or self._clock() - self._spawned_at < START_TIMEOUT:
                     return
-                proc.kill()
+                proc.kill()  # a stopped process dies of SIGKILL too, and lets go of its lock
                 code = proc.wait()
             self._close_pipe()
             self._proc = None
@@ -236,7 +251,7 @@ class AgentLink:
                     f"{_TRIES} agents ended before they were ready, the last with status {code}; see {where}"
                 )
                 return
-            if ready:
+            if ready and not stopped:
                 _log.warning(
                     "mlbench-metrics: the delivery agent (pid %d) ended with status %s; starting another (see %s)",
                     proc.pid,
@@ -244,6 +259,34 @@ class AgentLink:
                     self._store.dir.path / "agent.log",
                 )
             self._spawn()
+
+    def _stopped_for_good(self, proc: subprocess.Popen[bytes]) -> bool:
+        """Whether the agent has been stopped for :data:`STOPPED_GRACE` seconds (under ``_lock``)."""
+        if _lifecycle.process_state(proc.pid) != "stopped":
+            self._stopped_since = None
+            return False
+        now = self._clock()
+        if self._stopped_since is None:
+            self._stopped_since = now
+        if now - self._stopped_since < STOPPED_GRACE:
+            return False
+        self._stopped_since = None
+        return True
+
+    def _say_if_stopped(self, waiting: int) -> None:
+        """At close: an agent that is stopped delivers nothing after this process either."""
+        pid = self.agent_pid
+        if waiting > 0 and pid is not None and _lifecycle.process_state(pid) == "stopped":
+            where = self._store.dir.path
+            _log.warning(
+                "mlbench-metrics: the delivery agent (pid %d) is stopped and %d records wait in %s: they are "
+                "delivered once it resumes (kill -CONT %d), or by `mlbench-metrics sync %s` once it has ended",
+                pid,
+                waiting,
+                where,
+                pid,
+                where,
+            )
 
     def _fall_back(self, why: str) -> None:
         """Deliver from this process, with the agent's code, in a thread (under ``_lock``)."""
@@ -376,8 +419,9 @@ class AgentLink:
         end = self._store.end()
         self._status.set_end(end, closed=True)
         self._poke()
-        self._wait(end, deadline)  # (an agent that ended meanwhile is replaced: it delivers after)
+        report = self._wait(end, deadline)  # (an agent that ended meanwhile is replaced: it delivers after)
         self._relay()  # the agent's warnings so far: the watch stops before it would repeat them
+        self._say_if_stopped(end - report.watermark)
         with self._lock:
             self._closed = True
         self._stop.set()
