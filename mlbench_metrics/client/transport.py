@@ -376,6 +376,18 @@ class Transport:
         except RetryableResponse as exc:
             return exc.response
 
+    def once(self, method: str, path: str) -> requests.Response:
+        """One attempt without a body, no retries, in the calling thread: for a quick
+        question whose answer is only useful now (``ApiClient.run_exists``).
+
+        Raises:
+            ApiError: no answer came.
+        """
+        try:
+            return self._attempt(method, self.endpoint + path, None, None, None)
+        except RetryableResponse as exc:
+            return exc.response
+
     def request(self, method: str, path: str, **kwargs: Any) -> Future[requests.Response]:
         """:meth:`call` on the pool; GET, DELETE and HEAD count as idempotent unless told."""
         idempotent = kwargs.pop("idempotent", method in ("GET", "DELETE", "HEAD"))
