@@ -48,7 +48,7 @@ from ..spool.durable.status import AgentReport, StatusArea
 from .core import AgentCore
 from .settings import AgentSettings
 
-__all__ = ["START_TIMEOUT", "AgentLink"]
+__all__ = ["START_TIMEOUT", "STOPPED_GRACE", "AgentLink", "agent_bootstrap"]
 
 _log = logging.getLogger("mlbench_metrics")
 
@@ -82,6 +82,22 @@ def _forget_started() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_started)
+
+
+def agent_bootstrap(root: str) -> str:
+    """The ``python -c`` program that starts the agent: this very package (found under
+    ``root``) on ``sys.path`` right after the standard library, not before it (a
+    ``select.py`` beside the package, or in the working directory, is never imported
+    for the standard one), then ``mlbench_metrics.agent`` run as ``__main__``."""
+    return (
+        "import sys, sysconfig\n"
+        "del sys.path[0]\n"  # -c puts the working directory first
+        "std = {sysconfig.get_path(n) for n in ('stdlib', 'platstdlib')}\n"
+        "after = [i + 1 for i, p in enumerate(sys.path) if p in std or p.endswith('lib-dynload')]\n"
+        f"sys.path.insert(max(after, default=len(sys.path)), {root!r})\n"
+        "import runpy\n"
+        "runpy.run_module('mlbench_metrics.agent', run_name='__main__', alter_sys=True)\n"
+    )
 
 
 class _FrozenRecords(MemoryStore):
@@ -188,22 +204,17 @@ class AgentLink:
             # embedded, there may be no interpreter to name at all.
             self._fall_back("no Python interpreter to run it with")
             return
-        env = dict(os.environ)
-        # The agent imports this very package, wherever it was imported from.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         try:
             with open(path / "agent.log", "ab") as errors:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "mlbench_metrics.agent"],
+                    [sys.executable, "-c", agent_bootstrap(_PACKAGE_ROOT)],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL,
                     stderr=errors,  # not the trainer's: a pipe there would wait for the agent
                     start_new_session=True,
-                    # `python -m` puts its working directory first on sys.path: not the
-                    # trainer's (a select.py of the user's there would be imported), and
-                    # not one the agent would keep busy for as long as it lingers.
+                    # Not the trainer's working directory: not one the agent would keep
+                    # busy for as long as it lingers (nor is it on the agent's sys.path).
                     cwd=path,
-                    env=env,
                 )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             self._fall_back(f"it cannot be started: {exc}")

@@ -1,7 +1,7 @@
-"""A delivery agent stopped with SIGSTOP is noticed: replaced while the trainer runs, said at close.
+"""The delivery agent as its trainer watches it: stopped, replaced; started, on a sane path.
 
-Before, a stopped agent was never noticed: it is alive, so it was never replaced; the
-trainer exited without a word with 14,000 of 20,000 records undelivered.
+Before, a stopped agent (SIGSTOP) was never noticed: it is alive, so it was never
+replaced; the trainer exited without a word with 14,000 of 20,000 records undelivered.
 """
 
 from __future__ import annotations
@@ -66,3 +66,30 @@ def test_closing_while_the_agent_is_stopped_says_where_the_records_wait(
     finally:
         os.kill(agent, signal.SIGCONT)  # it resumes and delivers what waits
     wait_until(lambda: values_stored(fresh_server.db_path, run["id"]) == list(range(2000)), timeout=60, what="delivery")
+
+
+def test_the_agent_keeps_the_standard_library_first_on_its_path(
+    fresh_server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The package installed beside a file named like a standard module (a select.py in a
+    # checkout's root): the agent must import the standard one. Before, the package's
+    # root went first on its sys.path (PYTHONPATH), and the agent never started.
+    import mlbench_metrics
+    from mlbench_metrics.agent import link
+
+    root = tmp_path / "checkout"
+    root.mkdir()
+    (root / "mlbench_metrics").symlink_to(Path(mlbench_metrics.__file__).parent)
+    (root / "select.py").write_text("raise SystemExit(9)\n")
+    monkeypatch.setattr(link, "_PACKAGE_ROOT", str(root))
+    caplog.set_level(logging.WARNING, "mlbench_metrics")
+    run = create_run(fresh_server.url)
+    with MetricsLogger(
+        run["id"], url=fresh_server.address, delivery="process", spool_dir=tmp_path / "s", flush_interval=0.1
+    ) as log:
+        for i in range(100):
+            log.log("x", i)
+        assert log.flush(60), log.stats
+        assert log.agent_pid is not None
+    assert values_stored(fresh_server.db_path, run["id"]) == list(range(100))
+    assert not [r for r in caplog.records if "cannot run" in r.getMessage()]
