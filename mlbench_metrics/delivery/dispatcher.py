@@ -124,6 +124,7 @@ class Dispatcher:
         self._answered: deque[tuple[Parcel, BatchFuture]] = deque()
         self._warned: set[str] = set()
         self._closing = False  # at close, what is kept is said once, by _finish
+        self._deletions = 0  # the store's size-bound deletions counted so far
         self._last_take = clock()
 
     # -- for the owner ------------------------------------------------------------------
@@ -249,6 +250,7 @@ class Dispatcher:
 
     def _cycle(self) -> None:
         self._settle()
+        self._count_deleted()
         self._take_overflow()
         # Take the buffer only when a batch is full, the interval is up, a flush asks, or
         # we are stopping: a wake-up for an answered batch alone must not cut the buffer
@@ -367,6 +369,19 @@ class Dispatcher:
             self._in_flight[head.seq] = (head, future)
             self._ledger.flying(head.count)
             future.add_done_callback(functools.partial(self._on_answer, head))
+
+    def _count_deleted(self) -> None:
+        """After the store's size bound deleted records: count the parcels waiting on
+        disk that are all gone now, so ``stats.spooled`` says what is on disk (one only
+        partly gone is counted when it is loaded)."""
+        deletions = self._store.deletions()
+        if deletions == self._deletions:
+            return
+        self._deletions = deletions
+        for parcel in [p for p in self._outbox if p.on_disk and not p.in_memory]:
+            lost, reason = self._store.lost(parcel)
+            if lost >= parcel.count > 0:
+                self._drop(parcel, reason)
 
     def _load(self, parcel: Parcel) -> MetricBatch | None:
         """The parcel's batch to send; counts what the store lost of it (None: all)."""

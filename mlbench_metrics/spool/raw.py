@@ -248,6 +248,10 @@ class KeepRaw:
         """As the wrapped store."""
         return self._inner.lost(parcel)
 
+    def deletions(self) -> int:
+        """As the wrapped store."""
+        return self._inner.deletions()
+
     def close(self, everything_settled: bool) -> None:
         """Copy what was never sent, when the copies are kept (something was folded);
         then close both. The directory stays when the copies do (for ``sync --to``).
