@@ -451,6 +451,7 @@ class ApiClient(ExtensionCalls):
         metrics: MetricBatch | Sequence[Metric | Mapping[str, Any]],
         *,
         batch_id: str | None = None,
+        writer: Mapping[str, Any] | None = None,
     ) -> BatchFuture:
         """Store many metrics of one run in one call.
 
@@ -465,6 +466,8 @@ class ApiClient(ExtensionCalls):
             metrics: a :class:`MetricBatch`, or :class:`Metric` objects or mappings with
                 their fields (``name``, ``value``, ``date``, ``metadata``, ``cumulative``).
             batch_id: the idempotency key; default the batch's own, else a new one.
+            writer: ``{"id", "rank"}`` of the logger sending, which the embedded server's
+                ``writers`` extension takes as a sign of life (not sent to other servers).
 
         Returns:
             A Future of the :class:`BatchResult`; failures are in the result, not raised.
@@ -477,7 +480,7 @@ class ApiClient(ExtensionCalls):
         problem = batch_problem(batch)
         if problem is not None:
             raise ValueError(problem)
-        return self._poster.post(run_id, batch, batch_id)
+        return self._poster.post(run_id, batch, batch_id, writer)
 
     # -- lifecycle -------------------------------------------------------------------------
 
