@@ -20,14 +20,19 @@ from mlbench_metrics.server import ServerHandle
 from helpers import create_run, values_stored, wait_until
 
 
+def with_agent(server: ServerHandle, spool: Path, caplog: pytest.LogCaptureFixture) -> tuple[MetricsLogger, int, int]:
+    """A logger delivering through an agent process, for a new run: (logger, run, agent's pid)."""
+    caplog.set_level(logging.WARNING, "mlbench_metrics")
+    run = create_run(server.url)
+    log = MetricsLogger(run["id"], url=server.address, delivery="process", spool_dir=spool, flush_interval=0.1)
+    assert log.agent_pid is not None
+    return log, run["id"], log.agent_pid
+
+
 def test_a_stopped_agent_is_replaced_and_nothing_is_lost(
     fresh_server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, "mlbench_metrics")
-    run = create_run(fresh_server.url)
-    log = MetricsLogger(run["id"], url=fresh_server.address, delivery="process", spool_dir=tmp_path, flush_interval=0.1)
-    first = log.agent_pid
-    assert first is not None
+    log, run_id, first = with_agent(fresh_server, tmp_path, caplog)
     try:
         for i in range(1000):
             log.log("x", i)
@@ -41,7 +46,7 @@ def test_a_stopped_agent_is_replaced_and_nothing_is_lost(
         with contextlib.suppress(ProcessLookupError):  # it was killed when it was replaced
             os.kill(first, signal.SIGCONT)
         log.close()
-    assert values_stored(fresh_server.db_path, run["id"]) == list(range(20_000))  # exactly once
+    assert values_stored(fresh_server.db_path, run_id) == list(range(20_000))  # exactly once
     said = [r.getMessage() for r in caplog.records]
     assert any(f"the delivery agent (pid {first}) has been stopped" in s for s in said), said
 
@@ -49,11 +54,7 @@ def test_a_stopped_agent_is_replaced_and_nothing_is_lost(
 def test_closing_while_the_agent_is_stopped_says_where_the_records_wait(
     fresh_server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, "mlbench_metrics")
-    run = create_run(fresh_server.url)
-    log = MetricsLogger(run["id"], url=fresh_server.address, delivery="process", spool_dir=tmp_path, flush_interval=0.1)
-    agent = log.agent_pid
-    assert agent is not None
+    log, run_id, agent = with_agent(fresh_server, tmp_path, caplog)
     assert log.flush(60)
     os.kill(agent, signal.SIGSTOP)
     try:
@@ -65,7 +66,7 @@ def test_closing_while_the_agent_is_stopped_says_where_the_records_wait(
         assert any(f"kill -CONT {agent}" in s for s in said)
     finally:
         os.kill(agent, signal.SIGCONT)  # it resumes and delivers what waits
-    wait_until(lambda: values_stored(fresh_server.db_path, run["id"]) == list(range(2000)), timeout=60, what="delivery")
+    wait_until(lambda: values_stored(fresh_server.db_path, run_id) == list(range(2000)), timeout=60, what="delivery")
 
 
 def test_the_agent_keeps_the_standard_library_first_on_its_path(

@@ -14,47 +14,21 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fakes import ScriptedServer, Seen, forward, http_response
-from mlbench_metrics.records import MetricBatch
+from fakes import ScriptedServer, Together
 from mlbench_metrics.server import ServerHandle, serve
-from mlbench_metrics.spool import BatchSpool, SpoolDir
 
-from helpers import create_run, values_stored
+from helpers import create_run, spool_batches, values_stored
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mlbench_metrics.cli", *args], capture_output=True, text=True, timeout=300
     )
-
-
-def spool_batches(root: Path, run_id: int, endpoint: str, first: int, batches: int, size: int = 5) -> Path:
-    """A dead writer's directory with ``batches`` ordinary batches of values from ``first``."""
-    directory = SpoolDir(root, run_id, {"endpoint": endpoint})
-    spool = BatchSpool(directory, 1 << 30)
-    values = iter(range(first, first + batches * size))
-    spool.put(
-        [
-            MetricBatch(
-                ["x"] * size,
-                [next(values) for _ in range(size)],
-                [1] * size,
-                [""] * size,
-                [False] * size,
-                batch_id=f"{first}-{b}",
-            )
-            for b in range(batches)
-        ]
-    )
-    spool.close()
-    directory.release(remove=False)
-    return directory.path
 
 
 def endpoint(server: ServerHandle) -> str:
@@ -65,27 +39,11 @@ def test_sync_delivers_several_directories_at_once(fresh_server: ServerHandle, t
     run = create_run(fresh_server.url)
     for rank in range(2):
         spool_batches(tmp_path, run["id"], endpoint(fresh_server), rank * 1000, batches=6)
-    together = threading.Barrier(6, timeout=15)  # more than one directory keeps in flight
-    alone: list[int] = []
-    numbers = iter(range(1_000_000))
-    lock = threading.Lock()
-
-    def script(seen: Seen, index: int) -> bytes:
-        if seen.method == "POST" and seen.path.rstrip("/").endswith("/metrics/batch"):
-            with lock:
-                number = next(numbers)
-            if number < 6:
-                try:
-                    together.wait()
-                except threading.BrokenBarrierError:
-                    alone.append(number)
-                    return http_response(503, "{}")
-        return forward(fresh_server.url, seen)
-
-    with ScriptedServer(script) as proxy:
+    together = Together(6, fresh_server.url)  # more than one directory keeps in flight
+    with ScriptedServer(together) as proxy:
         result = cli("sync", str(tmp_path), "--url", proxy.address)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert not alone, "the two directories were not delivered side by side"
+    assert not together.alone, "the two directories were not delivered side by side"
     assert values_stored(fresh_server.db_path, run["id"]) == list(range(30)) + list(range(1000, 1030))
 
 
