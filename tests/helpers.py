@@ -135,3 +135,13 @@ def spool_batches(root: Any, run_id: int, endpoint: str, first: int, batches: in
     spool.close()
     directory.release(remove=False)
     return directory.path
+
+
+def answered_within_a_second(url: str, headers: dict[str, str] | None = None, times: int = 1) -> None:
+    """GET ``url`` ``times`` times; each must answer 200 within a second (a client that waits
+    behind others gets a generous 30 s to answer, so a failure says how long it took)."""
+    for _ in range(times):
+        started = time.monotonic()
+        r = requests.get(url, headers=headers, timeout=30)
+        elapsed = time.monotonic() - started
+        assert r.status_code == 200 and elapsed < 1.0, (r.status_code, elapsed)

@@ -167,12 +167,7 @@ class App:
     def handle(self, request: Request) -> Response:
         """Answer one request; never raises."""
         try:
-            for route in self._routes:
-                match = route.pattern.fullmatch(request.path)
-                if match is not None:
-                    break
-            else:
-                route, match = None, None
+            route, match = self._route(request.path)
             refused = self.access.refuse(request, public=route is not None and route.public)
             if refused is not None:
                 return refused
@@ -188,6 +183,20 @@ class App:
             return error_response(exc.status, exc.message, exc.extra)
         except sqlite3.OperationalError as exc:
             return self._database_unavailable(exc)
+
+    def screen(self, request: Request) -> Response | None:
+        """The access checks on a request's head alone, before its body is read: the refusal,
+        or None. The HTTP layer asks this first, so a body sent without the token (or from a
+        foreign origin) is never kept in memory; :meth:`handle` checks again all the same."""
+        route, _ = self._route(request.path)
+        return self.access.refuse(request, public=route is not None and route.public)
+
+    def _route(self, path: str) -> tuple[_Route | None, re.Match[str] | None]:
+        for route in self._routes:
+            match = route.pattern.fullmatch(path)
+            if match is not None:
+                return route, match
+        return None, None
 
     def _database_unavailable(self, exc: sqlite3.OperationalError) -> Response:
         """A 503 (clients retry, then spool: nothing is lost) saying what is wrong, logged
