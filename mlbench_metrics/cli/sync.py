@@ -212,8 +212,9 @@ def _sync_to(args: argparse.Namespace, dirs: list[Path]) -> int:
             def work(progress: Callable[[int], None], directory: Path = directory, run: int = run_id) -> SyncReport:
                 return sync_raw(directory, client, run_id=run, progress=progress)
 
-            report = _run(directory, work, "raw records uploaded")
-            if report is None:
+            report = _run(work, "raw records uploaded")
+            if report.busy:
+                status = max(status, _said_busy(directory))
                 continue
             print(
                 f"{directory}: run {report.run_id}: {report.delivered:,} raw records uploaded, "
@@ -241,8 +242,8 @@ def _no_raw_copies(directory: Path, meta: Mapping[str, object], client: ApiClien
         return EXIT_OK
     own = str(meta.get("endpoint", ""))
     if own == client.endpoint and to_run in (None, meta.get("run_id")):
-        report = _run(directory, lambda p: sync_writer(directory, client, progress=p), "records sent")
-        return EXIT_OK if report is None else _said_writer(directory, report, _Progress("records sent"))
+        report = _run(lambda p: sync_writer(directory, client, progress=p), "records sent")
+        return _said_writer(directory, report, _Progress("records sent"))
     print(
         f"{directory}: no raw copies, but {waiting:,} records wait in it for the run's own server "
         f"({own or 'unknown'}); --to uploads raw copies only. Send them with: mlbench-metrics sync {directory}"
@@ -275,14 +276,11 @@ class _Progress:
                 self._shown = False
 
 
-def _run(directory: Path, work: Callable[[Callable[[int], None]], SyncReport], what: str) -> SyncReport | None:
-    """Run ``work`` with progress on a terminal; None when the directory is busy (said so)."""
+def _run(work: Callable[[Callable[[int], None]], SyncReport], what: str) -> SyncReport:
+    """Run ``work`` with progress on a terminal."""
     counter = _Progress(what)
     report = work(counter.add)
     counter.done()
-    if report.busy:
-        _said_busy(directory)
-        return None
     return report
 
 
