@@ -27,6 +27,7 @@ from typing import Any, Callable, ContextManager, Final, Iterable, NamedTuple
 
 from .chunks import Chunk, EncodedChunk, decode_chunk
 from .columns import SeriesColumns, merge_columns, windows
+from .summaries import Summary, combine, summarize
 
 __all__ = [
     "CHUNK_ROWS",
@@ -34,6 +35,7 @@ __all__ = [
     "ChunkKey",
     "chunk_keys",
     "delete_chunks",
+    "fill_values",
     "insert_chunks",
     "newest_id",
     "read_chunks",
@@ -61,13 +63,18 @@ CREATE TABLE IF NOT EXISTS chunk_bodies (
     id INTEGER PRIMARY KEY,
     body BLOB NOT NULL
 );
--- Each series' number of points and newest date, kept with every insert, so that the
--- runs page's statistics read one row per series, not one per chunk.
+-- Each series' number of points, newest date, and the value at that date (as text), its
+-- smallest and largest number, kept with every insert, so that the runs page's statistics
+-- and the runs table read one row per series, not one per chunk (see summaries.py).
+-- last_value is NULL until the values are summarised (rows counted at open, below).
 CREATE TABLE IF NOT EXISTS series_stats (
     owner INTEGER NOT NULL,
     name TEXT NOT NULL,
     points INTEGER NOT NULL,
     last_date INTEGER NOT NULL,
+    last_value TEXT,
+    min_value REAL,
+    max_value REAL,
     PRIMARY KEY (owner, name)
 ) WITHOUT ROWID;
 -- A database written before series_stats existed gets its counts once, at open. The
@@ -92,13 +99,21 @@ _NEXT_IDS: Final = (
 )
 
 
-# Portable upsert (SQLite >= 3.24 and PostgreSQL): no MAX(a, b) / GREATEST.
-_COUNT: Final = (
-    "INSERT INTO series_stats (owner, name, points, last_date) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (owner, name) DO UPDATE SET points = series_stats.points + excluded.points, "
-    "last_date = CASE WHEN excluded.last_date > series_stats.last_date "
-    "THEN excluded.last_date ELSE series_stats.last_date END"
-)
+# Portable upsert (SQLite >= 3.24 and PostgreSQL): no MAX(a, b) / GREATEST. Of equal dates
+# the value that arrived last is the last value, as reads order points by (date, arrival).
+_COUNT: Final = """
+INSERT INTO series_stats (owner, name, points, last_date, last_value, min_value, max_value) VALUES (?,?,?,?,?,?,?)
+ON CONFLICT (owner, name) DO UPDATE SET points = series_stats.points + excluded.points,
+    last_value = CASE WHEN excluded.last_date >= series_stats.last_date
+        THEN excluded.last_value ELSE series_stats.last_value END,
+    last_date = CASE WHEN excluded.last_date > series_stats.last_date
+        THEN excluded.last_date ELSE series_stats.last_date END,
+    min_value = CASE WHEN series_stats.min_value IS NULL OR excluded.min_value < series_stats.min_value
+        THEN excluded.min_value ELSE series_stats.min_value END,
+    max_value = CASE WHEN series_stats.max_value IS NULL OR excluded.max_value > series_stats.max_value
+        THEN excluded.max_value ELSE series_stats.max_value END
+"""
+_VALUE_COLUMNS: Final = (("last_value", "TEXT"), ("min_value", "REAL"), ("max_value", "REAL"))
 
 
 def newest_id(conn: sqlite3.Connection) -> int:
@@ -128,7 +143,7 @@ def insert_chunks(
     if len(chunks) == 1 and len(chunks[0][4]) <= _INLINE_MAX:  # a single POST's: one row
         name, lo, hi, n, body = chunks[0]
         conn.execute(_INSERT, (owner, name, lo, first, hi, n, body))
-        conn.execute(_COUNT, (owner, name, n, hi))
+        conn.execute(_COUNT, (owner, name, *summarize(decode_chunk(0, "", body))))
         return first + 1
     rows = [
         (owner, name, lo, first + i, hi, n, body if len(body) <= _INLINE_MAX else "")
@@ -138,11 +153,10 @@ def insert_chunks(
     bodies = [(row[3], chunk[4]) for row, chunk in zip(rows, chunks) if not row[6]]
     if bodies:
         conn.executemany("INSERT INTO chunk_bodies (id, body) VALUES (?, ?)", bodies)
-    totals: dict[str, tuple[int, int]] = {}
-    for name, _, hi, n, _ in chunks:
-        points, last = totals.get(name, (0, hi))
-        totals[name] = (points + n, max(last, hi))
-    conn.executemany(_COUNT, [(owner, name, points, last) for name, (points, last) in totals.items()])
+    totals: dict[str, Summary] = {}
+    for name, _, _, _, body in chunks:
+        totals[name] = combine(totals.get(name), summarize(decode_chunk(0, "", body)))
+    conn.executemany(_COUNT, [(owner, name, *summary) for name, summary in totals.items()])
     return first + len(chunks)
 
 
@@ -151,6 +165,38 @@ def delete_chunks(conn: sqlite3.Connection, owner: int) -> None:
     conn.execute("DELETE FROM chunk_bodies WHERE id IN (SELECT id FROM chunks WHERE owner = ? AND data = '')", (owner,))
     conn.execute("DELETE FROM chunks WHERE owner = ?", (owner,))
     conn.execute("DELETE FROM series_stats WHERE owner = ?", (owner,))
+
+
+def fill_values(conn: sqlite3.Connection) -> int:
+    """Summarise the values of the series that have none yet, inside the caller's transaction.
+
+    A database written before series_stats kept values gets the columns; the series
+    counted at open (the schema's INSERT) or before have their chunks read once. Where
+    every series has its values, this is one scan of series_stats (a row per series).
+
+    Returns:
+        How many series were summarised.
+    """
+    try:
+        conn.execute("SELECT last_value FROM series_stats WHERE 1 = 0")
+    except sqlite3.OperationalError:  # the table predates the value columns
+        for column, kind in _VALUE_COLUMNS:
+            conn.execute(f"ALTER TABLE series_stats ADD COLUMN {column} {kind}")
+    missing = conn.execute("SELECT owner, name FROM series_stats WHERE last_value IS NULL").fetchall()
+    for owner, name in missing:
+        rows = conn.execute(
+            f"SELECT chunks.id, data, body FROM {CHUNK_ROWS} WHERE owner = ? AND name = ? ORDER BY chunks.id",
+            (owner, name),
+        ).fetchall()
+        total: Summary | None = None
+        for row in rows:
+            total = combine(total, summarize(decode_chunk(*row)))
+        if total is not None:
+            conn.execute(
+                "UPDATE series_stats SET last_value = ?, min_value = ?, max_value = ? WHERE owner = ? AND name = ?",
+                (total[2], total[3], total[4], owner, name),
+            )
+    return len(missing)
 
 
 def read_chunks(
