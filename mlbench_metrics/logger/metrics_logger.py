@@ -38,7 +38,7 @@ from ..records.batch import Record
 from ..records.checks import Value
 from ..timing import Timer, timed
 from .liveness import Liveness
-from .own_run import create_own_run, mark_own_run
+from .own_run import check_run, create_own_run, mark_own_run
 from .parts import Parts, open_parts, placeholder_parts
 from .run_config import check_config, send_config
 from .settings import LoggerConfig
@@ -203,6 +203,8 @@ class MetricsLogger:
         self.client = client if client is not None else ApiClient(url=url, token=token, strict=True)
         self._owns_run = self.settings.new_run is not None
         try:
+            if self.settings.run_id is not None:
+                check_run(self.client, self.settings.run_id)
             self.run_id = self.settings.run_id or create_own_run(self.client, str(self.settings.new_run))
         except BaseException:
             if self._own_client:
