@@ -123,6 +123,8 @@ class Dispatcher:
         self._in_flight: dict[int, tuple[Parcel, BatchFuture]] = {}
         self._answered: deque[tuple[Parcel, BatchFuture]] = deque()
         self._warned: set[str] = set()
+        self._closing = False  # at close, what is kept is said once, by _finish
+        self._deletions = 0  # the store's size-bound deletions counted so far
         self._last_take = clock()
 
     # -- for the owner ------------------------------------------------------------------
@@ -248,6 +250,7 @@ class Dispatcher:
 
     def _cycle(self) -> None:
         self._settle()
+        self._count_deleted()
         self._take_overflow()
         # Take the buffer only when a batch is full, the interval is up, a flush asks, or
         # we are stopping: a wake-up for an answered batch alone must not cut the buffer
@@ -367,6 +370,19 @@ class Dispatcher:
             self._ledger.flying(head.count)
             future.add_done_callback(functools.partial(self._on_answer, head))
 
+    def _count_deleted(self) -> None:
+        """After the store's size bound deleted records: count the parcels waiting on
+        disk that are all gone now, so ``stats.spooled`` says what is on disk (one only
+        partly gone is counted when it is loaded)."""
+        deletions = self._store.deletions()
+        if deletions == self._deletions:
+            return
+        self._deletions = deletions
+        for parcel in [p for p in self._outbox if p.on_disk and not p.in_memory]:
+            lost, reason = self._store.lost(parcel)
+            if lost >= parcel.count > 0:
+                self._drop(parcel, reason)
+
     def _load(self, parcel: Parcel) -> MetricBatch | None:
         """The parcel's batch to send; counts what the store lost of it (None: all)."""
         try:
@@ -419,10 +435,10 @@ class Dispatcher:
     def _apply(self, parcel: Parcel, result: BatchResult) -> bool:
         """Count an answer for an in-flight parcel; True when some of it is to be sent again."""
         self._ledger.flying(-parcel.count)
-        if result.failed:
-            self._note_error("deliver", result.error)
         again = result.retryable()
         rejected = len(result.rejected())
+        if result.failed:  # at close, what is kept is said by the line on where it waits
+            self._note_error("deliver", result.error, warn=rejected > 0 or not self._closing)
         folded = len(result.folded)  # into aggregates the server stored; raw copies on disk
         stored = parcel.count - len(again) - rejected - folded
         if rejected:
@@ -465,6 +481,7 @@ class Dispatcher:
     def _finish(self) -> None:
         """At the end: put what waits on disk, give what is in flight until its last
         moment, keep what it did not store, release every flush."""
+        self._closing = True
         with self._drain_lock:
             parcels = self._take(len(self._buffer))
         self._outbox.extend(parcels)
@@ -524,12 +541,13 @@ class Dispatcher:
 
     # -- errors -------------------------------------------------------------------------
 
-    def _note_error(self, kind: str, exc: BaseException | None) -> None:
+    def _note_error(self, kind: str, exc: BaseException | None, *, warn: bool = True) -> None:
         if exc is None:
             return
         text = f"{type(exc).__name__}: {exc}"
         self._ledger.error(text)
-        self._warn_once(f"{kind}:{type(exc).__name__}", f"mlbench-metrics: {kind} failed: {text}")
+        if warn:
+            self._warn_once(f"{kind}:{type(exc).__name__}", f"mlbench-metrics: {kind} failed: {text}")
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

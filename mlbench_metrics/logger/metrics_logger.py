@@ -38,7 +38,7 @@ from ..records.batch import Record
 from ..records.checks import Value
 from ..timing import Timer, timed
 from .liveness import Liveness
-from .own_run import create_own_run, mark_own_run
+from .own_run import check_run, create_own_run, mark_own_run
 from .parts import Parts, open_parts, placeholder_parts
 from .run_config import check_config, send_config
 from .settings import LoggerConfig
@@ -101,7 +101,10 @@ class MetricsLogger:
         client: an :class:`ApiClient` to deliver through; the logger does not close it.
         url: the dashboard's address, when no client is given (else
             ``MLBENCH_METRICS_URL``, else Kubernetes discovery as ApiClient does it).
-        rank: this process's rank (else ``MLBENCH_METRICS_RANK``, else ``RANK``, else none).
+        rank: this process's rank (else ``MLBENCH_METRICS_RANK``, else an initialised
+            ``torch.distributed`` process group's, else ``RANK``, ``OMPI_COMM_WORLD_RANK``,
+            ``PMI_RANK``, ``SLURM_PROCID``, ``LOCAL_RANK``, else none). The world size
+            found with it is in every record's metadata (``world_size``).
         flush_interval: seconds between deliveries (else ``MLBENCH_METRICS_FLUSH_INTERVAL``,
             else 1.0); a full batch is delivered at once.
         batch_size: records per batch (1 to 100,000).
@@ -200,6 +203,8 @@ class MetricsLogger:
         self.client = client if client is not None else ApiClient(url=url, token=token, strict=True)
         self._owns_run = self.settings.new_run is not None
         try:
+            if self.settings.run_id is not None:
+                check_run(self.client, self.settings.run_id)
             self.run_id = self.settings.run_id or create_own_run(self.client, str(self.settings.new_run))
         except BaseException:
             if self._own_client:
@@ -216,6 +221,8 @@ class MetricsLogger:
         self._step: int | None = None
         self._samplers: list[Sampler] = []
         self._last_step: int | None = None  # the newest step given: timers and totals carry it
+        world_size = self.settings.world_size
+        self._placed = "" if world_size is None else f', "world_size": {world_size}'
         self._rebuild_contexts()
         # The run's state follows its writers (the embedded server); the agent delivers for "process".
         self._liveness = Liveness(self.client, self.run_id, self.rank) if self.settings.delivery != "process" else None
@@ -427,7 +434,9 @@ class MetricsLogger:
             raise TypeError(
                 f"metadata must be JSON-serialisable (finite numbers, strings, lists, dicts): {exc}"
             ) from None
-        return Context(self.rank, self._epoch, self._step, False, ", " + text[1:-1])
+        if self._placed and "world_size" in metadata:
+            raise ValueError("metadata key 'world_size' is set by the logger (the job's world size was found)")
+        return Context(self.rank, self._epoch, self._step, False, self._placed + ", " + text[1:-1])
 
     def _threshold(self) -> None:
         """A batch's worth is waiting (or the buffer is full): wake the dispatcher."""
@@ -443,8 +452,8 @@ class MetricsLogger:
         self._wake_at = self.settings.batch_size
 
     def _rebuild_contexts(self) -> None:
-        self._ctx = Context(self.rank, self._epoch, self._step)
-        self._cum_ctx = Context(self.rank, self._epoch, self._step, True)
+        self._ctx = Context(self.rank, self._epoch, self._step, False, self._placed)
+        self._cum_ctx = Context(self.rank, self._epoch, self._step, True, self._placed)
 
     # -- settings and state ------------------------------------------------------------------
 
@@ -452,6 +461,11 @@ class MetricsLogger:
     def rank(self) -> int | None:
         """This process's rank (None: names are kept as given)."""
         return self.settings.rank
+
+    @property
+    def world_size(self) -> int | None:
+        """The number of processes in the job, where it was found (see ``rank``)."""
+        return self.settings.world_size
 
     @property
     def batch_size(self) -> int:

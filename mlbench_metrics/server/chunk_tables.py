@@ -28,12 +28,14 @@ from typing import Any, Callable, ContextManager, Final, Iterable, NamedTuple
 from .chunks import Chunk, EncodedChunk, decode_chunk
 from .columns import SeriesColumns, merge_columns, windows
 from .database import Connection, Database
+from .summaries import Summary, combine, summarize
 
 __all__ = [
     "CHUNK_ROWS",
     "ChunkKey",
     "chunk_keys",
     "delete_chunks",
+    "fill_values",
     "insert_chunks",
     "newest_id",
     "read_chunks",
@@ -47,13 +49,20 @@ _INLINE_MAX: Final = 256  # bodies up to this many bytes stay in the chunk's row
 _INSERT: Final = "INSERT INTO chunks (owner, name, first_date, id, last_date, count, data) VALUES (?,?,?,?,?,?,?)"
 
 
-# Portable upsert (SQLite >= 3.24 and PostgreSQL): no MAX(a, b) / GREATEST.
-_COUNT: Final = (
-    "INSERT INTO series_stats (owner, name, points, last_date) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (owner, name) DO UPDATE SET points = series_stats.points + excluded.points, "
-    "last_date = CASE WHEN excluded.last_date > series_stats.last_date "
-    "THEN excluded.last_date ELSE series_stats.last_date END"
-)
+# Portable upsert (SQLite >= 3.24 and PostgreSQL): no MAX(a, b) / GREATEST. Of equal dates
+# the value that arrived last is the last value, as reads order points by (date, arrival).
+_COUNT: Final = """
+INSERT INTO series_stats (owner, name, points, last_date, last_value, min_value, max_value) VALUES (?,?,?,?,?,?,?)
+ON CONFLICT (owner, name) DO UPDATE SET points = series_stats.points + excluded.points,
+    last_value = CASE WHEN excluded.last_date >= series_stats.last_date
+        THEN excluded.last_value ELSE series_stats.last_value END,
+    last_date = CASE WHEN excluded.last_date > series_stats.last_date
+        THEN excluded.last_date ELSE series_stats.last_date END,
+    min_value = CASE WHEN series_stats.min_value IS NULL OR excluded.min_value < series_stats.min_value
+        THEN excluded.min_value ELSE series_stats.min_value END,
+    max_value = CASE WHEN series_stats.max_value IS NULL OR excluded.max_value > series_stats.max_value
+        THEN excluded.max_value ELSE series_stats.max_value END
+"""
 
 
 def newest_id(conn: Connection) -> int:
@@ -84,7 +93,7 @@ def insert_chunks(
     if len(chunks) == 1 and len(chunks[0][4]) <= _INLINE_MAX:  # a single POST's: one row
         name, lo, hi, n, body = chunks[0]
         conn.execute(_INSERT, (owner, name, lo, ids[0], hi, n, body))
-        conn.execute(_COUNT, (owner, name, n, hi))
+        conn.execute(_COUNT, (owner, name, *summarize(decode_chunk(0, "", body))))
         return ids[0] + 1
     empty = db.empty_data
     rows = [
@@ -95,11 +104,10 @@ def insert_chunks(
     bodies = [(row[3], chunk[4]) for row, chunk in zip(rows, chunks) if not row[6]]
     if bodies:
         conn.executemany("INSERT INTO chunk_bodies (id, body) VALUES (?, ?)", bodies)
-    totals: dict[str, tuple[int, int]] = {}
-    for name, _, hi, n, _ in chunks:
-        points, last = totals.get(name, (0, hi))
-        totals[name] = (points + n, max(last, hi))
-    conn.executemany(_COUNT, [(owner, name, points, last) for name, (points, last) in totals.items()])
+    totals: dict[str, Summary] = {}
+    for name, _, _, _, body in chunks:
+        totals[name] = combine(totals.get(name), summarize(decode_chunk(0, "", body)))
+    conn.executemany(_COUNT, [(owner, name, *summary) for name, summary in totals.items()])
     return ids[-1] + 1
 
 
@@ -108,6 +116,33 @@ def delete_chunks(conn: Connection, owner: int) -> None:
     conn.execute("DELETE FROM chunk_bodies WHERE id IN (SELECT id FROM chunks WHERE owner = ? AND data = '')", (owner,))
     conn.execute("DELETE FROM chunks WHERE owner = ?", (owner,))
     conn.execute("DELETE FROM series_stats WHERE owner = ?", (owner,))
+
+
+def fill_values(conn: Connection) -> int:
+    """Summarise the values of the series that have none yet, inside the caller's transaction.
+
+    The series counted before series_stats kept values (the schema adds the columns, see
+    :mod:`.schema`) have their chunks read once. Where
+    every series has its values, this is one scan of series_stats (a row per series).
+
+    Returns:
+        How many series were summarised.
+    """
+    missing = conn.execute("SELECT owner, name FROM series_stats WHERE last_value IS NULL").fetchall()
+    for owner, name in missing:
+        rows = conn.execute(
+            f"SELECT chunks.id, data, body FROM {CHUNK_ROWS} WHERE owner = ? AND name = ? ORDER BY chunks.id",
+            (owner, name),
+        ).fetchall()
+        total: Summary | None = None
+        for row in rows:
+            total = combine(total, summarize(decode_chunk(*row)))
+        if total is not None:
+            conn.execute(
+                "UPDATE series_stats SET last_value = ?, min_value = ?, max_value = ? WHERE owner = ? AND name = ?",
+                (total[2], total[3], total[4], owner, name),
+            )
+    return len(missing)
 
 
 def read_chunks(

@@ -26,7 +26,7 @@ from typing import Any, Callable, Final, Protocol
 from .._version import __version__
 from ..client.images import official_image_names
 from ..records import parse_date
-from . import pages, readback, run_states
+from . import pages, readback, run_states, runs_table
 from ._http import Request, Response
 from .access import AccessPolicy
 from .formats import metric_json, point_json, run_json, summarize_points, zip_metrics
@@ -128,6 +128,8 @@ class App:
                 self.add_route(pattern, methods, public=True)
             for pattern, methods in [*readback.ReadBack(store).routes(), *self.states.routes()]:
                 self.add_route(pattern, methods)
+            for pattern, methods in runs_table.RunsTable(store, self.states).routes():
+                self.add_route(pattern, methods)
         if not extensions:
             self.add_route(r"/api/runs/(?P<pk>[^/]+)/?", {"GET": self.get_run, "DELETE": self.delete_run})
             self.add_route(r"/api/metrics/batch/?", {"GET": self.dashboard_batch_get})
@@ -213,7 +215,7 @@ class App:
                 "server": {
                     "name": "mlbench-metrics",
                     "version": __version__,
-                    "extensions": ["batch", "pods", *run_states.EXTENSIONS, *readback.EXTENSIONS]
+                    "extensions": ["batch", "pods", *run_states.EXTENSIONS, *readback.EXTENSIONS, "runs_table"]
                     if self.extensions
                     else [],
                     "exec": self.executor is not None,

@@ -28,6 +28,7 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any, Union
 
+from . import chunk_tables
 from .chunk_tables import CHUNK_ROWS, delete_chunks, insert_chunks, newest_id, read_chunks, series_pieces
 from .chunks import Columns, Point, decode_chunk, decode_points, encode_chunks, encode_point
 from .columns import ChunkCache, SeriesColumns, merge_columns
@@ -41,6 +42,7 @@ from .database import (
     open_database,
 )
 from .schema import ensure_schema
+from .summaries import SummaryMethods
 from .writer_tables import LIVENESS_COLUMNS, WriterMethods
 
 __all__ = [
@@ -79,7 +81,7 @@ def _run_dict(row: Sequence[Any]) -> dict[str, Any]:
     return run
 
 
-class Store(WriterMethods):
+class Store(WriterMethods, SummaryMethods):
     """Runs, pods, metrics and a run's writers in one database.
 
     Args:
@@ -102,6 +104,8 @@ class Store(WriterMethods):
             with self.db.transaction() as conn:
                 self.schema_found = ensure_schema(conn, self.db.kind)
                 self._next_id = newest_id(conn) + 1 if self.db.kind == "sqlite" else 0
+            with self.db.transaction() as conn:  # once, for series stored before their values were summarised
+                chunk_tables.fill_values(conn)
         except BaseException:
             self.db.close()
             raise
@@ -444,12 +448,9 @@ class Store(WriterMethods):
 
     def count_metrics(self, run_id: int | None = None) -> int:
         """How many metrics are stored (for one run, or in all)."""
+        where, args = ("", ()) if run_id is None else (" WHERE owner = ?", (run_id,))
         with self._read() as conn:
-            if run_id is None:
-                row = conn.execute("SELECT COALESCE(SUM(count), 0) FROM chunks").fetchone()
-            else:
-                row = conn.execute("SELECT COALESCE(SUM(count), 0) FROM chunks WHERE owner = ?", (run_id,)).fetchone()
-        return int(row[0])
+            return int(conn.execute("SELECT COALESCE(SUM(count), 0) FROM chunks" + where, args).fetchone()[0])
 
 
 def _require(value: int | None) -> int:

@@ -46,5 +46,6 @@ def test_the_run_page_draws_with_a_lone_surrogate_stored(probe: PageProbe, tmp_p
     with serve(db_path=str(db)) as server:
         page = probe.page
         page.goto(f"{server.url}/#/run/{run_id}")
-        page.wait_for_selector('.chart[data-drawn="1"]')
+        page.wait_for_selector('.chart[data-metric="loss"][data-drawn="1"]')  # ckpt's only value is text: listed
         assert "does not answer" not in page.inner_text("body")
+        assert "ckpt-" in page.locator(".text-values td.value").inner_text()

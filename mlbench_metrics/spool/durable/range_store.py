@@ -165,6 +165,10 @@ class RangeStore(MemoryStore):
             return self.log.missing(place.first, place.end), "spool_full"
         return 0, "spool_full"
 
+    def deletions(self) -> int:
+        """Segments the size bound deleted so far."""
+        return self.log.deletions
+
     def close(self, everything_settled: bool) -> None:
         """Unmap the log."""
         self.log.close()
