@@ -145,7 +145,8 @@ def test_the_schema_is_versioned_and_a_newer_one_is_refused(db_target: str) -> N
     with first.db.transaction() as conn:
         conn.execute("UPDATE schema_version SET version = 99")
     first.close()
-    with pytest.raises(SchemaError, match=rf"schema is version 99, newer than this mlbench-metrics knows \({SCHEMA_VERSION}\)"):
+    newer = rf"schema is version 99, newer than this mlbench-metrics knows \({SCHEMA_VERSION}\)"
+    with pytest.raises(SchemaError, match=newer):
         Store(db_target)
 
 
