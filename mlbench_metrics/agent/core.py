@@ -32,7 +32,7 @@ from typing import Callable, Final, Protocol
 
 from .._threads import start_thread
 from ..client.api import ApiClient
-from ..delivery import Dispatcher, Stats
+from ..delivery import Dispatcher, Stats, start_dispatcher
 from ..errors import SpoolError
 from ..spool.durable.status import AgentReport, StatusArea
 from ..spool.durable.tail import TailLog, TailStore
@@ -148,15 +148,9 @@ class AgentCore:
                 clock=self._clock,
             )
             settings = self.settings
-            self._dispatcher = Dispatcher(
-                functools.partial(self._client.post_metrics, settings.run_id),
-                store,
-                batch_size=settings.batch_size,
-                flush_interval=settings.flush_interval,
-                max_buffer=settings.max_buffer,
-                max_in_flight=settings.max_in_flight,
+            self._dispatcher = start_dispatcher(
+                functools.partial(self._client.post_metrics, settings.run_id), store, settings
             )
-            self._dispatcher.start()
             self._publish()
             if settings.adopt:
                 self._adopter = start_thread(self._adopt, "mlbench-adopt")

@@ -19,16 +19,19 @@ from __future__ import annotations
 
 from .aggregator import Aggregator
 from .batch_store import BatchStore, MemoryStore, Parcel, base_batch_id, next_batch_id
-from .dispatcher import BACKOFF_FIRST, BACKOFF_MAX, Dispatcher
+from .dispatcher import BACKOFF_FIRST, BACKOFF_MAX, Dispatcher, DispatchSettings, start_dispatcher
 from .ledger import Ledger, Stats
 from .pace import FoldPolicy
+from .reasons import DropReason
 
 __all__ = [
     "BACKOFF_FIRST",
     "BACKOFF_MAX",
     "Aggregator",
     "BatchStore",
+    "DispatchSettings",
     "Dispatcher",
+    "DropReason",
     "FoldPolicy",
     "Ledger",
     "MemoryStore",
@@ -36,4 +39,5 @@ __all__ = [
     "Stats",
     "base_batch_id",
     "next_batch_id",
+    "start_dispatcher",
 ]

@@ -139,7 +139,7 @@ class Aggregator:
             batch_supported=lambda: client.batch_supported,
             keep=raw_copies.keep_one,
         )
-        dispatcher = Dispatcher(aggregator, store, on_drained=aggregator.tick)
+        dispatcher = start_dispatcher(aggregator, store, settings, on_drained=aggregator.tick)
 
     Args:
         deliver: the client's ``post_metrics`` for the run.

@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Final
+from typing import Callable, Final, Protocol
 
 from .._threads import start_thread
 from ..client.result import BatchFuture, BatchResult
@@ -38,8 +38,9 @@ from ..errors import ClosedError
 from ..records import MetricBatch
 from .batch_store import BatchStore, Parcel
 from .ledger import Ledger, Marker, Stats
+from .reasons import DropReason
 
-__all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "Deliver", "Dispatcher", "Stats"]
+__all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "Deliver", "DispatchSettings", "Dispatcher", "Stats", "start_dispatcher"]
 
 _log = logging.getLogger("mlbench_metrics")
 
@@ -60,14 +61,48 @@ def _event_wait(event: threading.Event, seconds: float) -> bool:
     return event.wait(seconds)
 
 
+class DispatchSettings(Protocol):
+    """The limits a dispatcher works within; the logger's settings
+    (:class:`~mlbench_metrics.logger.settings.LoggerConfig`, which owns their defaults)
+    and an agent's have them."""
+
+    @property
+    def batch_size(self) -> int:
+        """Most records in one batch; also how many wake the thread early."""
+
+    @property
+    def flush_interval(self) -> float:
+        """Seconds between deliveries when fewer records arrive."""
+
+    @property
+    def max_buffer(self) -> int:
+        """Most records held in memory (buffered, waiting or in flight)."""
+
+    @property
+    def max_in_flight(self) -> int:
+        """Batches sent and not answered yet, at most."""
+
+
+def start_dispatcher(
+    deliver: Deliver,
+    store: BatchStore,
+    settings: DispatchSettings,
+    on_drained: Callable[[], None] | None = None,
+) -> Dispatcher:
+    """A dispatcher for ``store`` within ``settings``, its thread started: how the
+    logger, the delivery agent and the agent's link each build theirs."""
+    dispatcher = Dispatcher(deliver, store, settings, on_drained=on_drained)
+    dispatcher.start()
+    return dispatcher
+
+
 class Dispatcher:
     """Owns the ``mlbench-dispatcher`` thread that delivers what its store's buffer holds.
 
     Example::
 
         store = MemoryStore(prefix="writer-1")
-        dispatcher = Dispatcher(functools.partial(client.post_metrics, run_id), store)
-        dispatcher.start()
+        dispatcher = start_dispatcher(functools.partial(client.post_metrics, run_id), store, logger_config)
         store.buffer.append(("loss", 0.5, time.time_ns(), None, Context(None, 0, None)))
         dispatcher.flush(10)
         dispatcher.close(5)
@@ -75,10 +110,7 @@ class Dispatcher:
     Args:
         deliver: sends one batch (``functools.partial(client.post_metrics, run_id)``).
         store: where batches wait, in memory or on disk; owns the buffer.
-        batch_size: most records in one batch; also how many wake the thread early.
-        flush_interval: seconds between deliveries when fewer records arrive.
-        max_buffer: most records held in memory (buffered, waiting or in flight).
-        max_in_flight: batches sent and not answered yet, at most.
+        settings: ``batch_size``, ``flush_interval``, ``max_buffer``, ``max_in_flight``.
         on_drained: called by the thread each time it has emptied the buffer.
         clock: monotonic seconds (``time.monotonic``).
         wait: waits on an event with a timeout in the clock's seconds.
@@ -88,11 +120,8 @@ class Dispatcher:
         self,
         deliver: Deliver,
         store: BatchStore,
+        settings: DispatchSettings,
         *,
-        batch_size: int = 1000,
-        flush_interval: float = 1.0,
-        max_buffer: int = 500_000,
-        max_in_flight: int = 4,
         on_drained: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wait: Wait = _event_wait,
@@ -100,10 +129,10 @@ class Dispatcher:
         self._deliver = deliver
         self._store = store
         self._buffer = store.buffer
-        self._batch_size = batch_size
-        self._flush_interval = flush_interval
-        self._max_buffer = max_buffer
-        self._max_in_flight = max_in_flight
+        self._batch_size = settings.batch_size
+        self._flush_interval = settings.flush_interval
+        self._max_buffer = settings.max_buffer
+        self._max_in_flight = settings.max_in_flight
         self._on_drained = on_drained
         self._clock = clock
         self._wait = wait
@@ -157,7 +186,7 @@ class Dispatcher:
                 return
             parcels = self._take(excess)
         if self._ledger.in_memory() > self._max_buffer:  # (the parcels are counted already)
-            self._put_out_of_memory(parcels, "overflow", queued=False)
+            self._put_out_of_memory(parcels, DropReason.OVERFLOW, queued=False)
             parcels = [p for p in parcels if p.on_disk]
         self._overflow.extend(parcels)  # a deque: safe to extend here while the thread pops
         self._wake_event.set()
@@ -299,7 +328,7 @@ class Dispatcher:
             parcels.append(self._overflow.popleft())
         if parcels:
             self._outbox.extend(parcels)
-            self._put_out_of_memory([p for p in parcels if not p.on_disk], "overflow")
+            self._put_out_of_memory([p for p in parcels if not p.on_disk], DropReason.OVERFLOW)
 
     def _take_buffer(self) -> None:
         with self._drain_lock:
@@ -320,7 +349,7 @@ class Dispatcher:
             if not parcel.on_disk:
                 spill.append(parcel)
                 over -= parcel.count
-        self._put_out_of_memory(spill, "overflow")
+        self._put_out_of_memory(spill, DropReason.OVERFLOW)
 
     def _put_on_disk(self, parcels: list[Parcel]) -> int | None:
         """Spill ``parcels`` to the store's disk where it can; the rest stay in memory.
@@ -335,11 +364,11 @@ class Dispatcher:
         self._ledger.parked(parcels[:kept])
         return kept
 
-    def _put_out_of_memory(self, parcels: list[Parcel], reason: str, *, queued: bool = True) -> None:
+    def _put_out_of_memory(self, parcels: list[Parcel], reason: DropReason, *, queued: bool = True) -> None:
         """Spill ``parcels`` to the store's disk; drop (and count) what it cannot keep."""
         kept = self._put_on_disk(parcels)
         if kept is None:
-            kept, reason = 0, "spool_failed"
+            kept, reason = 0, DropReason.SPOOL_FAILED
         for parcel in parcels[kept:]:
             self._drop(parcel, reason, queued=queued)
 
@@ -359,7 +388,7 @@ class Dispatcher:
             except Exception as exc:  # the client refused the batch itself: nothing can fix it
                 self._note_error("deliver", exc)
                 self._outbox.popleft()
-                self._drop(head, "rejected")
+                self._drop(head, DropReason.REJECTED)
                 continue
             self._outbox.popleft()
             head.attempts += 1
@@ -377,7 +406,7 @@ class Dispatcher:
         gone = parcel.count - (len(batch) if batch is not None else 0)
         if gone > 0:
             _, reason = self._store.lost(parcel)
-            self._count(parcel, gone, reason or "spool_failed")
+            self._count(parcel, gone, reason or DropReason.SPOOL_FAILED)
         if batch is None or not len(batch):
             self._outbox.remove(parcel)
             self._forget(parcel)
@@ -434,7 +463,7 @@ class Dispatcher:
                 self._note_error("spool", exc)
                 again, stored, rejected, folded = list(range(parcel.count)), 0, 0, 0
         self._count(parcel, stored, None)
-        self._count(parcel, rejected, "rejected")
+        self._count(parcel, rejected, DropReason.REJECTED)
         self._ledger.folded(parcel, folded, result.aggregates)
         if not again:
             self._forget(parcel)
@@ -442,13 +471,15 @@ class Dispatcher:
         self._ledger.retried(len(again))
         return True
 
-    def _count(self, parcel: Parcel, n: int, reason: str | None) -> None:
+    def _count(self, parcel: Parcel, n: int, reason: DropReason | None) -> None:
         """``n`` of the parcel's records are done: stored (no reason) or dropped."""
         self._ledger.settled(parcel, n, reason)
         if n > 0 and reason is not None:
-            self._warn_once(f"drop:{reason}", f"mlbench-metrics: dropped {n} records ({reason}); see stats.dropped")
+            self._warn_once(
+                f"drop:{reason.value}", f"mlbench-metrics: dropped {n} records ({reason.value}); see stats.dropped"
+            )
 
-    def _drop(self, parcel: Parcel, reason: str, *, queued: bool = True) -> None:
+    def _drop(self, parcel: Parcel, reason: DropReason, *, queued: bool = True) -> None:
         """Give the parcel up; ``queued``: it may be in the outbox (only the thread's)."""
         self._count(parcel, parcel.count, reason)
         if queued and parcel in self._outbox:
@@ -470,7 +501,7 @@ class Dispatcher:
         self._outbox.extend(parcels)
         self._take_overflow()
         self._settle()
-        self._put_out_of_memory(self._waiting_in_memory(), "shutdown")
+        self._put_out_of_memory(self._waiting_in_memory(), DropReason.SHUTDOWN)
         flying = [future for _, future in self._in_flight.values()]
         for future in flying:
             future.abandon()  # a fan-out sends no more single posts: its answers are final
@@ -480,10 +511,10 @@ class Dispatcher:
             del self._in_flight[parcel.seq]
             if self._apply(parcel, future.partial()):  # only what it did not store is kept
                 self._outbox.append(parcel)
-        self._put_out_of_memory(self._waiting_in_memory(), "shutdown")
+        self._put_out_of_memory(self._waiting_in_memory(), DropReason.SHUTDOWN)
         for parcel in list(self._outbox):
             lost, reason = self._store.lost(parcel)
-            self._count(parcel, lost, reason)
+            self._count(parcel, lost, reason or DropReason.SPOOL_FAILED)
         try:
             self._store.close(everything_settled=self._ledger.everything_settled())
         except Exception as exc:

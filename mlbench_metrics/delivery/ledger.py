@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from .batch_store import Parcel
+from .reasons import DropReason
 
 __all__ = ["Ledger", "Marker", "Stats"]
 
@@ -30,9 +31,10 @@ class Stats:
         logged: records accepted by ``log``/``increment``/timers.
         stored: records the server has stored (a re-sent duplicate counts once).
         retried: records sent again after a failure.
-        dropped: records given up, by reason: ``"overflow"`` (memory was full and no
-            spool could take them), ``"rejected"`` (the server refused them for good),
-            ``"shutdown"`` (undelivered when ``close`` ran out of time, and not on disk),
+        dropped: records given up, by reason (a :class:`~.reasons.DropReason`'s value):
+            ``"overflow"`` (memory was full and no spool could take them),
+            ``"rejected"`` (the server refused them for good), ``"shutdown"``
+            (undelivered when ``close`` ran out of time, and not on disk),
             ``"spool_full"`` (the spool's size bound), ``"spool_failed"`` (the disk
             could not be written or read back).
         spooled: records waiting on disk (after ``close()``: left for ``sync``), and the
@@ -114,7 +116,7 @@ class Ledger:
         with self._lock:
             self._cut += records
             if self._abandoned:
-                self._drop("shutdown", records, None)
+                self._drop(DropReason.SHUTDOWN, records, None)
                 return False
             self._held += records
             for parcel in parcels:
@@ -132,7 +134,7 @@ class Ledger:
                     if not self._abandoned:
                         self._parked += parcel.count
 
-    def settled(self, parcel: Parcel, n: int, reason: str | None) -> None:
+    def settled(self, parcel: Parcel, n: int, reason: DropReason | None) -> None:
         """``n`` of the parcel's records are done: stored (no reason) or dropped."""
         if n <= 0:
             return
@@ -165,8 +167,8 @@ class Ledger:
             self._parked -= n
         return True
 
-    def _drop(self, reason: str, n: int, seq: int | None) -> None:
-        self._dropped[reason] = self._dropped.get(reason, 0) + n
+    def _drop(self, reason: DropReason, n: int, seq: int | None) -> None:
+        self._dropped[reason.value] = self._dropped.get(reason.value, 0) + n
         if seq is not None:
             self._lost_seqs.append(seq)
 
@@ -212,7 +214,7 @@ class Ledger:
             self._held = self._parked
             self._flying = 0
             if lost:
-                self._drop("shutdown", lost, None)
+                self._drop(DropReason.SHUTDOWN, lost, None)
 
     def stats(self, buffered: int) -> Stats:
         """A snapshot, with ``buffered`` records still in the buffer."""

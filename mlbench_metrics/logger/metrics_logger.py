@@ -159,16 +159,16 @@ class MetricsLogger:
         url: str | None = None,
         rank: int | None = None,
         flush_interval: float | None = None,
-        batch_size: int = 1000,
-        max_buffer: int = 500_000,
-        max_in_flight: int = 4,
-        shutdown_timeout: float = 10.0,
-        handle_sigterm: bool = True,
+        batch_size: int = LoggerConfig.batch_size,
+        max_buffer: int = LoggerConfig.max_buffer,
+        max_in_flight: int = LoggerConfig.max_in_flight,
+        shutdown_timeout: float = LoggerConfig.shutdown_timeout,
+        handle_sigterm: bool = LoggerConfig.handle_sigterm,
         token: str | None = None,
-        spool: bool = True,
+        spool: bool = LoggerConfig.spool,
         spool_dir: str | os.PathLike[str] | None = None,
-        spool_max_bytes: int = 1 << 30,
-        durable: bool = False,
+        spool_max_bytes: int = LoggerConfig.spool_max_bytes,
+        durable: bool = LoggerConfig.durable,
         aggregate: str | float | None = None,
         new_run: str | None = None,
         config: Mapping[str, Any] | None = None,
@@ -613,7 +613,7 @@ class MetricsLogger:
         self._owns_run = False  # the parent ends the run, not each child
         if self._closed:
             return
-        self._use(placeholder_parts(functools.partial(self.client.post_metrics, self.run_id)))
+        self._use(placeholder_parts(self.settings, functools.partial(self.client.post_metrics, self.run_id)))
         self._wake_at = 1
         self._samplers = []
 

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from ..delivery import BatchStore, Dispatcher, MemoryStore, Stats
+from ..delivery import BatchStore, Dispatcher, MemoryStore, Stats, start_dispatcher
 from ..delivery.dispatcher import Deliver
 from ..errors import SpoolError
 from ..records.batch import Record
@@ -135,16 +135,7 @@ def open_parts(
                 store, append, write = durable, durable.append, durable.write
     if directory is not None and directory.problem() is None and batch_supported is not None:
         deliver, store, on_drained = with_aggregation(config, deliver, store, directory, batch_supported, on_drained)
-    dispatcher = Dispatcher(
-        deliver,
-        store,
-        batch_size=config.batch_size,
-        flush_interval=config.flush_interval,
-        max_buffer=config.max_buffer,
-        max_in_flight=config.max_in_flight,
-        on_drained=on_drained,
-    )
-    dispatcher.start()
+    dispatcher = start_dispatcher(deliver, store, config, on_drained)
     adoption = None
     if directory is not None and client is not None:
         adoption = _adoption(directory, endpoint, client, config.batch_size)
@@ -197,10 +188,10 @@ def _process_parts(
     return Parts(store, links[0], store.append, store.write, links[0])
 
 
-def placeholder_parts(deliver: Deliver) -> Parts:
+def placeholder_parts(config: LoggerConfig, deliver: Deliver) -> Parts:
     """Parts for a forked child until its first record: memory only, no thread."""
     store = MemoryStore(uuid.uuid4().hex)
-    return Parts(store, Dispatcher(deliver, store), store.buffer.append, None)
+    return Parts(store, Dispatcher(deliver, store, config), store.buffer.append, None)
 
 
 def with_aggregation(

@@ -11,8 +11,9 @@ import pytest
 
 from mlbench_metrics import TransientApiError
 from mlbench_metrics.client.result import BatchFuture, BatchResult
-from mlbench_metrics.delivery import Aggregator, Dispatcher, FoldPolicy, MemoryStore
+from mlbench_metrics.delivery import Aggregator, FoldPolicy, MemoryStore, start_dispatcher
 from mlbench_metrics.errors import ApiError
+from mlbench_metrics.logger.settings import LoggerConfig
 from mlbench_metrics.records import Context, MetricBatch, encode
 
 CTX = Context(0, 0, None)
@@ -228,8 +229,7 @@ def test_the_ledger_counts_folded_records_as_spooled_and_the_invariant_holds(mod
     server = Server(auto=True)
     agg = aggregator(server, pace=0.1, mode=mode)  # far behind: everything folds
     store = MemoryStore("w")
-    dispatcher = Dispatcher(agg, store, batch_size=100, flush_interval=0.01)
-    dispatcher.start()
+    dispatcher = start_dispatcher(agg, store, LoggerConfig(1, None, batch_size=100, flush_interval=0.01))
     try:
         for i in range(1000):
             store.buffer.append(("loss @ 0", float(i), round((T0 + i / 1000) * 1e9), i, CTX))

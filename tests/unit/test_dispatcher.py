@@ -14,6 +14,7 @@ from mlbench_metrics import TransientApiError
 from mlbench_metrics.client.result import BatchFuture, BatchResult
 from mlbench_metrics.delivery import BACKOFF_FIRST, BACKOFF_MAX, Dispatcher, MemoryStore
 from mlbench_metrics.errors import ClientApiError
+from mlbench_metrics.logger.settings import LoggerConfig
 from mlbench_metrics.records import Context, MetricBatch
 
 CTX = Context(None, 0, None)
@@ -97,7 +98,7 @@ def make(clock: FakeClock) -> Iterator[Callable[..., tuple[Dispatcher, MemorySto
         store = MemoryStore("w")
         sink = Sink(clock, answer)
         settings = {"batch_size": 10, "flush_interval": 1.0, "max_buffer": 1000, "max_in_flight": 1, **options}
-        dispatcher = Dispatcher(sink, store, clock=clock, wait=clock.wait, **settings)
+        dispatcher = Dispatcher(sink, store, LoggerConfig(1, None, **settings), clock=clock, wait=clock.wait)
         made.append(dispatcher)
         return dispatcher, store, sink
 
