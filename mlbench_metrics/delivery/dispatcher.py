@@ -36,6 +36,7 @@ from .._threads import start_thread
 from ..client.result import BatchFuture, BatchResult
 from ..errors import ClosedError
 from ..records import MetricBatch
+from . import notices
 from .batch_store import BatchStore, Parcel
 from .ledger import Ledger, Marker, Stats
 from .reasons import DropReason
@@ -151,7 +152,7 @@ class Dispatcher:
         self._outbox: deque[Parcel] = deque()  # waiting to be sent, oldest first (the thread's)
         self._in_flight: dict[int, tuple[Parcel, BatchFuture]] = {}
         self._answered: deque[tuple[Parcel, BatchFuture]] = deque()
-        self._warned: set[str] = set()
+        self._notices = notices.Notices(_log, clock)
         self._last_take = clock()
 
     # -- for the owner ------------------------------------------------------------------
@@ -455,7 +456,7 @@ class Dispatcher:
         folded = len(result.folded)  # into aggregates the server stored; raw copies on disk
         stored = parcel.count - len(again) - rejected - folded
         if rejected:
-            self._warn_once("rejected", f"mlbench-metrics: the server refused {rejected} records: {result.error}")
+            self._notices.note("rejected", rejected, notices.refused(result.error))
         if again and (stored or rejected or folded):
             try:
                 self._store.remainder(parcel, again)
@@ -475,9 +476,7 @@ class Dispatcher:
         """``n`` of the parcel's records are done: stored (no reason) or dropped."""
         self._ledger.settled(parcel, n, reason)
         if n > 0 and reason is not None:
-            self._warn_once(
-                f"drop:{reason.value}", f"mlbench-metrics: dropped {n} records ({reason.value}); see stats.dropped"
-            )
+            self._notices.note(f"drop:{reason.value}", n, notices.dropped(reason.value))
 
     def _drop(self, parcel: Parcel, reason: DropReason, *, queued: bool = True) -> None:
         """Give the parcel up; ``queued``: it may be in the outbox (only the thread's)."""
@@ -560,9 +559,4 @@ class Dispatcher:
             return
         text = f"{type(exc).__name__}: {exc}"
         self._ledger.error(text)
-        self._warn_once(f"{kind}:{type(exc).__name__}", f"mlbench-metrics: {kind} failed: {text}")
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            _log.warning(message)
+        self._notices.note(f"{kind}:{type(exc).__name__}", 1, notices.failed(kind, text))

@@ -4,6 +4,7 @@ the accounting invariant."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Optional
@@ -277,3 +278,31 @@ def test_after_close_every_record_is_accounted_for(make: Any, answer: str) -> No
     dispatcher.close(2.0)
     stats = dispatcher.stats()
     assert stats.logged == 500 and balanced(dispatcher) and stats.pending == stats.spooled == 0
+
+
+def test_warnings_about_refused_records_repeat_after_a_quiet_minute_with_the_count_since(
+    make: Any, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused = ClientApiError("400 Bad Request")
+    dispatcher, store, _ = make(
+        answer=lambda batch, n: BatchResult(len(batch), 0, failed=dict.fromkeys(range(len(batch)), refused))
+    )
+    clock.movers = set()  # time moves only when this test moves it
+    dispatcher.start()
+
+    def refuse_ten() -> list[str]:
+        caplog.clear()
+        log(store, range(10))
+        assert not dispatcher.flush(10)
+        return [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING, logger="mlbench_metrics"):
+        assert refuse_ten() == ["mlbench-metrics: the server refused 10 records: 400 Bad Request"]
+        clock.now += 30
+        assert refuse_ten() == []  # within the quiet interval: counted, not said
+        clock.now += 31
+        assert refuse_ten() == [
+            "mlbench-metrics: the server refused 20 more records since the last warning: 400 Bad Request"
+        ]
+        assert refuse_ten() == []
+    assert dispatcher.stats().dropped == {"rejected": 40}
