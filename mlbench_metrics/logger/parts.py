@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Callable, Protocol
 from ..delivery import BatchStore, Dispatcher, MemoryStore, Stats, start_dispatcher
 from ..delivery.dispatcher import Deliver
 from ..errors import SpoolError
-from ..records.batch import Record
 from ..spool import DurableStore, SpoolDir, SpoolStore
-from ..spool.durable.range_store import Writer
+from .inlet import Inlet
 from .settings import LoggerConfig
 
 if TYPE_CHECKING:
@@ -64,10 +63,9 @@ class Parts:
     """What a logger's hot path and lifecycle use.
 
     Attributes:
-        store: where batches wait; its ``buffer`` is what the hot path appends to.
+        store: where batches wait.
         dispatcher: the delivery thread's owner (or the link to the agent process).
-        append: appends (or, durable, writes) one record tuple.
-        write: durable mode's writer for ``log()`` (no tuple built), else None.
+        inlet: the way the hot path puts records into ``store``.
         agent: the link to the delivery agent (``delivery="process"``), else None.
         adoption: delivering what dead processes of the run left (thread delivery; an
             agent does it itself), else None.
@@ -75,8 +73,7 @@ class Parts:
 
     store: BatchStore
     dispatcher: Delivery
-    append: Callable[[Record], None]
-    write: Writer | None
+    inlet: Inlet
     agent: AgentLink | None = None
     adoption: Adoption | None = None
 
@@ -116,15 +113,14 @@ def open_parts(
         config = dataclasses.replace(config, delivery="thread", durable=False, spool=False)  # said once
     prefix = uuid.uuid4().hex
     store: BatchStore = MemoryStore(prefix)
-    append: Callable[[Record], None] = store.buffer.append
-    write: Writer | None = None
+    inlet = Inlet(store.buffer)
     directory: SpoolDir | None = None
     if config.spool:
         meta = {"endpoint": endpoint, "durable": config.durable, "batch_size": config.batch_size}
         directory = SpoolDir(config.spool_dir, run_id, meta)
         if not config.durable:
             store = SpoolStore(directory, config.spool_max_bytes, prefix)
-            append = store.buffer.append
+            inlet = Inlet(store.buffer)
         else:
             try:
                 durable = DurableStore(directory, config.spool_max_bytes, prefix, on_frozen)
@@ -132,14 +128,14 @@ def open_parts(
                 _log.warning("mlbench-metrics: %s; records are kept in memory only (not durable)", exc)
                 directory = None
             else:
-                store, append, write = durable, durable.append, durable.write
+                store, inlet = durable, Inlet(durable.buffer, durable.append, durable.write)
     if directory is not None and directory.problem() is None and batch_supported is not None:
         deliver, store, on_drained = with_aggregation(config, deliver, store, directory, batch_supported, on_drained)
     dispatcher = start_dispatcher(deliver, store, config, on_drained)
     adoption = None
     if directory is not None and client is not None:
         adoption = _adoption(directory, endpoint, client, config.batch_size)
-    return Parts(store, dispatcher, append, write, None, adoption)
+    return Parts(store, dispatcher, inlet, None, adoption)
 
 
 def _adoption(directory: SpoolDir, endpoint: str, client: ApiClient, batch_size: int) -> Adoption | None:
@@ -185,13 +181,13 @@ def _process_parts(
         store.close(everything_settled=True)
         directory.release(remove=True)
         return None
-    return Parts(store, links[0], store.append, store.write, links[0])
+    return Parts(store, links[0], Inlet(store.buffer, store.append, store.write), links[0])
 
 
 def placeholder_parts(config: LoggerConfig, deliver: Deliver) -> Parts:
     """Parts for a forked child until its first record: memory only, no thread."""
     store = MemoryStore(uuid.uuid4().hex)
-    return Parts(store, Dispatcher(deliver, store, config), store.buffer.append, None)
+    return Parts(store, Dispatcher(deliver, store, config), Inlet(store.buffer))
 
 
 def with_aggregation(

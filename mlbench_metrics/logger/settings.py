@@ -12,8 +12,9 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Final, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Final, Mapping
 
+from ..client.transport import endpoint_of
 from ..delivery.pace import Aggregate, check_aggregate
 from ..env import (
     DELIVERY_MODES,
@@ -22,13 +23,17 @@ from ..env import (
     ENV_FLUSH_INTERVAL,
     ENV_RANK,
     ENV_RUN_ID,
+    ENV_URL,
     env_float,
     env_int,
     env_str,
 )
 from ..errors import ConfigError
 
-__all__ = ["LoggerConfig"]
+if TYPE_CHECKING:
+    from ..client.api import ApiClient
+
+__all__ = ["LoggerConfig", "elsewhere"]
 
 _log = logging.getLogger("mlbench_metrics")
 
@@ -201,3 +206,14 @@ def _env_aggregate(environ: Mapping[str, str] | None) -> Aggregate:
     except (ValueError, ConfigError):
         _log.warning('ignoring %s=%r: not "auto", "off" or a number of seconds; using "auto"', ENV_AGGREGATE, raw)
         return LoggerConfig.aggregate
+
+
+def elsewhere(url: str | None, client: ApiClient | None) -> bool:
+    """Whether the logger is pointed at another server than ``MLBENCH_METRICS_URL`` names."""
+    env_url = env_str(ENV_URL)
+    if env_url is None or (url is None and client is None):
+        return False
+    try:
+        return (client.endpoint if client is not None else endpoint_of(str(url))) != endpoint_of(env_url)
+    except ConfigError:  # a bad address: the client says so, clearly, in a moment
+        return False
