@@ -39,27 +39,33 @@ class _ClosedBuffer:
 
 
 class Inlet:
-    """The way records go in.
+    """The way records go in; replaced whole, never changed in part.
 
     Args:
         buffer: where records wait for the dispatcher (its length is what wakes it).
         append: adds one record tuple (``buffer.append``, or the durable log's append).
-        write: durable mode's writer for ``log()``, else None.
+        write: durable mode's writer for ``log()``, else None; without one, ``append``
+            is ``buffer.append``.
     """
 
-    __slots__ = ("append", "buffer", "write")
+    __slots__ = ("append", "buffer", "for_log", "write")
 
-    def __init__(
-        self, buffer: Buffer, append: Callable[[Record], None] | None = None, write: Writer | None = None
-    ) -> None:
+    def __init__(self, buffer: Buffer, append: Callable[[Record], None], write: Writer | None = None) -> None:
         self.buffer = buffer
-        self.append: Callable[[Record], None] = buffer.append if append is None else append
+        self.append = append
         self.write = write
+        self.for_log: tuple[Buffer, Writer | None] = (buffer, write)
+        """What ``log()`` needs, as one plain tuple (unpacking it is the fastest way in)."""
+
+    @classmethod
+    def memory(cls, buffer: Buffer) -> Inlet:
+        """Records go to ``buffer`` only."""
+        return cls(buffer, buffer.append)
 
     @classmethod
     def closed(cls) -> Inlet:
         """The inlet of a closed logger: every way in raises :class:`ClosedError`."""
-        return cls(_ClosedBuffer())
+        return cls.memory(_ClosedBuffer())
 
     @property
     def durable(self) -> bool:

@@ -220,13 +220,12 @@ class MetricsLogger(Wiring):
         if step is not None and type(step) is not int:
             step = check_step(step)
         ctx = self._ctx if not metadata else self._context_with(metadata)
-        inlet = self._in
-        write = inlet.write
-        if write is None:
-            inlet.append((final, value, _time_ns(), step, ctx))
+        buffer, write = self._in.for_log
+        if write is None:  # then the buffer's own append is the way in
+            buffer.append((final, value, _time_ns(), step, ctx))
         else:  # durable: straight to disk, without a tuple
             write(final, value, _time_ns(), step, ctx)
-        if len(inlet.buffer) >= self._wake_at:
+        if len(buffer) >= self._wake_at:
             self._threshold()
 
     def log_many(self, values: Mapping[str, float | int | str], step: int | None = None, **metadata: Any) -> None:

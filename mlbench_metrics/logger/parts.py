@@ -113,14 +113,14 @@ def open_parts(
         config = dataclasses.replace(config, delivery="thread", durable=False, spool=False)  # said once
     prefix = uuid.uuid4().hex
     store: BatchStore = MemoryStore(prefix)
-    inlet = Inlet(store.buffer)
+    inlet = Inlet.memory(store.buffer)
     directory: SpoolDir | None = None
     if config.spool:
         meta = {"endpoint": endpoint, "durable": config.durable, "batch_size": config.batch_size}
         directory = SpoolDir(config.spool_dir, run_id, meta)
         if not config.durable:
             store = SpoolStore(directory, config.spool_max_bytes, prefix)
-            inlet = Inlet(store.buffer)
+            inlet = Inlet.memory(store.buffer)
         else:
             try:
                 durable = DurableStore(directory, config.spool_max_bytes, prefix, on_frozen)
@@ -187,7 +187,7 @@ def _process_parts(
 def placeholder_parts(config: LoggerConfig, deliver: Deliver) -> Parts:
     """Parts for a forked child until its first record: memory only, no thread."""
     store = MemoryStore(uuid.uuid4().hex)
-    return Parts(store, Dispatcher(deliver, store, config), Inlet(store.buffer))
+    return Parts(store, Dispatcher(deliver, store, config), Inlet.memory(store.buffer))
 
 
 def with_aggregation(

@@ -71,7 +71,7 @@ class Wiring(Stamping):
         """The durable log cannot grow: from now on the hot path appends to memory
         (unless it writes nowhere already: the logger is closed)."""
         if self._in.durable:
-            self._in = Inlet(self._store.buffer)
+            self._in = Inlet.memory(self._store.buffer)
 
     def _reset_wake_threshold(self) -> None:
         self._wake_at = self.settings.batch_size
