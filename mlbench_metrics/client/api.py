@@ -370,7 +370,7 @@ class ApiClient(ExtensionCalls):
             gpu_enabled,
             light_target,
         )
-        return self.create_run_from(spec)
+        return self._create_run(spec)
 
     def create_run_from(self, spec: RunSpec) -> Future[requests.Response]:
         """Create the run ``spec`` describes.
@@ -385,9 +385,12 @@ class ApiClient(ExtensionCalls):
                 dashboard refuses. Otherwise such a run is sent as upstream sends it (a
                 backend it does not know is left out), with a :class:`DashboardWarning`.
         """
+        return self._create_run(spec)
+
+    def _create_run(self, spec: RunSpec) -> Future[requests.Response]:
         problems: list[str] = []
         data = spec.form(problems)
-        self._refuse_or_warn("create_run", problems)
+        self._refuse_or_warn("create_run", problems, depth=2)  # the caller called a public method
         return self._request("POST", "runs/", body=form(data.items()), headers=FORM)
 
     def delete_run(self, run_id: Any) -> Future[requests.Response]:
@@ -417,6 +420,7 @@ class ApiClient(ExtensionCalls):
         metrics: MetricBatch | Sequence[Metric | Mapping[str, Any]],
         *,
         batch_id: str | None = None,
+        retry: bool = True,
     ) -> BatchFuture:
         """Store many metrics of one run in one call.
 
@@ -431,6 +435,10 @@ class ApiClient(ExtensionCalls):
             metrics: a :class:`MetricBatch`, or :class:`Metric` objects or mappings with
                 their fields (``name``, ``value``, ``date``, ``metadata``, ``cumulative``).
             batch_id: the idempotency key; default the batch's own, else a new one.
+            retry: False makes one attempt per request, whatever the retry policy says:
+                the caller decides when to send again what failed (a logger's
+                dispatcher does, honouring ``Retry-After``; see :func:`deliver_to
+                <mlbench_metrics.delivery.deliver_to>`).
 
         Returns:
             A Future of the :class:`BatchResult`; failures are in the result, not raised.
@@ -443,7 +451,7 @@ class ApiClient(ExtensionCalls):
         problem = batch_problem(batch)
         if problem is not None:
             raise ValueError(problem)
-        return self._poster.post(run_id, batch, batch_id)
+        return self._poster.post(run_id, batch, batch_id, retry)
 
     # -- lifecycle -------------------------------------------------------------------------
 

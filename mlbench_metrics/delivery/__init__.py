@@ -19,7 +19,15 @@ from __future__ import annotations
 
 from .aggregator import Aggregator
 from .batch_store import BatchStore, MemoryStore, Parcel, base_batch_id, next_batch_id
-from .dispatcher import BACKOFF_FIRST, BACKOFF_MAX, Dispatcher, DispatchSettings, start_dispatcher
+from .dispatcher import (
+    BACKOFF_FIRST,
+    BACKOFF_MAX,
+    RETRY_AFTER_MAX,
+    Dispatcher,
+    DispatchSettings,
+    deliver_to,
+    start_dispatcher,
+)
 from .ledger import Ledger, Stats
 from .pace import FoldPolicy
 from .reasons import DropReason
@@ -27,6 +35,7 @@ from .reasons import DropReason
 __all__ = [
     "BACKOFF_FIRST",
     "BACKOFF_MAX",
+    "RETRY_AFTER_MAX",
     "Aggregator",
     "BatchStore",
     "DispatchSettings",
@@ -38,6 +47,7 @@ __all__ = [
     "Parcel",
     "Stats",
     "base_batch_id",
+    "deliver_to",
     "next_batch_id",
     "start_dispatcher",
 ]

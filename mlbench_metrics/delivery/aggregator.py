@@ -134,7 +134,7 @@ class Aggregator:
     Example::
 
         aggregator = Aggregator(
-            functools.partial(client.post_metrics, run_id),
+            deliver_to(client, run_id),
             FoldPolicy("auto"),
             batch_supported=lambda: client.batch_supported,
             keep=raw_copies.keep_one,

@@ -10,8 +10,10 @@ happens in the ``mlbench-dispatcher`` thread owned by :class:`Dispatcher`:
   into batches (:class:`~.store.Parcel`), oldest first;
 * hand batches to ``deliver`` (``ApiClient.post_metrics``), at most ``max_in_flight``
   at a time; answers arrive on the client's threads and only wake this one;
-* send a batch that failed again after a backoff (also while closing), under the same
-  id; keep only the metrics not stored yet when an answer is partial;
+* send a batch that failed again after a backoff, or as long as the server's
+  ``Retry-After`` asks (also while closing), under the same id; keep only the metrics
+  not stored yet when an answer is partial. This is the one place batches are tried
+  again: ``deliver`` makes one attempt per call (:func:`deliver_to`);
 * keep memory under ``max_buffer``: what it cannot hold goes to the store's disk, or is
   dropped and counted when there is none;
 * resolve flush markers; at ``close`` leave what is undelivered to the store before the
@@ -30,7 +32,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Final, Protocol
+from typing import TYPE_CHECKING, Callable, Final, Protocol
 
 from .._threads import start_thread
 from ..client.result import BatchFuture, BatchResult
@@ -41,7 +43,20 @@ from .batch_store import BatchStore, Parcel
 from .ledger import Ledger, Marker, Stats
 from .reasons import DropReason
 
-__all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "Deliver", "DispatchSettings", "Dispatcher", "Stats", "start_dispatcher"]
+if TYPE_CHECKING:
+    from ..client.api import ApiClient
+
+__all__ = [
+    "BACKOFF_FIRST",
+    "BACKOFF_MAX",
+    "RETRY_AFTER_MAX",
+    "Deliver",
+    "DispatchSettings",
+    "Dispatcher",
+    "Stats",
+    "deliver_to",
+    "start_dispatcher",
+]
 
 _log = logging.getLogger("mlbench_metrics")
 
@@ -51,8 +66,18 @@ BACKOFF_FIRST: Final = 0.1
 BACKOFF_MAX: Final = 10.0
 """The longest wait between two sends of a failed batch."""
 
+RETRY_AFTER_MAX: Final = 60.0
+"""The longest wait before sending a failed batch again that a server's ``Retry-After`` can impose."""
+
 Deliver = Callable[[MetricBatch], BatchFuture]
 """Sends one batch; the Future resolves to what was stored (``ApiClient.post_metrics``)."""
+
+
+def deliver_to(client: ApiClient, run_id: int) -> Deliver:
+    """The ``deliver`` for records of run ``run_id`` through ``client``: one attempt per
+    call (``retry=False``), since the dispatcher decides when a batch is sent again."""
+    return functools.partial(client.post_metrics, run_id, retry=False)
+
 
 Wait = Callable[[threading.Event, float], bool]
 """Waits on an event for at most some seconds; True when it was set."""
@@ -103,13 +128,13 @@ class Dispatcher:
     Example::
 
         store = MemoryStore(prefix="writer-1")
-        dispatcher = start_dispatcher(functools.partial(client.post_metrics, run_id), store, logger_config)
+        dispatcher = start_dispatcher(deliver_to(client, run_id), store, logger_config)
         store.buffer.append(("loss", 0.5, time.time_ns(), None, Context(None, 0, None)))
         dispatcher.flush(10)
         dispatcher.close(5)
 
     Args:
-        deliver: sends one batch (``functools.partial(client.post_metrics, run_id)``).
+        deliver: sends one batch (:func:`deliver_to`: one attempt per call).
         store: where batches wait, in memory or on disk; owns the buffer.
         settings: ``batch_size``, ``flush_interval``, ``max_buffer``, ``max_in_flight``.
         on_drained: called by the thread each time it has emptied the buffer.
@@ -421,7 +446,7 @@ class Dispatcher:
 
     def _settle(self) -> None:
         """Account for answered batches and queue again what may succeed later."""
-        retry: list[Parcel] = []
+        retry: list[tuple[Parcel, float]] = []  # and the wait the server asked for
         while self._answered:
             parcel, future = self._answered.popleft()
             if self._in_flight.pop(parcel.seq, None) is None:
@@ -432,11 +457,12 @@ class Dispatcher:
                 self._note_error("deliver", exc)
                 result = BatchResult.unanswered(parcel.count, f"{type(exc).__name__}: {exc}")
             if self._apply(parcel, result):
-                retry.append(parcel)
+                retry.append((parcel, _asked_to_wait(result)))
         now = self._clock()
-        for parcel in sorted(retry, key=lambda p: p.seq, reverse=True):
+        for parcel, asked in sorted(retry, key=lambda item: item[0].seq, reverse=True):
             # 2**attempts, capped before it can overflow a float (a batch may fail for days)
-            parcel.due = now + min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** min(parcel.attempts - 1, 30))
+            backoff = min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** min(parcel.attempts - 1, 30))
+            parcel.due = now + max(backoff, min(asked, RETRY_AFTER_MAX))
             self._outbox.appendleft(parcel)  # oldest first, ahead of newer batches
             try:
                 self._store.failed(parcel)
@@ -560,3 +586,9 @@ class Dispatcher:
         text = f"{type(exc).__name__}: {exc}"
         self._ledger.error(text)
         self._notices.note(f"{kind}:{type(exc).__name__}", 1, notices.failed(kind, text))
+
+
+def _asked_to_wait(result: BatchResult) -> float:
+    """The longest ``Retry-After`` among the errors of an answer, in seconds (0: none)."""
+    waits = [e.retry_after for e in {id(e): e for e in result.failed.values()}.values() if e.retry_after]
+    return max(waits, default=0.0)

@@ -17,7 +17,6 @@ its own parts on its first record. This module starts no threads itself.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -28,6 +27,7 @@ from typing import Any, Callable, Final, Mapping, Protocol, TypeVar
 
 from .. import _lifecycle
 from ..client.api import ApiClient
+from ..delivery import deliver_to
 from ..errors import ClosedError
 from ..records import check_number, check_step
 from ..timing import Timer, timed
@@ -443,7 +443,7 @@ class MetricsLogger(Wiring):
         self._owns_run = False  # the parent ends the run, not each child
         if self._closed:
             return
-        self._use(placeholder_parts(self.settings, functools.partial(self.client.post_metrics, self.run_id)))
+        self._use(placeholder_parts(self.settings, deliver_to(self.client, self.run_id)))
         self._wake_at = 1
         self._samplers = []
 

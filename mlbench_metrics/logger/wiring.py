@@ -10,12 +10,11 @@ directly. No threads are started here (the parts start theirs).
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import _lifecycle
-from ..delivery import BatchStore, Stats
+from ..delivery import BatchStore, Stats, deliver_to
 from .inlet import Inlet
 from .parts import Delivery, Parts, open_parts
 from .stamping import Stamping
@@ -48,7 +47,7 @@ class Wiring(Stamping):
         self._use(
             open_parts(
                 self.settings,
-                functools.partial(client.post_metrics, self.run_id),
+                deliver_to(client, self.run_id),
                 batch_supported=lambda: client.batch_supported,
                 run_id=self.run_id,
                 endpoint=client.endpoint,
