@@ -41,7 +41,7 @@ from .. import _lifecycle
 from .._threads import start_thread
 from ..client.api import ApiClient
 from ..delivery import Dispatcher, MemoryStore, Stats, start_dispatcher
-from ..delivery.dispatcher import Deliver
+from ..delivery.seam import Deliver
 from ..logger.settings import LoggerConfig
 from ..spool import DurableStore
 from ..spool.durable.status import AgentReport, StatusArea

@@ -1,6 +1,9 @@
 """Delivery: one dispatcher thread, a store protocol, and what a delivery achieved.
 
 * ``dispatcher.py``: :class:`Dispatcher`, the ``mlbench-dispatcher`` thread;
+* ``seam.py``: what it delivers through (:data:`Deliver`, :func:`deliver_to`), the
+  limits it works within (:class:`DispatchSettings`), and when a batch is tried again;
+* ``reasons.py``, ``notices.py``: why records are dropped, and the warnings about it;
 * ``ledger.py``: :class:`Ledger`, where every record is (one lock, one invariant), the
   flush markers, and :class:`Stats`;
 * ``batch_store.py``: the :class:`BatchStore` protocol, :class:`Parcel` and :class:`MemoryStore`
@@ -19,18 +22,11 @@ from __future__ import annotations
 
 from .aggregator import Aggregator
 from .batch_store import BatchStore, MemoryStore, Parcel, base_batch_id, next_batch_id
-from .dispatcher import (
-    BACKOFF_FIRST,
-    BACKOFF_MAX,
-    RETRY_AFTER_MAX,
-    Dispatcher,
-    DispatchSettings,
-    deliver_to,
-    start_dispatcher,
-)
+from .dispatcher import Dispatcher, start_dispatcher
 from .ledger import Ledger, Stats
 from .pace import FoldPolicy
 from .reasons import DropReason
+from .seam import BACKOFF_FIRST, BACKOFF_MAX, RETRY_AFTER_MAX, DispatchSettings, deliver_to
 
 __all__ = [
     "BACKOFF_FIRST",

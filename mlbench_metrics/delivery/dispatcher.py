@@ -32,52 +32,21 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Final, Protocol
+from typing import Callable
 
 from .._threads import start_thread
 from ..client.result import BatchFuture, BatchResult
 from ..errors import ClosedError
-from ..records import MetricBatch
 from . import notices
+from .accounts import Accounts
 from .batch_store import BatchStore, Parcel
 from .ledger import Ledger, Marker, Stats
 from .reasons import DropReason
+from .seam import Deliver, DispatchSettings, asked_to_wait, next_try_in
 
-if TYPE_CHECKING:
-    from ..client.api import ApiClient
-
-__all__ = [
-    "BACKOFF_FIRST",
-    "BACKOFF_MAX",
-    "RETRY_AFTER_MAX",
-    "Deliver",
-    "DispatchSettings",
-    "Dispatcher",
-    "Stats",
-    "deliver_to",
-    "start_dispatcher",
-]
+__all__ = ["Dispatcher", "Stats", "start_dispatcher"]
 
 _log = logging.getLogger("mlbench_metrics")
-
-BACKOFF_FIRST: Final = 0.1
-"""Seconds before a failed batch is sent again the first time; doubled each time."""
-
-BACKOFF_MAX: Final = 10.0
-"""The longest wait between two sends of a failed batch."""
-
-RETRY_AFTER_MAX: Final = 60.0
-"""The longest wait before sending a failed batch again that a server's ``Retry-After`` can impose."""
-
-Deliver = Callable[[MetricBatch], BatchFuture]
-"""Sends one batch; the Future resolves to what was stored (``ApiClient.post_metrics``)."""
-
-
-def deliver_to(client: ApiClient, run_id: int) -> Deliver:
-    """The ``deliver`` for records of run ``run_id`` through ``client``: one attempt per
-    call (``retry=False``), since the dispatcher decides when a batch is sent again."""
-    return functools.partial(client.post_metrics, run_id, retry=False)
-
 
 Wait = Callable[[threading.Event, float], bool]
 """Waits on an event for at most some seconds; True when it was set."""
@@ -87,42 +56,21 @@ def _event_wait(event: threading.Event, seconds: float) -> bool:
     return event.wait(seconds)
 
 
-class DispatchSettings(Protocol):
-    """The limits a dispatcher works within; the logger's settings
-    (:class:`~mlbench_metrics.logger.settings.LoggerConfig`, which owns their defaults)
-    and an agent's have them."""
-
-    @property
-    def batch_size(self) -> int:
-        """Most records in one batch; also how many wake the thread early."""
-
-    @property
-    def flush_interval(self) -> float:
-        """Seconds between deliveries when fewer records arrive."""
-
-    @property
-    def max_buffer(self) -> int:
-        """Most records held in memory (buffered, waiting or in flight)."""
-
-    @property
-    def max_in_flight(self) -> int:
-        """Batches sent and not answered yet, at most."""
-
-
 def start_dispatcher(
     deliver: Deliver,
     store: BatchStore,
     settings: DispatchSettings,
     on_drained: Callable[[], None] | None = None,
+    on_closed: Callable[[Stats], None] | None = None,
 ) -> Dispatcher:
     """A dispatcher for ``store`` within ``settings``, its thread started: how the
     logger, the delivery agent and the agent's link each build theirs."""
-    dispatcher = Dispatcher(deliver, store, settings, on_drained=on_drained)
+    dispatcher = Dispatcher(deliver, store, settings, on_drained=on_drained, on_closed=on_closed)
     dispatcher.start()
     return dispatcher
 
 
-class Dispatcher:
+class Dispatcher(Accounts):
     """Owns the ``mlbench-dispatcher`` thread that delivers what its store's buffer holds.
 
     Example::
@@ -138,6 +86,7 @@ class Dispatcher:
         store: where batches wait, in memory or on disk; owns the buffer.
         settings: ``batch_size``, ``flush_interval``, ``max_buffer``, ``max_in_flight``.
         on_drained: called by the thread each time it has emptied the buffer.
+        on_closed: called with the final counts once everything is settled or left on disk.
         clock: monotonic seconds (``time.monotonic``).
         wait: waits on an event with a timeout in the clock's seconds.
     """
@@ -149,6 +98,7 @@ class Dispatcher:
         settings: DispatchSettings,
         *,
         on_drained: Callable[[], None] | None = None,
+        on_closed: Callable[[Stats], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wait: Wait = _event_wait,
     ) -> None:
@@ -160,6 +110,7 @@ class Dispatcher:
         self._max_buffer = settings.max_buffer
         self._max_in_flight = settings.max_in_flight
         self._on_drained = on_drained
+        self._on_closed = on_closed
         self._clock = clock
         self._wait = wait
         self._wake_event = threading.Event()
@@ -377,27 +328,6 @@ class Dispatcher:
                 over -= parcel.count
         self._put_out_of_memory(spill, DropReason.OVERFLOW)
 
-    def _put_on_disk(self, parcels: list[Parcel]) -> int | None:
-        """Spill ``parcels`` to the store's disk where it can; the rest stay in memory.
-        Returns how many it kept, or None when the spool failed."""
-        if not parcels:
-            return 0
-        try:
-            kept = self._store.spill(parcels)
-        except Exception as exc:
-            self._note_error("spool", exc)
-            return None
-        self._ledger.parked(parcels[:kept])
-        return kept
-
-    def _put_out_of_memory(self, parcels: list[Parcel], reason: DropReason, *, queued: bool = True) -> None:
-        """Spill ``parcels`` to the store's disk; drop (and count) what it cannot keep."""
-        kept = self._put_on_disk(parcels)
-        if kept is None:
-            kept, reason = 0, DropReason.SPOOL_FAILED
-        for parcel in parcels[kept:]:
-            self._drop(parcel, reason, queued=queued)
-
     def _send(self) -> None:
         now = self._clock()
         while self._outbox and len(self._in_flight) < self._max_in_flight:
@@ -422,23 +352,6 @@ class Dispatcher:
             self._ledger.flying(head.count)
             future.add_done_callback(functools.partial(self._on_answer, head))
 
-    def _load(self, parcel: Parcel) -> MetricBatch | None:
-        """The parcel's batch to send; counts what the store lost of it (None: all)."""
-        try:
-            batch = self._store.load(parcel)
-        except Exception as exc:
-            self._note_error("spool", exc)
-            batch = None
-        gone = parcel.count - (len(batch) if batch is not None else 0)
-        if gone > 0:
-            _, reason = self._store.lost(parcel)
-            self._count(parcel, gone, reason or DropReason.SPOOL_FAILED)
-        if batch is None or not len(batch):
-            self._outbox.remove(parcel)
-            self._forget(parcel)
-            return None
-        return batch
-
     def _on_answer(self, parcel: Parcel, future: BatchFuture) -> None:
         """Runs on a client thread: hand the answer over and wake the dispatcher."""
         self._answered.append((parcel, future))
@@ -457,12 +370,10 @@ class Dispatcher:
                 self._note_error("deliver", exc)
                 result = BatchResult.unanswered(parcel.count, f"{type(exc).__name__}: {exc}")
             if self._apply(parcel, result):
-                retry.append((parcel, _asked_to_wait(result)))
+                retry.append((parcel, asked_to_wait(result)))
         now = self._clock()
         for parcel, asked in sorted(retry, key=lambda item: item[0].seq, reverse=True):
-            # 2**attempts, capped before it can overflow a float (a batch may fail for days)
-            backoff = min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** min(parcel.attempts - 1, 30))
-            parcel.due = now + max(backoff, min(asked, RETRY_AFTER_MAX))
+            parcel.due = now + next_try_in(parcel.attempts, asked)
             self._outbox.appendleft(parcel)  # oldest first, ahead of newer batches
             try:
                 self._store.failed(parcel)
@@ -471,52 +382,6 @@ class Dispatcher:
             if parcel.place is not None:
                 self._ledger.parked([parcel])
         self._ledger.resolve_markers(self._seq)
-
-    def _apply(self, parcel: Parcel, result: BatchResult) -> bool:
-        """Count an answer for an in-flight parcel; True when some of it is to be sent again."""
-        self._ledger.flying(-parcel.count)
-        if result.failed:
-            self._note_error("deliver", result.error)
-        again = result.retryable()
-        rejected = len(result.rejected())
-        folded = len(result.folded)  # into aggregates the server stored; raw copies on disk
-        stored = parcel.count - len(again) - rejected - folded
-        if rejected:
-            self._notices.note("rejected", rejected, notices.refused(result.error))
-        if again and (stored or rejected or folded):
-            try:
-                self._store.remainder(parcel, again)
-            except Exception as exc:  # the whole batch will be sent again: at least once
-                self._note_error("spool", exc)
-                again, stored, rejected, folded = list(range(parcel.count)), 0, 0, 0
-        self._count(parcel, stored, None)
-        self._count(parcel, rejected, DropReason.REJECTED)
-        self._ledger.folded(parcel, folded, result.aggregates)
-        if not again:
-            self._forget(parcel)
-            return False
-        self._ledger.retried(len(again))
-        return True
-
-    def _count(self, parcel: Parcel, n: int, reason: DropReason | None) -> None:
-        """``n`` of the parcel's records are done: stored (no reason) or dropped."""
-        self._ledger.settled(parcel, n, reason)
-        if n > 0 and reason is not None:
-            self._notices.note(f"drop:{reason.value}", n, notices.dropped(reason.value))
-
-    def _drop(self, parcel: Parcel, reason: DropReason, *, queued: bool = True) -> None:
-        """Give the parcel up; ``queued``: it may be in the outbox (only the thread's)."""
-        self._count(parcel, parcel.count, reason)
-        if queued and parcel in self._outbox:
-            self._outbox.remove(parcel)
-        self._forget(parcel)
-
-    def _forget(self, parcel: Parcel) -> None:
-        try:
-            self._store.settle(parcel)
-        except Exception as exc:
-            self._note_error("spool", exc)
-        self._ledger.forget(parcel)
 
     def _finish(self) -> None:
         """At the end: put what waits on disk, give what is in flight until its last
@@ -545,21 +410,14 @@ class Dispatcher:
         except Exception as exc:
             self._note_error("spool", exc)
         self._ledger.release_markers()
-        stats = self._ledger.stats(0)
-        left = stats.spooled - stats.folded
+        left = self._ledger.on_disk()
         where = self._store.location
         if left and where is not None:
             _log.warning(
                 "mlbench-metrics: %d records wait in %s; deliver them with: mlbench-metrics sync %s", left, where, where
             )
-        if stats.folded and where is not None:
-            _log.warning(
-                "mlbench-metrics: the server has aggregates of %d records whose raw copies are in %s; upload them "
-                "to a server with the batch endpoint with: mlbench-metrics sync %s --to URL",
-                stats.folded,
-                where,
-                where,
-            )
+        if self._on_closed is not None:
+            self._on_closed(self._ledger.stats(0))
 
     def _waiting_in_memory(self) -> list[Parcel]:
         return sorted((p for p in self._outbox if not p.on_disk), key=lambda p: p.seq)
@@ -577,18 +435,3 @@ class Dispatcher:
         self._ledger.abandon(uncut)
         self._ledger.release_markers()
         _log.warning("mlbench-metrics: delivery did not finish within the close timeout; see stats.dropped")
-
-    # -- errors -------------------------------------------------------------------------
-
-    def _note_error(self, kind: str, exc: BaseException | None) -> None:
-        if exc is None:
-            return
-        text = f"{type(exc).__name__}: {exc}"
-        self._ledger.error(text)
-        self._notices.note(f"{kind}:{type(exc).__name__}", 1, notices.failed(kind, text))
-
-
-def _asked_to_wait(result: BatchResult) -> float:
-    """The longest ``Retry-After`` among the errors of an answer, in seconds (0: none)."""
-    waits = [e.retry_after for e in {id(e): e for e in result.failed.values()}.values() if e.retry_after]
-    return max(waits, default=0.0)

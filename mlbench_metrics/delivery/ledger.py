@@ -98,8 +98,8 @@ class Ledger:
         self._parked = 0
         self._flying = 0
         self._stored = 0
-        self._folded = 0
-        self._aggregates = 0
+        self._kept = 0  # settled on disk by the deliverer (Stats.folded: the aggregator's)
+        self._stand_ins = 0
         self._retried = 0
         self._dropped: dict[str, int] = {}
         self._abandoned = False
@@ -146,15 +146,15 @@ class Ledger:
             else:
                 self._drop(reason, n, parcel.seq)
 
-    def folded(self, parcel: Parcel, n: int, points: int) -> None:
-        """``n`` of the parcel's records were folded into ``points`` aggregate points the
-        server stored; their raw copies are on disk (so they count as spooled)."""
-        if n <= 0 and points <= 0:
+    def kept(self, parcel: Parcel, n: int, stand_ins: int) -> None:
+        """``n`` of the parcel's records were settled by the deliverer keeping them on disk
+        (so they count as spooled), and the server stored ``stand_ins`` points for them."""
+        if n <= 0 and stand_ins <= 0:
             return
         with self._lock:
             if self._release(parcel, n):
-                self._folded += n
-                self._aggregates += points
+                self._kept += n
+                self._stand_ins += stand_ins
 
     def _release(self, parcel: Parcel, n: int) -> bool:
         """Under the lock: ``n`` of the parcel's records leave it; False when nothing
@@ -193,6 +193,11 @@ class Ledger:
         with self._lock:
             self._last_error = text
 
+    def on_disk(self) -> int:
+        """Records waiting in the store's files to be sent (not those kept by the deliverer)."""
+        with self._lock:
+            return self._parked
+
     def in_memory(self) -> int:
         """Records cut and not settled that are not on disk."""
         with self._lock:
@@ -224,12 +229,12 @@ class Ledger:
                 stored=self._stored,
                 retried=self._retried,
                 dropped=dict(self._dropped),
-                spooled=self._parked + self._folded,
+                spooled=self._parked + self._kept,
                 in_flight=self._flying,
                 pending=self._held + buffered,
                 last_error=self._last_error,
-                folded=self._folded,
-                aggregates=self._aggregates,
+                folded=self._kept,
+                aggregates=self._stand_ins,
             )
 
     # -- flushes ------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from ..delivery import BatchStore, Dispatcher, MemoryStore, Stats, start_dispatcher
-from ..delivery.dispatcher import Deliver
+from ..delivery.seam import Deliver
 from ..errors import SpoolError
 from ..spool import DurableStore, SpoolDir, SpoolStore
 from .inlet import Inlet
@@ -129,9 +129,12 @@ def open_parts(
                 directory = None
             else:
                 store, inlet = durable, Inlet(durable.buffer, durable.append, durable.write)
+    on_closed = None
     if directory is not None and directory.problem() is None and batch_supported is not None:
-        deliver, store, on_drained = with_aggregation(config, deliver, store, directory, batch_supported, on_drained)
-    dispatcher = start_dispatcher(deliver, store, config, on_drained)
+        deliver, store, on_drained, on_closed = with_aggregation(
+            config, deliver, store, directory, batch_supported, on_drained
+        )
+    dispatcher = start_dispatcher(deliver, store, config, on_drained, on_closed)
     adoption = None
     if directory is not None and client is not None:
         adoption = _adoption(directory, endpoint, client, config.batch_size)
@@ -197,11 +200,12 @@ def with_aggregation(
     directory: SpoolDir,
     batch_supported: Callable[[], bool | None],
     on_drained: Callable[[], None],
-) -> tuple[Deliver, BatchStore, Callable[[], None]]:
+) -> tuple[Deliver, BatchStore, Callable[[], None], Callable[[Stats], None] | None]:
     """``deliver`` folding when the server falls behind, ``store`` copying what the folds
-    stand for, and ``on_drained`` ticking the folding too (unchanged with
-    ``aggregate="off"``). Whoever builds a dispatcher (a logger, an agent process) passes
-    these three to it.
+    stand for, ``on_drained`` ticking the folding too, and what to say at close about the
+    raw copies (unchanged, and nothing to say, with ``aggregate="off"``). Whoever builds a
+    dispatcher (a logger, an agent process) passes these four to it: the dispatcher only
+    sees a ``deliver`` that keeps some records on disk.
 
     Args:
         config: the settings (``aggregate``, ``spool_max_bytes``).
@@ -216,7 +220,7 @@ def with_aggregation(
 
     policy = FoldPolicy(config.aggregate)
     if policy.off:
-        return deliver, store, on_drained
+        return deliver, store, on_drained, None
     copies = RawCopies(directory, config.spool_max_bytes)
     aggregator = Aggregator(
         deliver, policy, batch_supported=batch_supported, keep=copies.keep_one, on_fold=copies.mark_folded
@@ -227,4 +231,15 @@ def with_aggregation(
         on_drained()
         aggregator.tick()
 
-    return aggregator, kept, drained
+    def closed(stats: Stats) -> None:
+        where = kept.location
+        if stats.folded and where is not None:
+            _log.warning(
+                "mlbench-metrics: the server has aggregates of %d records whose raw copies are in %s; upload them "
+                "to a server with the batch endpoint with: mlbench-metrics sync %s --to URL",
+                stats.folded,
+                where,
+                where,
+            )
+
+    return aggregator, kept, drained, closed

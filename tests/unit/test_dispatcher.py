@@ -249,10 +249,11 @@ def test_close_ends_once_the_backoff_outlasts_its_sending_time(make: Any, clock:
     # Was: a failing server held close() until its last moment to send, although the
     # backoff of the oldest batch already ran past it and nothing more could be sent.
     dispatcher, store, sink = make(answer=lambda batch, n: BatchResult(len(batch), 0, failed=transient(len(batch))))
-    clock.movers = {"mlbench-dispatcher"}  # close() waits in real time; only the thread moves the clock
+    clock.movers = set()  # until close(): an idle thread would move the clock a second every 2 ms
     dispatcher.start()
     log(store, range(10))
     started = clock()
+    clock.movers = {"mlbench-dispatcher"}  # close() waits in real time; only the thread moves the clock
     dispatcher.close(20.0)  # 15 s of sending time: sends at 0, 0.1, 0.3, 0.7, 1.5, 3.1, 6.3 s, next at 12.7
     assert sink.times("w-0") == [0.0, 0.1, 0.3, 0.7, 1.5, 3.1, 6.3, 12.7]
     assert clock() - started < 15.0  # the next send would be at 25.5 s: no waiting for it
