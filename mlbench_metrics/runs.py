@@ -159,7 +159,8 @@ class Run:
 
     @property
     def state(self) -> str:
-        """``initialized``, ``started``, ``finished`` or ``failed``."""
+        """``initialized``, ``started``, ``finished`` or ``failed``; on the embedded server also
+        ``crashed``: a logger writing the run went silent without closing (it may come back)."""
         return str(self._data.get("state", ""))
 
     @property
@@ -181,6 +182,16 @@ class Run:
     def finished_at(self) -> _dt.datetime | None:
         """When the run finished or failed (UTC), else None."""
         return _date(self._data.get("finished_at"))
+
+    @property
+    def started_at(self) -> _dt.datetime | None:
+        """When the first logger writing the run was heard (UTC; the embedded server's run states), else None."""
+        return _date(self._data.get("started_at"))
+
+    @property
+    def last_seen_at(self) -> _dt.datetime | None:
+        """When a logger writing the run was last heard (UTC; the embedded server's run states), else None."""
+        return _date(self._data.get("last_seen_at"))
 
     @property
     def job_metadata(self) -> dict[str, Any]:
@@ -205,7 +216,7 @@ class Run:
         poll: float = 1.0,
         progress: Callable[[Run], None] | None = None,
     ) -> Run:
-        """Poll until the run is finished or failed; returns self.
+        """Poll until the run is finished, failed or crashed; returns self.
 
         Args:
             timeout: seconds to wait at most (None: as long as it takes).
@@ -227,7 +238,7 @@ class Run:
                 self._data = _json(api.get_run(self.id).result())
                 if progress is not None:
                     progress(self)
-                if self.done:
+                if self.done or self.state == "crashed":
                     return self
                 if self.state == "initialized" and not asked and time.monotonic() - started >= _NOT_STARTED_AFTER:
                     asked = True

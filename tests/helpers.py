@@ -11,6 +11,7 @@ from typing import Any, Callable
 import requests
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+DASHBOARD_RUN_KEYS = ["id", "name", "created_at", "finished_at", "state", "job_id", "job_metadata", "num_workers"]
 
 # The exact bodies the upstream client sends (PROTOCOL.md, "Runs" and "Metrics").
 OFFICIAL_RUN_BODY = (

@@ -73,6 +73,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             exec_runs=args.exec_runs,
             exec_workdir=args.exec_workdir,
             pace=args.pace,
+            writer_timeout=args.writer_timeout,
         )
     except (OSError, ValueError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
@@ -225,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run created runs' custom_image_command on this machine (always with a token)",
     )
     serve.add_argument("--exec-workdir", default=None, help="working directory of --exec runs")
+    serve.add_argument(
+        "--writer-timeout",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a run whose logger stays silent this long without closing reads as crashed (default 60)",
+    )
     serve.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
 
@@ -273,7 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     filters.add_argument("--last-n", type=_count, default=None, help="only the last N points of each metric")
     filters.add_argument("--filter", default=None, help="only the metric with exactly this name, e.g. 'loss @ 0'")
     p = metrics_sub.add_parser("show", parents=[server, filters], help="a table of the run's metrics")
-    p.add_argument("-f", "--follow", action="store_true", help="then print new points as they arrive, until Ctrl-C")
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="then print a line per interval as points arrive, until Ctrl-C"
+    )
+    p.add_argument(
+        "--every-point", action="store_true", help="with --follow: a line per point, not per interval (latest values)"
+    )
     p.add_argument("--interval", type=_positive_float, default=1.0, help="seconds between polls with --follow")
     p.set_defaults(func=runs_cmd.cmd_metrics_show)
     p = metrics_sub.add_parser("download", parents=[server, filters], help="save the run's metrics to a file")

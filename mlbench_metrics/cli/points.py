@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ClientApiError, ConfigError, TransientApiError
 from ..points import MetricPoint, split_name, write_csv, write_json
-from ..records import us_to_datetime
+from ..records import to_us, us_to_datetime
 from .text import fmt_value, printable
 
 if TYPE_CHECKING:
@@ -40,8 +40,54 @@ def _line(name: str, date: _dt.datetime, value: Any, step: Any = None, epoch: An
     return f"{when}  {printable(name)}{where}  {fmt_value(value)}"
 
 
+def _compact(latest: dict[str, tuple[int, Any, Any]], label: str) -> str:
+    """One line for one poll: the newest date, ``label``, and each series' newest value (and step)."""
+    when = us_to_datetime(max(d for d, _, _ in latest.values())).astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    parts = [
+        f"{printable(name)} = {fmt_value(value)}" + ("" if step is None else f" (step {step})")
+        for name, (_, value, step) in sorted(latest.items())
+    ]
+    return f"{when}  {label}  {', '.join(parts)}"
+
+
+class _Printer:
+    """Prints what one poll brought: each point (``--every-point``), or one compact line."""
+
+    def __init__(self, every_point: bool) -> None:
+        self.every_point = every_point
+
+    def series(self, answer: list[dict[str, Any]], first: bool = False) -> None:
+        """The series of a points answer (the first one's newest point only, as context)."""
+        latest: dict[str, tuple[int, Any, Any]] = {}
+        count = 0
+        for s in answer:
+            c = s["points"]
+            rows = list(zip(c["date_us"], c["value"], c["step"], c["epoch"]))
+            rows = rows[-1:] if first else rows
+            if self.every_point:
+                for date_us, value, step, epoch in rows:
+                    print(_line(s["name"], us_to_datetime(date_us), value, step, epoch), flush=True)
+            elif rows:
+                count += len(rows)
+                latest[s["name"]] = rows[-1][:3]
+        if latest:
+            print(_compact(latest, "latest" if first else f"+{count} point{'s' if count != 1 else ''}"), flush=True)
+
+    def points(self, new: list[tuple[str, _dt.datetime, Any]], first: bool) -> None:
+        """Points without step (the dashboard's), oldest first."""
+        if self.every_point:
+            for name, date, value in new:
+                print(_line(name, date, value), flush=True)
+        elif new:
+            latest = {name: (to_us(date), value, None) for name, date, value in new}
+            count = len(new)
+            print(_compact(latest, "latest" if first else f"+{count} point{'s' if count != 1 else ''}"), flush=True)
+
+
 def follow(args: argparse.Namespace, open_client: OpenClient, *, stop: threading.Event | None = None) -> int:
-    """``metrics show RUN --follow``: print each series' newest point, then every new point, until Ctrl-C.
+    """``metrics show RUN --follow``: print each series' newest point, then, each interval, one
+    line with each series' newest value and how many points came (every point with
+    ``--every-point``), until Ctrl-C.
 
     Reads by arrival (the points extension's cursor), so a rank that delivers late is
     never skipped; against the dashboard it polls by date instead.
@@ -77,17 +123,16 @@ def _follow_points(client: Any, run_id: int, args: argparse.Namespace, stop: thr
             return
     cursor = int(catalog.get("cursor", 0))
     shown = [s["name"] for s in catalog["series"] if not names or s["name"] in names]
+    printer = _Printer(bool(getattr(args, "every_point", False)))
     if shown:  # the newest point of each series, as context (through the cursor: never twice)
         with down:
             answer = _ok(client.get_run_points(run_id, names=shown, since=args.since, through=cursor).result())
-            for s in answer["series"]:
-                _print_series(s, last=1)
+            printer.series(answer["series"], first=True)
     while not stop.wait(args.interval):
         with down:
             answer = _ok(client.get_run_points(run_id, names=names, after=cursor).result())
             cursor = int(answer["cursor"])
-            for s in answer["series"]:
-                _print_series(s)
+            printer.series(answer["series"])
 
 
 class _Outage:
@@ -117,30 +162,26 @@ class _Outage:
         return True
 
 
-def _print_series(series: dict[str, Any], last: int | None = None) -> None:
-    c = series["points"]
-    rows = list(zip(c["date_us"], c["value"], c["step"], c["epoch"]))
-    for date_us, value, step, epoch in rows[-last:] if last else rows:
-        print(_line(series["name"], us_to_datetime(date_us), value, step, epoch), flush=True)
-
-
 def _follow_dates(client: Any, run: Run, args: argparse.Namespace, stop: threading.Event) -> None:
     """Against the dashboard: ask for points since the newest date seen (``since`` is inclusive)."""
     seen: set[tuple[str, _dt.datetime, Any]] = set()
     since: Any = args.since
     first = True
     down = _Outage()
+    printer = _Printer(bool(getattr(args, "every_point", False)))
     while first or not stop.wait(args.interval):
         metrics = None
         with down:
             metrics = run.metrics(since=since, metric_filter=args.filter)
         if metrics is None:
             continue
+        new = []
         for name in sorted(metrics):
             for date, value in metrics[name][-1:] if first else metrics[name]:
                 if (name, date, value) not in seen:
                     seen.add((name, date, value))
-                    print(_line(name, date, value), flush=True)
+                    new.append((name, date, value))
+        printer.points(new, first)
         newest = [date for _, date, _ in seen]
         if newest:
             since = max(newest)

@@ -420,6 +420,7 @@ class ApiClient(ExtensionCalls):
         metrics: MetricBatch | Sequence[Metric | Mapping[str, Any]],
         *,
         batch_id: str | None = None,
+        writer: Mapping[str, Any] | None = None,
         retry: bool = True,
     ) -> BatchFuture:
         """Store many metrics of one run in one call.
@@ -435,6 +436,8 @@ class ApiClient(ExtensionCalls):
             metrics: a :class:`MetricBatch`, or :class:`Metric` objects or mappings with
                 their fields (``name``, ``value``, ``date``, ``metadata``, ``cumulative``).
             batch_id: the idempotency key; default the batch's own, else a new one.
+            writer: ``{"id", "rank"}`` of the logger sending, which the embedded server's
+                ``writers`` extension takes as a sign of life (not sent to other servers).
             retry: False makes one attempt per request, whatever the retry policy says:
                 the caller decides when to send again what failed (a logger's
                 dispatcher does, honouring ``Retry-After``; see :func:`deliver_to
@@ -451,7 +454,7 @@ class ApiClient(ExtensionCalls):
         problem = batch_problem(batch)
         if problem is not None:
             raise ValueError(problem)
-        return self._poster.post(run_id, batch, batch_id, retry)
+        return self._poster.post(run_id, batch, batch_id, writer, retry)
 
     # -- lifecycle -------------------------------------------------------------------------
 

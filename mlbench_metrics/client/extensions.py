@@ -1,6 +1,6 @@
 """The embedded server's extensions to the dashboard's API, as :class:`ApiClient` methods.
 
-Run states, the self-description at the API root, a run's configuration, and the
+Run states and writers, the self-description at the API root, a run's configuration, and the
 read-back of points with step, epoch, rank and metadata (README, "Extensions"). The
 dashboard has none of these: it answers 404 or 405. :class:`ExtensionCalls` is a base of
 :class:`~mlbench_metrics.ApiClient`, kept apart so that the client's module holds the
@@ -19,7 +19,7 @@ import requests
 
 from .dropin import non_negative_int, since_text
 from .posting import ServerInfo
-from .transport import JSON
+from .transport import JSON, Transport, status_error
 
 __all__ = ["ExtensionCalls"]
 
@@ -28,6 +28,7 @@ class ExtensionCalls:
     """The extension calls; the class that inherits them provides ``_request`` and ``_info``."""
 
     _info: ServerInfo
+    _transport: Transport
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Future[requests.Response]:
         raise NotImplementedError
@@ -44,6 +45,33 @@ class ExtensionCalls:
             raise ValueError(f"state must be 'started', 'finished' or 'failed', got {state!r}")
         body = json.dumps({"state": state}).encode()
         return self._request("PATCH", f"runs/{quote(str(run_id), safe='')}/", body=body, headers=JSON, idempotent=True)
+
+    def report_writer(
+        self, run_id: Any, writer: str, *, rank: int | None, state: str = "open"
+    ) -> Future[dict[str, Any] | None]:
+        """Tell the server that ``writer`` (one logger) writes the run: ``"open"`` (alive),
+        ``"closed"`` or ``"failed"`` (the ``writers`` extension, see the server's
+        ``run_states``). Nothing is sent to a server without it (the dashboard).
+
+        Returns:
+            A Future of the server's answer (``{"run", "writer", "conflict", "heartbeat_s",
+            "timeout_s"}``), or of None when the server has no writers. It raises
+            ``ApiError`` when the server could not be asked or refused.
+        """
+        if state not in ("open", "closed", "failed"):
+            raise ValueError(f"state must be 'open', 'closed' or 'failed', got {state!r}")
+        path = f"runs/{quote(str(run_id), safe='')}/writers/{quote(writer, safe='')}/"
+        body = json.dumps({"rank": rank, "state": state}).encode()
+        return self._transport.submit(self._report_writer, path, body)
+
+    def _report_writer(self, path: str, body: bytes) -> dict[str, Any] | None:
+        if "writers" not in self.server_extensions():
+            return None
+        response = self._transport.call("PUT", path, body=body, headers=JSON, idempotent=True)
+        if response.status_code >= 400:
+            raise status_error(response)
+        answer = response.json()
+        return answer if isinstance(answer, dict) else None
 
     def get_server_info(self) -> Future[requests.Response]:
         """``GET /api/``: the API root; the embedded server describes itself under ``"server"``.

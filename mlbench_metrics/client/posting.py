@@ -21,7 +21,7 @@ import logging
 import threading
 import uuid
 from concurrent.futures import Future
-from typing import Any, Final
+from typing import Any, Final, Mapping
 
 import requests
 
@@ -92,7 +92,14 @@ class MetricsPoster:
         self._batch_limit = _BATCH_CHUNK
         self._packed = False
 
-    def post(self, run_id: int, batch: MetricBatch, key: str | None, retry: bool = True) -> BatchFuture:
+    def post(
+        self,
+        run_id: int,
+        batch: MetricBatch,
+        key: str | None,
+        writer: Mapping[str, Any] | None = None,
+        retry: bool = True,
+    ) -> BatchFuture:
         """Send ``batch`` (already checked) under ``key``; see ``ApiClient.post_metrics``.
 
         Raises:
@@ -107,7 +114,7 @@ class MetricsPoster:
         elif self.batch_supported is False:
             self._fan_out(run_id, batch, outer, retry)
         else:
-            self._transport.submit(self._deliver_batch, run_id, batch, key, outer, retry)
+            self._transport.submit(self._deliver_batch, run_id, batch, key, outer, writer, retry)
         return outer
 
     def _probe(self) -> bool:
@@ -123,12 +130,20 @@ class MetricsPoster:
         self.batch_supported = supported
         _log.debug("batch endpoint %s at %s", "found" if supported else "not found", self._transport.endpoint)
 
-    def _deliver_batch(self, run_id: int, batch: MetricBatch, key: str, outer: BatchFuture, retry: bool) -> None:
+    def _deliver_batch(
+        self,
+        run_id: int,
+        batch: MetricBatch,
+        key: str,
+        outer: BatchFuture,
+        writer: Mapping[str, Any] | None,
+        retry: bool,
+    ) -> None:
         try:
             if self.batch_supported is None and not self._probe():
                 self._fan_out(run_id, batch, outer, retry)
                 return
-            result = self._post_batch(run_id, batch, key, retry)
+            result = self._post_batch(run_id, batch, key, writer, retry)
             if result is None:  # the server has no such endpoint after all
                 self._use_batches(False)
                 self._fan_out(run_id, batch, outer, retry)
@@ -139,9 +154,13 @@ class MetricsPoster:
         except BaseException as exc:
             outer.set_exception(exc)
 
-    def _post_batch(self, run_id: int, batch: MetricBatch, key: str, retry: bool) -> BatchResult | None:
+    def _post_batch(
+        self, run_id: int, batch: MetricBatch, key: str, writer: Mapping[str, Any] | None, retry: bool
+    ) -> BatchResult | None:
         """Post ``batch`` to the batch endpoint (in parts past its limit); None when the
-        server answers that it has no such endpoint (404, 405) to the first part."""
+        server answers that it has no such endpoint (404, 405) to the first part. The
+        ``writer`` goes along where the server has the ``writers`` extension."""
+        alive = {"writer": dict(writer)} if writer and "writers" in self._info.extensions() else {}
         n = len(batch)
         limit = self._batch_limit
         stored = 0
@@ -151,7 +170,7 @@ class MetricsPoster:
             part = batch if n <= limit else batch.subset(range(start, min(n, start + limit)))
             part_key = key if n <= limit else f"{key}:{start // limit}"
             kind, payload = ("packed", pack(part)) if self._packed else ("columns", columns(part))
-            body = json.dumps({"run_id": run_id, "batch_id": part_key, kind: payload}).encode()
+            body = json.dumps({"run_id": run_id, "batch_id": part_key, kind: payload, **alive}).encode()
             try:
                 response = self._transport.call(
                     "POST", "metrics/batch/", body=body, headers=JSON, idempotent=True, retry=retry

@@ -4,7 +4,8 @@
 and checks its arguments and the environment once (``LoggerConfig``); ``parts`` builds
 the store, the dispatcher and the agent link it delivers through; ``current`` is the
 module-level ``init()``/``log()``; ``own_run`` creates the run a logger was asked to
-create and marks it; ``run_config`` checks and sends a run's hyperparameters (the
+create and marks it; ``liveness`` makes the logger a writer of its run (signs of life,
+its end) for run states; ``run_config`` checks and sends a run's hyperparameters (the
 ``config=`` of ``init()``, not the logger's settings).
 """
 

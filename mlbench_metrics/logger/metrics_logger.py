@@ -32,6 +32,7 @@ from ..errors import ClosedError
 from ..records import check_number, check_step
 from ..timing import Timer, timed
 from .inlet import Inlet
+from .liveness import Liveness
 from .own_run import create_own_run, mark_own_run
 from .parts import placeholder_parts
 from .run_config import check_config, send_config
@@ -188,6 +189,8 @@ class MetricsLogger(Wiring):
         self._closed = False
         self._totals: dict[str, float] = {}
         self._samplers: list[Sampler] = []
+        # The run's state follows its writers (the embedded server); the agent delivers for "process".
+        self._liveness = Liveness(self.client, self.run_id, self.rank) if self.settings.delivery != "process" else None
         self._open_parts()
         _lifecycle.at_fork_in_child(self._after_fork_in_child)
         _lifecycle.register(self, self.settings.handle_sigterm)
@@ -217,8 +220,10 @@ class MetricsLogger(Wiring):
         kind = type(value)
         if kind is not float and kind is not int:
             value = checked_value(final, value)
-        if step is not None and type(step) is not int:
-            step = check_step(step)
+        if step is not None:
+            if type(step) is not int:
+                step = check_step(step)
+            self._last_step = step
         ctx = self._ctx if not metadata else self._context_with(metadata)
         buffer, write = self._in.for_log
         if write is None:  # then the buffer's own append is the way in
@@ -236,8 +241,8 @@ class MetricsLogger(Wiring):
         """
         if not isinstance(values, Mapping):
             raise TypeError(f"log_many takes a mapping of name -> value, not {type(values).__name__}")
-        if step is not None and type(step) is not int:
-            step = check_step(step)
+        if step is not None:
+            step = self._last_step = check_step(step) if type(step) is not int else step
         ctx = self._ctx if not metadata else self._context_with(metadata)
         checked = []
         for name, value in values.items():
@@ -257,7 +262,8 @@ class MetricsLogger(Wiring):
     def increment(self, name: str, delta: float | int = 1) -> float | int:
         """Add ``delta`` to a cumulative metric and record the new running total.
 
-        The total is posted with ``cumulative=True``; the dashboard draws it as a rate.
+        The total is posted with ``cumulative=True``; the dashboard draws it as a rate. It
+        carries the current epoch and the newest step given (see :attr:`step`).
 
         Returns:
             The running total.
@@ -278,7 +284,7 @@ class MetricsLogger(Wiring):
         with self._lock:  # totals and their order in the buffer must agree across threads
             total = self._totals.get(final, 0) + delta
             self._totals[final] = total
-            self._in.append((final, total, _time_ns(), None, self._cum_ctx))
+            self._in.append((final, total, _time_ns(), self._last_step, self._cum_ctx))
         if len(self._in.buffer) >= self._wake_at:
             self._threshold()
         return total
@@ -301,6 +307,8 @@ class MetricsLogger(Wiring):
     def timer(self, name: str, cumulative: bool = False) -> Timer:
         """A new :class:`Timer` recording under ``name``: ``with log.timer("fwd_pass"): ...``.
 
+        Each duration carries the current epoch and the newest step given (see :attr:`step`).
+
         Args:
             name: the metric's name.
             cumulative: record the running total of time spent instead of each duration.
@@ -316,7 +324,7 @@ class MetricsLogger(Wiring):
         return timed(self._record_total if cumulative else self._record_duration, self._name(name), cumulative)
 
     def _record_duration(self, final: str, seconds: float, cumulative: bool) -> None:
-        self._in.append((final, seconds, _time_ns(), None, self._ctx))
+        self._in.append((final, seconds, _time_ns(), self._last_step, self._ctx))
         if len(self._in.buffer) >= self._wake_at:
             self._threshold()
 
@@ -324,7 +332,7 @@ class MetricsLogger(Wiring):
         with self._lock:
             total = self._totals.get(final, 0.0) + seconds
             self._totals[final] = total
-            self._in.append((final, total, _time_ns(), None, self._cum_ctx))
+            self._in.append((final, total, _time_ns(), self._last_step, self._cum_ctx))
         if len(self._in.buffer) >= self._wake_at:
             self._threshold()
 
@@ -384,9 +392,11 @@ class MetricsLogger(Wiring):
 
         Args:
             timeout: seconds it may take (default ``shutdown_timeout``).
-            failed: for a run this logger created (``new_run``): mark it failed rather
-                than finished. By default it is failed when the program is ending with
-                an uncaught exception or on SIGTERM.
+            failed: this logger ended with a failure: against the embedded server its
+                run turns ``failed`` (else ``finished`` once every logger writing it
+                closed); against a server without run writers, a run this logger created
+                (``new_run``) is marked failed rather than finished. By default it failed
+                when the program is ending with an uncaught exception or on SIGTERM.
 
         Returns:
             How many records were neither stored nor folded into stored aggregates
@@ -400,16 +410,19 @@ class MetricsLogger(Wiring):
             self._closed = True
         total = self.settings.shutdown_timeout if timeout is None else max(0.0, timeout)
         deadline = time.monotonic() + total
-        marking = min(0.5, 0.2 * total) if self._owns_run else 0.0  # kept for marking the run
+        liveness = self._liveness
+        reporting = self._owns_run or (liveness is not None and liveness.supported is not False)
+        marking = min(0.5, 0.2 * total) if reporting else 0.0  # kept for telling the server the run's end
         for sampler in list(self._samplers):  # before the buffer closes: a sample may be under way
             sampler.stop(max(0.0, deadline - marking - time.monotonic()) / 2)
         self._in = Inlet.closed()
         if self._adoption is not None:  # what it did not deliver waits for the next logger
             self._adoption.close(min(0.1, max(0.0, deadline - marking - time.monotonic())))
         self._dispatcher.close(max(0.0, deadline - marking - time.monotonic()))
-        if self._owns_run:
-            if failed is None:
-                failed = _lifecycle.terminating() or getattr(sys, "last_value", None) is not None
+        if failed is None:
+            failed = _lifecycle.terminating() or getattr(sys, "last_value", None) is not None
+        told = liveness is not None and liveness.close(failed, deadline - time.monotonic())
+        if self._owns_run and not told:  # a server without writers: mark the run this logger made
             mark_own_run(self.client, self.run_id, "failed" if failed else "finished", deadline - time.monotonic())
         if self._own_client:
             self.client.close(timeout=max(0.0, deadline - time.monotonic()))
@@ -441,6 +454,7 @@ class MetricsLogger(Wiring):
         self._lock = threading.Lock()
         self._close_lock = threading.RLock()
         self._owns_run = False  # the parent ends the run, not each child
+        self._liveness = None  # nor is a child a writer of its own: its records are the parent's
         if self._closed:
             return
         self._use(placeholder_parts(self.settings, deliver_to(self.client, self.run_id)))

@@ -34,6 +34,7 @@ class Stamping:
         self._names: dict[object, str] = {}
         self._epoch = 0
         self._step: int | None = None
+        self._last_step: int | None = None  # the newest step given: timers and totals carry it
         self._rebuild_contexts()
 
     @property
@@ -80,12 +81,15 @@ class Stamping:
 
     @property
     def step(self) -> int | None:
-        """The default step for records logged without ``step=`` (None: no step)."""
+        """The default step for records logged without ``step=`` (None: no step).
+
+        Timers and :meth:`increment` record the newest step given, here or to ``log(step=)``,
+        so that their charts share the x axis of the metrics logged with steps."""
         return self._step
 
     @step.setter
     def step(self, value: int | None) -> None:
-        self._step = None if value is None else check_step(value)
+        self._step = self._last_step = None if value is None else check_step(value)
         self._rebuild_contexts()
 
     def _name(self, name: object) -> str:

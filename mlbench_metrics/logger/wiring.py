@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the agent's modules are imported only when process delivery
     from ..agent import AgentLink
     from ..agent.adopt import Adoption
     from ..client.api import ApiClient
+    from .liveness import Liveness
 
 __all__ = ["Wiring"]
 
@@ -40,19 +41,27 @@ class Wiring(Stamping):
     _adoption: Adoption | None
     _in: Inlet
     _wake_at: int
+    _liveness: Liveness | None
 
     def _open_parts(self) -> None:
         """Build the store and the dispatcher; point the hot path at the store's buffer."""
         client = self.client  # not self: the dispatcher's thread must not keep the logger alive
+        liveness, reset = self._liveness, _lifecycle.weak_call(self._reset_wake_threshold)
+
+        def drained() -> None:  # each interval's tick: the heartbeat rides on it
+            reset()
+            if liveness is not None:
+                liveness.tick()
+
         self._use(
             open_parts(
                 self.settings,
-                deliver_to(client, self.run_id),
+                liveness.deliver if liveness is not None else deliver_to(client, self.run_id),
                 batch_supported=lambda: client.batch_supported,
                 run_id=self.run_id,
                 endpoint=client.endpoint,
                 on_frozen=self._on_log_frozen,
-                on_drained=_lifecycle.weak_call(self._reset_wake_threshold),
+                on_drained=drained,
                 client=self.client,
                 token=self._token,
             )

@@ -142,6 +142,7 @@ def serve(
     exec_runs: bool = False,
     exec_workdir: str | None = None,
     pace: float | None = None,
+    writer_timeout: float = 60.0,
 ) -> ServerHandle:
     """Start the embedded server in background threads of this process.
 
@@ -168,6 +169,8 @@ def serve(
         pace: store single metric posts one at a time, at most about this many a
             second, as slowly as the dashboard does (55-90 a second); None: full speed.
             See :mod:`mlbench_metrics.server.pacing`.
+        writer_timeout: seconds a logger writing a run may stay silent (it sends a heartbeat
+            when idle) before the run reads as ``crashed``; see :mod:`.run_states`.
 
     Returns:
         The running server's handle.
@@ -175,7 +178,7 @@ def serve(
     Raises:
         OSError: the address cannot be bound, or the database cannot be opened.
         ValueError: ``exec_runs`` on a non-loopback address without a token, or a
-            ``pace`` that is not a positive number.
+            ``pace`` or ``writer_timeout`` that is not a positive number.
     """
     if exec_runs and not token:
         if not is_loopback(host):
@@ -191,8 +194,8 @@ def serve(
     store = _open_store(db_path, tmpdir)
     fail_abandoned_runs(store)
     access = AccessPolicy(token=token, allowed_hosts=allow_hosts, bind_host=host)
-    app = App(store, access=access, max_body=max_body, extensions=extensions)
     try:
+        app = App(store, access=access, max_body=max_body, extensions=extensions, writer_timeout=writer_timeout)
         pacer = None if pace is None else Pacer(app.handle, pace)
         http = HttpServer(
             host,

@@ -20,7 +20,8 @@ for ``"points"`` and ``"run_config"`` in the API root's ``server.extensions``):
   ``cursor``: only points that had arrived by then, so that a first read and the reads
   ``after`` its cursor never overlap),
   ``max_points`` (downsample each series to at most this many points, keeping each time
-  bucket's minimum and maximum), ``fields`` (comma-separated subset of
+  bucket's minimum and maximum, and besides them up to ``max_points`` of its newest text
+  values, which are notes rather than points of a curve), ``fields`` (comma-separated subset of
   ``date_us,step,epoch,rank,value,cumulative,metadata``) and ``format`` (``columns``, or
   ``csv``/``json`` for a download with one row per point, see :mod:`mlbench_metrics.points`).
   The columns answer is ``{"run_id", "cursor", "series": [{"name", "metric", "rank",
@@ -144,6 +145,17 @@ def _as_floats(values: Sequence[Any]) -> list[float]:
             except (TypeError, ValueError):
                 out.append(math.nan)
         return out
+
+
+def _is_text(value: Any) -> bool:
+    """Whether a stored value is words rather than a number (``"nan"`` and ``"1e3"`` are numbers)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return True
+    return False
 
 
 def _json_value(value: Any) -> Any:
@@ -317,7 +329,11 @@ class ReadBack:
         try:  # values sent as numbers compare as they are; text (or a mix) is converted first
             return minmax_indices(columns.dates, columns.values, buckets)
         except TypeError:
-            return minmax_indices(columns.dates, _as_floats(columns.values), buckets)
+            numbers = _as_floats(columns.values)
+            # Text ("warming up") is no point of a curve, so no bucket's min or max: the
+            # newest max_points of it are kept besides, for the run page's list of notes.
+            text = [i for i, (v, f) in enumerate(zip(columns.values, numbers)) if f != f and _is_text(v)]
+            return sorted(set(minmax_indices(columns.dates, numbers, buckets)).union(text[-max_points:]))
 
     def _series_json(self, columns: SeriesColumns, fields: list[str], max_points: int) -> dict[str, Any]:
         keep = self._keep(columns, max_points)

@@ -7,8 +7,8 @@ dashboard answers a 500 to bad input, this answers a 4xx with a JSON
 * ``GET /api/metrics/batch/`` describes the batch endpoint (the dashboard 500s there);
 * ``POST /api/metrics/batch/`` stores many metrics in one transaction, once per
   ``batch_id``;
-* ``PATCH /api/runs/{id}/`` with ``{"state": "finished"|"failed"|"started"}`` marks a
-  run (the dashboard answers 405);
+* run states: ``PATCH /api/runs/{id}/`` marks a run, and a run's writers report that
+  they are alive or ended (see :mod:`.run_states`; the dashboard answers 405 and 404);
 * ``POST /api/pods/`` registers a pod, so pod metrics can be posted locally.
 
 No threads are started here; the HTTP layer calls :meth:`App.handle` from its
@@ -29,7 +29,7 @@ from typing import Any, Callable, Final, Protocol
 from .._version import __version__
 from ..client.images import official_image_names
 from ..records import parse_date
-from . import pages, readback
+from . import pages, readback, run_states
 from ._http import Request, Response
 from .access import AccessPolicy
 from .formats import metric_json, point_json, run_json, summarize_points, zip_metrics
@@ -65,7 +65,6 @@ _DB_WARN_EVERY: Final = 60.0  # seconds between two log lines about one kind of 
 _RUN_NAME_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _RUN_NAME_MAX: Final = 100
 _BACKENDS: Final = ("mpi", "gloo", "nccl")
-_RUN_STATES: Final = ("started", "finished", "failed")
 
 Handler = Callable[..., Response]
 """A route's handler: ``handler(request, **groups)``, the pattern's named groups as strings."""
@@ -104,6 +103,8 @@ class App:
         max_body: the body limit the HTTP layer enforces, reported to clients.
         extensions: offer the routes the dashboard lacks; without them those routes
             answer as on the dashboard, so clients can be tested against its behaviour.
+        writer_timeout: seconds a run's open writer may stay silent before the run reads
+            as ``crashed`` (see :mod:`.run_states`).
     """
 
     def __init__(
@@ -114,8 +115,10 @@ class App:
         executor: RunExecutor | None = None,
         max_body: int = 0,
         extensions: bool = True,
+        writer_timeout: float = run_states.DEFAULT_TIMEOUT,
     ) -> None:
         self.store = store
+        self.states = run_states.RunStates(store, writer_timeout)
         self.access = access or AccessPolicy()
         self.executor = executor
         self.max_body = max_body
@@ -126,7 +129,7 @@ class App:
         if extensions:  # the web UI (public: its files carry no data) and the read-back extension
             for pattern, methods in pages.Pages().routes():
                 self.add_route(pattern, methods, public=True)
-            for pattern, methods in readback.ReadBack(store).routes():
+            for pattern, methods in [*readback.ReadBack(store).routes(), *self.states.routes()]:
                 self.add_route(pattern, methods)
         if not extensions:
             self.add_route(r"/api/runs/(?P<pk>[^/]+)/?", {"GET": self.get_run, "DELETE": self.delete_run})
@@ -135,7 +138,8 @@ class App:
         self.add_route(r"/api/?", {"GET": self.api_root})
         self.add_route(r"/api/runs/?", {"GET": self.list_runs, "POST": self.create_run})
         self.add_route(
-            r"/api/runs/(?P<pk>[^/]+)/?", {"GET": self.get_run, "DELETE": self.delete_run, "PATCH": self.update_run}
+            r"/api/runs/(?P<pk>[^/]+)/?",
+            {"GET": self.get_run, "DELETE": self.delete_run, "PATCH": self.states.update_run},
         )
         self.add_route(r"/api/metrics/?", {"GET": self.all_metrics, "POST": self.create_metric})
         self.add_route(r"/api/metrics/batch/?", {"GET": self.batch_info, "POST": self.create_batch})
@@ -215,7 +219,9 @@ class App:
                 "server": {
                     "name": "mlbench-metrics",
                     "version": __version__,
-                    "extensions": ["batch", "run_state", "pods", *readback.EXTENSIONS] if self.extensions else [],
+                    "extensions": ["batch", "pods", *run_states.EXTENSIONS, *readback.EXTENSIONS]
+                    if self.extensions
+                    else [],
                     "exec": self.executor is not None,
                     **({"batch": self._batch_description()} if self.extensions else {}),
                 },
@@ -238,11 +244,12 @@ class App:
 
     def list_runs(self, request: Request) -> Response:
         """``GET /api/runs/``."""
-        return json_response(200, [run_json(r, with_metadata=False) for r in self.store.list_runs()])
+        stale = self.states.stale_before()
+        return json_response(200, [self._view(r, False, stale) for r in self.store.list_runs()])
 
     def get_run(self, request: Request, pk: str) -> Response:
         """``GET /api/runs/{id}/``."""
-        return json_response(200, run_json(self._run_or_404(pk), with_metadata=True))
+        return json_response(200, self._view(self._run_or_404(pk), True))
 
     def create_run(self, request: Request) -> Response:
         """``POST /api/runs/``: validate as the dashboard does, then store."""
@@ -295,7 +302,7 @@ class App:
         run = self.store.create_run(now_us(), **fields)
         if self.executor is not None:
             self.executor.start(run)
-        return json_response(201, run_json(run, with_metadata=True))
+        return json_response(201, self._view(run, True))
 
     def delete_run(self, request: Request, pk: str) -> Response:
         """``DELETE /api/runs/{id}/``: 204 with no body (the dashboard sends one)."""
@@ -306,21 +313,11 @@ class App:
             raise ApiFailure(404, f"run {run['id']} not found")
         return Response(204)
 
-    def update_run(self, request: Request, pk: str) -> Response:
-        """``PATCH /api/runs/{id}/`` (extension): mark a run started, finished or failed."""
-        run = self._run_or_404(pk)
-        d = parse_body(request)
-        state = d.get("state")
-        if state not in _RUN_STATES:
-            raise ApiFailure(400, f"field 'state' must be one of {', '.join(_RUN_STATES)}")
-        if state == "started":
-            updated = self.store.update_run(run["id"], state=state, clear_finished=True)
-        else:
-            finished = run["finished_at"] if run["state"] == state and run["finished_at"] else now_us()
-            updated = self.store.update_run(run["id"], state=state, finished_at=finished)
-        if updated is None:
-            raise ApiFailure(404, f"run {run['id']} not found")
-        return json_response(200, run_json(updated, with_metadata=True))
+    def _view(self, run: Mapping[str, Any], with_metadata: bool, stale_before_us: int | None = None) -> dict[str, Any]:
+        """A run's JSON: the dashboard's shape, with run states' additions when extensions are on."""
+        if not self.extensions:
+            return run_json(run, with_metadata=with_metadata)
+        return self.states.view(run, with_metadata=with_metadata, stale_before_us=stale_before_us)
 
     # -- metrics -------------------------------------------------------------------
 
@@ -375,12 +372,15 @@ class App:
         if batch_id is not None and (not isinstance(batch_id, str) or not 0 < len(batch_id) <= 200):
             raise ApiFailure(400, "field 'batch_id' must be a string of 1 to 200 characters")
         columns, count = decode_batch(d)
+        writer = self.states.writer_of_batch(d)  # checked before anything is stored
         try:
             self.store.add_batch(run_id, batch_id, columns, count, now_us())
         except RunNotFound:  # told apart from "no such endpoint", which a client takes as "post singly"
             raise ApiFailure(404, f"run {run_id} not found", extra={"error": RUN_NOT_FOUND}) from None
         except DuplicateBatch:
+            self.states.seen_in_batch(run_id, writer)
             return json_response(200, {"status": "OK", "stored": 0, "duplicate": True, "batch_id": batch_id})
+        self.states.seen_in_batch(run_id, writer)
         return json_response(201, {"status": "Created", "stored": count, "duplicate": False, "batch_id": batch_id})
 
     def all_metrics(self, request: Request) -> Response:

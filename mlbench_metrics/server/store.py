@@ -30,11 +30,13 @@ from typing import Any, Iterator, Sequence
 from .chunk_tables import CHUNK_ROWS, SCHEMA, delete_chunks, insert_chunks, newest_id, read_chunks
 from .chunks import Columns, Point, decode_chunk, decode_points, encode_chunks, encode_point
 from .columns import ChunkCache, SeriesColumns, merge_columns
+from .writer_tables import LIVENESS_COLUMNS, WRITERS_SCHEMA, WriterMethods
 
 __all__ = ["Columns", "DuplicateBatch", "Point", "RunNotFound", "Store"]
 
 _SCHEMA = (
     SCHEMA
+    + WRITERS_SCHEMA
     + """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -75,10 +77,11 @@ CREATE TABLE IF NOT EXISTS batches (
 """
 )
 
-_RUN_COLUMNS = (
+_RUN_KEYS = (
     "id, name, created_at, finished_at, state, job_id, job_metadata, num_workers, cpu_limit, "
     "image, command, backend, run_on_all_nodes, gpu_enabled, light_target"
 )
+_RUN_COLUMNS = f"{_RUN_KEYS}, {LIVENESS_COLUMNS}"  # see writer_tables: started_at, last_seen_at, open_seen_at
 
 
 class RunNotFound(LookupError):
@@ -90,7 +93,7 @@ class DuplicateBatch(Exception):
 
 
 def _run_dict(row: Sequence[Any]) -> dict[str, Any]:
-    keys = [c.strip() for c in _RUN_COLUMNS.split(",")]
+    keys = [c.strip() for c in _RUN_KEYS.split(",")] + ["started_at", "last_seen_at", "open_seen_at"]
     run = dict(zip(keys, row))
     run["job_metadata"] = json.loads(run["job_metadata"] or "{}")
     for flag in ("run_on_all_nodes", "gpu_enabled", "light_target"):
@@ -98,8 +101,8 @@ def _run_dict(row: Sequence[Any]) -> dict[str, Any]:
     return run
 
 
-class Store:
-    """Runs, pods and metrics in one SQLite database file.
+class Store(WriterMethods):
+    """Runs, pods, metrics and a run's writers in one SQLite database file.
 
     Args:
         path: the database file; created with its schema when missing.
@@ -205,6 +208,7 @@ class Store:
             delete_chunks(conn, run_id)
             conn.execute("DELETE FROM batches WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM run_configs WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM run_writers WHERE run_id = ?", (run_id,))
             conn.execute("UPDATE pods SET run_id = NULL WHERE run_id = ?", (run_id,))
         return True
 

@@ -515,3 +515,25 @@ def test_new_run_works_when_python_cannot_name_its_interpreter(
         log.log("x", 1)
     (run,) = fresh_server.store.list_runs()
     assert run["name"] == "embedded" and fresh_server.store.count_metrics(run["id"]) == 1
+
+
+def test_timers_and_totals_carry_the_newest_step_and_the_epoch(fresh_server: ServerHandle, run: dict[str, Any]) -> None:
+    with MetricsLogger(run["id"], url=fresh_server.address, rank=0) as log:
+        with log.timer("before_any_step"):
+            pass
+        for step in range(3):
+            log.log("loss", 1.0 / (step + 1), step=step)
+            with log.timer("fwd"):
+                pass
+            log.increment("samples", 32)
+        log.epoch_end()
+        log.log_many({"acc": 0.5}, step=10)
+        with log.timer("fwd"):
+            pass
+        log.step = 20
+        log.increment("samples", 32)
+    points = mlbench_metrics.Run.get(run["id"], url=fresh_server.address).metrics(detail=True)
+    assert [(p.step, p.epoch) for p in points["fwd @ 0"]] == [(0, 0), (1, 0), (2, 0), (10, 1)]
+    assert [(p.step, p.epoch) for p in points["samples @ 0"]] == [(0, 0), (1, 0), (2, 0), (20, 1)]
+    assert all(p.cumulative for p in points["samples @ 0"])
+    assert [p.step for p in points["before_any_step @ 0"]] == [None]

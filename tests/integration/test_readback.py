@@ -166,6 +166,21 @@ def test_downsampling_keeps_each_buckets_min_and_max(server: ServerHandle) -> No
             assert min(inside)[1] in kept and max(inside)[1] in kept
 
 
+def test_text_values_come_back_when_their_series_is_downsampled(server: ServerHandle) -> None:
+    # Was: text in a series past max_points never won a bucket, so the run page lost its notes.
+    run_id = create_run(server.url)["id"]
+    n = 1000
+    values: list[object] = [float(i % 7) for i in range(n)]
+    values[400] = "lr dropped to 0.01"
+    _add(server, run_id, "loss", list(range(n)), values)
+    _add(server, run_id, "note", list(range(n)), [f"note {i}" for i in range(n)])
+    got = _series(_points(server, run_id, max_points=50))
+    assert "lr dropped to 0.01" in got["loss"]["value"]  # type: ignore[operator]
+    assert len(got["loss"]["value"]) <= 50 + 1  # type: ignore[arg-type]
+    notes = got["note"]["value"]
+    assert notes[-50:] == [f"note {i}" for i in range(n - 50, n)] and len(notes) <= 52  # type: ignore[index,arg-type]
+
+
 def test_a_metadata_nested_past_the_parsers_depth_does_not_break_the_runs_reads(server: ServerHandle) -> None:
     # The metadata is free text, stored as sent; reading step, epoch and rank from it
     # must not make every later read of the run a 500 (the run page would never load).
@@ -183,8 +198,8 @@ def test_a_metadata_nested_past_the_parsers_depth_does_not_break_the_runs_reads(
 def test_series_catalog_and_stats(server: ServerHandle) -> None:
     run_id = create_run(server.url)["id"]
     with ApiClient(url=server.address) as client, MetricsLogger(run_id, client=client, rank=0) as log:
+        log.increment("samples", 32)  # before any step: it has none (after one, it carries it)
         log.log("loss", 1.0, step=1)
-        log.increment("samples", 32)
     answer = requests.get(f"{server.url}/api/runs/{run_id}/series/").json()
     got = {s["name"]: s for s in answer["series"]}
     assert got["loss @ 0"]["has_step"] is True and got["loss @ 0"]["cumulative"] is False

@@ -8,10 +8,10 @@ import requests
 
 from mlbench_metrics.server import ServerHandle
 
-from helpers import CUSTOM_RUN_BODY, FORM, OFFICIAL_RUN_BODY, create_run, unique_name
+from helpers import CUSTOM_RUN_BODY, DASHBOARD_RUN_KEYS, FORM, OFFICIAL_RUN_BODY, create_run, unique_name
 
 ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{6})?Z$")
-RUN_KEYS = ["id", "name", "created_at", "finished_at", "state", "job_id", "job_metadata", "num_workers"]
+RUN_KEYS = [*DASHBOARD_RUN_KEYS, "started_at", "last_seen_at"]  # the run states extension's additions, last
 
 
 def test_create_official_run_as_upstream_sends_it(fresh_server: ServerHandle) -> None:

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from mlbench_metrics import ApiClient, MetricsLogger
-from mlbench_metrics.server import ServerHandle, spawn
+from mlbench_metrics.server import ServerHandle, serve, spawn
 
 from helpers import create_run
 
@@ -23,10 +23,10 @@ def _cli(*args: str, code: str = "from mlbench_metrics.cli import main; raise Sy
     return [sys.executable, "-c", code, *args]
 
 
-def _follow(run_id: int, address: str) -> subprocess.Popen[str]:
+def _follow(run_id: int, address: str, *more: str) -> subprocess.Popen[str]:
     """``metrics show RUN --follow`` polling every 0.1 s, its output in pipes."""
     return subprocess.Popen(
-        _cli("metrics", "show", str(run_id), "--follow", "--interval", "0.1", "--url", address),
+        _cli("metrics", "show", str(run_id), "--follow", "--interval", "0.1", "--url", address, *more),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -47,12 +47,12 @@ def _readline(stream: object, timeout: float = 30.0) -> str:
     return got[0]
 
 
-def test_follow_prints_new_points_until_ctrl_c(server: ServerHandle) -> None:
+def test_follow_every_point_prints_new_points_until_ctrl_c(server: ServerHandle) -> None:
     run_id = create_run(server.url)["id"]
     with ApiClient(url=server.address) as client, MetricsLogger(run_id, client=client, rank=1) as log:
         log.log("loss", 0.5, step=1)
         log.flush()
-        proc = _follow(run_id, server.address)
+        proc = _follow(run_id, server.address, "--every-point")
         try:
             assert _readline(proc.stderr).startswith(f"following run {run_id}")
             first = _readline(proc.stdout)
@@ -62,6 +62,53 @@ def test_follow_prints_new_points_until_ctrl_c(server: ServerHandle) -> None:
             log.flush()
             later = {_readline(proc.stdout).split("  ", 1)[1].strip() for _ in range(2)}
             assert later == {"loss @ 1  step 2  epoch 0  0.25", "acc @ 1  step 2  epoch 0  0.75"}
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err
+
+
+def test_follow_prints_one_line_per_interval_with_each_series_latest_value(server: ServerHandle) -> None:
+    # Was: every point on its own line (4,498 lines in 12 s of a small training script).
+    run_id = create_run(server.url)["id"]
+    client = ApiClient(url=server.address)
+    # No interval tick: what is logged goes in one batch when flushed (or full).
+    with client, MetricsLogger(run_id, client=client, rank=1, flush_interval=3600) as log:
+        log.log("loss", 0.5, step=1)
+        log.log("note", "warming up", step=1)
+        log.flush()
+        proc = _follow(run_id, server.address)
+        try:
+            assert _readline(proc.stderr).startswith(f"following run {run_id}")
+            first = _readline(proc.stdout)
+            assert first.split("  ", 1)[1].strip() == "latest  loss @ 1 = 0.5 (step 1), note @ 1 = warming up (step 1)"
+            for step in range(2, 502):  # one batch: one poll sees all of it
+                log.log_many({"loss": 1 / step, "acc": step / 1000}, step=step)
+            log.flush()
+            line = _readline(proc.stdout).split("  ", 1)[1].strip()
+            assert line == "+1000 points  acc @ 1 = 0.501 (step 501), loss @ 1 = 0.00199601 (step 501)"
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err and out == ""
+
+
+def test_follow_against_the_dashboard_prints_a_line_per_interval() -> None:
+    with serve(extensions=False) as dashboard_like:
+        run_id = create_run(dashboard_like.url)["id"]
+        post = f"{dashboard_like.url}/api/metrics/"
+        requests.post(post, data=dict(METRIC_FORM, run_id=run_id))
+        proc = _follow(run_id, dashboard_like.address)
+        try:
+            assert _readline(proc.stderr).startswith(f"following run {run_id}")
+            assert _readline(proc.stdout).split("  ", 1)[1].strip() == "latest  loss = 1.5"
+            dates = ["2021-01-02 03:04:06", "2021-01-02 03:04:07"]
+            for date, value in zip(dates, ("2.5", "3.5")):  # may arrive in one poll or two
+                requests.post(post, data=dict(METRIC_FORM, run_id=run_id, date=date, value=value))
+            lines = [_readline(proc.stdout).split("  ", 1)[1].strip()]
+            if lines[0].startswith("+1 point "):
+                lines.append(_readline(proc.stdout).split("  ", 1)[1].strip())
+            assert lines in (["+2 points  loss = 3.5"], ["+1 point  loss = 2.5", "+1 point  loss = 3.5"])
         finally:
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=30)
