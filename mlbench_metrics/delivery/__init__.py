@@ -1,6 +1,7 @@
 """Delivery: one dispatcher thread, a store protocol, and what a delivery achieved.
 
-* ``dispatcher.py``: :class:`Dispatcher`, the ``mlbench-dispatcher`` thread;
+* ``dispatcher.py``: :class:`Dispatcher`, the ``mlbench-dispatcher`` thread, and
+  ``accounts.py``, what becomes of each parcel in the ledger and the store;
 * ``seam.py``: what it delivers through (:data:`Deliver`, :func:`deliver_to`), the
   limits it works within (:class:`DispatchSettings`), and when a batch is tried again;
 * ``reasons.py``, ``notices.py``: why records are dropped, and the warnings about it;
@@ -14,8 +15,10 @@
 
 The dispatcher knows batches, not modes: a logger builds a store and a ``deliver``
 callable (the client's, or an :class:`Aggregator` around it) and passes both in; an
-agent process can run the same pair. What a delivery answers (:class:`BatchResult`,
-:class:`BatchFuture`) is the client's, in ``mlbench_metrics.client.result``.
+agent process can run the same pair. The dispatcher and the ledger know stored, spooled
+and dropped; an aggregator's folded records reach them as kept on disk (spooled). What
+a delivery answers (:class:`BatchResult`, :class:`BatchFuture`) is the client's, in
+``mlbench_metrics.client.result``.
 """
 
 from __future__ import annotations
