@@ -23,6 +23,16 @@ import psutil
 import requests
 
 OUT = Path(__file__).parent / "out"
+# Headless Chromium as it must run here: no sandbox as root, no GPU, no background traffic.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def machine() -> dict[str, Any]:

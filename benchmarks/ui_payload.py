@@ -36,17 +36,8 @@ import requests
 from mlbench_metrics.server import spawn
 from mlbench_metrics.server.store import Store
 
-from _common import median, verdict, write_results
+from _common import CHROMIUM_ARGS, median, verdict, write_results
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PAYLOAD_TARGET = 200_000
 FIRST_CHART_TARGET_MS = 1000.0
 

@@ -45,8 +45,8 @@ ENV_RUN_ID: Final = "MLBENCH_METRICS_RUN_ID"
 """The run to log to when a logger is given neither ``run_id`` nor ``new_run``."""
 
 ENV_RANK: Final = "MLBENCH_METRICS_RANK"
-"""This process's rank when none is given (``RANK``, as torch.distributed sets it, is
-read after it)."""
+"""This process's rank when none is given; read before an initialised torch.distributed
+process group and the launchers' variables (see ``mlbench_metrics.logger.ranks``)."""
 
 ENV_SPOOL_DIR: Final = "MLBENCH_METRICS_SPOOL_DIR"
 """Where spools live (default: the user's cache directory, ``~/.cache/mlbench-metrics``)."""

@@ -19,14 +19,18 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import functools
+import io
 import json
 import math
 import re
-from typing import Any, Final, Iterable, NamedTuple, Optional, TextIO
+from typing import Any, Final, Iterable, Iterator, NamedTuple, Optional, TextIO
 
 __all__ = [
     "EXPORT_COLUMNS",
     "MetricPoint",
+    "csv_cell",
+    "csv_pieces",
+    "json_pieces",
     "parse_metadata",
     "split_name",
     "to_number",
@@ -41,6 +45,11 @@ _RANK_SUFFIX: Final = re.compile(r"^(?P<metric>.*\S)\s+@\s+(?P<rank>\d{1,9})$")
 # Upstream's metadata is Python-ish text such as ``{rank: 0, epoch:1.5}``: keys with or
 # without quotes, numbers after a colon. Only the three keys we read are looked for.
 _LENIENT: Final = re.compile(r"""["']?\b(step|epoch|rank)\b["']?\s*:\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)""")
+
+# A cell a spreadsheet would read as a formula (OWASP "CSV injection"): = + - @, and a
+# tab or carriage return before one.
+_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+_ROWS_PER_PIECE: Final = 2000
 
 Number = Optional[float]
 
@@ -142,25 +151,69 @@ def _row(name: str, p: MetricPoint) -> list[Any]:
     return [name, p.date.isoformat(), p.step, p.epoch, p.rank, value, p.cumulative, p.metadata]
 
 
-def write_csv(series: Iterable[tuple[str, Iterable[MetricPoint]]], out: TextIO) -> None:
-    """Write points as CSV with a header of :data:`EXPORT_COLUMNS`; a missing number is an empty cell."""
-    writer = csv.writer(out, lineterminator="\n")
+def csv_cell(cell: Any) -> Any:
+    """A cell as the CSV writer writes it: a missing number is empty, and text a spreadsheet
+    would take for a formula gets a leading ``'`` (OWASP's advice against CSV injection).
+
+    Text that reads as a number (``-0.5``, ``+1e3``, ``-inf``) is left alone, and so are
+    numbers: a value column of -0.5 stays a number in the spreadsheet. Names, text values
+    and metadata starting with ``=``, ``+``, ``-`` or ``@`` (``=HYPERLINK(...)``,
+    ``-2+3``) come out as ``'=HYPERLINK(...)``, shown as text.
+    """
+    if cell is None:
+        return ""
+    if isinstance(cell, str) and cell.startswith(_FORMULA_START):
+        try:
+            float(cell)
+        except ValueError:
+            return "'" + cell
+    return cell
+
+
+def csv_pieces(series: Iterable[tuple[str, Iterable[MetricPoint]]]) -> Iterator[str]:
+    """CSV with a header of :data:`EXPORT_COLUMNS`, in pieces of a few thousand rows (every cell
+    through :func:`csv_cell`): the one CSV writer, for a file or a streamed answer."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(EXPORT_COLUMNS)
+    rows = 0
     for name, points in series:
         for p in points:
-            writer.writerow(["" if cell is None else cell for cell in _row(name, p)])
+            writer.writerow([csv_cell(cell) for cell in _row(name, p)])
+            rows += 1
+            if rows >= _ROWS_PER_PIECE:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+                rows = 0
+    yield buffer.getvalue()
 
 
-def write_json(series: Iterable[tuple[str, Iterable[MetricPoint]]], out: TextIO) -> None:
-    """Write points as a JSON list of objects keyed by :data:`EXPORT_COLUMNS` (a missing number is null).
-
-    Objects are written one per line, so a million points never become one string in memory.
-    """
-    out.write("[")
+def json_pieces(series: Iterable[tuple[str, Iterable[MetricPoint]]]) -> Iterator[str]:
+    """A JSON list of objects keyed by :data:`EXPORT_COLUMNS` (a missing number is null), one
+    object per line, in pieces of a few thousand lines; ASCII (text beyond it is escaped)."""
+    lines: list[str] = []
     first = True
     for name, points in series:
         for p in points:
-            out.write("\n" if first else ",\n")
+            lines.append(
+                ("[\n" if first else ",\n") + json.dumps(dict(zip(EXPORT_COLUMNS, _row(name, p))), allow_nan=False)
+            )
             first = False
-            out.write(json.dumps(dict(zip(EXPORT_COLUMNS, _row(name, p))), allow_nan=False))
-    out.write("\n]\n" if not first else "]\n")
+            if len(lines) >= _ROWS_PER_PIECE:
+                yield "".join(lines)
+                lines.clear()
+    lines.append("[]\n" if first else "\n]\n")
+    yield "".join(lines)
+
+
+def write_csv(series: Iterable[tuple[str, Iterable[MetricPoint]]], out: TextIO) -> None:
+    """Write points as CSV (see :func:`csv_pieces`)."""
+    for piece in csv_pieces(series):
+        out.write(piece)
+
+
+def write_json(series: Iterable[tuple[str, Iterable[MetricPoint]]], out: TextIO) -> None:
+    """Write points as a JSON list (see :func:`json_pieces`); a million points never become one string."""
+    for piece in json_pieces(series):
+        out.write(piece)

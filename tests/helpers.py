@@ -108,3 +108,13 @@ def values_stored(db_path: str, run_id: int, name: str = "x") -> list[int]:
     finally:
         store.close()
     return sorted(int(float(p[1])) for p in series.get(name, []))
+
+
+def answered_within_a_second(url: str, headers: dict[str, str] | None = None, times: int = 1) -> None:
+    """GET ``url`` ``times`` times; each must answer 200 within a second (a client that waits
+    behind others gets a generous 30 s to answer, so a failure says how long it took)."""
+    for _ in range(times):
+        started = time.monotonic()
+        r = requests.get(url, headers=headers, timeout=30)
+        elapsed = time.monotonic() - started
+        assert r.status_code == 200 and elapsed < 1.0, (r.status_code, elapsed)

@@ -219,7 +219,8 @@ def download(args: argparse.Namespace, client: Any, target: Path) -> None:
 
     series = _points(Run({"id": args.run_id}, client=client), args.since, args.filter, args.summarize, args.last_n)
     tmp = target.with_name(target.name + ".part")
-    with open(tmp, "w", encoding="utf-8", newline="") as out:
+    # errors: text stored before the server refused lone surrogates comes out escaped (\udcff)
+    with open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline="") as out:
         (write_csv if args.format == "csv" else write_json)(sorted(series.items()), out)
     tmp.replace(target)
 

@@ -146,6 +146,10 @@ class Tracker:
     def _now(self) -> float:
         return time.time() if self._clock is None else self._clock()
 
+    def _send(self, name: str, value: Any) -> None:
+        """Send one stat of the current epoch (upstream's ``LogMetrics.log``); subclasses may route it."""
+        LogMetrics.log(self.run_id, self.rank, self.current_epoch, name, value)
+
     # -- modes and timers ------------------------------------------------------------------
 
     def start(self) -> None:
@@ -217,7 +221,7 @@ class Tracker:
         """End an epoch: log each phase's time in it (``CumulativeTrainTimeEpoch`` too)."""
         for name, per_epoch in dict(self.epoch_metrics).items():
             if len(per_epoch) > self.current_epoch:
-                LogMetrics.log(self.run_id, self.rank, self.current_epoch, name, per_epoch[self.current_epoch])
+                self._send(name, per_epoch[self.current_epoch])
         self.current_epoch += 1
         self.reset_epoch_stats()
 
@@ -243,7 +247,7 @@ class Tracker:
         self.epoch_stats.setdefault(name, AverageMeter()).update(value, n)
         self.history.append((self.run_id, self.rank, name, value, self._now()))
         if log_to_api:
-            LogMetrics.log(self.run_id, self.rank, self.current_epoch, name, value)
+            self._send(name, value)
         if self.goal is None or self.goal_reached:
             return
         result = self.goal(name, value, self)
@@ -253,12 +257,10 @@ class Tracker:
         print("goal reached!")
         print(result)
         if str(self.rank) == "0" and log_to_api:
-            LogMetrics.log(self.run_id, self.rank, self.current_epoch, "TaskResult", result)
-            LogMetrics.log(
-                self.run_id, self.rank, self.current_epoch, "TotalCumulativeTrainTime", self.get_total_train_time()
-            )
+            self._send("TaskResult", result)
+            self._send("TotalCumulativeTrainTime", self.get_total_train_time())
             for phase, per_epoch in sorted(dict(self.epoch_metrics).items()):
-                LogMetrics.log(self.run_id, self.rank, self.current_epoch, f"global_cum_{phase}", sum(per_epoch))
+                self._send(f"global_cum_{phase}", sum(per_epoch))
 
     def record_loss(self, value: Any, n: int = 1, log_to_api: bool = False) -> None:
         """Record a loss value (``train_loss`` or ``val_loss``)."""

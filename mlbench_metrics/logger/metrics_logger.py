@@ -77,7 +77,10 @@ class MetricsLogger(Wiring):
         client: an :class:`ApiClient` to deliver through; the logger does not close it.
         url: the dashboard's address, when no client is given (else
             ``MLBENCH_METRICS_URL``, else Kubernetes discovery as ApiClient does it).
-        rank: this process's rank (else ``MLBENCH_METRICS_RANK``, else ``RANK``, else none).
+        rank: this process's rank (else ``MLBENCH_METRICS_RANK``, else an initialised
+            ``torch.distributed`` process group's, else ``RANK``, ``OMPI_COMM_WORLD_RANK``,
+            ``PMI_RANK``, ``SLURM_PROCID``, ``LOCAL_RANK``, else none). The world size
+            found with it is in every record's metadata (``world_size``).
         flush_interval: seconds between deliveries (else ``MLBENCH_METRICS_FLUSH_INTERVAL``,
             else 1.0); a full batch is delivered at once.
         batch_size: records per batch (1 to 100,000).
@@ -117,7 +120,7 @@ class MetricsLogger(Wiring):
             ``serve --exec`` sets it), that run is used instead.
         config: the run's configuration (hyperparameters), a JSON-serialisable mapping
             stored once with the run where the server can (the embedded server; the
-            dashboard cannot, and a warning says so). See :mod:`mlbench_metrics.run_config`.
+            dashboard cannot, and a warning says so). See :mod:`mlbench_metrics.logger.run_config`.
         delivery: ``"thread"`` (else ``MLBENCH_METRICS_DELIVERY``, else the default): a
             thread in this process delivers; ``"process"``: this process only writes
             each record to the durable log (as ``durable=True``) and a delivery agent

@@ -21,14 +21,13 @@ from ..env import (
     ENV_AGGREGATE,
     ENV_DELIVERY,
     ENV_FLUSH_INTERVAL,
-    ENV_RANK,
     ENV_RUN_ID,
     ENV_URL,
     env_float,
-    env_int,
     env_str,
 )
 from ..errors import ConfigError
+from .ranks import find_placement
 
 if TYPE_CHECKING:
     from ..client.api import ApiClient
@@ -62,6 +61,7 @@ class LoggerConfig:
     run_id: int | None
     rank: int | None
     flush_interval: float = 1.0
+    world_size: int | None = None  # found with the rank (see ranks.py), kept in each record's metadata
     batch_size: int = 1000
     max_buffer: int = 500_000
     max_in_flight: int = 4
@@ -128,8 +128,9 @@ class LoggerConfig:
             run_id = from_env
         if run_id is None and new_run is None:
             raise ConfigError(f"give the run to log to: MetricsLogger(run_id=...) or {ENV_RUN_ID}")
+        placement = find_placement(os.environ if environ is None else environ)
         if rank is None:
-            rank = env_int(ENV_RANK, env_int("RANK", None, environ), environ)
+            rank = placement.rank
         if aggregate is None:
             aggregate = _env_aggregate(environ)
         if flush_interval is None:
@@ -139,6 +140,7 @@ class LoggerConfig:
         return cls(
             run_id=None if run_id is None else _run_number(run_id),
             rank=rank,
+            world_size=placement.world_size,
             aggregate=aggregate,
             flush_interval=float(flush_interval) if _is_seconds(flush_interval) else flush_interval,
             new_run=new_run,
@@ -177,6 +179,7 @@ def _run_number(run_id: object) -> int:
 # The value is Any: each check tests its type before comparing it.
 _CHECKS: Final[tuple[tuple[str, Callable[[Any, LoggerConfig], bool], str], ...]] = (
     ("rank", lambda v, c: v is None or (_is_int(v) and v >= 0), "a non-negative integer or None"),
+    ("world_size", lambda v, c: v is None or (_is_int(v) and v >= 1), "a positive integer or None"),
     ("flush_interval", lambda v, c: _is_seconds(v), "a positive number of seconds"),
     ("batch_size", lambda v, c: _is_int(v) and 1 <= v <= 100_000, "an integer from 1 to 100000"),
     ("max_buffer", lambda v, c: _is_int(v) and v >= c.batch_size, "an integer of at least batch_size"),

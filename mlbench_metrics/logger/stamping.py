@@ -35,12 +35,19 @@ class Stamping:
         self._epoch = 0
         self._step: int | None = None
         self._last_step: int | None = None  # the newest step given: timers and totals carry it
+        world_size = settings.world_size
+        self._placed = "" if world_size is None else f', "world_size": {world_size}'
         self._rebuild_contexts()
 
     @property
     def rank(self) -> int | None:
         """This process's rank (None: names are kept as given)."""
         return self.settings.rank
+
+    @property
+    def world_size(self) -> int | None:
+        """The number of processes in the job, where it was found (see ``rank``)."""
+        return self.settings.world_size
 
     @property
     def batch_size(self) -> int:
@@ -113,11 +120,13 @@ class Stamping:
             raise TypeError(
                 f"metadata must be JSON-serialisable (finite numbers, strings, lists, dicts): {exc}"
             ) from None
-        return Context(self.rank, self._epoch, self._step, False, ", " + text[1:-1])
+        if self._placed and "world_size" in metadata:
+            raise ValueError("metadata key 'world_size' is set by the logger (the job's world size was found)")
+        return Context(self.rank, self._epoch, self._step, False, self._placed + ", " + text[1:-1])
 
     def _rebuild_contexts(self) -> None:
-        self._ctx = Context(self.rank, self._epoch, self._step)
-        self._cum_ctx = Context(self.rank, self._epoch, self._step, True)
+        self._ctx = Context(self.rank, self._epoch, self._step, False, self._placed)
+        self._cum_ctx = Context(self.rank, self._epoch, self._step, True, self._placed)
 
 
 def checked_value(name: str, value: object) -> Value:

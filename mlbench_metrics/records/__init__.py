@@ -40,6 +40,7 @@ from .checks import (
     flag_problem,
     name_problem,
     parse_flag,
+    text_problem,
     value_problem,
 )
 from .codec import BATCH_MAX, EXPANDED_MAX, BatchError, BatchTooLarge, columns, decode_batch, pack
@@ -91,6 +92,7 @@ __all__ = [
     "pack",
     "parse_date",
     "parse_flag",
+    "text_problem",
     "to_us",
     "us_to_datetime",
     "value_problem",

@@ -26,6 +26,7 @@ __all__ = [
     "flag_problem",
     "name_problem",
     "parse_flag",
+    "text_problem",
     "value_problem",
 ]
 
@@ -45,13 +46,37 @@ _TRUE: Final = frozenset({"true", "t", "1", "yes", "on"})
 _FALSE: Final = frozenset({"false", "f", "0", "no", "off"})
 
 
+def text_problem(text: str, what: str = "a text") -> str | None:
+    """What is wrong with ``text`` as stored text, or None: a lone surrogate is.
+
+    A lone surrogate (U+D800 to U+DFFF outside a pair) is not a character: it has no UTF-8
+    form, so no answer holding it could be written. Python makes one from bytes that are
+    not UTF-8, e.g. ``os.fsdecode(b"ckpt-\\xff.pt")`` gives ``"ckpt-\\udcff.pt"``. Such
+    text is refused where it enters (``log()``, the client, the server's bodies) rather
+    than stored and escaped on the way out, so what is stored is always what reads return.
+    """
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = text[exc.start]
+        return (
+            f"{what} {text[:60]!r} holds a lone surrogate (U+{ord(char):04X} at character {exc.start}), "
+            "which is not valid Unicode (it comes from bytes that are not UTF-8, such as a file name "
+            "through os.fsdecode); clean it first, e.g. "
+            "text.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')"
+        )
+    return None
+
+
 def name_problem(name: object, limit: int = NAME_MAX) -> str | None:
     """What is wrong with ``name`` as a metric name, or None when it is fine."""
     if not isinstance(name, str) or not name.strip():
         return f"a metric name must be a non-empty string, got {name!r}"
     if len(name) > limit:
         return f"metric name {name!r} is {len(name)} characters long; the limit is {limit}"
-    return None
+    return text_problem(name, "metric name")
 
 
 def check_name(name: object, limit: int = NAME_MAX) -> str:
@@ -59,7 +84,7 @@ def check_name(name: object, limit: int = NAME_MAX) -> str:
 
     Raises:
         TypeError: it is not a string.
-        ValueError: it is empty or longer than ``limit``.
+        ValueError: it is empty, longer than ``limit``, or holds a lone surrogate.
     """
     problem = name_problem(name, limit)
     if problem is not None:
@@ -73,7 +98,8 @@ def value_problem(value: object, limit: int = SERVER_VALUE_MAX) -> str | None:
 
     A value is a number or text; booleans, None and containers are not (the dashboard
     would store their ``str()``). Text longer than ``limit`` is refused; so is a number
-    whose ``str()`` is (an integer of hundreds of digits).
+    whose ``str()`` is (an integer of hundreds of digits), and text holding a lone
+    surrogate (see :func:`text_problem`).
     """
     kind = type(value)
     if kind is float:
@@ -83,7 +109,7 @@ def value_problem(value: object, limit: int = SERVER_VALUE_MAX) -> str | None:
     text = value if isinstance(value, str) else str(value)
     if len(text) > limit:
         return f"a metric value is {len(text)} characters long; the limit is {limit}"
-    return None
+    return text_problem(text, "metric value")
 
 
 def check_value(value: object, limit: int = SERVER_VALUE_MAX) -> Value:
@@ -91,7 +117,7 @@ def check_value(value: object, limit: int = SERVER_VALUE_MAX) -> Value:
 
     Raises:
         TypeError: it is not a number or a string.
-        ValueError: it is too long.
+        ValueError: it is too long, or holds a lone surrogate.
     """
     problem = value_problem(value, limit)
     if problem is not None:
@@ -109,7 +135,7 @@ def coerce_value(value: object, limit: int = VALUE_MAX) -> Value:
 
     Raises:
         TypeError: it is a boolean, None, or not a number or a string.
-        ValueError: it is a string longer than ``limit``.
+        ValueError: it is a string longer than ``limit``, or holding a lone surrogate.
     """
     if isinstance(value, bool) or value is None:
         raise TypeError(f"a value must be a number or a string, not {value!r}")

@@ -17,8 +17,9 @@ or in its own process (what benchmarks and crash tests do)::
 
 or from a shell: ``mlbench-metrics serve --port 8080``.
 
-Threads: :func:`serve` starts the HTTP acceptor and one thread per connection, all
-owned by the returned :class:`ServerHandle` and joined by its ``stop()``.
+Threads: :func:`serve` starts the HTTP selector thread, workers on demand (at most 32)
+and, with ``pace``, one thread for paced posts; all owned by the returned
+:class:`ServerHandle` and joined by its ``stop()``.
 """
 
 from __future__ import annotations
@@ -206,6 +207,8 @@ def serve(
             idle_timeout=idle_timeout,
             header_timeout=header_timeout,
             server_header=f"mlbench-metrics/{__version__}",
+            screen=app.screen,
+            serial=None if pacer is None else pacer.paces,
         )
     except BaseException:
         store.close()

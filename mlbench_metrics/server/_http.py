@@ -1,37 +1,37 @@
-"""A small HTTP/1.1 server: keep-alive, one write per answer, idle connections parked.
+"""A small HTTP/1.1 server: keep-alive, no worker ever waits on a client, idle connections parked.
 
-Why not ``http.server``: it parses headers with the ``email`` package and writes the
-status line, headers and body in separate sends; on a kept-alive connection Nagle's
-algorithm and the client's delayed ACK then add ~40 ms to every request. Here every
-answer goes out in one ``sendall`` on a socket with ``TCP_NODELAY``.
+Why not ``http.server``: it writes the status line, headers and body in separate sends;
+with Nagle's algorithm and delayed ACKs that adds ~40 ms per kept-alive request. Here an
+answer goes out in as few sends as the socket takes, with ``TCP_NODELAY``.
 
-Why not a thread per connection: clients written like the upstream one open a new
-connection per request and keep it open until the answer is garbage-collected, so
-thousands of idle connections can pile up. A connection that stays quiet for
-``park_after`` seconds (20 ms), or at once when other connections wait for a worker, is
-handed back to the selector and costs no thread until it speaks again; a busy
-connection keeps its worker, so back-to-back kept-alive requests need no hand-off.
+Why not a thread per connection: upstream-style clients keep thousands of idle
+connections open. A connection quiet for ``park_after`` (20 ms), or at once when others
+wait for a worker, is handed to the selector and costs no thread until it speaks again.
 
-A worker only ever waits ``park_after`` for bytes: a request that arrives in pieces is
-parked with what came so far, the selector reads the rest without blocking, and the
-connection gets a worker again once the request is whole. So clients trickling their
-headers a byte at a time (slowloris) hold no worker, and each request must arrive whole
-within a total deadline (``header_timeout`` for the head, ``body_timeout`` for the
-body; 408 after), not a timeout that restarts with every byte. A connection and its
-request in progress are ``_conn.py``; parsing and answers' bytes, ``_wire.py``.
+A worker never waits on a client. Bytes: it waits ``park_after`` at most; a request that
+arrives in pieces is parked and the selector reads the rest (slowloris holds no worker),
+within total deadlines (``header_timeout``, ``body_timeout``; 408 after). Answers: sent
+without blocking; what the client does not take is parked with the connection and the
+selector sends it as the client reads (a streamed answer gets a worker again for its next
+pieces), and no further request is read meanwhile, so a client that pipelines requests
+and never reads holds one answer, never a worker. The access checks (``screen``) see a
+request's head before its body is read; a refused body is thrown away unread, and bodies
+in progress are counted against ``max_bodies`` (503 beyond). Requests that must take
+turns (``serial``: paced posts) wait in a thread of their own, not in workers.
 
-When the process runs out of file descriptors, ``accept`` fails at once for as long as
-it lasts; the selector then stops watching the listening socket for a growing pause
-(50 ms to 1 s) and logs the condition once, instead of spinning on it.
+When the process runs out of file descriptors, the selector stops accepting for a growing
+pause (50 ms to 1 s) and logs once, instead of spinning. A connection and its request
+and answer in progress are ``_conn.py``; parsing and answers' bytes, ``_wire.py``.
 
-Threads: ``start()`` starts the selector thread (``mlbench-server``), which accepts
-and watches parked connections; workers (``mlbench-server-worker``) are started on
-demand up to ``max_workers``. ``stop()`` wakes the selector, shuts every connection
-down and joins every thread to one deadline.
+Threads: ``start()`` starts the selector thread (``mlbench-server``) and, with
+``serial``, ``mlbench-server-serial``; workers (``mlbench-server-worker``) start on demand
+up to ``max_workers``. ``stop()`` wakes the selector, shuts every connection down and
+joins every thread to one deadline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import queue
@@ -42,7 +42,7 @@ import time
 from typing import Callable, Final
 
 from .._threads import start_blocked, start_thread
-from ._conn import RECV_SIZE, BodyTooLarge, Closed, Connection
+from ._conn import RECV_SIZE, BodyBudget, BodyTooLarge, Closed, Connection, Refused, Screen
 from ._wire import BadRequest, Request, Response, encode_response
 
 __all__ = ["HttpServer", "Request", "Response"]
@@ -57,6 +57,7 @@ _PAUSE_MAX: Final = 1.0
 
 Handler = Callable[[Request], Response]
 ErrorFactory = Callable[[int, str], Response]
+Serial = Callable[[Request], bool]
 
 
 class HttpServer:
@@ -76,7 +77,13 @@ class HttpServer:
             once when other connections are waiting for one).
         max_workers: requests handled at once; more wait for a worker.
         max_connections: connections open at once; more are answered 503.
+        max_bodies: bytes of request bodies being received or handled at once (default
+            four times ``max_body``); a body that would go beyond is answered 503 (clients
+            retry) and thrown away unread, so many large posts cannot exhaust memory.
         server_header: the ``Server`` header of every answer.
+        screen: sees each request's head before its body is read and may refuse it.
+        serial: requests for which it is true are handled one at a time, in arrival order,
+            by one thread of their own, so those that wait their turn hold no worker.
     """
 
     def __init__(
@@ -93,11 +100,19 @@ class HttpServer:
         park_after: float = 0.02,
         max_workers: int = 32,
         max_connections: int = 10_000,
+        max_bodies: int | None = None,
         server_header: str = "mlbench-metrics",
+        screen: Screen | None = None,
+        serial: Serial | None = None,
     ) -> None:
         self._handler = handler
+        self._screen = screen
+        self._serial = serial
+        self._serial_work: queue.SimpleQueue[tuple[Connection, Request, bool] | None] = queue.SimpleQueue()
+        self._serial_thread: threading.Thread | None = None
         self._error = error
         self._max_body = max_body
+        self._bodies = BodyBudget(max_bodies if max_bodies is not None else 4 * max_body)
         self._idle_timeout = idle_timeout
         self._header_timeout = header_timeout
         self._body_timeout = body_timeout
@@ -136,6 +151,8 @@ class HttpServer:
         """Start accepting connections in the ``mlbench-server`` thread."""
         if self._selector_thread is not None:
             return
+        if self._serial is not None:
+            self._serial_thread = start_thread(self._serial_loop, "mlbench-server-serial")
         self._selector_thread = start_thread(self._select_loop, "mlbench-server")
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -150,23 +167,22 @@ class HttpServer:
             conns = list(self._open)
             workers = list(self._workers)
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         for _ in workers:
             self._work.put(None)
+        self._serial_work.put(None)
         for worker in workers:
             worker.join(max(0.0, deadline - time.monotonic()))
+        if self._serial_thread is not None:
+            self._serial_thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             leftovers = list(self._open)
         for conn in leftovers:  # parked after the selector stopped watching
             self._close(conn)
         for s in (self._sock, self._wake_r, self._wake_w):
-            try:
+            with contextlib.suppress(OSError):
                 s.close()
-            except OSError:
-                pass
 
     @property
     def connections(self) -> int:
@@ -175,10 +191,8 @@ class HttpServer:
             return len(self._open)
 
     def _wake(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
-        except OSError:
-            pass
 
     # -- the selector thread: accept, watch parked connections -------------------
 
@@ -207,7 +221,7 @@ class HttpServer:
                                 pause = min(pause * 2, _PAUSE_MAX)
                         else:
                             conn = key.data
-                            whole = self._read_parked(conn)
+                            whole = conn.send_parked() if conn.sending else self._read_parked(conn)
                             if whole is not False:
                                 parked.discard(conn)
                                 sel.unregister(conn.sock)
@@ -222,7 +236,8 @@ class HttpServer:
                         newly, self._to_park = self._to_park, []
                     for conn in newly:
                         try:
-                            sel.register(conn.sock, selectors.EVENT_READ, conn)
+                            events = selectors.EVENT_WRITE if conn.sending else selectors.EVENT_READ
+                            sel.register(conn.sock, events, conn)
                         except (KeyError, ValueError, OSError):
                             _log.exception("cannot watch the connection from %s; closing it", conn.client)
                             self._close(conn)
@@ -269,11 +284,7 @@ class HttpServer:
                 if not full:
                     self._open.add(conn)
             if full:
-                try:
-                    sock.settimeout(1.0)
-                    self._send(sock, self._error(503, "too many connections"), close=True)
-                except OSError:
-                    pass
+                self._send_nowait(sock, self._error(503, "too many connections"))
                 sock.close()
                 continue
             self._dispatch(conn)
@@ -286,7 +297,10 @@ class HttpServer:
             when the peer closed it or it failed (the caller closes it).
         """
         try:
-            conn.received(conn.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT), self._header_timeout)
+            data = conn.sock.recv(RECV_SIZE, socket.MSG_DONTWAIT)
+            if conn.discard:  # a refused body: thrown away, then the connection closes
+                return False if conn.discarded(data) else None
+            conn.received(data, self._header_timeout)
         except (BlockingIOError, InterruptedError):
             return False
         except (Closed, OSError):
@@ -294,9 +308,17 @@ class HttpServer:
         return conn.ready()
 
     def _expire(self, sel: selectors.BaseSelector, parked: set[Connection]) -> None:
-        """Close parked connections silent for ``idle_timeout`` or late with their request (408)."""
+        """Close parked connections silent for ``idle_timeout``, late with their request (408),
+        not reading their answer for ``idle_timeout`` or done with the time to throw a refused
+        body away."""
         now = time.monotonic()
         for conn in list(parked):
+            if conn.sending or conn.discard:
+                if now - conn.last_active > self._idle_timeout or (conn.discard and now > (conn.deadline or 0)):
+                    parked.discard(conn)
+                    sel.unregister(conn.sock)
+                    self._close(conn)
+                continue
             late = conn.deadline is not None and now > conn.deadline
             if late or (conn.deadline is None and now - conn.last_active > self._idle_timeout):
                 parked.discard(conn)
@@ -338,34 +360,65 @@ class HttpServer:
             with self._lock:
                 self._idle_workers += 1
 
+    @property
+    def bodies_in_flight(self) -> int:
+        """Bytes of request bodies counted against ``max_bodies`` right now."""
+        return self._bodies.used
+
     def _close(self, conn: Connection) -> None:
+        self._bodies.release(conn)
         with self._lock:
             self._open.discard(conn)
-        try:
+        with contextlib.suppress(OSError):
             conn.sock.close()
-        except OSError:
-            pass
 
     def _serve(self, conn: Connection) -> None:
-        """Serve requests on ``conn`` until it closes, or park it when it has nothing whole to serve."""
+        """Serve requests on ``conn`` until it closes, or park it when it cannot go on without waiting.
+
+        It waits neither for a client to read (an answer that does not fit in the socket's
+        buffer is parked with the rest: :meth:`_flush`) nor for bytes for longer than
+        ``park_after``. While an answer is going out no further request is read, so a
+        client that pipelines requests and never reads holds one answer, not a worker.
+        """
         sock = conn.sock
         answered = False
         try:
             while not self._stopping.is_set():
-                sock.settimeout(self._idle_timeout)  # for the answers and 100 Continue
+                if conn.sending and not conn.flush():
+                    self._park(conn)  # the client is not reading: the selector waits for it
+                    return
+                if conn.discard:
+                    self._park(conn)  # the selector throws the refused body away, then closes
+                    return
+                if conn.close_after:
+                    break
                 try:
-                    taken = conn.take_request(self._max_body, self._body_timeout)
+                    taken = conn.take_request(self._max_body, self._body_timeout, self._screen)
+                except Refused as exc:
+                    self._refused(conn, exc)
+                    continue
                 except BodyTooLarge as exc:
-                    self._send(sock, self._error(413, exc.message), close=True)
-                    conn.drain(exc.length)  # so the client gets to read the 413
-                    break
+                    self._queue(conn, self._error(413, exc.message), close=True)
+                    conn.refuse_body(exc.length)  # so the client gets to read the 413
+                    continue
                 except BadRequest as exc:
-                    self._send(sock, self._error(exc.status, exc.message), close=True)
-                    break
+                    self._queue(conn, self._error(exc.status, exc.message), close=True)
+                    continue
+                if (
+                    taken is None
+                    and conn.head is not None
+                    and not conn.reserved
+                    and not self._bodies.reserve(conn, self._max_body)
+                ):
+                    self._queue(conn, self._error(503, "too many large request bodies at once; retry"), close=True)
+                    conn.refuse_body(conn.head.length if not conn.head.chunked else self._max_body)
+                    continue
                 if taken is None:
+                    if conn.out:  # a 100 Continue to send first
+                        continue
                     if conn.deadline is not None and time.monotonic() > conn.deadline:
-                        self._send(sock, self._error(408, "the request did not arrive in time"), close=True)
-                        break
+                        self._queue(conn, self._error(408, "the request did not arrive in time"), close=True)
+                        continue
                     if (answered or conn.buf) and self._work.qsize() > 0:  # others wait for a worker: make way
                         self._park(conn)
                         return
@@ -377,33 +430,67 @@ class HttpServer:
                         return
                     continue
                 request, keep_alive = taken
-                try:
-                    response = self._handler(request)
-                except Exception:
-                    _log.exception("unhandled error for %s %s", request.method, request.path)
-                    response = self._error(500, "internal server error; the server log has the details")
-                close = response.close or not keep_alive or self._stopping.is_set()
-                self._send(sock, response, close=close, head_only=request.method == "HEAD")
-                if close:
-                    break
+                if self._serial is not None and self._serial(request):
+                    self._serial_work.put((conn, request, keep_alive))  # its worker is free for others
+                    return
+                self._answer(conn, request, keep_alive)
                 answered = True
-                conn.last_active = time.monotonic()
         except (Closed, OSError):
             # The peer went away, or stop() shut the socket down.
             pass
         self._close(conn)
 
-    # -- requests and answers ---------------------------------------------------------
+    def _refused(self, conn: Connection, exc: Refused) -> None:
+        """Answer a refused head; a body is thrown away unread, then the connection closes."""
+        if exc.length == 0 and exc.keep_alive:
+            self._queue(conn, exc.response, close=False)
+            conn.deadline = None
+            conn.scanned = 0
+            return
+        self._queue(conn, exc.response, close=True)
+        conn.refuse_body(exc.length)
 
-    def _send(self, sock: socket.socket, response: Response, *, close: bool, head_only: bool = False) -> None:
-        """Send ``response`` in one write; for a HEAD request, its head alone (HTTP forbids a body)."""
-        head, body = encode_response(response, self._server_header, close=close)
-        sock.sendall(head if head_only else head + body)
+    def _answer(self, conn: Connection, request: Request, keep_alive: bool) -> None:
+        """Run the handler for ``request`` and queue its answer on ``conn``."""
+        try:
+            response = self._handler(request)
+        except Exception:
+            _log.exception("unhandled error for %s %s", request.method, request.path)
+            response = self._error(500, "internal server error; the server log has the details")
+        self._bodies.release(conn)  # the body is answered: it no longer counts
+        close = response.close or not keep_alive or self._stopping.is_set()
+        self._queue(conn, response, close=close, head_only=request.method == "HEAD", v10=request.http10)
+        conn.last_active = time.monotonic()
+
+    def _serial_loop(self) -> None:
+        """The ``mlbench-server-serial`` thread: requests that take turns (``serial``), one at a time."""
+        while True:
+            item = self._serial_work.get()
+            if item is None:
+                return
+            conn, request, keep_alive = item
+            try:
+                self._answer(conn, request, keep_alive)
+            except Exception:
+                _log.exception("connection from %s failed", conn.client)
+                self._close(conn)
+                continue
+            self._dispatch(conn)  # a worker sends the answer and reads what follows
+
+    # -- answers: queued on the connection, sent without waiting for the client --------
+
+    def _queue(
+        self, conn: Connection, response: Response, *, close: bool, head_only: bool = False, v10: bool = False
+    ) -> None:
+        """Put ``response`` in ``conn``'s output: for HEAD, its head alone (HTTP forbids a body);
+        for HTTP/1.0 (``v10``, no chunks), a streamed body ends with the connection."""
+        close = close or (v10 and response.stream is not None)
+        head, body = encode_response(response, self._server_header, close=close, chunked=not v10)
+        stream = None if head_only else response.stream
+        conn.queue(head, None if head_only else body, stream, close=close, chunked=not v10)
 
     def _send_nowait(self, sock: socket.socket, response: Response) -> None:
         """Best effort from the selector thread: whatever fits in the socket's buffer now."""
         head, body = encode_response(response, self._server_header, close=True)
-        try:
+        with contextlib.suppress(OSError):
             sock.send(head + body, socket.MSG_DONTWAIT)
-        except OSError:
-            pass

@@ -14,9 +14,10 @@ for an unknown coding, but a 5xx would say the server failed, and nothing did). 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Final
+from typing import Final, Optional
 from urllib.parse import unquote, urlsplit
 
 __all__ = [
@@ -60,17 +61,27 @@ class Request:
     headers: dict[str, str]
     body: bytes
     client: str = ""
+    http10: bool = False
 
 
 @dataclass
 class Response:
-    """One HTTP answer; ``body`` is sent as is (no body for 204 and 304)."""
+    """One HTTP answer; ``body`` is sent as is (no body for 204 and 304).
+
+    Attributes:
+        stream: when set, the body instead: pieces of bytes made while the answer is
+            sent (``Transfer-Encoding: chunked``), so that a large export never sits whole
+            in memory. The server asks for the next piece only once the client has read
+            the previous ones; the iterable must not hold a database cursor between pieces
+            (a piece may be asked for from another thread).
+    """
 
     status: int
     body: bytes = b""
     content_type: str = "application/json"
     headers: list[tuple[str, str]] = field(default_factory=list)
     close: bool = False
+    stream: Optional[Iterable[bytes]] = None
 
 
 class BadRequest(Exception):
@@ -102,6 +113,7 @@ class Head:
     length: int
     size: int
     continue_sent: bool = False
+    http10: bool = False
 
 
 def skip_blank_lines(buf: bytearray) -> None:
@@ -155,7 +167,8 @@ def parse_head(buf: bytearray, max_body: int) -> Head | None:
     if expect_continue and length > max_body:
         raise BadRequest(413, f"body of {length} bytes is over the limit of {max_body}")
     path, query = _split_target(target)
-    return Head(method, path, query, headers, keep_alive, expect_continue, chunked, length, size)
+    http10 = version == "HTTP/1.0"
+    return Head(method, path, query, headers, keep_alive, expect_continue, chunked, length, size, http10=http10)
 
 
 def _request_line(line: str) -> tuple[str, str, str]:
@@ -275,15 +288,27 @@ def _reason(status: int) -> str:
         return "Unknown"
 
 
-def encode_response(response: Response, server: str, *, close: bool) -> tuple[bytes, bytes]:
+def encode_response(response: Response, server: str, *, close: bool, chunked: bool = True) -> tuple[bytes, bytes]:
     """The answer's head (status line and headers) and body, ready for one write.
 
-    204, 304 and 1xx answers carry no body whatever ``response.body`` holds.
+    204, 304 and 1xx answers carry no body whatever ``response.body`` holds. A streamed
+    answer (``response.stream``) announces ``Transfer-Encoding: chunked`` (with ``chunked``;
+    else, for an HTTP/1.0 client, nothing: the end of its body is the connection's) and
+    returns no body here: the server frames the pieces as it sends them. Every answer says
+    ``X-Content-Type-Options: nosniff``, so a browser never takes a JSON or CSV answer
+    holding ``<script>`` for a page.
     """
     status = response.status
     lines = [f"HTTP/1.1 {status} {_reason(status)}", f"Server: {server}"]
+    if not any(k.lower() == "x-content-type-options" for k, _ in response.headers):
+        lines.append("X-Content-Type-Options: nosniff")
     body = response.body
     if status in (204, 304) or 100 <= status < 200:
+        body = b""
+    elif response.stream is not None:
+        lines.append(f"Content-Type: {response.content_type}")
+        if chunked:
+            lines.append("Transfer-Encoding: chunked")
         body = b""
     else:
         lines.append(f"Content-Type: {response.content_type}")

@@ -16,11 +16,23 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 from .chunks import Chunk, decode_chunk
 
-__all__ = ["ChunkCache", "SeriesColumns", "merge_columns"]
+
+class _Key(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def first_date(self) -> int: ...
+    @property
+    def last_date(self) -> int: ...
+    @property
+    def points(self) -> int: ...
+
+
+__all__ = ["ChunkCache", "SeriesColumns", "merge_columns", "windows"]
 
 
 class ChunkCache:
@@ -155,3 +167,31 @@ def merge_columns(name: str, chunks: Sequence[Chunk], since_us: int | None, unti
     if lo > 0 or hi < len(dates):
         dates, values = dates[lo:hi], values[lo:hi]
     return SeriesColumns(name, dates, values, cursor, list(chunks), origin, starts, lo)
+
+
+def windows(keys: Iterable[_Key], points: int) -> Iterator[tuple[str, list[Any]]]:
+    """Cut chunk keys, in (name, first date, id) order, into ``(name, keys)`` windows of about
+    ``points`` points whose chunks a series can be merged from one window at a time.
+
+    A window ends only where the next chunk of its series starts after every date the
+    window holds, so merging each window (:func:`merge_columns`) and concatenating gives
+    the series in (date, arrival) order. Chunks that overlap (batches that arrived out of
+    order) stay in one window, however many points that makes.
+    """
+    name: str | None = None
+    group: list[Any] = []
+    total = 0
+    last = 0
+    for key in keys:
+        if group and (key.name != name or (total >= points and key.first_date > last)):
+            assert name is not None
+            yield name, group
+            group, total = [], 0
+        if not group:
+            name, last = key.name, key.last_date
+        group.append(key)
+        total += key.points
+        last = max(last, key.last_date)
+    if group:
+        assert name is not None
+        yield name, group

@@ -6,6 +6,10 @@ A run created with a custom image's command runs on this machine instead of in p
 them (``hosts`` is ``127.0.0.1`` once per worker, where the dashboard lists its pods),
 and ``--gpu``/``--light`` appended when the run asks for them, as the dashboard does.
 
+A command starting with ``python`` (or ``python3``, or this server's ``python3.X``) runs
+with the server's own interpreter (``sys.executable``), so ``python train.py`` finds
+the packages the server was installed with, whatever ``PATH`` holds.
+
 The command is an argument list: it is split like a shell would (``shlex``) *first*, and
 the placeholders are filled inside each argument afterwards, so no field (a backend, a
 name) can add, split or quote arguments, and no shell ever runs it. A command that
@@ -37,6 +41,7 @@ import shlex
 import signal
 import string
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -56,6 +61,7 @@ _TAIL_LINES: Final = 200
 _PUBLISH_EVERY: Final = 0.5  # seconds between job_metadata updates while a run goes
 _TERM_GRACE: Final = 5.0  # seconds between SIGTERM and SIGKILL when a run is stopped
 MAX_LOCAL_WORKERS: Final = 256
+_PYTHON_NAMES: Final = frozenset({"python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}"})
 """The most workers a local run may have (each may be a process on this machine)."""
 _PLACEHOLDERS: Final = ("run_id", "rank", "hosts", "backend")
 
@@ -365,6 +371,8 @@ def command_lines(run: Mapping[str, Any]) -> list[list[str]]:
         raise ExecError(f"custom_image_command cannot be split into arguments: {exc}") from None
     if not template:
         raise ExecError("custom_image_command is empty: there is nothing to run")
+    if template[0] in _PYTHON_NAMES and sys.executable:
+        template[0] = sys.executable
     values = {"run_id": int(run["id"]), "hosts": ",".join(["127.0.0.1"] * workers), "backend": str(run["backend"])}
     extra = (["--gpu"] if run["gpu_enabled"] else []) + (["--light"] if run["light_target"] else [])
     lines = []

@@ -91,9 +91,10 @@ def zip_entry_name(prefix: str, name: str) -> str:
     """``<prefix>_<name>.json`` with nothing that could leave the folder it is unpacked in.
 
     Separators, drive colons, control characters and runs of dots become ``_``, so an
-    entry is always one plain file name.
+    entry is always one plain file name; a lone surrogate (not UTF-8) is escaped first.
     """
-    return _UNSAFE_IN_ENTRY.sub("_", f"{prefix}_{name}") + ".json"
+    name = f"{prefix}_{name}".encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate: \\udcff
+    return _UNSAFE_IN_ENTRY.sub("_", name) + ".json"
 
 
 def zip_metrics(
@@ -123,5 +124,5 @@ def zip_metrics(
                 data = [{"date": format_zip_date(p[0]), "value": p[1], "cumulative": p[2]} for p in points]
                 zf.writestr(entry, json.dumps(data, indent=4))
             if index == 0 and official is not None:
-                zf.writestr("official_result.txt", official)
+                zf.writestr("official_result.txt", official.encode("utf-8", "backslashreplace"))
     return buffer.getvalue()

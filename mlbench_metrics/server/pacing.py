@@ -7,8 +7,10 @@ single posts (``POST /api/metrics/``), and the slow-dashboard case can be tested
 measured on one machine. Everything else (batches, reads, runs) is served at full speed,
 so a test can watch the charts fill while they fill slowly.
 
-No threads are started here: the pacer runs in the HTTP layer's connection threads,
-which it makes take turns.
+No threads are started here: the pacer runs in the HTTP layer's threads. Paced posts
+go to the layer's one serial thread (see :meth:`Pacer.paces`), so while 40 clients post,
+reads still find a free worker; the pacer's own lock keeps them in turn all the same
+when it is called from anywhere else.
 """
 
 from __future__ import annotations
@@ -69,9 +71,18 @@ class Pacer:
         # One post at a time, as the dashboard's single SQLite writer does.
         self._turn = threading.Lock()
 
+    @staticmethod
+    def paces(request: Request) -> bool:
+        """Whether ``request`` is one the pacer makes take turns (a single metric post).
+
+        The HTTP layer hands such requests to one thread of their own (``serial``), so
+        posts waiting their turn never hold the workers that reads and batches need.
+        """
+        return request.method == "POST" and _SINGLE_POST.fullmatch(request.path) is not None
+
     def __call__(self, request: Request) -> Response:
         """Answer ``request``; single metric posts take their turn and their time."""
-        if request.method != "POST" or not _SINGLE_POST.fullmatch(request.path):
+        if not self.paces(request):
             return self._handler(request)
         with self._turn:
             started = self._clock()

@@ -23,6 +23,7 @@ from ..records import (
     name_problem,
     parse_date,
     parse_flag,
+    text_problem,
     value_problem,
 )
 from ..records import (
@@ -46,6 +47,7 @@ __all__ = [
     "error_response",
     "field",
     "json_response",
+    "json_text",
     "metric_name",
     "metric_value",
     "now_us",
@@ -67,6 +69,9 @@ INT_MAX: Final = 2**63 - 1
 """The largest integer SQLite stores."""
 
 _MAX_FORM_FIELDS: Final = 1000
+# A JSON body may hold a lone surrogate only as an escape (\\udc80) or as the bytes
+# CESU-8 gives one (ED A0-BF ..); bodies without either are not walked.
+_MAYBE_SURROGATE: Final = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 _FILENAME_STRIP_RE: Final = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -84,9 +89,18 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+def json_text(payload: Any) -> bytes:
+    """``payload`` as compact UTF-8 JSON; text that cannot be UTF-8 (a lone surrogate stored
+    before the server refused them) comes out escaped (``\\udcff``), never as an error."""
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(payload, separators=(",", ":")).encode("ascii")
+
+
 def json_response(status: int, payload: Any, headers: list[tuple[str, str]] | None = None) -> Response:
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return Response(status, body, "application/json", headers or [])
+    return Response(status, json_text(payload), "application/json", headers or [])
 
 
 _STATUS_WORDS: Final = {
@@ -170,6 +184,7 @@ def as_bool(value: Any, key: str) -> bool:
 
 def as_text(value: Any, key: str) -> str:
     if isinstance(value, str):
+        _refuse_surrogates(value, key)
         return value
     if isinstance(value, (dict, list)):
         return json.dumps(value)
@@ -232,10 +247,29 @@ def parse_body(request: Request) -> dict[str, Any]:
             raise ApiFailure(400, "malformed JSON body: nested too deeply") from None
         if not isinstance(data, dict):
             raise ApiFailure(400, "the JSON body must be an object")
+        if _MAYBE_SURROGATE.search(body) is not None:
+            _refuse_surrogates(data, "body")
         return data
     if media == "multipart/form-data":
         return _parse_multipart(ctype, body)
     raise ApiFailure(415, f"unsupported Content-Type {media!r}; send form, JSON or multipart data")
+
+
+def _refuse_surrogates(value: Any, where: str) -> None:
+    """400 for a string anywhere in ``value`` (keys included) that holds a lone surrogate."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, str):
+            problem = text_problem(item, f"field {at!r}")
+            if problem is not None:
+                raise ApiFailure(400, problem)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                stack.append((key, at))
+                stack.append((child, str(key)[:50]))
+        elif isinstance(item, list):
+            stack.extend((child, at) for child in item)
 
 
 def _parse_multipart(ctype: str, body: bytes) -> dict[str, Any]:

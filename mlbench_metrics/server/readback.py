@@ -35,17 +35,17 @@ threads are started here.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import math
 import re
 import struct
+import zlib
 from array import array
 from bisect import bisect_left
-from typing import Any, Callable, Final, Sequence
+from typing import Any, Callable, Final, Iterator, Sequence
 from urllib.parse import parse_qsl
 
-from ..points import MetricPoint, parse_metadata, split_name, to_number, write_csv, write_json
+from ..points import MetricPoint, csv_pieces, json_pieces, parse_metadata, split_name, to_number
 from ..records import parse_date, us_to_datetime
 from ._http import Request, Response
 from .columns import SeriesColumns
@@ -295,17 +295,22 @@ class ReadBack:
             raise ApiFailure(400, f"unknown field(s) {', '.join(unknown)[:80]}; use {', '.join(FIELDS)}")
         names = self._names(run["id"], params)
         max_points = _int_param(params, "max_points")
+        since_us, until_us = _date_param(params, "since"), _date_param(params, "until")
+        live = params.get("after", [""])[-1] or params.get("through", [""])[-1]
+        if fmt != "columns" and not max_points and not live:  # a whole run's download: streamed
+            pieces = self.store.series_pieces(run["id"], names, (since_us, until_us))
+            return self._export(run, pieces, fmt, 0, request)
         columns = self.store.series_columns(
             run["id"],
             names,
-            since_us=_date_param(params, "since"),
-            until_us=_date_param(params, "until"),
+            since_us=since_us,
+            until_us=until_us,
             after_id=_int_param(params, "after"),
             through_id=_int_param(params, "through") if params.get("through", [""])[-1] else None,
         )
         cursor = max([c.cursor for c in columns], default=_int_param(params, "after"))
         if fmt != "columns":
-            return _compressed(self._export(run, columns, fmt, max_points), request)
+            return self._export(run, iter(columns), fmt, max_points, request)
         out = [self._series_json(c, fields, max_points) for c in columns]
         return _compressed(json_response(200, {"run_id": run["id"], "cursor": cursor, "series": out}), request)
 
@@ -363,29 +368,42 @@ class ReadBack:
         out["points"] = {f: builders[f]() for f in fields}
         return out
 
-    def _export(self, run: dict[str, Any], columns: list[SeriesColumns], fmt: str, max_points: int) -> Response:
-        """One row per point (``format=csv|json``), as ``metrics download`` writes them."""
+    def _export(
+        self, run: dict[str, Any], columns: Iterator[SeriesColumns], fmt: str, max_points: int, request: Request
+    ) -> Response:
+        """One row per point (``format=csv|json``), as ``metrics download`` writes them, streamed:
+        rows are made a few thousand at a time as the client reads (gzip-compressed as they
+        go when it accepts that), so a run of millions of points never sits whole in memory.
+        Text that cannot be UTF-8 (a lone surrogate stored before the server refused them)
+        comes out escaped (``\\udcff``), in CSV as in JSON."""
 
-        def rows(c: SeriesColumns) -> list[MetricPoint]:
+        def rows(c: SeriesColumns) -> Iterator[MetricPoint]:
             keep = self._keep(c, max_points)
-            metadata, cumulative = c.details(keep)
             name_rank = split_name(c.name)[1]
-            out = []
-            for i, meta, cum in zip(keep, metadata, cumulative):
-                step, epoch, rank = parse_metadata(meta)
-                date = us_to_datetime(c.dates[i])
-                out.append(
-                    MetricPoint(
-                        date, to_number(c.values[i]), step, epoch, rank if rank is not None else name_rank, cum, meta
-                    )
-                )
-            return out
+            for start in range(0, len(keep), 4096):
+                part = keep[start : start + 4096]
+                metadata, cumulative = c.details(part)
+                for i, meta, cum in zip(part, metadata, cumulative):
+                    step, epoch, rank = parse_metadata(meta)
+                    rank = rank if rank is not None else name_rank
+                    yield MetricPoint(us_to_datetime(c.dates[i]), to_number(c.values[i]), step, epoch, rank, cum, meta)
 
-        buffer = io.StringIO()
-        writer = write_csv if fmt == "csv" else write_json
-        writer(((c.name, rows(c)) for c in columns), buffer)
+        pieces = (csv_pieces if fmt == "csv" else json_pieces)((c.name, rows(c)) for c in columns)
+        encoded: Iterator[bytes] = (piece.encode("utf-8", "backslashreplace") for piece in pieces)
         filename = f"metrics_{secure_filename(run['name'])}.{fmt}"
         media = "text/csv; charset=utf-8" if fmt == "csv" else "application/json"
-        return Response(
-            200, buffer.getvalue().encode(), media, [("Content-Disposition", f"attachment; filename={filename}")]
-        )
+        headers = [("Content-Disposition", f"attachment; filename={filename}")]
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            headers += [("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")]
+            encoded = _gzipped(encoded)
+        return Response(200, b"", media, headers, stream=encoded)
+
+
+def _gzipped(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    """``pieces`` gzip-compressed as they come (level 1, as :func:`_compressed`)."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
+    for piece in pieces:
+        out = compressor.compress(piece)
+        if out:
+            yield out
+    yield compressor.flush()

@@ -29,7 +29,7 @@ from typing import Any, Callable, Final, Protocol
 from .._version import __version__
 from ..client.images import official_image_names
 from ..records import parse_date
-from . import pages, readback, run_states
+from . import pages, readback, run_states, runs_table
 from ._http import Request, Response
 from .access import AccessPolicy
 from .formats import metric_json, point_json, run_json, summarize_points, zip_metrics
@@ -131,6 +131,8 @@ class App:
                 self.add_route(pattern, methods, public=True)
             for pattern, methods in [*readback.ReadBack(store).routes(), *self.states.routes()]:
                 self.add_route(pattern, methods)
+            for pattern, methods in runs_table.RunsTable(store, self.states).routes():
+                self.add_route(pattern, methods)
         if not extensions:
             self.add_route(r"/api/runs/(?P<pk>[^/]+)/?", {"GET": self.get_run, "DELETE": self.delete_run})
             self.add_route(r"/api/metrics/batch/?", {"GET": self.dashboard_batch_get})
@@ -167,12 +169,7 @@ class App:
     def handle(self, request: Request) -> Response:
         """Answer one request; never raises."""
         try:
-            for route in self._routes:
-                match = route.pattern.fullmatch(request.path)
-                if match is not None:
-                    break
-            else:
-                route, match = None, None
+            route, match = self._route(request.path)
             refused = self.access.refuse(request, public=route is not None and route.public)
             if refused is not None:
                 return refused
@@ -188,6 +185,20 @@ class App:
             return error_response(exc.status, exc.message, exc.extra)
         except sqlite3.OperationalError as exc:
             return self._database_unavailable(exc)
+
+    def screen(self, request: Request) -> Response | None:
+        """The access checks on a request's head alone, before its body is read: the refusal,
+        or None. The HTTP layer asks this first, so a body sent without the token (or from a
+        foreign origin) is never kept in memory; :meth:`handle` checks again all the same."""
+        route, _ = self._route(request.path)
+        return self.access.refuse(request, public=route is not None and route.public)
+
+    def _route(self, path: str) -> tuple[_Route | None, re.Match[str] | None]:
+        for route in self._routes:
+            match = route.pattern.fullmatch(path)
+            if match is not None:
+                return route, match
+        return None, None
 
     def _database_unavailable(self, exc: sqlite3.OperationalError) -> Response:
         """A 503 (clients retry, then spool: nothing is lost) saying what is wrong, logged
@@ -219,7 +230,7 @@ class App:
                 "server": {
                     "name": "mlbench-metrics",
                     "version": __version__,
-                    "extensions": ["batch", "pods", *run_states.EXTENSIONS, *readback.EXTENSIONS]
+                    "extensions": ["batch", "pods", *run_states.EXTENSIONS, *readback.EXTENSIONS, "runs_table"]
                     if self.extensions
                     else [],
                     "exec": self.executor is not None,

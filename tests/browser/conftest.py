@@ -18,6 +18,20 @@ from typing import Any
 import pytest
 
 SCREENSHOTS = Path(__file__).parent / "screenshots"
+XSS = "<img src=x onerror=alert(1)>"  # a name that must show as text on every page
+
+# Colored (not grey) pixels of a chart's canvas: the lines; the grid and axes are grey.
+COLORED_PIXELS = """(selector) => {
+  const canvas = document.querySelector(selector + " canvas");
+  if (!canvas) return 0;
+  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let n = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    if (data[i + 3] > 0 && (Math.abs(data[i] - data[i + 1]) > 30 || Math.abs(data[i + 1] - data[i + 2]) > 30)) n++;
+  }
+  return n;
+}"""
+
 # As the tool library says Chromium must run here: no sandbox as root, no GPU, and no
 # background traffic (this machine has no network beyond loopback).
 CHROMIUM_ARGS = [

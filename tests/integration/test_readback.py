@@ -10,15 +10,17 @@ import logging
 import math
 from collections.abc import Iterator
 from itertools import repeat
+from pathlib import Path
 
 import pytest
 import requests
 
 from mlbench_metrics import ApiClient, ConfigError, MetricsLogger, Run
+from mlbench_metrics.cli import main as cli_main
 from mlbench_metrics.points import EXPORT_COLUMNS
 from mlbench_metrics.server import ServerHandle, serve
 
-from helpers import METRIC_BODY_2, create_run
+from helpers import METRIC_BODY_2, create_run, raw_exchange
 
 
 def _points(server: ServerHandle, run_id: int, **params: object) -> dict[str, object]:
@@ -332,3 +334,63 @@ def test_api_root_lists_the_extensions(server: ServerHandle) -> None:
     assert {"points", "run_config"} <= set(extensions)
     with ApiClient(url=server.address) as client:
         assert {"points", "run_config"} <= client.server_extensions()
+
+
+def test_an_export_streams_every_point_in_order_whatever_order_the_chunks_came_in(server: ServerHandle) -> None:
+    """A download without max_points is streamed (chunked), in pieces of about 50,000 points:
+    series after series, each in (date, arrival) order even where batches overlap."""
+    run_id = create_run(server.url)["id"]
+    _add(server, run_id, "b", list(range(0, 120_000, 2)), list(range(0, 120_000, 2)))
+    _add(server, run_id, "b", list(range(1, 120_000, 2)), list(range(1, 120_000, 2)))  # overlaps it all
+    for start in range(0, 130_000, 10_000):  # in order, batch after batch
+        _add(server, run_id, "a", list(range(start, start + 10_000)), [-0.5] * 10_000)
+    _add(server, run_id, "c", [5, 5, 5], ["x", "y", "z"])  # one date, arrival order kept
+    for headers in ({"Accept-Encoding": "identity"}, {"Accept-Encoding": "gzip"}):
+        response = requests.get(f"{server.url}/api/runs/{run_id}/points/?format=csv", headers=headers, timeout=60)
+        assert response.status_code == 200 and response.headers["Transfer-Encoding"] == "chunked"
+        rows = list(csv.DictReader(io.StringIO(response.text)))
+        assert [r["name"] for r in rows] == ["a"] * 130_000 + ["b"] * 120_000 + ["c"] * 3
+        assert [r["value"] for r in rows[:2]] == ["-0.5", "-0.5"]  # a negative number stays a number
+        assert [int(r["value"]) for r in rows[130_000:250_000]] == list(range(120_000))
+        assert [r["value"] for r in rows[-3:]] == ["x", "y", "z"]
+    answer = requests.get(f"{server.url}/api/runs/{run_id}/points/?format=json&metric=c", timeout=60)
+    assert [p["value"] for p in answer.json()] == ["x", "y", "z"]
+    since = requests.get(
+        f"{server.url}/api/runs/{run_id}/points/?format=json&metric=b&since=1970-01-01T00:00:00.1", timeout=60
+    )
+    assert [p["value"] for p in since.json()] == list(range(100_000, 120_000))
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_neutralised(server: ServerHandle, tmp_path: Path) -> None:
+    """OWASP: a cell starting with = + - @ gets a leading quote, in the server's CSV and the
+    CLI's (one writer); numbers, negative ones included, stay numbers."""
+    run_id = create_run(server.url)["id"]
+    _add(server, run_id, '=HYPERLINK("http://evil")', [1, 2], ["@SUM(A1)", "-0.5"], "+cmd|' /C calc'!A0")
+    _add(server, run_id, "loss", [1, 2, 3], [-0.5, "-2+3", "-inf"], "-1")
+    expected = {
+        ('\'=HYPERLINK("http://evil")', "'@SUM(A1)", "'+cmd|' /C calc'!A0"),
+        ('\'=HYPERLINK("http://evil")', "-0.5", "'+cmd|' /C calc'!A0"),
+        ("loss", "-0.5", "-1"),
+        ("loss", "'-2+3", "-1"),
+        ("loss", "-inf", "-1"),
+    }
+    answer = requests.get(f"{server.url}/api/runs/{run_id}/points/?format=csv", timeout=30)
+    assert {(r["name"], r["value"], r["metadata"]) for r in csv.DictReader(io.StringIO(answer.text))} == expected
+    out = tmp_path / "out.csv"
+    assert (
+        cli_main(["metrics", "download", str(run_id), "--format", "csv", "-o", str(out), "--url", server.address]) == 0
+    )
+    with open(out, newline="", encoding="utf-8") as f:
+        assert {(r["name"], r["value"], r["metadata"]) for r in csv.DictReader(f)} == expected
+
+
+def test_an_http10_client_gets_a_streamed_export_without_chunks(server: ServerHandle) -> None:
+    """HTTP/1.0 has no chunked encoding: the body ends with the connection instead."""
+    run_id = create_run(server.url)["id"]
+    _add(server, run_id, "loss", [1, 2], [0.5, 0.25])
+    request = f"GET /api/runs/{run_id}/points/?format=csv HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+    answer = raw_exchange("127.0.0.1", server.port, request.encode())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Transfer-Encoding" not in head and b"Connection: close" in head
+    rows = list(csv.DictReader(io.StringIO(body.decode())))
+    assert [r["value"] for r in rows] == ["0.5", "0.25"]

@@ -351,3 +351,25 @@ def test_sigterm_fails_the_loggers_own_run(server: ServerHandle, tmp_path: Path)
         proc.kill()
         proc.wait()
     assert Run.get(run_id, url=server.address).state == "failed"
+
+
+@pytest.mark.parametrize("name", ["python", "python3"])
+def test_a_python_command_runs_with_the_servers_own_interpreter(
+    exec_server: ServerHandle, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: ``python`` was looked up in PATH, which may find another interpreter (or none)."""
+    other = tmp_path / name
+    other.write_text("#!/bin/sh\necho exe another-python\n")
+    other.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    run = Run.create(
+        unique_name(),
+        1,
+        custom_image_name="local",
+        custom_image_command=f"{name} -c 'import sys; print(\"exe\", sys.executable)'",
+        backend="gloo",
+        url=exec_server.address,
+    )
+    run.wait(timeout=60, poll=0.1)
+    assert run.state == "finished", run.job_metadata
+    assert f"exe {sys.executable}" in run.job_metadata["stdout"]

@@ -6,7 +6,6 @@ import json
 import logging
 import socket
 import threading
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import requests
 
 from mlbench_metrics.server import ServerHandle, serve
 
-from helpers import create_run, raw_exchange, wait_until
+from helpers import answered_within_a_second, create_run, raw_exchange, wait_until
 
 HUGE = "99999999999999999999999"
 
@@ -50,10 +49,7 @@ def test_clients_trickling_their_headers_delay_no_one() -> None:
             wait_until(lambda: server.connections >= 40, what="40 connections")
             for _ in range(3):  # every connection has trickled a few bytes since it connected
                 assert rounds.acquire(timeout=30)
-            started = time.monotonic()
-            r = requests.get(f"{server.url}/api/runs/", timeout=10)  # before: stuck behind 32 busy workers
-            elapsed = time.monotonic() - started
-            assert r.status_code == 200 and elapsed < 1.0, elapsed
+            answered_within_a_second(f"{server.url}/api/runs/")  # before: stuck behind 32 busy workers
         finally:
             stop.set()
             trickler.join()

@@ -1,8 +1,13 @@
 // Talking to this server's API: the token, JSON reads, deletes and downloads.
 //
-// A `?token=` in the page's address is stored for this origin (localStorage is scoped
-// to scheme, host and port) and removed from the address at once, so it never appears
-// in later URLs, the history or a bookmark. Every API call sends it as a bearer token.
+// A `?token=` in the page's address is kept in sessionStorage and removed from the
+// address at once, so it never appears in later URLs, the history or a bookmark. Every
+// API call sends it as a bearer token. Not localStorage: that outlives the tab and is
+// shared by everything ever served on 127.0.0.1:PORT, so any program a user runs later
+// on the port would read the token (and with --exec, run commands with it). A tab's
+// sessionStorage dies with the tab. A link whose token differs from the one in use asks
+// before replacing it, so a link cannot silently switch the tab to another server's
+// token (or to an attacker's).
 
 import { notice } from "./dom.js";
 
@@ -36,22 +41,32 @@ export class ApiError extends Error {
 
 /** Move a `?token=` from the address into storage, before anything else runs. */
 export function captureToken() {
+  try {
+    localStorage.removeItem(TOKEN_KEY); // where earlier versions kept it: forget it there
+  } catch (e) {
+    // storage disabled: nothing was kept there either
+  }
   const url = new URL(window.location.href);
   if (!url.searchParams.has("token")) return;
   const token = url.searchParams.get("token");
-  if (token) localStorage.setItem(TOKEN_KEY, token);
+  const current = sessionStorage.getItem(TOKEN_KEY);
+  const replace =
+    !current ||
+    current === token ||
+    window.confirm("This link carries a different access token than the one this tab uses. Use the link's token instead?");
+  if (token && replace) sessionStorage.setItem(TOKEN_KEY, token);
   url.searchParams.delete("token");
   history.replaceState(history.state, "", url.pathname + url.search + url.hash);
 }
 
 export function setToken(token) {
-  if (token) localStorage.setItem(TOKEN_KEY, token);
-  else localStorage.removeItem(TOKEN_KEY);
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  else sessionStorage.removeItem(TOKEN_KEY);
 }
 
 function headers(extra) {
   const out = Object.assign({ Accept: "application/json" }, extra || {});
-  const token = localStorage.getItem(TOKEN_KEY);
+  const token = sessionStorage.getItem(TOKEN_KEY);
   if (token) out.Authorization = "Bearer " + token;
   return out;
 }

@@ -50,7 +50,7 @@ async function route() {
   const runMatch = /^\/run\/(\d+)$/.exec(path);
   try {
     let stop;
-    if (runMatch) stop = await runPage(main, runMatch[1]);
+    if (runMatch) stop = await runPage(main, runMatch[1], query);
     else if (path.startsWith("/compare")) stop = await comparePage(main, query);
     else if (path === "/") stop = await runsPage(main, query);
     else main.replaceChildren(el("h1", {}, "Not found"), el("p", {}, el("a", { href: "#/" }, "Back to the runs")));

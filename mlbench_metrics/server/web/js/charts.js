@@ -5,6 +5,10 @@
 // scale and the rate of cumulative series can change without fetching again.
 
 import { el } from "./dom.js";
+import { Line, fold, isText, smooth, toNumber } from "./lines.js";
+import { savePng } from "./png.js";
+
+export { toNumber };
 
 export const X_MODES = [
   ["step", "step"],
@@ -18,133 +22,22 @@ const HEIGHT = 260;
 
 /** Chart-wide settings shared by every chart on a page. */
 export function defaultOptions() {
-  return { x: "step", smoothing: 0, log: false };
+  return { x: "step", smoothing: 0, log: false, fold: false };
 }
 
-/** A stored value as a number: numbers stay, "nan" and "inf" as the server writes them. */
-export function toNumber(value) {
-  if (typeof value === "number") return value;
-  const text = String(value).trim().toLowerCase();
-  if (text === "nan" || text === "") return NaN;
-  if (text === "inf" || text === "+inf" || text === "infinity") return Infinity;
-  if (text === "-inf" || text === "-infinity") return -Infinity;
-  return Number(text);
+
+/** A colour as rgba with this opacity ("#1f77b4" or "hsl(...)" as the palette and callers give them). */
+function fade(colour, alpha) {
+  const hex = /^#([0-9a-f]{6})$/i.exec(colour);
+  if (!hex) return colour.replace(/^hsl\((.*)\)$/, `hsla($1, ${alpha})`);
+  const n = parseInt(hex[1], 16);
+  return `rgba(${n >> 16}, ${(n >> 8) & 255}, ${n & 255}, ${alpha})`;
 }
 
-class Line {
-  constructor(key, label, startUs, cumulative) {
-    this.key = key;
-    this.label = label;
-    this.startUs = startUs;
-    this.cumulative = cumulative;
-    this.d = [];
-    this.s = [];
-    this.e = [];
-    this.v = [];
-    this.count = 0;
-    this.downsampled = false;
-  }
-
-  /** Replace the points with a series object of the points API. */
-  set(series) {
-    this.d = [];
-    this.s = [];
-    this.e = [];
-    this.v = [];
-    this.append(series);
-    this.count = series.count;
-    this.downsampled = series.downsampled;
-  }
-
-  /** Add newly arrived points (reads never overlap: see `through`); keeps date order. */
-  append(series) {
-    const p = series.points;
-    const d = p.date_us || [];
-    let sorted = true;
-    let added = 0;
-    for (let i = 0; i < d.length; i++) {
-      if (this.d.length && d[i] < this.d[this.d.length - 1]) sorted = false;
-      this.d.push(d[i]);
-      this.s.push(p.step ? p.step[i] : null);
-      this.e.push(p.epoch ? p.epoch[i] : null);
-      this.v.push(p.value[i]);
-      added++;
-    }
-    this.count += added;
-    if (!sorted) this.sortByDate();
-    return added;
-  }
-
-  sortByDate() {
-    const order = this.d.map((_, i) => i).sort((a, b) => this.d[a] - this.d[b] || a - b);
-    for (const key of ["d", "s", "e", "v"]) this[key] = order.map((i) => this[key][i]);
-  }
-
-  hasSteps() {
-    return this.s.some((s) => s !== null && s !== undefined);
-  }
-
-  /** [xs, ys] for the chart's settings (and with `withIndex`, each x's point index);
-   *  cumulative series become a rate per second. */
-  table(opts, withIndex) {
-    const xs = [];
-    const ys = [];
-    const idx = [];
-    const byIndex = opts.x === "step" && !this.hasSteps();
-    let prevD = null;
-    let prevV = null;
-    for (let i = 0; i < this.d.length; i++) {
-      let y = toNumber(this.v[i]);
-      if (this.cumulative) {
-        // As the dashboard draws them: 1000 * max(0, cur - prev) / max(1, dt in ms).
-        const d = this.d[i];
-        const previous = prevV;
-        const dtMs = prevD === null ? 0 : (d - prevD) / 1000;
-        prevD = d;
-        prevV = y;
-        if (previous === null) continue;
-        y = (1000 * Math.max(0, y - previous)) / Math.max(1, dtMs);
-      }
-      let x;
-      if (opts.x === "step") x = byIndex ? i : this.s[i];
-      else if (opts.x === "epoch") x = this.e[i];
-      else if (opts.x === "time") x = this.d[i] / 1e6;
-      else x = (this.d[i] - this.startUs) / 1e6;
-      if (x === null || x === undefined || !isFinite(x)) continue;
-      if (!isFinite(y) || (opts.log && y <= 0)) y = null;
-      xs.push(x);
-      ys.push(y);
-      idx.push(i);
-    }
-    sortPairs(xs, ys, idx);
-    if (opts.smoothing > 0) smooth(ys, opts.smoothing);
-    return withIndex ? [xs, ys, idx] : [xs, ys];
-  }
-}
-
-function sortPairs(xs, ...others) {
-  for (let i = 1; i < xs.length; i++) {
-    if (xs[i] < xs[i - 1]) {
-      const order = xs.map((_, k) => k).sort((a, b) => xs[a] - xs[b] || a - b);
-      for (const column of [xs, ...others]) {
-        const sorted = order.map((k) => column[k]);
-        for (let k = 0; k < sorted.length; k++) column[k] = sorted[k];
-      }
-      return;
-    }
-  }
-}
-
-/** TensorBoard's smoothing: an exponential moving average, debiased at the start. */
-function smooth(ys, weight) {
-  let last = 0;
-  let n = 0;
-  for (let i = 0; i < ys.length; i++) {
-    if (ys[i] === null) continue;
-    last = last * weight + (1 - weight) * ys[i];
-    n++;
-    ys[i] = last / (1 - Math.pow(weight, n));
-  }
+function smoothCopy(ys, weight) {
+  const out = ys.slice();
+  smooth(out, weight);
+  return out;
 }
 
 const COMPACT = new Intl.NumberFormat(undefined, { notation: "compact", maximumSignificantDigits: 4 });
@@ -183,7 +76,8 @@ export class Chart {
     this.heading = el("h3", {}, title);
     this.note = el("p", { class: "note" });
     this.body = el("div", { class: "plot" });
-    this.card = el("section", { class: "chart", dataset: { metric: title } }, this.heading, this.note, this.body);
+    const save = el("button", { type: "button", title: "save this chart as a PNG image", onclick: () => this.savePng() }, "PNG");
+    this.card = el("section", { class: "chart", dataset: { metric: title } }, el("div", { class: "chart-head" }, this.heading, save), this.note, this.body);
     parent.append(this.card);
     this.resizer = new ResizeObserver(() => {
       if (this.plot && this.body.clientWidth && Math.abs(this.plot.width - this.body.clientWidth) > 2) {
@@ -205,10 +99,10 @@ export class Chart {
     );
   }
 
-  line(key, label, startUs, cumulative) {
+  line(key, label, startUs, cumulative, group, colour) {
     let line = this.lines.get(key);
     if (!line) {
-      line = new Line(key, label, startUs, cumulative);
+      line = new Line(key, label, startUs, cumulative, group, colour);
       this.lines.set(key, line);
     }
     return line;
@@ -275,7 +169,7 @@ export class Chart {
         this.detail = new Map();
         for (const s of series) {
           const old = this.lines.get(s.name);
-          const line = new Line(s.name, s.name, old ? old.startUs : 0, s.cumulative);
+          const line = old ? new Line(s.name, old.label, old.startUs, s.cumulative, old.group, old.colour) : new Line(s.name, s.name, 0, s.cumulative);
           line.set(s);
           this.detail.set(s.name, line);
         }
@@ -286,34 +180,85 @@ export class Chart {
     }, 250);
   }
 
+  /**
+   * What to draw: aligned data and a uPlot series spec for each column, from the lines.
+   * A line is one series, or with `opts.fold` the lines of a group (a run's ranks) are one
+   * mean with a min/max band. With smoothing, each is drawn smoothed over its raw line,
+   * which is drawn faintly behind it (as TensorBoard does).
+   */
+  plan(lines) {
+    const raw = Object.assign({}, this.opts, { smoothing: 0 });
+    const groups = new Map();
+    for (const line of lines) {
+      const key = this.opts.fold ? line.group : line.key;
+      if (!groups.has(key)) groups.set(key, []);
+      groups.get(key).push(line);
+    }
+    const tables = [];
+    const specs = [];
+    const bands = [];
+    const weight = this.opts.smoothing;
+    let index = 0;
+    let drawn = 0;
+    for (const members of groups.values()) {
+      const colour = members[0].colour || PALETTE[index++ % PALETTE.length];
+      const folded = members.length > 1;
+      const each = members.map((l) => l.table(raw));
+      drawn += each.reduce((n, t) => n + t[0].length, 0);
+      const [xs, mean, lo, hi] = fold(each);
+      const label = folded ? `${members[0].group} (mean of ${members.length})` : members[0].label;
+      const single = mean.filter((y) => y !== null).length === 1;
+      const marker = { show: single, size: 9, fill: colour };
+      if (weight > 0) {
+        tables.push([xs, mean]);
+        specs.push({ label: label + " (raw)", stroke: fade(colour, 0.25), width: 1, spanGaps: true, points: marker, raw: true });
+      }
+      const smoothed = (ys) => (weight > 0 ? smoothCopy(ys, weight) : ys);
+      tables.push([xs, smoothed(mean)]);
+      specs.push({ label, stroke: colour, width: 1.5, spanGaps: true, points: marker });
+      if (folded) {
+        tables.push([xs, smoothed(hi)], [xs, smoothed(lo)]);
+        specs.push({ label: label + " max", stroke: "transparent", width: 0, spanGaps: true, points: { show: false }, raw: true });
+        specs.push({ label: label + " min", stroke: "transparent", width: 0, spanGaps: true, points: { show: false }, raw: true });
+        bands.push({ series: [specs.length - 1, specs.length], fill: fade(colour, 0.15) });
+      }
+    }
+    return { tables, specs, bands, drawn };
+  }
+
   /** Redraw from the lines' points; `rebuild` when the settings changed. */
   render(rebuild) {
     if (rebuild) this.detail = null;
     const source = this.detail || this.lines;
     const lines = [...source.values()].sort((a, b) => a.label.localeCompare(b.label, undefined, { numeric: true }));
-    const tables = lines.map((l) => l.table(this.opts));
+    const { tables, specs, bands, drawn: shown } = this.plan(lines);
     const points = [...this.lines.values()].reduce((n, l) => n + l.count, 0);
-    const shown = tables.reduce((n, t) => n + t[0].length, 0);
     const byIndex = this.opts.x === "step" && lines.length > 0 && !lines.some((l) => l.hasSteps());
     this.heading.textContent = this.title + (this.isCumulative() ? " (rate per second)" : "");
-    const parts = [`${points.toLocaleString()} points`];
+    const parts = [`${points.toLocaleString()} ${points === 1 ? "point" : "points"}`];
     if (this.detail) {
       const inWindow = lines.reduce((n, l) => n + l.count, 0);
       parts.push(`zoomed: ${shown.toLocaleString()} drawn of the window's ${inWindow.toLocaleString()}`);
     }
     else if (lines.some((l) => l.downsampled)) parts.push(`${shown.toLocaleString()} drawn (min and max of each pixel column)`);
-    // NaN and infinities are stored (a diverging loss must show): they cannot be drawn, so say so.
-    const notFinite = lines.reduce((n, l) => n + l.v.filter((v) => !isFinite(toNumber(v))).length, 0);
+    // Text values are listed apart (the run page's "Text values"); NaN and infinities are
+    // stored (a diverging loss must show) but cannot be drawn, so say so.
+    const texts = [...this.lines.values()].reduce((n, l) => n + l.texts().length, 0);
+    const notFinite = lines.reduce((n, l) => n + l.v.filter((v) => !isText(v) && !isFinite(toNumber(v))).length, 0);
+    if (texts) parts.push(`${texts.toLocaleString()} text ${texts === 1 ? "value" : "values"} (listed under Text values)`);
     if (notFinite) parts.push(`${notFinite.toLocaleString()} not finite (NaN or infinite), not drawn`);
-    if (!shown && points) parts.push(`none has ${this.opts.x === "epoch" ? "an epoch" : "this x value"}`);
+    if (!shown && points > texts) parts.push(`none has ${this.opts.x === "epoch" ? "an epoch" : "this x value"}`);
+    if (this.extraNote) parts.push(this.extraNote); // the page's own word (compare: runs without this metric)
     this.note.textContent = parts.join(" · ");
+    // A metric of text values only has nothing to draw: its values are listed instead.
+    this.card.classList.toggle("textonly", points > 0 && texts === points && !this.detail);
     if (!shown) {
       this.destroyPlot();
       return;
     }
     const data = tables.length === 1 ? tables[0] : uPlot.join(tables);
-    const shape = JSON.stringify([lines.map((l) => l.key), this.opts, byIndex]);
-    if (this.detail && this.plot && !rebuild) {
+    const shape = JSON.stringify([specs.map((sp) => [sp.label, sp.stroke, sp.points.show]), this.opts, byIndex]);
+    if (this.detail && this.plot && !rebuild && shape === this.shape) {
       this.keepWindow(data);
       return;
     }
@@ -335,16 +280,8 @@ export class Chart {
           this.opts.x === "time" ? { label: xLabel(this.opts, byIndex) } : { label: xLabel(this.opts, byIndex), values: (u, ticks) => ticks.map(fmtTick) },
           { size: 64, values: (u, ticks) => ticks.map(fmtTick) },
         ],
-        series: [
-          { label: xLabel(this.opts, byIndex) },
-          ...lines.map((l, i) => ({
-            label: l.label,
-            stroke: PALETTE[i % PALETTE.length],
-            width: 1.5,
-            spanGaps: true,
-            points: { show: false },
-          })),
-        ],
+        series: [{ label: xLabel(this.opts, byIndex) }, ...specs.map(({ raw, ...spec }) => spec)],
+        bands,
         cursor: { drag: { x: true, y: false }, sync: { key: "mlbench-" + this.opts.x } },
         hooks: {
           setScale: [
@@ -372,6 +309,16 @@ export class Chart {
       data,
       this.body,
     );
+    // The faint raw lines and the band's edges are not rows of the legend.
+    const rows = this.plot.root.querySelectorAll(".u-legend .u-series");
+    specs.forEach((spec, i) => {
+      if (spec.raw && rows[i + 1]) rows[i + 1].style.display = "none";
+    });
+  }
+
+  /** Download the chart as a PNG: its title, the plot as drawn, and a legend of its lines. */
+  savePng() {
+    if (this.plot) savePng(this.plot, this.heading.textContent, this.title);
   }
 
   destroyPlot() {
@@ -385,6 +332,17 @@ export class Chart {
     this.destroyPlot();
     this.card.remove();
   }
+}
+
+/** Show only the charts whose title has every word of `text`; returns how many are shown. */
+export function filterCharts(charts, text) {
+  const words = (text || "").toLowerCase().split(/\s+/).filter(Boolean);
+  let visible = 0;
+  for (const chart of charts) {
+    chart.card.hidden = !words.every((w) => chart.title.toLowerCase().includes(w));
+    if (!chart.card.hidden) visible++;
+  }
+  return visible;
 }
 
 /** The chart settings bar: x axis, smoothing, log scale, a metric filter; calls `changed(what)`. */
@@ -409,6 +367,7 @@ export function toolbar(opts, changed, withFilter) {
   });
   const shown = el("span", { class: "num" }, opts.smoothing.toFixed(2));
   const log = el("input", { type: "checkbox", checked: opts.log, onchange: (e) => ((opts.log = e.target.checked), changed("log")) });
+  const fold = el("input", { type: "checkbox", checked: !!opts.fold, onchange: (e) => ((opts.fold = e.target.checked), changed("fold")) });
   const filter = withFilter
     ? el("input", {
         type: "search",
@@ -424,6 +383,7 @@ export function toolbar(opts, changed, withFilter) {
     el("label", {}, "x axis ", select),
     el("label", {}, "smoothing ", smoothing, " ", shown),
     el("label", {}, log, " log scale"),
+    el("label", { title: "draw a run's ranks as their mean with a band from min to max" }, fold, " ranks as mean and band"),
     filter,
     el("span", { class: "hint" }, "drag to zoom, double-click to reset"),
   );

@@ -59,14 +59,30 @@ export function fmtDuration(seconds) {
   return `${Math.floor(s / 3600)}h ${pad(Math.floor((s % 3600) / 60))}m`;
 }
 
-export function stateBadge(state) {
-  return el("span", { class: "state state-" + String(state).replace(/[^a-z]/g, "") }, state);
+/** A run's state as a badge; whatever state the server sends is shown, as text. */
+export function stateBadge(state, title) {
+  return el("span", { class: "state state-" + String(state).replace(/[^a-z]/g, ""), title }, state);
 }
 
-/** A run's duration in seconds: until it finished, or until now while it runs. */
+const DONE = new Set(["finished", "failed", "crashed", "lost"]);
+
+/** Whether a run is over (finished, failed, crashed or lost): its time no longer runs. */
+export function isDone(run) {
+  return DONE.has(run.state);
+}
+
+/** Whether a run is going: neither over nor still waiting to start (`initialized`). */
+export function isRunning(run) {
+  return !isDone(run) && run.state !== "initialized";
+}
+
+/** A run's duration in seconds: until it ended (or was last heard of), or until now while it runs. */
 export function runSeconds(run, nowMs) {
-  const start = Date.parse(run.created_at);
-  const end = run.finished_at ? Date.parse(run.finished_at) : run.state === "initialized" ? NaN : nowMs;
+  const start = Date.parse(run.started_at || run.created_at);
+  let end = NaN;
+  if (run.finished_at) end = Date.parse(run.finished_at);
+  else if (isDone(run)) end = run.last_seen_at ? Date.parse(run.last_seen_at) : NaN;
+  else if (isRunning(run)) end = nowMs;
   return (end - start) / 1000;
 }
 

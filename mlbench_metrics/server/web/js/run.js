@@ -2,8 +2,9 @@
 // keeps up with new points while the page is open.
 
 import { ApiError, download, getJson } from "./api.js";
-import { Chart, defaultOptions, toolbar } from "./charts.js";
-import { banner, el, every, fmtDate, fmtDuration, runSeconds, stateBadge } from "./dom.js";
+import { Chart, defaultOptions, filterCharts, toolbar } from "./charts.js";
+import { banner, el, every, fmtDate, fmtDuration, isDone, runSeconds, stateBadge } from "./dom.js";
+import { chartOptions, chartParams, saveView } from "./view.js";
 
 const FIELDS = "date_us,step,epoch,value";
 const TAIL = 200;
@@ -41,8 +42,9 @@ function tail(name, lines) {
   );
 }
 
-export async function runPage(main, id) {
-  const opts = defaultOptions();
+export async function runPage(main, id, query) {
+  const opts = chartOptions(query, defaultOptions());
+  let xChosen = query.has("x"); // the x axis follows the data until the user (or the address) picks one
   const startUs = { value: 0 };
   const charts = new Map();
   let cursor = 0;
@@ -59,6 +61,7 @@ export async function runPage(main, id) {
   const head = el("div", { class: "heading" });
   const logs = el("div", { class: "logs" });
   const chartsBox = el("div", { class: "charts" });
+  const textBox = el("section", { class: "panel text-values", hidden: true });
   const empty = el("p", { class: "muted" });
   const config = Object.keys(details.config || {}).length ? flatten(details.config, "", []) : [];
   const meta = Object.entries(run.job_metadata || {}).filter(([k]) => k !== "stdout" && k !== "stderr");
@@ -103,6 +106,7 @@ export async function runPage(main, id) {
     el("h2", {}, "Metrics"),
     toolbar(opts, changed, true),
     empty,
+    textBox,
     chartsBox,
   );
 
@@ -128,7 +132,7 @@ export async function runPage(main, id) {
       ),
     );
     logs.replaceChildren(tail("stdout", (run.job_metadata || {}).stdout), tail("stderr", (run.job_metadata || {}).stderr));
-    document.getElementById("live").hidden = run.state === "finished" || run.state === "failed";
+    document.getElementById("live").hidden = isDone(run);
   }
 
   function chartFor(metric) {
@@ -150,16 +154,13 @@ export async function runPage(main, id) {
   }
 
   function applyFilter() {
-    const words = (opts.filter || "").toLowerCase().split(/\s+/).filter(Boolean);
-    let visible = 0;
-    for (const chart of charts.values()) {
-      chart.card.hidden = !words.every((w) => chart.title.toLowerCase().includes(w));
-      if (!chart.card.hidden) visible++;
-    }
+    const visible = filterCharts(charts.values(), opts.filter);
     empty.textContent = !charts.size ? "No metrics yet." : visible ? "" : "No metric matches the filter.";
   }
 
   function changed(what) {
+    if (what === "x") xChosen = true;
+    saveView(`/run/${id}`, chartParams(opts, xChosen));
     if (what === "filter") return applyFilter();
     for (const chart of charts.values()) chart.render(what !== "smoothing");
   }
@@ -170,8 +171,30 @@ export async function runPage(main, id) {
     const chart = chartFor(metric);
     const width = Math.max(200, Math.round(chart.body.clientWidth || 800));
     const answer = await getJson(`runs/${id}/points/`, { metric, max_points: width, fields: FIELDS, through });
-    for (const s of answer.series) chart.line(s.name, s.name, startUs.value, s.cumulative).set(s);
+    for (const s of answer.series) chart.line(s.name, s.name, startUs.value, s.cumulative, metric).set(s);
     chart.render(chart.plot === null || through === firstCursor);
+    drawTexts();
+  }
+
+  // Text values (`log("note", "warming up")`) as a log: metric, step, time, value, newest last.
+  function drawTexts() {
+    const rows = [];
+    for (const chart of charts.values()) {
+      for (const line of chart.lines.values()) for (const t of line.texts()) rows.push(Object.assign({ name: line.label }, t));
+    }
+    rows.sort((a, b) => a.date_us - b.date_us || a.name.localeCompare(b.name));
+    textBox.hidden = rows.length === 0;
+    if (!rows.length) return;
+    const shown = rows.slice(-TAIL);
+    textBox.replaceChildren(
+      el("h2", {}, `Text values (${shown.length < rows.length ? `last ${shown.length} of ` : ""}${rows.length})`),
+      el(
+        "table",
+        {},
+        el("thead", {}, el("tr", {}, ["metric", "step", "time", "value"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, shown.map((t) => el("tr", {}, el("td", {}, t.name), el("td", { class: "num" }, t.step === null || t.step === undefined ? "" : t.step), el("td", {}, fmtDate(new Date(t.date_us / 1000))), el("td", { class: "value" }, t.value)))),
+      ),
+    );
   }
 
   drawHead();
@@ -179,7 +202,7 @@ export async function runPage(main, id) {
   for (const metric of metrics) chartFor(metric);
   applyFilter();
   // Steps on the x axis when any series records them, else the time since the run started.
-  if (catalog.series.length && !catalog.series.some((s) => s.has_step)) {
+  if (!xChosen && catalog.series.length && !catalog.series.some((s) => s.has_step)) {
     opts.x = "relative";
     main.querySelector(".toolbar select").value = "relative";
   }
@@ -199,10 +222,11 @@ export async function runPage(main, id) {
     const dirty = new Set();
     for (const s of answer.series) {
       const chart = chartFor(s.metric);
-      const line = chart.line(s.name, s.name, startUs.value, s.cumulative);
+      const line = chart.line(s.name, s.name, startUs.value, s.cumulative, s.metric);
       if (s.downsampled || line.d.length + s.points.date_us.length > KEEP_MAX) stale.add(s.metric);
       else if (line.append(s)) dirty.add(chart);
     }
+    if (dirty.size) drawTexts();
     cursor = answer.cursor;
     for (const chart of dirty) chart.render(chart.plot === null);
     for (const metric of [...stale]) {
