@@ -20,7 +20,16 @@ import threading
 import weakref
 from typing import Callable, Protocol
 
-__all__ = ["Closable", "at_fork_in_child", "register", "register_in_child", "terminating", "unregister", "weak_call"]
+__all__ = [
+    "Closable",
+    "at_fork_in_child",
+    "process_state",
+    "register",
+    "register_in_child",
+    "terminating",
+    "unregister",
+    "weak_call",
+]
 
 _log = logging.getLogger("mlbench_metrics")
 
@@ -30,6 +39,25 @@ class Closable(Protocol):
 
     def close_at_exit(self) -> str | None:
         """Close within the object's own timeout; a line for stderr when something was lost."""
+
+
+def process_state(pid: int) -> str | None:
+    """What process ``pid`` is doing, from ``/proc/<pid>/stat``: ``"stopped"`` (SIGSTOP, a
+    debugger: state ``T``/``t``), ``"zombie"`` (``Z``, ended and not reaped), ``"running"``
+    (any other state), or None when there is no such process or no ``/proc`` to say."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]  # the name in parentheses may hold anything
+    if state in (b"T", b"t"):
+        return "stopped"
+    if state in (b"Z", b"X"):
+        return "zombie"
+    return "running"
 
 
 def weak_call(method: Callable[[], None]) -> Callable[[], None]:

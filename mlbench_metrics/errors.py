@@ -29,7 +29,10 @@ which catches ``requests.exceptions.ConnectionError``, still catches them.
 
 from __future__ import annotations
 
-from typing import Any
+import errno
+import socket
+from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 import requests
 
@@ -47,6 +50,7 @@ __all__ = [
     "TimerError",
     "TransientApiError",
     "TransportError",
+    "describe_transport_error",
 ]
 
 
@@ -143,3 +147,47 @@ class ApiConnectionError(TransportError, requests.exceptions.ConnectionError):
 
 class ApiTimeout(TransportError, requests.exceptions.Timeout):
     """The dashboard did not answer in time."""
+
+
+# -- one line for "no answer" ------------------------------------------------------------
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything it wraps (causes, contexts, ``reason``s and arguments)."""
+    stack, seen = [exc], set()
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        for sub in (getattr(e, "reason", None), e.__cause__, e.__context__, *getattr(e, "args", ())):
+            if isinstance(sub, BaseException):
+                stack.append(sub)
+
+
+def _why(exc: BaseException) -> str:
+    for cause in _causes(exc):
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "the host name does not resolve"
+        if isinstance(cause, ConnectionResetError):
+            return "the connection was reset"
+        if isinstance(cause, OSError) and cause.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "no route to the host"
+    return "no answer in time" if isinstance(exc, ApiTimeout) else "the connection failed"
+
+
+def describe_transport_error(exc: TransportError) -> str:
+    """ "nothing answers at 127.0.0.1:8080 (connection refused)" rather than urllib3's pool message."""
+    try:
+        parts = urlsplit(exc.url)
+        where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    except ValueError:
+        where = exc.url
+    why = _why(exc)
+    if why == "no answer in time" and exc.sent:
+        return f"the server at {where} did not answer in time"
+    hint = "; is `mlbench-metrics serve` running there?" if why == "connection refused" else ""
+    return f"nothing answers at {where} ({why}){hint}"

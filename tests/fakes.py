@@ -287,3 +287,30 @@ class KubeApi:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Together:
+    """A proxy script: the first ``n`` batch posts are held until all ``n`` are waiting at
+    once (proof that a client keeps that many in flight), then everything is forwarded to
+    ``target``. A post that waited in vain (the barrier's ``timeout`` passed) is answered
+    503 and noted in :attr:`alone`."""
+
+    def __init__(self, n: int, target: str, timeout: float = 15.0) -> None:
+        self.alone: list[int] = []
+        self._n = n
+        self._target = target
+        self._barrier = threading.Barrier(n, timeout=timeout)
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, seen: Seen, index: int) -> bytes:
+        if seen.method == "POST" and seen.path.rstrip("/").endswith("/metrics/batch"):
+            with self._lock:
+                number, self._count = self._count, self._count + 1
+            if number < self._n:
+                try:
+                    self._barrier.wait()
+                except threading.BrokenBarrierError:
+                    self.alone.append(number)
+                    return http_response(503, "{}")
+        return forward(self._target, seen)

@@ -110,6 +110,33 @@ def values_stored(db_path: str, run_id: int, name: str = "x") -> list[int]:
     return sorted(int(float(p[1])) for p in series.get(name, []))
 
 
+def spool_batches(root: Any, run_id: int, endpoint: str, first: int, batches: int, size: int = 5) -> Any:
+    """A dead writer's directory under ``root`` holding ``batches`` ordinary batches of
+    ``size`` records "x" valued ``first``, ``first + 1``, ...; its path."""
+    from mlbench_metrics.records import MetricBatch
+    from mlbench_metrics.spool import BatchSpool, SpoolDir
+
+    directory = SpoolDir(root, run_id, {"endpoint": endpoint})
+    spool = BatchSpool(directory, 1 << 30)
+    values = list(range(first, first + batches * size))
+    spool.put(
+        [
+            MetricBatch(
+                ["x"] * size,
+                values[b * size : (b + 1) * size],
+                [1] * size,
+                [""] * size,
+                [False] * size,
+                batch_id=f"{first}-{b}",
+            )
+            for b in range(batches)
+        ]
+    )
+    spool.close()
+    directory.release(remove=False)
+    return directory.path
+
+
 def answered_within_a_second(url: str, headers: dict[str, str] | None = None, times: int = 1) -> None:
     """GET ``url`` ``times`` times; each must answer 200 within a second (a client that waits
     behind others gets a generous 30 s to answer, so a failure says how long it took)."""

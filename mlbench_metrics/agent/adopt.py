@@ -55,14 +55,33 @@ def orphans(own: Path, endpoint: str) -> list[Path]:
             if path.stat().st_uid != os.geteuid():
                 continue  # another user's (a shared spool root): not sent with our token
             meta = read_meta(path)
-        except (OSError, SpoolError):
-            continue  # damaged, or being created: sync reports it
+        except SpoolError as exc:
+            _say_damaged(path, exc)
+            continue
+        except OSError:
+            continue  # gone meanwhile
         if meta.get("endpoint") != endpoint:
             continue
         if _held(path / "owner.lock") or _held(path / "agent.lock"):
             continue
         found.append(path)
     return found
+
+
+def _say_damaged(path: Path, exc: SpoolError) -> None:
+    """A directory of this run whose ``meta.json`` cannot be read, left by a dead process
+    (its lock was taken and let go; one still being created has no lock yet, or a held
+    one): say so now, rather than at the next ``sync``; it is kept as it is."""
+    lock = path / "owner.lock"
+    if not lock.exists() or _held(lock):
+        return
+    _log.warning(
+        "mlbench-metrics: %s, left by an earlier process of this run, cannot be delivered: %s; it is kept "
+        "(repair meta.json, then run: mlbench-metrics sync %s --url URL)",
+        path,
+        exc,
+        path,
+    )
 
 
 def adopt(dirs: list[Path], client: Poster, batch_size: int, stop: threading.Event) -> list[SyncReport]:

@@ -48,12 +48,16 @@ from ..spool.durable.status import AgentReport, StatusArea
 from .core import AgentCore
 from .settings import AgentSettings
 
-__all__ = ["START_TIMEOUT", "AgentLink"]
+__all__ = ["START_TIMEOUT", "STOPPED_GRACE", "AgentLink", "agent_bootstrap"]
 
 _log = logging.getLogger("mlbench_metrics")
 
 START_TIMEOUT: Final = 30.0
 """Seconds an agent may take to become ready before it is given up (and killed)."""
+
+STOPPED_GRACE: Final = 5.0
+"""Seconds an agent may stay stopped (SIGSTOP, a debugger) before it is replaced: a
+stopped agent delivers nothing, and holds its lock so that nothing else can."""
 
 _TRIES: Final = 3  # agents that ended before they were ready, in a row, before delivering from here
 _PACKAGE_ROOT: Final = str(Path(__file__).resolve().parent.parent.parent)
@@ -78,6 +82,22 @@ def _forget_started() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_started)
+
+
+def agent_bootstrap(root: str) -> str:
+    """The ``python -c`` program that starts the agent: this very package (found under
+    ``root``) on ``sys.path`` right after the standard library, not before it (a
+    ``select.py`` beside the package, or in the working directory, is never imported
+    for the standard one), then ``mlbench_metrics.agent`` run as ``__main__``."""
+    return (
+        "import sys, sysconfig\n"
+        "del sys.path[0]\n"  # -c puts the working directory first
+        "std = {sysconfig.get_path(n) for n in ('stdlib', 'platstdlib')}\n"
+        "after = [i + 1 for i, p in enumerate(sys.path) if p in std or p.endswith('lib-dynload')]\n"
+        f"sys.path.insert(max(after, default=len(sys.path)), {root!r})\n"
+        "import runpy\n"
+        "runpy.run_module('mlbench_metrics.agent', run_name='__main__', alter_sys=True)\n"
+    )
 
 
 class _FrozenRecords(MemoryStore):
@@ -159,6 +179,7 @@ class AgentLink:
         self._pipe: IO[bytes] | None = None
         self._spawned_at = 0.0
         self._ready_after = 0  # the generation the current agent makes ready by passing it
+        self._stopped_since: float | None = None  # when the agent was first seen stopped
         self._failures = 0
         self._local: tuple[AgentCore, threading.Thread, _LocalInbox] | None = None
         self._memory: Dispatcher | None = None
@@ -183,22 +204,17 @@ class AgentLink:
             # embedded, there may be no interpreter to name at all.
             self._fall_back("no Python interpreter to run it with")
             return
-        env = dict(os.environ)
-        # The agent imports this very package, wherever it was imported from.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         try:
             with open(path / "agent.log", "ab") as errors:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "mlbench_metrics.agent"],
+                    [sys.executable, "-c", agent_bootstrap(_PACKAGE_ROOT)],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL,
                     stderr=errors,  # not the trainer's: a pipe there would wait for the agent
                     start_new_session=True,
-                    # `python -m` puts its working directory first on sys.path: not the
-                    # trainer's (a select.py of the user's there would be imported), and
-                    # not one the agent would keep busy for as long as it lingers.
+                    # Not the trainer's working directory: not one the agent would keep
+                    # busy for as long as it lingers (nor is it on the agent's sys.path).
                     cwd=path,
-                    env=env,
                 )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             self._fall_back(f"it cannot be started: {exc}")
@@ -222,10 +238,20 @@ class AgentLink:
                 return
             code = proc.poll()
             ready = self._status.read().generation > self._ready_after
+            stopped = False
             if code is None:
-                if ready or self._clock() - self._spawned_at < START_TIMEOUT:
+                stopped = self._stopped_for_good(proc)
+                if stopped:
+                    _log.warning(
+                        "mlbench-metrics: the delivery agent (pid %d) has been stopped (SIGSTOP?) for %.0f s and "
+                        "delivers nothing; replacing it",
+                        proc.pid,
+                        STOPPED_GRACE,
+                    )
+                    ready = True  # it was working: not a failure to start
+                elif ready or self._clock() - self._spawned_at < START_TIMEOUT:
                     return
-                proc.kill()
+                proc.kill()  # a stopped process dies of SIGKILL too, and lets go of its lock
                 code = proc.wait()
             self._close_pipe()
             self._proc = None
@@ -236,7 +262,7 @@ class AgentLink:
                     f"{_TRIES} agents ended before they were ready, the last with status {code}; see {where}"
                 )
                 return
-            if ready:
+            if ready and not stopped:
                 _log.warning(
                     "mlbench-metrics: the delivery agent (pid %d) ended with status %s; starting another (see %s)",
                     proc.pid,
@@ -244,6 +270,34 @@ class AgentLink:
                     self._store.dir.path / "agent.log",
                 )
             self._spawn()
+
+    def _stopped_for_good(self, proc: subprocess.Popen[bytes]) -> bool:
+        """Whether the agent has been stopped for :data:`STOPPED_GRACE` seconds (under ``_lock``)."""
+        if _lifecycle.process_state(proc.pid) != "stopped":
+            self._stopped_since = None
+            return False
+        now = self._clock()
+        if self._stopped_since is None:
+            self._stopped_since = now
+        if now - self._stopped_since < STOPPED_GRACE:
+            return False
+        self._stopped_since = None
+        return True
+
+    def _say_if_stopped(self, waiting: int) -> None:
+        """At close: an agent that is stopped delivers nothing after this process either."""
+        pid = self.agent_pid
+        if waiting > 0 and pid is not None and _lifecycle.process_state(pid) == "stopped":
+            where = self._store.dir.path
+            _log.warning(
+                "mlbench-metrics: the delivery agent (pid %d) is stopped and %d records wait in %s: they are "
+                "delivered once it resumes (kill -CONT %d), or by `mlbench-metrics sync %s` once it has ended",
+                pid,
+                waiting,
+                where,
+                pid,
+                where,
+            )
 
     def _fall_back(self, why: str) -> None:
         """Deliver from this process, with the agent's code, in a thread (under ``_lock``)."""
@@ -369,8 +423,9 @@ class AgentLink:
         end = self._store.end()
         self._status.set_end(end, closed=True)
         self._poke()
-        self._wait(end, deadline)  # (an agent that ended meanwhile is replaced: it delivers after)
+        report = self._wait(end, deadline)  # (an agent that ended meanwhile is replaced: it delivers after)
         self._relay()  # the agent's warnings so far: the watch stops before it would repeat them
+        self._say_if_stopped(end - report.watermark)
         with self._lock:
             self._closed = True
         self._stop.set()

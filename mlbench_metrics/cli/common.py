@@ -7,22 +7,22 @@ other's internals. No threads.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
-import socket
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
 
 from ..env import ENV_URL, env_str
-from ..errors import ApiTimeout, DiscoveryError, TransportError
+from ..errors import DiscoveryError, describe_transport_error
 
 if TYPE_CHECKING:
     from ..client.api import ApiClient
 
 __all__ = [
+    "DEFAULT_URL",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
@@ -36,6 +36,8 @@ __all__ = [
     "print_json",
     "progress",
     "progress_done",
+    "server_url",
+    "unreachable_hint",
 ]
 
 EXIT_OK: Final = 0
@@ -54,13 +56,47 @@ class CliError(Exception):
         self.code = code
 
 
+DEFAULT_URL: Final = "127.0.0.1:8080"
+"""Where ``mlbench-metrics serve`` listens by default, and so where a command looks when
+nothing (``--url``, ``$MLBENCH_METRICS_URL``, a Kubernetes configuration) says otherwise."""
+
+
+def server_url(args: argparse.Namespace) -> str | None:
+    """The server a command talks to: ``--url``, else ``$MLBENCH_METRICS_URL``, else None
+    (Kubernetes discovery) when Kubernetes is configured here, else :data:`DEFAULT_URL`
+    (``args.url_defaulted`` then says so, for the message when nothing answers there)."""
+    url: str | None = args.url or env_str(ENV_URL)
+    if url or args.in_cluster or _kubernetes_configured():
+        return url
+    args.url_defaulted = True
+    return DEFAULT_URL
+
+
+def _kubernetes_configured() -> bool:
+    """In a pod, or a kubeconfig file (``$KUBECONFIG``'s, else ``~/.kube/config``) exists."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return True
+    paths = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p] or ["~/.kube/config"]
+    return any(Path(p).expanduser().is_file() for p in paths)
+
+
+def unreachable_hint(args: argparse.Namespace) -> str:
+    """What to add to "nothing answers at ..." when the address was the default."""
+    if not getattr(args, "url_defaulted", False):
+        return ""
+    return (
+        f" (no --url, ${ENV_URL} or Kubernetes configuration was given, so {DEFAULT_URL} was tried: start "
+        "`mlbench-metrics serve` there, or pass --url HOST:PORT)"
+    )
+
+
 @contextmanager
 def open_client(args: argparse.Namespace) -> Iterator[ApiClient]:
     """An :class:`ApiClient` for the global options (``--url``, ``--token``, discovery); closed after."""
     from ..client.api import ApiClient  # imported when needed: --help and --version stay fast
 
     client = ApiClient(
-        url=args.url,
+        url=server_url(args),
         token=args.token,
         in_cluster=args.in_cluster,
         k8s_namespace=args.namespace,
@@ -93,47 +129,6 @@ def progress_done() -> None:
 
 
 # -- errors people can act on ---------------------------------------------------------------
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and everything it wraps (causes, contexts, ``reason``s and arguments)."""
-    stack, seen = [exc], set()
-    while stack:
-        e = stack.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        for sub in (getattr(e, "reason", None), e.__cause__, e.__context__, *getattr(e, "args", ())):
-            if isinstance(sub, BaseException):
-                stack.append(sub)
-
-
-def _why(exc: BaseException) -> str:
-    for cause in _causes(exc):
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(cause, socket.gaierror):
-            return "the host name does not resolve"
-        if isinstance(cause, ConnectionResetError):
-            return "the connection was reset"
-        if isinstance(cause, OSError) and cause.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-            return "no route to the host"
-    return "no answer in time" if isinstance(exc, ApiTimeout) else "the connection failed"
-
-
-def describe_transport_error(exc: TransportError) -> str:
-    """ "nothing answers at 127.0.0.1:8080 (connection refused)" rather than urllib3's pool message."""
-    try:
-        parts = urlsplit(exc.url)
-        where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
-    except ValueError:
-        where = exc.url
-    why = _why(exc)
-    if why == "no answer in time" and exc.sent:
-        return f"the server at {where} did not answer in time"
-    hint = "; is `mlbench-metrics serve` running there?" if why == "connection refused" else ""
-    return f"nothing answers at {where} ({why}){hint}"
 
 
 def describe_discovery_error(exc: DiscoveryError, args: argparse.Namespace) -> str:

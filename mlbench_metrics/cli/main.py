@@ -40,6 +40,7 @@ from .common import (
     describe_discovery_error,
     describe_transport_error,
     open_client,
+    unreachable_hint,
 )
 from .common import progress_done as _progress_done
 
@@ -161,7 +162,8 @@ def _server_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     parser.add_argument(
         "--url",
         default=default(None),
-        help="the server, host:port or http(s) URL (else $MLBENCH_METRICS_URL, else Kubernetes discovery)",
+        help="the server, host:port or http(s) URL (else $MLBENCH_METRICS_URL, else Kubernetes discovery where "
+        "kubectl is configured, else 127.0.0.1:8080)",
     )
     parser.add_argument("--token", default=default(None), help="a bearer token (else $MLBENCH_METRICS_TOKEN)")
     parser.add_argument("--json", action="store_true", default=default(False), help="print JSON instead of a table")
@@ -332,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         return _fail(str(exc), exc.code)
     except TransportError as exc:
-        return _fail(describe_transport_error(exc), EXIT_UNREACHABLE)
+        return _fail(describe_transport_error(exc) + unreachable_hint(args), EXIT_UNREACHABLE)
     except DiscoveryError as exc:
         return _fail(describe_discovery_error(exc, args), EXIT_UNREACHABLE)
     except ApiError as exc:

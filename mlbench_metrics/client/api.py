@@ -33,6 +33,7 @@ stopped by :meth:`ApiClient.close`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as _dt
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Mapping, Sequence
@@ -41,7 +42,7 @@ from urllib.parse import quote
 import requests
 
 from ..env import ENV_TOKEN, ENV_URL, env_str
-from ..errors import ConfigError
+from ..errors import ApiError, ConfigError
 from ..records import Metric, MetricBatch, as_batch, batch_problem, check_name, metadata_to_str
 from .dropin import (
     BAD_COUNT,
@@ -332,6 +333,20 @@ class ApiClient(ExtensionCalls):
             A Future of the ``requests.Response``.
         """
         return self._request("GET", f"runs/{quote(str(run_id), safe='')}/")
+
+    def run_exists(self, run_id: int, timeout: float = 2.0) -> bool | None:
+        """Whether run ``run_id`` exists on the server, asked once (no retries).
+
+        Returns:
+            True or False as the server answers (200, 404); None when no clear answer came
+            within ``timeout`` seconds (the server is down, slow, or answered otherwise).
+        """
+        try:
+            future = self._transport.submit(self._transport.once, "GET", f"runs/{quote(str(run_id), safe='')}/")
+            response = future.result(timeout)
+        except (ApiError, concurrent.futures.TimeoutError):
+            return None
+        return {200: True, 404: False}.get(response.status_code)
 
     def create_run(
         self,

@@ -31,6 +31,7 @@ __all__ = [
     "BAD_COUNT",
     "BEYOND_SCHEMA",
     "REFUSED",
+    "RUN_NAME_RULE",
     "RUN_REFUSED",
     "count_text",
     "cumulative_text",
@@ -41,6 +42,7 @@ __all__ = [
     "run_name_text",
     "sent",
     "since_text",
+    "valid_run_name",
     "value_text",
 ]
 
@@ -100,11 +102,19 @@ def sent(check: Callable[[Any], str], value: Any, problems: list[str], consequen
 def run_name_text(name: Any) -> str:
     """A run name the dashboard takes: a Kubernetes name, at most 100 characters."""
     if not isinstance(name, str) or len(name) > 100 or not _RUN_NAME_RE.fullmatch(name.lower()):
-        raise ValueError(
-            f"invalid run name {name!r} (use lowercase letters, digits and '-', starting and ending "
-            "with a letter or digit, at most 100 characters)"
-        )
+        raise ValueError(f"invalid run name {name!r} (use {RUN_NAME_RULE})")
     return name
+
+
+RUN_NAME_RULE: Final = "letters, digits and '-', starting and ending with a letter or digit, at most 100 characters"
+
+
+def valid_run_name(name: str) -> str:
+    """``name`` made a run name the dashboard takes: each run of other characters becomes
+    one '-', and the ends are trimmed (``"toy-lr0.1"`` -> ``"toy-lr0-1"``); ``"run"`` if
+    nothing is left."""
+    made = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")[:100].rstrip("-")
+    return made or "run"
 
 
 def cumulative_text(cumulative: Any) -> str:

@@ -27,7 +27,28 @@ from requests.structures import CaseInsensitiveDict
 from ..errors import ApiConnectionError, ApiTimeout
 from .timeouts import Timeouts
 
-__all__ = ["FastPoster"]
+__all__ = ["FastPoster", "ack_promptly"]
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+def ack_promptly(sock: socket.socket) -> None:
+    """Have the kernel ACK the next segments at once instead of delaying the ACK (Linux).
+
+    Called after a request is sent, before its answer is read. A server that writes its
+    answer in several segments without ``TCP_NODELAY`` (Django's ``runserver``, any
+    ``wsgiref`` server) holds the body back (Nagle) until the headers are ACKed; on a
+    kept-alive connection Linux delays that ACK by ~40 ms, so every request took 40 ms
+    more than on a new connection (``benchmarks/client_throughput.py`` measures it).
+    The option is not sticky: sending the next request clears it, hence once per request.
+    Where the platform has no such option this does nothing.
+    """
+    if _QUICKACK is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+    except OSError:
+        pass
 
 
 class _BadAnswer(Exception):
@@ -155,6 +176,7 @@ class FastPoster:
         ).encode("latin-1")
         try:
             conn.sock.sendall(head + body)
+            ack_promptly(conn.sock)
             status, reason, headers, data = self._read_answer(conn)
         except (TimeoutError, socket.timeout) as exc:
             self._discard(conn)

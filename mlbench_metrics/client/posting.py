@@ -179,9 +179,12 @@ class MetricsPoster:
                 failed.update(dict.fromkeys(range(start, start + len(part)), exc))
                 continue
             if response.status_code in (200, 201):
-                answer = response.json()
-                stored += int(answer.get("stored", 0))
-                duplicate = duplicate or bool(answer.get("duplicate"))
+                told = _stored_told(response, len(part))
+                if isinstance(told, ApiError):
+                    failed.update(dict.fromkeys(range(start, start + len(part)), told))
+                    continue
+                stored += told
+                duplicate = duplicate or not told
             elif response.status_code in _NO_SUCH_ROUTE and start == 0 and not _run_not_found(response):
                 return None
             else:  # a 5xx is worth another try later: the batch id makes re-sending safe
@@ -215,6 +218,30 @@ class MetricsPoster:
                 continue
             gather.sent(future)
             future.add_done_callback(functools.partial(_single_answer, gather, index))
+
+
+def _stored_told(response: requests.Response, sent: int) -> int | ApiError:
+    """How many metrics a 2xx answer to a batch says were stored: ``sent``, or 0 for a
+    batch stored before (``duplicate``); anything else (``200 {}``, no JSON, a count that
+    is not the batch's) is a transient error: nothing is counted as stored that the server
+    did not say it stored, and the batch id makes sending it again safe."""
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict):
+        count = answer.get("stored")
+        if type(count) is int and (count == sent or (count == 0 and answer.get("duplicate") is True)):
+            return count
+    return TransientApiError(
+        f"POST {response.request.url} answered {response.status_code} without saying the batch of {sent} "
+        f"was stored ('stored' is {answer.get('stored') if isinstance(answer, dict) else None!r}, "
+        f"body {response.text[:200]!r}): kept to send again",
+        status_code=response.status_code,
+        body=response.text[:2000],
+        method="POST",
+        url=response.request.url or "",
+    )
 
 
 def _run_not_found(response: requests.Response) -> bool:

@@ -39,7 +39,7 @@ from ..errors import (
     ConfigError,
     TransientApiError,
 )
-from .fast_poster import FastPoster
+from .fast_poster import FastPoster, ack_promptly
 from .retry import RETRYABLE_STATUSES, RetryableResponse, RetryPolicy, parse_retry_after
 from .timeouts import Timeouts
 
@@ -93,6 +93,13 @@ class _Tracked:
     def connect(self) -> None:
         super().connect()  # type: ignore[misc]
         self.registry.add(self)
+
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        """Read the answer, its segments ACKed at once (see :func:`~.fast_poster.ack_promptly`)."""
+        sock = getattr(self, "sock", None)
+        if sock is not None:
+            ack_promptly(sock)
+        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
 
 
 def _tracking_adapter(registry: weakref.WeakSet[Any], pool_size: int) -> HTTPAdapter:
@@ -373,6 +380,18 @@ class Transport:
                 idempotent=idempotent,
                 stop_event=self._closed,
             )
+        except RetryableResponse as exc:
+            return exc.response
+
+    def once(self, method: str, path: str) -> requests.Response:
+        """One attempt without a body, no retries, in the calling thread: for a quick
+        question whose answer is only useful now (``ApiClient.run_exists``).
+
+        Raises:
+            ApiError: no answer came.
+        """
+        try:
+            return self._attempt(method, self.endpoint + path, None, None, None)
         except RetryableResponse as exc:
             return exc.response
 

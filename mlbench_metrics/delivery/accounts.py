@@ -30,6 +30,8 @@ class Accounts:
     _ledger: Ledger
     _notices: notices.Notices
     _outbox: deque[Parcel]
+    _closing: bool  # at close, what is kept is said once, by the dispatcher's _finish
+    _deletions: int  # the store's size-bound deletions counted so far
 
     def _put_on_disk(self, parcels: list[Parcel]) -> int | None:
         """Spill ``parcels`` to the store's disk where it can; the rest stay in memory.
@@ -52,6 +54,19 @@ class Accounts:
         for parcel in parcels[kept:]:
             self._drop(parcel, reason, queued=queued)
 
+    def _count_deleted(self) -> None:
+        """After the store's size bound deleted records: count the parcels waiting on
+        disk that are all gone now, so ``stats.spooled`` says what is on disk (one only
+        partly gone is counted when it is loaded)."""
+        deletions = self._store.deletions()
+        if deletions == self._deletions:
+            return
+        self._deletions = deletions
+        for parcel in [p for p in self._outbox if p.on_disk and not p.in_memory]:
+            lost, reason = self._store.lost(parcel)
+            if lost >= parcel.count > 0:
+                self._drop(parcel, reason or DropReason.SPOOL_FAILED)
+
     def _load(self, parcel: Parcel) -> MetricBatch | None:
         """The parcel's batch to send; counts what the store lost of it (None: all)."""
         try:
@@ -72,10 +87,10 @@ class Accounts:
     def _apply(self, parcel: Parcel, result: BatchResult) -> bool:
         """Count an answer for an in-flight parcel; True when some of it is to be sent again."""
         self._ledger.flying(-parcel.count)
-        if result.failed:
-            self._note_error("deliver", result.error)
         again = result.retryable()
         rejected = len(result.rejected())
+        if result.failed:  # at close, what is kept is said by the line on where it waits
+            self._note_error("deliver", result.error, warn=rejected > 0 or not self._closing)
         kept = len(result.kept)  # settled by the deliverer on disk: spooled
         stored = parcel.count - len(again) - rejected - kept
         if rejected:
@@ -115,9 +130,10 @@ class Accounts:
             self._note_error("spool", exc)
         self._ledger.forget(parcel)
 
-    def _note_error(self, kind: str, exc: BaseException | None) -> None:
+    def _note_error(self, kind: str, exc: BaseException | None, *, warn: bool = True) -> None:
         if exc is None:
             return
         text = f"{type(exc).__name__}: {exc}"
         self._ledger.error(text)
-        self._notices.note(f"{kind}:{type(exc).__name__}", 1, notices.failed(kind, text))
+        if warn:
+            self._notices.note(f"{kind}:{type(exc).__name__}", 1, notices.failed(kind, text))

@@ -105,6 +105,10 @@ class BatchStore(Protocol):
     def lost(self, parcel: Parcel) -> tuple[int, DropReason | None]:
         """How many of the parcel's records the store has lost, and the reason."""
 
+    def deletions(self) -> int:
+        """How often the store's size bound deleted records so far: when it changes, the
+        dispatcher counts the parcels waiting on disk that :meth:`lost` says are gone."""
+
     def close(self, everything_settled: bool) -> None:
         """Release files; remove them when nothing is left in them to deliver."""
 
@@ -169,6 +173,10 @@ class MemoryStore:
     def lost(self, parcel: Parcel) -> tuple[int, DropReason | None]:
         """Memory loses nothing by itself."""
         return 0, None
+
+    def deletions(self) -> int:
+        """Never: memory has no size bound that deletes (overflow is counted as it happens)."""
+        return 0
 
     def close(self, everything_settled: bool) -> None:
         """Nothing to release."""

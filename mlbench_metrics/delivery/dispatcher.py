@@ -129,6 +129,8 @@ class Dispatcher(Accounts):
         self._in_flight: dict[int, tuple[Parcel, BatchFuture]] = {}
         self._answered: deque[tuple[Parcel, BatchFuture]] = deque()
         self._notices = notices.Notices(_log, clock)
+        self._closing = False  # at close, what is kept is said once, by _finish
+        self._deletions = 0  # the store's size-bound deletions counted so far
         self._last_take = clock()
 
     # -- for the owner ------------------------------------------------------------------
@@ -254,6 +256,7 @@ class Dispatcher(Accounts):
 
     def _cycle(self) -> None:
         self._settle()
+        self._count_deleted()
         self._take_overflow()
         # Take the buffer only when a batch is full, the interval is up, a flush asks, or
         # we are stopping: a wake-up for an answered batch alone must not cut the buffer
@@ -386,6 +389,7 @@ class Dispatcher(Accounts):
     def _finish(self) -> None:
         """At the end: put what waits on disk, give what is in flight until its last
         moment, keep what it did not store, release every flush."""
+        self._closing = True
         with self._drain_lock:
             parcels = self._take(len(self._buffer))
         self._outbox.extend(parcels)

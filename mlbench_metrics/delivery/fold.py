@@ -10,18 +10,21 @@ What a point holds, per kind of series (one series is one name and one ``cumulat
 flag; names keep their ``" @ <rank>"``, so a chart's line goes on where it was):
 
 =================== ======================================================================
-numbers             the **mean** as the value, dated at the window's last record;
-                    ``count``, ``min``, ``max``, ``first_step``, ``last_step`` in the
-                    metadata
-cumulative totals   the **last** total (the dashboard draws a rate between consecutive
-                    points, so the rate over the window stays exact), same metadata
+numbers             the **mean** as the value, dated and stepped where it stands: at the
+                    mean date and step of its records (the window's middle), so a
+                    trend drawn through raw points and aggregates stays one line, not a
+                    staircase; ``count``, ``min``, ``max``, ``first_step``,
+                    ``last_step`` in the metadata
+cumulative totals   the **last** total at the last record's date and step (the dashboard
+                    draws a rate between consecutive points, so the rate over the
+                    window stays exact), same metadata
 text values         sent **raw**: text cannot be averaged, and is rare
 ``TaskResult``      sent **raw**: the dashboard reads it by name (``official_result.txt``)
 a single record     sent **raw**: a series seen once in a window (per-epoch stats)
 =================== ======================================================================
 
 The metadata of a point is the last record's (rank, epoch and extra keys kept, its
-``step`` removed) with ``"aggregate": "mean"`` or ``"last"`` and the fields above added.
+``step`` replaced by the point's) with ``"aggregate": "mean"`` or ``"last"`` and the fields above added.
 """
 
 from __future__ import annotations
@@ -118,9 +121,12 @@ def _append_point(points: MetricBatch, rows: list[Row]) -> None:
     values = [float(r.value) for r in rows]
     finite = [v for v in values if not math.isnan(v)]
     if last.cumulative:
-        kind, value = "last", last.value
-    else:
+        kind, value, date_us, step = "last", last.value, last.date_us, last.step
+    else:  # a mean stands for its records' middle: for a straight trend, the mean's own date
         kind, value = "mean", _mean(values)
+        date_us = sum(r.date_us for r in rows) // len(rows)
+        steps = [r.step for r in rows if r.step is not None]
+        step = round(sum(steps) / len(steps)) if len(steps) == len(rows) else None
     extra = {
         "aggregate": kind,
         "count": len(rows),
@@ -129,7 +135,7 @@ def _append_point(points: MetricBatch, rows: list[Row]) -> None:
         "first_step": rows[0].step,
         "last_step": last.step,
     }
-    points.append(last.name, value, last.date_us, _metadata(last.metadata, extra), last.cumulative)
+    points.append(last.name, value, date_us, _metadata(last.metadata, step, extra), last.cumulative)
 
 
 def _mean(values: list[float]) -> float:
@@ -144,8 +150,8 @@ def _number(value: float) -> float | str:
     return value if math.isfinite(value) else value_to_str(value)
 
 
-def _metadata(text: str, extra: dict[str, Any]) -> str:
-    """The last record's metadata without its step, with ``extra`` added."""
+def _metadata(text: str, step: int | None, extra: dict[str, Any]) -> str:
+    """The last record's metadata with the point's ``step`` (none: no step) and ``extra``."""
     try:
         base = json.loads(text) if text else {}
     except ValueError:
@@ -153,6 +159,8 @@ def _metadata(text: str, extra: dict[str, Any]) -> str:
     if not isinstance(base, dict):
         base = {}
     base.pop("step", None)
+    if step is not None:
+        base["step"] = step
     base.update(extra)
     return json.dumps(base, allow_nan=False, default=str)
 

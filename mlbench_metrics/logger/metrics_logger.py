@@ -33,7 +33,7 @@ from ..records import check_number, check_step
 from ..timing import Timer, timed
 from .inlet import Inlet
 from .liveness import Liveness
-from .own_run import create_own_run, mark_own_run
+from .own_run import check_run, create_own_run, mark_own_run
 from .parts import placeholder_parts
 from .run_config import check_config, send_config
 from .settings import LoggerConfig, elsewhere
@@ -180,6 +180,8 @@ class MetricsLogger(Wiring):
         self.client = client if client is not None else ApiClient(url=url, token=token, strict=True)
         self._owns_run = self.settings.new_run is not None
         try:
+            if self.settings.run_id is not None:
+                check_run(self.client, self.settings.run_id)
             self.run_id = self.settings.run_id or create_own_run(self.client, str(self.settings.new_run))
         except BaseException:
             if self._own_client:

@@ -11,9 +11,10 @@ import os
 import sys
 
 from ..client.api import ApiClient
-from ..errors import ConfigError
+from ..client.dropin import RUN_NAME_RULE, valid_run_name
+from ..errors import ConfigError, TransportError, describe_transport_error
 
-__all__ = ["create_own_run", "mark_own_run"]
+__all__ = ["check_run", "create_own_run", "mark_own_run"]
 
 _log = logging.getLogger("mlbench_metrics")
 
@@ -21,19 +22,50 @@ _log = logging.getLogger("mlbench_metrics")
 def create_own_run(client: ApiClient, name: str) -> int:
     """Create the run a ``new_run=`` logger logs to: a custom run of this program.
 
+    A name the dashboard would refuse is made valid (``"toy-lr0.1"`` -> ``"toy-lr0-1"``),
+    and that is said in one line.
+
     Raises:
-        ConfigError: the server refuses the name.
+        ConfigError: the server refuses the run.
+        TransportError: no server answers (one line, no chain of ``requests`` errors).
     """
     from ..runs import Run  # runs imports api only; imported here to keep logger's imports light
 
+    valid = valid_run_name(name)
+    if valid != name:
+        _log.warning(
+            "mlbench-metrics: new_run %r is not a valid run name (%s): creating %r", name, RUN_NAME_RULE, valid
+        )
     command = " ".join([os.path.basename(sys.executable or "python"), *sys.argv])
     try:
         run = Run.create(
-            name, 1, custom_image_name="local", custom_image_command=command, custom_backend="local", client=client
+            valid, 1, custom_image_name="local", custom_image_command=command, custom_backend="local", client=client
         )
     except ValueError as exc:
         raise ConfigError(f"new_run: {exc}") from None
+    except TransportError as exc:
+        raise type(exc)(
+            f"new_run: cannot create run {valid!r}: {describe_transport_error(exc)}",
+            sent=exc.sent,
+            method=exc.method,
+            url=exc.url,
+        ) from None
     return run.id
+
+
+def check_run(client: ApiClient, run_id: int) -> None:
+    """Refuse a run the server says does not exist; a server that does not answer at
+    once (down, slow) is not waited for: the spool keeps the records until it does.
+
+    Raises:
+        ConfigError: the server answered that there is no such run.
+    """
+    if client.run_exists(run_id) is False:
+        where = client.endpoint.removesuffix("/api/")
+        raise ConfigError(
+            f"run {run_id} does not exist on {where}: create it first (mlbench-metrics runs create NAME), "
+            "or pass new_run=NAME to create one"
+        )
 
 
 def mark_own_run(client: ApiClient, run_id: int, state: str, timeout: float) -> None:

@@ -225,7 +225,7 @@ def with_aggregation(
     aggregator = Aggregator(
         deliver, policy, batch_supported=batch_supported, keep=copies.keep_one, on_fold=copies.mark_folded
     )
-    kept = KeepRaw(store, copies, batch_supported)
+    kept = KeepRaw(store, copies, batch_supported, lambda: aggregator.folded)
 
     def drained() -> None:
         on_drained()

@@ -22,7 +22,7 @@ from .batches import BatchSpool, SpoolStore, read_spool_file
 from .durable import DurableLog, DurableStore, read_durable
 from .files import SpoolDir, default_spool_root, writer_dirs
 from .raw import KeepRaw, RawCopies
-from .sync import SyncReport, sync_raw, sync_writer
+from .sync import SyncReport, records_waiting, sync_raw, sync_writer
 
 __all__ = [
     "BatchSpool",
@@ -36,6 +36,7 @@ __all__ = [
     "default_spool_root",
     "read_durable",
     "read_spool_file",
+    "records_waiting",
     "sync_raw",
     "sync_writer",
     "writer_dirs",

@@ -85,6 +85,7 @@ class BatchSpool:
         self.stem = stem
         self.track = track
         self.bytes_written = 0
+        self.deletions = 0  # files the size bound deleted
         self._file_no = 0
         self._file: Path | None = None
         self._fd: int | None = None
@@ -137,6 +138,7 @@ class BatchSpool:
             oldest = min(self._pending)
             for entry in self._pending.pop(oldest):
                 entry.gone = True
+            self.deletions += 1
             _log.warning("mlbench-metrics: the spool passed %d bytes; deleted %s", self.max_bytes, oldest.name)
             for path in (oldest, oldest.with_suffix(".acks")):
                 with contextlib.suppress(OSError):
@@ -343,6 +345,10 @@ class SpoolStore(MemoryStore):
         if isinstance(place, SpoolEntry) and place.gone:
             return parcel.count, DropReason.SPOOL_FULL
         return 0, DropReason.SPOOL_FAILED
+
+    def deletions(self) -> int:
+        """Files the size bound deleted so far."""
+        return self.spool.deletions
 
     def close(self, everything_settled: bool) -> None:
         """Close the spool; remove the directory when nothing in it waits."""

@@ -7,7 +7,8 @@ averages, every record sent there is copied, as it was logged, into the writer d
 
     raw-000001.log    framed batches in the batch spool's format (``batches.py``), whole
     raw-000001.acks   the ids of its batches uploaded by ``sync --to``
-    raw.folded        written (and fsync'd) before the first aggregate is sent
+    raw.folded        written (and fsync'd) before the first aggregate is sent; at close
+                      it holds how many records the server got only as aggregates
 
 ``mlbench-metrics sync --to URL`` uploads them to a server with the batch endpoint, where
 each batch id is stored once: every record lands there exactly once, whatever the first
@@ -42,7 +43,7 @@ from ..records import MetricBatch, encode
 from .batches import BatchSpool
 from .files import SpoolDir, fsync_dir
 
-__all__ = ["RAW_STEM", "KeepRaw", "RawCopies", "drop_unneeded", "kept_raw"]
+__all__ = ["RAW_STEM", "KeepRaw", "RawCopies", "drop_unneeded", "folded_count", "kept_raw"]
 
 _log = logging.getLogger("mlbench_metrics")
 
@@ -58,6 +59,16 @@ def kept_raw(path: Path) -> list[Path]:
     if not (path / _MARKER).exists():
         return []
     return sorted(path.glob(f"{RAW_STEM}-*.log"))
+
+
+def folded_count(path: Path) -> int | None:
+    """How many records of a writer directory the server got only as aggregates, as its
+    writer said at close; None when it did not say (it died first, or nothing was folded)."""
+    try:
+        text = (path / _MARKER).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def drop_unneeded(path: Path, *, uploaded: bool = False) -> None:
@@ -139,10 +150,14 @@ class RawCopies:
         """Whether any copy was written."""
         return self._spool.bytes_written > 0
 
-    def close(self, keep: bool) -> None:
-        """Close the files; delete them unless ``keep``."""
+    def close(self, keep: bool, folded: int | None = None) -> None:
+        """Close the files; delete them unless ``keep``. ``folded``: how many records the
+        server got only as aggregates, written to the marker for ``sync`` to say."""
         if keep:
             self._spool.close()
+            if folded is not None:
+                with contextlib.suppress(OSError):
+                    (self.dir.path / _MARKER).write_text(f"{folded}\n")
         else:
             self._spool.discard()
 
@@ -164,12 +179,20 @@ class KeepRaw:
         inner: the store (spool or durable) it wraps.
         copies: where the copies go.
         batch_supported: whether the server has the batch endpoint (None: not known yet).
+        folded: how many records the server got only as aggregates so far (said at close).
     """
 
-    def __init__(self, inner: BatchStore, copies: RawCopies, batch_supported: Callable[[], bool | None]) -> None:
+    def __init__(
+        self,
+        inner: BatchStore,
+        copies: RawCopies,
+        batch_supported: Callable[[], bool | None],
+        folded: Callable[[], int] | None = None,
+    ) -> None:
         self._inner = inner
         self._copies = copies
         self._batch_supported = batch_supported
+        self._folded = folded
         self._uncopied: collections.OrderedDict[int, Parcel] = collections.OrderedDict()
 
     @property
@@ -226,6 +249,10 @@ class KeepRaw:
         """As the wrapped store."""
         return self._inner.lost(parcel)
 
+    def deletions(self) -> int:
+        """As the wrapped store."""
+        return self._inner.deletions()
+
     def close(self, everything_settled: bool) -> None:
         """Copy what was never sent, when the copies are kept (something was folded);
         then close both. The directory stays when the copies do (for ``sync --to``).
@@ -241,7 +268,7 @@ class KeepRaw:
                     continue  # the store reports what it lost of it; nothing to copy
                 if batch is not None:
                     self._copy([parcel], [batch])
-        self._copies.close(keep)
+        self._copies.close(keep, self._folded() if self._folded is not None else None)
         self._inner.close(everything_settled and not keep)
 
     def _copy(self, parcels: Sequence[Parcel], batches: Sequence[MetricBatch]) -> None:

@@ -14,12 +14,19 @@ Two destinations:
   record as it was logged, to a server with the batch endpoint: each batch keeps its id,
   so every record is stored there exactly once, however often it runs. What the run's
   own server is owed stays for :func:`sync_writer`.
+
+Both keep up to ``in_flight`` batches sent and unanswered, as the logger's dispatcher does
+(``max_in_flight``), so a sync is as fast as live delivery through the same client; the
+answers are taken in the order the batches were sent, so acknowledgements and the durable
+log's watermark advance exactly as they did one batch at a time.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
+import functools
 import os
 import threading
 from concurrent.futures import Future
@@ -33,9 +40,12 @@ from ..records import Metric, MetricBatch
 from .batches import acknowledge, read_spool_file
 from .durable import CTL_DELIVERED, DurableMarks, DurableRecord, durable_metadata, read_durable, replay_batches
 from .files import read_meta, remove_writer_dir, try_lock
-from .raw import drop_unneeded, kept_raw
+from .raw import drop_unneeded, folded_count, kept_raw
 
-__all__ = ["Poster", "SyncReport", "sync_raw", "sync_writer"]
+__all__ = ["IN_FLIGHT", "Poster", "SyncReport", "records_waiting", "sync_raw", "sync_writer"]
+
+IN_FLIGHT = 4
+"""Batches sent and unanswered at most, as the logger's ``max_in_flight`` default."""
 
 
 class Poster(Protocol):
@@ -60,6 +70,7 @@ class SyncReport:
     busy: bool = False
     errors: list[str] = field(default_factory=list)
     raw_kept: int = 0  # records in raw copies, kept for ``sync --to``
+    raw_folded: int | None = None  # of those, the server got only as aggregates (None: not said)
     owed: bool = False  # ``sync_raw``: the run's own server still waits for records here
 
     @property
@@ -75,6 +86,7 @@ def sync_writer(
     batch_size: int = 1000,
     progress: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    in_flight: int = IN_FLIGHT,
 ) -> SyncReport:
     """Deliver what one writer directory holds; delete it when all of it is delivered.
 
@@ -89,16 +101,19 @@ def sync_writer(
         batch_size: records per batch for ranges a dead writer never batched.
         progress: told how many records each delivered batch held.
         stop: once set, nothing more is sent (what is left stays, marked as far as it went).
+        in_flight: batches sent and unanswered at most.
     """
     if stop is not None:
         client = _Stopping(client, stop)
 
     def work(report: SyncReport) -> None:
-        _sync_spool_files(path, client, report, progress)
+        pipe = _Pipeline(client, report, progress, in_flight)
+        _sync_spool_files(path, pipe)
         if (path / "state.bin").exists():
-            _sync_durable(path, client, report, batch_size, progress)
+            _sync_durable(path, pipe, batch_size)
         drop_unneeded(path)
         report.raw_kept = sum(len(b) for f in kept_raw(path) for b in read_spool_file(f).batches)
+        report.raw_folded = folded_count(path) if report.raw_kept else None
         if report.ok and not report.raw_kept:
             remove_writer_dir(path)
 
@@ -111,6 +126,7 @@ def sync_raw(
     *,
     run_id: int | None = None,
     progress: Callable[[int], None] | None = None,
+    in_flight: int = IN_FLIGHT,
 ) -> SyncReport:
     """Upload a writer directory's raw copies to a server with the batch endpoint.
 
@@ -123,13 +139,15 @@ def sync_raw(
         client: an ``ApiClient`` for a server with the batch endpoint (checked by the caller).
         run_id: the run to store into there (default: the directory's run).
         progress: told how many records each uploaded batch held.
+        in_flight: batches sent and unanswered at most.
     """
 
     def work(report: SyncReport) -> None:
         if run_id is not None:
             report.run_id = run_id
+        pipe = _Pipeline(client, report, progress, in_flight)
         for raw_file in kept_raw(path):
-            _send_all(raw_file, client, report, progress)
+            _send_all(raw_file, pipe)
         if report.ok:
             drop_unneeded(path, uploaded=True)
         report.owed = _owed(path)
@@ -203,79 +221,133 @@ class _Stopping:
         return future
 
 
-def _post(client: Poster, report: SyncReport, batch: MetricBatch, progress: Callable[[int], None] | None) -> bool:
-    result = client.post_metrics(report.run_id, batch, batch_id=batch.batch_id).result()
-    if result.ok:
-        if result.duplicate:
-            report.already_stored += len(batch)
-        else:
-            report.delivered += result.stored
-        if progress is not None:
-            progress(len(batch))
-        return True
-    report.failed += len(result.failed)
-    report.errors.append(str(result.error))
-    return False
+class _Pipeline:
+    """Sends batches with up to ``depth`` unanswered, and hands each answer, in the order
+    the batches were sent, to the callback given with it (on the calling thread)."""
+
+    def __init__(self, client: Poster, report: SyncReport, progress: Callable[[int], None] | None, depth: int) -> None:
+        self.report = report
+        self._client = client
+        self._progress = progress
+        self._depth = max(1, depth)
+        self._flying: collections.deque[tuple[Future[BatchResult] | None, int, Callable[[bool], None]]] = (
+            collections.deque()
+        )
+
+    def send(self, batch: MetricBatch | None, done: Callable[[bool], None]) -> None:
+        """Send ``batch`` (None: nothing to send, ``done(True)`` in its turn)."""
+        while len(self._flying) >= self._depth:
+            self._settle()
+        future = None
+        if batch is not None:
+            future = self._client.post_metrics(self.report.run_id, batch, batch_id=batch.batch_id)
+        self._flying.append((future, len(batch) if batch is not None else 0, done))
+
+    def drain(self) -> None:
+        """Wait for every answer (and run its callback)."""
+        while self._flying:
+            self._settle()
+
+    def _settle(self) -> None:
+        future, size, done = self._flying.popleft()
+        done(future is None or self._count(future.result(), size))
+
+    def _count(self, result: BatchResult, size: int) -> bool:
+        report = self.report
+        if result.ok:
+            if result.duplicate:
+                report.already_stored += size
+            else:
+                report.delivered += result.stored
+            if self._progress is not None:
+                self._progress(size)
+            return True
+        report.failed += len(result.failed)
+        report.errors.append(str(result.error))
+        return False
 
 
-def _sync_spool_files(path: Path, client: Poster, report: SyncReport, progress: Callable[[int], None] | None) -> None:
+def _sync_spool_files(path: Path, pipe: _Pipeline) -> None:
     for spool_file in sorted(path.glob("spool-*.log")):
-        _send_file(spool_file, client, report, progress)
+        _send_file(spool_file, pipe)
 
 
-def _send_file(spool_file: Path, client: Poster, report: SyncReport, progress: Callable[[int], None] | None) -> None:
+def _send_file(spool_file: Path, pipe: _Pipeline) -> None:
     """Send a spool file's batches not acknowledged yet; delete it once all are."""
-    if _send_all(spool_file, client, report, progress):
+    if _send_all(spool_file, pipe):
         for p in (spool_file, spool_file.with_suffix(".acks")):
             with contextlib.suppress(OSError):
                 p.unlink()
 
 
-def _send_all(spool_file: Path, client: Poster, report: SyncReport, progress: Callable[[int], None] | None) -> bool:
+def _send_all(spool_file: Path, pipe: _Pipeline) -> bool:
     """Send a file's batches not acknowledged yet, acknowledging each; True when all are."""
     contents = read_spool_file(spool_file)
-    report.torn += contents.torn
-    report.errors += contents.problems
-    all_sent = True
-    for batch in contents.batches:
-        if _post(client, report, batch, progress):
-            acknowledge(spool_file, str(batch.batch_id))
+    pipe.report.torn += contents.torn
+    pipe.report.errors += contents.problems
+    unsent = 0
+
+    def answered(batch_id: str, ok: bool) -> None:
+        nonlocal unsent
+        if ok:
+            acknowledge(spool_file, batch_id)
         else:
-            all_sent = False
-    return all_sent and not contents.problems
+            unsent += 1
+
+    for batch in contents.batches:
+        pipe.send(batch, functools.partial(answered, str(batch.batch_id)))
+    pipe.drain()
+    return not unsent and not contents.problems
 
 
 def _owed(path: Path) -> bool:
     """Whether the run's own server still waits for records (or damage) in ``path``."""
+    waiting, damaged = _waiting(path)
+    return bool(waiting or damaged)
+
+
+def records_waiting(path: Path) -> int:
+    """How many records in a writer directory the run's own server has not got yet (its
+    batch spool and durable log; not the raw copies). Reads only: safe on a live writer's
+    directory, where it is a snapshot."""
+    return _waiting(path)[0]
+
+
+def _waiting(path: Path) -> tuple[int, bool]:
+    """Records waiting for the run's own server in ``path``, and whether any file is damaged."""
+    waiting, damaged = 0, False
     for spool_file in path.glob("spool-*.log"):
         contents = read_spool_file(spool_file)
-        if contents.batches or contents.problems:
-            return True
-    if not (path / "state.bin").exists():
-        return False
-    durable = read_durable(path)
-    if durable.problems or durable.unreadable:
-        return True
-    return any(not chunk[0].control & CTL_DELIVERED for chunk in replay_batches(durable.records, 1_000_000))
+        waiting += sum(len(b) for b in contents.batches)
+        damaged = damaged or bool(contents.problems)
+    if (path / "state.bin").exists():
+        durable = read_durable(path)
+        damaged = damaged or bool(durable.problems or durable.unreadable)
+        waiting += sum(len(c) for c in replay_batches(durable.records, 1_000_000) if not c[0].control & CTL_DELIVERED)
+    return waiting, damaged
 
 
-def _sync_durable(
-    path: Path, client: Poster, report: SyncReport, batch_size: int, progress: Callable[[int], None] | None
-) -> None:
+def _sync_durable(path: Path, pipe: _Pipeline, batch_size: int) -> None:
     contents = read_durable(path)
-    report.torn += contents.unreadable
-    report.errors += contents.problems
+    pipe.report.torn += contents.unreadable
+    pipe.report.errors += contents.problems
     marks = DurableMarks(path)
+    contiguous = not contents.problems
+
+    def answered(first: int, end: int, control: int, ok: bool) -> None:
+        nonlocal contiguous
+        if ok and not control & CTL_DELIVERED:
+            marks.delivered(first, control)
+        contiguous = contiguous and ok
+        if contiguous:
+            marks.watermark(end)
+
     try:
-        contiguous = not contents.problems
         for chunk in replay_batches(contents.records, batch_size):
             first, end, control = chunk[0].seq, chunk[-1].seq + 1, chunk[0].control
-            done = bool(control & CTL_DELIVERED) or _post(client, report, _durable_batch(path, chunk), progress)
-            if done and not control & CTL_DELIVERED:
-                marks.delivered(first, control)
-            contiguous = contiguous and done
-            if contiguous:
-                marks.watermark(end)
+            batch = None if control & CTL_DELIVERED else _durable_batch(path, chunk)
+            pipe.send(batch, functools.partial(answered, first, end, control))
+        pipe.drain()
     finally:
         marks.close()
 

@@ -142,6 +142,8 @@ def test_close_against_a_slow_server_returns_in_time_and_a_later_sync_stores_not
     assert left == stats.spooled - stats.folded  # what waits for `sync`, apart from the raw copies
     synced = cli("sync", str(tmp_path), "--url", paced.address)  # what is left, to the run's server
     assert synced.returncode == 0 and "100 delivered" in synced.stdout, synced.stdout + synced.stderr
+    # the copies hold every record (the warm-up too); only 500 of them were folded
+    assert "raw copies of 601 records, 500 of which the server got only as aggregates" in synced.stdout, synced.stdout
     raw, aggregates, standing_for = raw_and_folded(points(paced, run["id"]))
     assert set(raw.values()) == {1} and aggregates == 3  # no record stored twice there ...
     assert sum(raw.values()) + standing_for == stats.logged  # ... and each stands there once

@@ -8,11 +8,11 @@ from urllib.parse import urlencode
 
 import pytest
 
-from fakes import ScriptedServer, Seen, http_response
-from mlbench_metrics import ApiClient, ClientApiError, Run
+from fakes import ScriptedServer, Seen, forward, http_response
+from mlbench_metrics import ApiClient, ClientApiError, Metric, Run
 from mlbench_metrics.server import ServerHandle
 
-from helpers import create_run
+from helpers import create_run, values_stored
 
 # What the dashboard answers when a run cannot be deleted (PROTOCOL.md, "Runs"): a 304,
 # with a JSON body on the wire although a 304 has none.
@@ -51,3 +51,29 @@ def test_the_dashboards_304_makes_delete_fail() -> None:
     assert result.returncode == 1, result  # before: "deleted run 39", exit 0, and the run stayed
     assert "deleted" not in result.stdout
     assert "could not delete run 39" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("answer", ["{}", '{"stored": 1}', "not json", '{"stored": "2"}'])
+def test_a_batch_answered_2xx_without_its_stored_count_is_not_counted_as_stored(
+    server: ServerHandle, answer: str
+) -> None:
+    """Before: ``200 {}`` counted both metrics as stored; now they fail (transient), are
+    kept, and sending the same batch again stores them once."""
+    run = create_run(server.url)
+    lies = [True]
+
+    def script(seen: Seen, index: int) -> bytes:
+        if seen.path.rstrip("/").endswith("/metrics/batch") and lies[0]:
+            return http_response(200, answer)
+        return forward(server.url, seen)
+
+    batch = [Metric("x", 1), Metric("x", 2)]
+    with ScriptedServer(script) as proxy, ApiClient(url=proxy.address) as client:
+        result = client.post_metrics(run["id"], batch, batch_id=f"b-21-6-{run['id']}").result()
+        assert not result.ok and result.stored == 0
+        assert result.retryable() == [0, 1]
+        assert "without saying the batch of 2 was stored" in str(result.error)
+        lies[0] = False
+        again = client.post_metrics(run["id"], batch, batch_id=f"b-21-6-{run['id']}").result()
+        assert again.ok and again.stored == 2
+    assert values_stored(server.db_path, run["id"]) == [1, 2]

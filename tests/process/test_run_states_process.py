@@ -156,9 +156,10 @@ def test_against_a_server_without_writers_nothing_new_is_sent() -> None:
             log.close()
             seen: list[Seen] = list(proxy.requests)
     kinds = sorted({(s.method, s.path) for s in seen})
-    assert kinds == [("GET", "/api/"), ("POST", "/api/metrics/")]
+    run_path = f"/api/runs/{run['id']}/"  # init() asks once whether the run exists
+    assert kinds == [("GET", "/api/"), ("GET", run_path), ("POST", "/api/metrics/")]
     assert sum(s.path == "/api/metrics/" for s in seen) == 20
-    assert sum(s.path == "/api/" for s in seen) == 1
+    assert sum(s.path == "/api/" for s in seen) == 1 and sum(s.path == run_path for s in seen) == 1
 
 
 def test_two_writers_without_ranks_get_one_warning(server: ServerHandle, caplog: pytest.LogCaptureFixture) -> None:

@@ -38,7 +38,7 @@ def leave_undelivered(root: Path, run_id: int, records: int, *, durable: bool) -
     log = MetricsLogger(run_id, url=closed_port(), durable=durable, spool_dir=root, batch_size=100)
     for i in range(records):
         log.log("x", i)
-    assert log.close(timeout=0.3) == records
+    assert log.close(timeout=1.0) == records  # 0.3 s fell short once on a loaded machine
     writer = log.spool_dir
     assert writer is not None and writer.exists()
     return writer

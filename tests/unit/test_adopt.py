@@ -34,3 +34,18 @@ def test_only_this_users_directories_for_the_same_server_are_adopted(tmp_path: P
     for p in [theirs, *theirs.iterdir()]:
         os.chown(p, 65534, 65534)
     assert orphans(own, ENDPOINT) == [mine]
+
+
+def test_a_damaged_meta_json_is_said_when_it_is_met(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Before, adoption passed it by in silence and only the next `sync` reported it.
+    run_dir = tmp_path / "run-1"
+    own = writer_dir(run_dir, "own")
+    damaged = writer_dir(run_dir, "damaged")
+    (damaged / "meta.json").write_text('{"run_id": 1, "endp')
+    creating = run_dir / "creating"  # a process making its directory: no lock taken yet
+    creating.mkdir()
+    with caplog.at_level("WARNING", "mlbench_metrics"):
+        assert orphans(own, ENDPOINT) == []
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith(f"mlbench-metrics: {damaged}, left by an earlier process")
+    assert f"{damaged / 'meta.json'} is damaged" in said[0] and f"mlbench-metrics sync {damaged}" in said[0]

@@ -30,10 +30,11 @@ def points(plan_rows: list[Row], window_s: float | None = None) -> list[tuple[st
 def test_a_series_becomes_its_mean_with_count_min_max_and_steps() -> None:
     rows = [row("loss @ 0", v, 10 + i * 0.1, step=100 + i) for i, v in enumerate([4.0, 1.0, 2.0, 3.0])]
     [(name, value, date_us, metadata, cumulative)] = points(rows)
-    assert (name, value, date_us, cumulative) == ("loss @ 0", 2.5, rows[-1].date_us, False)
+    assert (name, value, date_us, cumulative) == ("loss @ 0", 2.5, round(10.15 * S), False)  # the middle
     assert metadata == {
         "rank": 0,
         "epoch": 2,
+        "step": 102,
         "aggregate": "mean",
         "count": 4,
         "min": 1.0,
@@ -95,14 +96,32 @@ def test_nan_and_infinities_stay_visible() -> None:
     assert (metadata["min"], metadata["max"]) == (1.0, "inf")
 
 
-def test_metadata_keeps_the_last_records_extra_keys_and_drops_its_step() -> None:
+def test_metadata_keeps_the_last_records_extra_keys_and_takes_the_points_step() -> None:
     extra = Context(1, 3, None, False, ', "lr": 0.1')
     rows = [
         Row("loss @ 1", 1.0, 10 * S, CTX.metadata(5), False, 5),
-        Row("loss @ 1", 2.0, 11 * S, extra.metadata(6), False, 6),
+        Row("loss @ 1", 2.0, 11 * S, extra.metadata(7), False, 7),
     ]
     [(_, _, _, metadata, _)] = points(rows)
-    assert metadata["rank"] == 1 and metadata["epoch"] == 3 and metadata["lr"] == 0.1 and "step" not in metadata
+    assert metadata["rank"] == 1 and metadata["epoch"] == 3 and metadata["lr"] == 0.1 and metadata["step"] == 6
+    unstepped = [Row("loss @ 1", 1.0, 10 * S, "", False, None), Row("loss @ 1", 2.0, 11 * S, "", False, 7)]
+    [(_, _, _, metadata, _)] = points(unstepped)
+    assert "step" not in metadata  # no step it could stand at
+
+
+def test_where_raw_points_and_aggregates_alternate_a_straight_trend_stays_straight() -> None:
+    # Before, a mean was dated at its window's last record: on a falling loss each
+    # aggregate sat above the line, a staircase of 0.024-0.028 drops on the dashboard's chart.
+    def loss(t_s: float) -> float:
+        return 3.0 - 0.01 * t_s
+
+    raw_before = row("loss @ 0", loss(9.0), 9.0, step=90)
+    folded = [row("loss @ 0", loss(10 + i * 0.1), 10 + i * 0.1, step=100 + i) for i in range(30)]
+    raw_after = row("loss @ 0", loss(13.0), 13.0, step=130)
+    [(_, value, date_us, metadata, _)] = points(folded)
+    assert value == pytest.approx(loss(date_us / S), abs=1e-9)  # on the line, where it is dated
+    assert raw_before.date_us < date_us < raw_after.date_us
+    assert metadata["step"] == 114 and (metadata["first_step"], metadata["last_step"]) == (100, 129)
 
 
 def test_rows_read_steps_from_the_loggers_templates_and_from_plain_texts() -> None:

@@ -180,6 +180,23 @@ def test_the_status_area_carries_counts_flushes_and_notices(tmp_path: Path) -> N
     agent.close()
 
 
+def test_notices_are_whole_up_to_a_warning_with_two_long_paths(tmp_path: Path) -> None:
+    # Before, a notice was cut at 238 bytes: "... deliver them with: mlbench-metrics sync /ho"
+    trainer = StatusArea(tmp_path / "status.bin", create=True)
+    agent = StatusArea(tmp_path / "status.bin")
+    where = "/home/someone/experiments/" + "x" * 150
+    long = f"mlbench-metrics: 14000 records wait in {where}; deliver them with: mlbench-metrics sync {where}"
+    agent.notice(long)
+    agent.notice("é" * 1000)  # too long even so: cut on a character, and said
+    agent.notice("after")  # a long one does not spill into its neighbour
+    _, texts = trainer.notices(0)
+    assert texts[0] == long and len(long.encode()) > 400
+    assert texts[1].endswith("é [...]") and "\ufffd" not in texts[1] and len(texts[1].encode()) <= 698
+    assert texts[2] == "after"
+    trainer.close()
+    agent.close()
+
+
 def test_agent_settings_travel_as_one_line_and_refuse_another_protocol(tmp_path: Path) -> None:
     from mlbench_metrics import ApiClient
 

@@ -165,6 +165,7 @@ class DurableLog(SharedLog):
                 self._segments.append(segment)
                 oldest = self._segments.pop(0) if len(self._segments) > self._keep else None
             if oldest is not None:
+                self.deletions += 1
                 if not self._bound_said:
                     self._bound_said = True
                     _log.warning(

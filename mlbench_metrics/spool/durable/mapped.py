@@ -100,6 +100,7 @@ class SharedLog:
         self._state_fd = -1
         self.watermark = 0
         self.closed = False
+        self.deletions = 0  # segments the size bound deleted (the writer's; 0 elsewhere)
 
     def prepare(self, seq: int) -> None:
         """Get ready for slot ``seq`` (the writer reserves segments ahead; others do nothing)."""

@@ -166,6 +166,10 @@ class RangeStore(MemoryStore):
             return self.log.missing(place.first, place.end), DropReason.SPOOL_FULL
         return 0, DropReason.SPOOL_FULL
 
+    def deletions(self) -> int:
+        """Segments the size bound deleted so far."""
+        return self.log.deletions
+
     def close(self, everything_settled: bool) -> None:
         """Unmap the log."""
         self.log.close()

@@ -8,8 +8,8 @@ One memory-mapped page in the writer directory, next to the log it is about::
     @64    the agent's, behind a sequence lock: sequence (u64), pid, generation,
            delivered watermark, stored, retried, in flight, skipped slots, the range
            being settled (first, end), and a JSON text (dropped by reason, last error)
-    @1272  notices: a count (u64) and the last four warnings the agent logged, for the
-           trainer to repeat on its stderr
+    @1272  notices: a count (u64) and the last four warnings the agent logged (up to 698
+           bytes each, the rest of the page), for the trainer to repeat on its stderr
 
 Progress flows through here and through the log's own marks, never through a request
 per record: the trainer writes a few words when it flushes or closes, the agent
@@ -42,8 +42,9 @@ _AGENT_AT: Final = 72
 _TEXT_AT: Final = _AGENT_AT + _AGENT.size
 _TEXT_MAX: Final = 1000
 _NOTICES_AT: Final = 1272
-_NOTICE: Final = 240
+_NOTICE: Final = 700  # four of them fill the page after the count: a warning with two paths fits
 _NOTICE_SLOTS: Final = 4
+_CUT: Final = b" [...]"
 CLOSED, END_KNOWN = 1, 2
 
 
@@ -189,9 +190,12 @@ class StatusArea:
         )
 
     def notice(self, text: str) -> None:
-        """Leave a warning for the trainer to repeat (the last four are kept)."""
+        """Leave a warning for the trainer to repeat (the last four are kept; one longer
+        than a slot is cut, ending in ``[...]``)."""
         (count,) = struct.unpack_from("<Q", self._mm, _NOTICES_AT)
-        data = text.encode(errors="replace")[: _NOTICE - 2]
+        data = text.encode(errors="replace")
+        if len(data) > _NOTICE - 2:  # cut on a character's boundary, and say so
+            data = data[: _NOTICE - 2 - len(_CUT)].decode(errors="ignore").encode() + _CUT
         at = _NOTICES_AT + 8 + (count % _NOTICE_SLOTS) * _NOTICE
         struct.pack_into("<H", self._mm, at, len(data))
         self._mm[at + 2 : at + 2 + len(data)] = data
