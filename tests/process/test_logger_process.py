@@ -253,3 +253,28 @@ def test_a_process_started_by_serve_exec_logs_to_its_own_run(exec_server: Server
     assert run.state == "finished", run.job_metadata
     assert [r.id for r in Run.list(url=exec_server.address)] == [run.id]
     assert exec_server.store.count_metrics(run.id) == 1
+
+
+def test_sigterm_while_a_logger_registers_its_hooks_still_ends_the_process(fresh_server: ServerHandle) -> None:
+    # Was: the handler runs in the main thread, which may be inside init() holding the
+    # hooks' lock (registering); closing unregistered under the same lock: hung for ever.
+    run = create_run(fresh_server.url)
+    proc = run_script(
+        fresh_server.address,
+        run["id"],
+        """
+        from mlbench_metrics import _lifecycle
+        log = mlbench_metrics.init(flush_interval=30)
+        for i in range(100):
+            log.log("x", i)
+        with _lifecycle._hooks_lock:  # where the main thread is while init() registers a logger
+            os.kill(os.getpid(), signal.SIGTERM)  # its handler runs before the next line
+            print("the handler did not run", flush=True)
+    """,
+    )
+    try:
+        code, out, err = finish(proc, timeout=60)
+    finally:
+        proc.kill()
+    assert code == -signal.SIGTERM, (out, err)
+    assert fresh_server.store.count_metrics(run["id"]) == 100
