@@ -306,19 +306,30 @@ def test_a_process_started_by_serve_exec_logs_to_its_own_run(exec_server: Server
     assert exec_server.store.count_metrics(run.id) == 1
 
 
-def test_sigterm_while_a_logger_registers_its_hooks_still_ends_the_process(fresh_server: ServerHandle) -> None:
-    # Was: the handler runs in the main thread, which may be inside init() holding the
-    # hooks' lock (registering); closing unregistered under the same lock: hung for ever.
+@pytest.mark.parametrize(
+    "held",
+    [
+        "_lifecycle._hooks_lock",  # where the main thread is while init() registers a logger
+        "log.client._transport._lock",  # where it is in every call on the client (submit)
+    ],
+)
+def test_sigterm_while_the_main_thread_holds_a_lock_closing_takes_still_ends_the_process(
+    fresh_server: ServerHandle, held: str
+) -> None:
+    # Was: the handler runs in the main thread between any two bytecodes, also while that
+    # thread holds a lock that closing takes again (unregistering, submitting the writer's
+    # end): a plain Lock waited on itself for ever.
     run = create_run(fresh_server.url)
     proc = run_script(
         fresh_server.address,
         run["id"],
-        """
+        f"""
         from mlbench_metrics import _lifecycle
-        log = mlbench_metrics.init(flush_interval=30)
+        log = mlbench_metrics.init(flush_interval=30, shutdown_timeout=3)
         for i in range(100):
             log.log("x", i)
-        with _lifecycle._hooks_lock:  # where the main thread is while init() registers a logger
+        log.flush()
+        with {held}:
             os.kill(os.getpid(), signal.SIGTERM)  # its handler runs before the next line
             print("the handler did not run", flush=True)
     """,
