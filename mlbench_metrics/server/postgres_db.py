@@ -60,13 +60,23 @@ def _pg(sql: str) -> str:
 
 
 def redact(url: str) -> str:
-    """``url`` without its password, to print or log."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """``url`` without its password, to print or log: the one after the user name and
+    libpq's ``?password=`` parameter (which libpq takes as well)."""
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL urlsplit reads (a bad port, a broken IPv6 address)
+        return _NETLOC_PASSWORD.sub(r"\1***@", url)
+    if password is None:
         return url
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+_QUERY_PASSWORD: Final = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+_NETLOC_PASSWORD: Final = re.compile(r"^([^:/]+://[^:/@]*:)[^@/]*@")
 
 
 class _PgConnection:

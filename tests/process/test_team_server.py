@@ -117,6 +117,21 @@ def test_workers_on_sqlite_are_refused_with_the_reason(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://mlbench@127.0.0.1:1/x?password=querysecret",  # libpq's own parameter
+        "postgresql://mlbench:querysecret@127.0.0.1:notaport/x",  # a URL urlsplit cannot read
+    ],
+)
+def test_a_database_it_cannot_reach_is_said_in_one_line_without_the_password(url: str) -> None:
+    done = cli("serve", "--port", "0", "--db", url)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mlbench-metrics: error: "), done.stderr
+    assert "querysecret" not in done.stderr + done.stdout
+
+
 def _answers(url: str, run_id: int) -> dict[str, Any]:
     """What the API answers about a run, without what a copy changes (its id)."""
     run = requests.get(f"{url}/api/runs/{run_id}/", timeout=30).json()
