@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import signal
+import sys
 import threading
 from typing import Final
 
@@ -150,4 +151,11 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
         f"copied {report.copied:,} run(s) and pod(s) with {report.points:,} points to {target.path}; "
         f"{report.already:,} were copied before"
     )
+    if report.unreadable:
+        print(
+            f"mlbench-metrics: error: {args.source} is damaged: {len(report.unreadable)} not copied "
+            f"({', '.join(report.unreadable)})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return EXIT_OK

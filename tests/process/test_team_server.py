@@ -8,6 +8,7 @@ choice, so the tests that need "another process" send from many connections at o
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -175,3 +176,48 @@ def test_db_copy_moves_every_run_once_and_resumes_after_a_kill(postgres_url: str
             mapping = dict(conn.execute("SELECT source_run_id, run_id FROM copied_runs WHERE source_run_id > 0"))
         for old_id, answers in before.items():
             assert _answers(team.url, mapping[old_id]) == answers
+
+
+def _readable(db: Path, run_id: int) -> bool:
+    """Whether SQLite can read every row of the run's chunks (bodies included)."""
+    query = "SELECT chunks.data, b.body FROM chunks LEFT JOIN chunk_bodies b ON b.id = chunks.id WHERE owner = ?"
+    with closing(sqlite3.connect(db)) as conn:
+        try:
+            conn.execute(query, (run_id,)).fetchall()
+        except sqlite3.DatabaseError:
+            return False
+    return True
+
+
+def test_db_copy_of_a_damaged_file_copies_every_run_it_can_read_and_names_the_others(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "laptop.db"
+    with serve(db_path=str(source)) as laptop:
+        for i in range(6):
+            run = create_run(laptop.url, name=f"run{i}")
+            body = _batch(run["id"], f"damage-{i}", list(range(20_000)))
+            requests.post(laptop.url + "/api/metrics/batch/", json=body, timeout=60).raise_for_status()
+        before = {r["id"]: _answers(laptop.url, r["id"]) for r in requests.get(laptop.url + "/api/runs/").json()}
+    with closing(sqlite3.connect(source)) as conn:  # a page of one body's overflow chain, damaged
+        overflow = [p for (p,) in conn.execute("SELECT pageno FROM dbstat WHERE pagetype = 'overflow' ORDER BY pageno")]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    with open(source, "r+b") as f:
+        assert overflow  # 20,000 points a run: bodies longer than a page
+        f.seek((overflow[len(overflow) // 2] - 1) * page_size)
+        f.write(b"\xff\xff\xff\xff")  # the next page of the chain: beyond the file
+    unreadable = [run_id for run_id in before if not _readable(source, run_id)]
+    assert unreadable and len(unreadable) < len(before)  # the damage hit some runs, not all
+    for _ in range(2):  # running it again meets the same damage and says the same
+        done = cli("db", "copy", str(source), postgres_url)
+        assert done.returncode == 1
+        named = ", ".join(f"run {i} (run{i - 1})" for i in unreadable)
+        assert done.stderr.strip().splitlines()[-1] == (
+            f"mlbench-metrics: error: {source} is damaged: {len(unreadable)} not copied ({named})"
+        )
+    with serve(db_path=postgres_url) as team, closing(Store(postgres_url)) as store:
+        with store.db.read() as conn:
+            mapping = dict(conn.execute("SELECT source_run_id, run_id FROM copied_runs WHERE source_run_id > 0"))
+        assert sorted(mapping) == sorted(set(before) - set(unreadable))
+        for old_id in mapping:
+            assert _answers(team.url, mapping[old_id]) == before[old_id]
