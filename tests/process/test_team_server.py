@@ -119,6 +119,22 @@ def test_workers_on_sqlite_are_refused_with_the_reason(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--workers", "0"),
+        ("--workers", "-3"),
+        ("--db-pool", "0"),
+        ("--db-pool-timeout", "-1"),
+        ("--db-pool-timeout", "nan"),
+    ],
+)
+def test_a_count_of_processes_or_connections_below_one_is_refused(tmp_path: Path, option: str, value: str) -> None:
+    done = cli("serve", option, value, "--port", "0", "--db", str(tmp_path / "m.db"), timeout=60)
+    assert done.returncode == 2  # not a server started with one process, or none that waits
+    assert f"argument {option}: expected a" in done.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "postgresql://mlbench@127.0.0.1:1/x?password=querysecret",  # libpq's own parameter
