@@ -15,6 +15,7 @@ from typing import Final, Mapping
 
 __all__ = [
     "DELIVERY_MODES",
+    "ENV_AGENT_LINGER",
     "ENV_AGGREGATE",
     "ENV_DELIVERY",
     "ENV_FLUSH_INTERVAL",
@@ -55,6 +56,9 @@ ENV_FLUSH_INTERVAL: Final = "MLBENCH_METRICS_FLUSH_INTERVAL"
 
 ENV_DELIVERY: Final = "MLBENCH_METRICS_DELIVERY"
 """How records are delivered when no ``delivery`` is given: ``thread`` or ``process``."""
+
+ENV_AGENT_LINGER: Final = "MLBENCH_METRICS_AGENT_LINGER"
+"""Seconds a delivery agent keeps trying without progress after its training process is gone (600)."""
 
 DELIVERY_MODES: Final = ("thread", "process")
 """``thread``: a dispatcher thread in the training process; ``process``: the training

@@ -31,6 +31,7 @@ from typing import Any, Callable, Final, Literal, overload
 import requests
 
 from .client.api import ApiClient
+from .client.run_spec import RunSpec
 from .client.transport import status_error
 from .errors import ClientApiError, ConfigError, MetricsError
 from .points import MetricPoint, split_name, to_number
@@ -81,9 +82,9 @@ class Run:
     def create(
         cls,
         name: str,
-        num_workers: int = 1,
-        num_cpus: float = 2.0,
-        max_bandwidth: int = 1000,
+        num_workers: int = RunSpec.num_workers,
+        num_cpus: float = RunSpec.num_cpus,
+        max_bandwidth: int = RunSpec.max_bandwidth,
         image: str | None = None,
         backend: str | None = None,
         custom_image_name: str | None = None,
@@ -97,7 +98,7 @@ class Run:
         url: str | None = None,
         token: str | None = None,
     ) -> Run:
-        """Create a run; the arguments are those of :meth:`ApiClient.create_run`.
+        """Create a run; the arguments are :class:`~mlbench_metrics.client.RunSpec`'s.
 
         Raises:
             ValueError: an argument the dashboard would refuse (checked before sending;
@@ -106,20 +107,21 @@ class Run:
         """
         handle = cls({}, client=client, url=url, token=token)
         with handle._api() as api:
-            answer = api.create_run(
+            spec = RunSpec(
                 name,
                 num_workers,
-                num_cpus=num_cpus,
-                max_bandwidth=max_bandwidth,
-                image=image,
-                backend=backend,
-                custom_image_name=custom_image_name,
-                custom_image_command=custom_image_command,
-                custom_backend=custom_backend,
-                run_all_nodes=run_all_nodes,
-                gpu_enabled=gpu_enabled,
-                light_target=light_target,
-            ).result()
+                num_cpus,
+                max_bandwidth,
+                image,
+                backend,
+                custom_image_name,
+                custom_image_command,
+                custom_backend,
+                run_all_nodes,
+                gpu_enabled,
+                light_target,
+            )
+            answer = api.create_run_from(spec).result()
         handle._data = _json(answer)
         return handle
 

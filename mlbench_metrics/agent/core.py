@@ -21,7 +21,6 @@ when no agent process could start.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -32,7 +31,7 @@ from typing import Callable, Final, Protocol
 
 from .._threads import start_thread
 from ..client.api import ApiClient
-from ..delivery import Dispatcher, Stats
+from ..delivery import Dispatcher, Stats, deliver_to, start_dispatcher
 from ..errors import SpoolError
 from ..spool.durable.status import AgentReport, StatusArea
 from ..spool.durable.tail import TailLog, TailStore
@@ -148,15 +147,7 @@ class AgentCore:
                 clock=self._clock,
             )
             settings = self.settings
-            self._dispatcher = Dispatcher(
-                functools.partial(self._client.post_metrics, settings.run_id),
-                store,
-                batch_size=settings.batch_size,
-                flush_interval=settings.flush_interval,
-                max_buffer=settings.max_buffer,
-                max_in_flight=settings.max_in_flight,
-            )
-            self._dispatcher.start()
+            self._dispatcher = start_dispatcher(deliver_to(self._client, settings.run_id), store, settings)
             self._publish()
             if settings.adopt:
                 self._adopter = start_thread(self._adopt, "mlbench-adopt")

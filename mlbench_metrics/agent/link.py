@@ -40,8 +40,8 @@ from typing import IO, Callable, Final
 from .. import _lifecycle
 from .._threads import start_thread
 from ..client.api import ApiClient
-from ..delivery import Dispatcher, MemoryStore, Stats
-from ..delivery.dispatcher import Deliver
+from ..delivery import Dispatcher, MemoryStore, Stats, start_dispatcher
+from ..delivery.seam import Deliver
 from ..logger.settings import LoggerConfig
 from ..spool import DurableStore
 from ..spool.durable.status import AgentReport, StatusArea
@@ -363,16 +363,9 @@ class AgentLink:
         self._status.set_end(self._store.end(), closed=False)
         with self._lock:
             if self._memory is None and not self._closed:
-                self._memory = Dispatcher(
-                    self._deliver,
-                    _FrozenRecords(self._store),
-                    batch_size=self._config.batch_size,
-                    flush_interval=self._config.flush_interval,
-                    max_buffer=self._config.max_buffer,
-                    max_in_flight=self._config.max_in_flight,
-                    on_drained=self._on_drained,
+                self._memory = start_dispatcher(
+                    self._deliver, _FrozenRecords(self._store), self._config, self._on_drained
                 )
-                self._memory.start()
 
     def wake(self) -> None:
         """Records kept in memory wait: wake their dispatcher."""

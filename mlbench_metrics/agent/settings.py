@@ -14,16 +14,13 @@ from typing import Any, Final
 
 from ..client.api import ApiClient
 from ..client.retry import RetryPolicy
-from ..env import env_float
+from ..env import ENV_AGENT_LINGER, env_float
 from ..logger.settings import LoggerConfig
 
-__all__ = ["ENV_AGENT_LINGER", "PROTOCOL", "AgentSettings"]
+__all__ = ["PROTOCOL", "AgentSettings"]
 
 PROTOCOL: Final = 1
 """The version of the settings and of the status area an agent understands."""
-
-ENV_AGENT_LINGER: Final = "MLBENCH_METRICS_AGENT_LINGER"
-"""Seconds an agent keeps trying without progress after its training process is gone (600)."""
 
 _LINGER: Final = 600.0
 

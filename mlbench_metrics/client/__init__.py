@@ -16,6 +16,7 @@ from __future__ import annotations
 from .api import ApiClient
 from .result import BatchFuture, BatchResult, Gather
 from .retry import RetryPolicy
+from .run_spec import RunSpec
 from .timeouts import Timeouts
 
-__all__ = ["ApiClient", "BatchFuture", "BatchResult", "Gather", "RetryPolicy", "Timeouts"]
+__all__ = ["ApiClient", "BatchFuture", "BatchResult", "Gather", "RetryPolicy", "RunSpec", "Timeouts"]

@@ -48,13 +48,11 @@ from .dropin import (
     BAD_COUNT,
     BEYOND_SCHEMA,
     REFUSED,
-    RUN_REFUSED,
     count_text,
     cumulative_text,
     date_text,
     now_us,
     refuse_or_warn,
-    run_name_text,
     sent,
     since_text,
     value_text,
@@ -64,6 +62,7 @@ from .images import MLBENCH_BACKENDS, MLBENCH_IMAGES
 from .posting import MetricsPoster, ServerInfo
 from .result import BatchFuture, BatchResult
 from .retry import RetryPolicy
+from .run_spec import RunSpec
 from .timeouts import TimeoutLike, Timeouts
 from .transport import FORM, Transport, endpoint_of, form
 
@@ -353,8 +352,8 @@ class ApiClient(ExtensionCalls):
         self,
         name: str,
         num_workers: int,
-        num_cpus: float = 2.0,
-        max_bandwidth: int = 1000,
+        num_cpus: float = RunSpec.num_cpus,
+        max_bandwidth: int = RunSpec.max_bandwidth,
         image: str | None = None,
         backend: str | None = None,
         custom_image_name: str | None = None,
@@ -364,21 +363,32 @@ class ApiClient(ExtensionCalls):
         gpu_enabled: bool = False,
         light_target: bool = False,
     ) -> Future[requests.Response]:
-        """Create a new benchmark run.
+        """Create a new benchmark run (upstream's signature; the fields are :class:`RunSpec`'s).
 
-        Args:
-            name: the run's name (a Kubernetes name: letters, digits and ``-``).
-            num_workers: the number of worker nodes.
-            num_cpus: CPU cores per worker.
-            max_bandwidth: bandwidth between workers in Mbit/s (the dashboard ignores it).
-            image: an official benchmark, a key of :data:`MLBENCH_IMAGES`.
-            backend: one of :data:`MLBENCH_BACKENDS` (any case).
-            custom_image_name: a Docker image to run instead of an official one.
-            custom_image_command: the command to run in it.
-            custom_backend: a backend outside :data:`MLBENCH_BACKENDS`.
-            run_all_nodes: run the custom command on every worker, not only rank 0.
-            gpu_enabled: use GPUs.
-            light_target: use the light target goal.
+        Returns:
+            A Future of the ``requests.Response`` (201 with the run).
+
+        Raises:
+            ValueError: see :meth:`create_run_from`.
+        """
+        spec = RunSpec(
+            name,
+            num_workers,
+            num_cpus,
+            max_bandwidth,
+            image,
+            backend,
+            custom_image_name,
+            custom_image_command,
+            custom_backend,
+            run_all_nodes,
+            gpu_enabled,
+            light_target,
+        )
+        return self._create_run(spec)
+
+    def create_run_from(self, spec: RunSpec) -> Future[requests.Response]:
+        """Create the run ``spec`` describes.
 
         Returns:
             A Future of the ``requests.Response`` (201 with the run).
@@ -390,38 +400,12 @@ class ApiClient(ExtensionCalls):
                 dashboard refuses. Otherwise such a run is sent as upstream sends it (a
                 backend it does not know is left out), with a :class:`DashboardWarning`.
         """
+        return self._create_run(spec)
+
+    def _create_run(self, spec: RunSpec) -> Future[requests.Response]:
         problems: list[str] = []
-        data: dict[str, Any] = {
-            "name": sent(run_name_text, name, problems, RUN_REFUSED),
-            "num_workers": num_workers,
-            "num_cpus": num_cpus,
-            "max_bandwidth": max_bandwidth,
-            "gpu_enabled": "true" if gpu_enabled else "false",
-            "light_target": "true" if light_target else "false",
-            "run_all_nodes": "true" if run_all_nodes else "false",
-        }
-        if custom_image_name is not None:
-            data["image_name"] = "custom_image"
-            data["custom_image_name"] = custom_image_name
-            data["custom_image_command"] = custom_image_command
-        elif image in MLBENCH_IMAGES:
-            data["image_name"] = MLBENCH_IMAGES[image][0]
-        else:
-            known = ", ".join(repr(k) for k in MLBENCH_IMAGES)
-            raise ValueError(f"image {image!r} not found; use custom_image_name or one of {known}")
-        if custom_backend is not None and backend is not None:
-            raise ValueError("custom_backend and backend are mutually exclusive")
-        if custom_backend is not None:
-            data["backend"] = "custom_backend"
-            data["custom_backend"] = custom_backend
-        elif isinstance(backend, str) and backend.upper() in MLBENCH_BACKENDS:
-            data["backend"] = backend.upper()
-        else:  # upstream leaves it out
-            problems.append(
-                f"backend {backend!r} is not one of {MLBENCH_BACKENDS} (for another, pass custom_backend): "
-                f"it is left out, and {REFUSED}"
-            )
-        self._refuse_or_warn("create_run", problems)
+        data = spec.form(problems)
+        self._refuse_or_warn("create_run", problems, depth=2)  # the caller called a public method
         return self._request("POST", "runs/", body=form(data.items()), headers=FORM)
 
     def delete_run(self, run_id: Any) -> Future[requests.Response]:
@@ -452,6 +436,7 @@ class ApiClient(ExtensionCalls):
         *,
         batch_id: str | None = None,
         writer: Mapping[str, Any] | None = None,
+        retry: bool = True,
     ) -> BatchFuture:
         """Store many metrics of one run in one call.
 
@@ -468,6 +453,10 @@ class ApiClient(ExtensionCalls):
             batch_id: the idempotency key; default the batch's own, else a new one.
             writer: ``{"id", "rank"}`` of the logger sending, which the embedded server's
                 ``writers`` extension takes as a sign of life (not sent to other servers).
+            retry: False makes one attempt per request, whatever the retry policy says:
+                the caller decides when to send again what failed (a logger's
+                dispatcher does, honouring ``Retry-After``; see :func:`deliver_to
+                <mlbench_metrics.delivery.deliver_to>`).
 
         Returns:
             A Future of the :class:`BatchResult`; failures are in the result, not raised.
@@ -480,7 +469,7 @@ class ApiClient(ExtensionCalls):
         problem = batch_problem(batch)
         if problem is not None:
             raise ValueError(problem)
-        return self._poster.post(run_id, batch, batch_id, writer)
+        return self._poster.post(run_id, batch, batch_id, writer, retry)
 
     # -- lifecycle -------------------------------------------------------------------------
 

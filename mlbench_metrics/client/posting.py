@@ -93,7 +93,12 @@ class MetricsPoster:
         self._packed = False
 
     def post(
-        self, run_id: int, batch: MetricBatch, key: str | None, writer: Mapping[str, Any] | None = None
+        self,
+        run_id: int,
+        batch: MetricBatch,
+        key: str | None,
+        writer: Mapping[str, Any] | None = None,
+        retry: bool = True,
     ) -> BatchFuture:
         """Send ``batch`` (already checked) under ``key``; see ``ApiClient.post_metrics``.
 
@@ -107,9 +112,9 @@ class MetricsPoster:
         if not len(batch):
             outer.set_result(BatchResult(0, 0, batch_id=key))
         elif self.batch_supported is False:
-            self._fan_out(run_id, batch, outer)
+            self._fan_out(run_id, batch, outer, retry)
         else:
-            self._transport.submit(self._deliver_batch, run_id, batch, key, outer, writer)
+            self._transport.submit(self._deliver_batch, run_id, batch, key, outer, writer, retry)
         return outer
 
     def _probe(self) -> bool:
@@ -126,16 +131,22 @@ class MetricsPoster:
         _log.debug("batch endpoint %s at %s", "found" if supported else "not found", self._transport.endpoint)
 
     def _deliver_batch(
-        self, run_id: int, batch: MetricBatch, key: str, outer: BatchFuture, writer: Mapping[str, Any] | None
+        self,
+        run_id: int,
+        batch: MetricBatch,
+        key: str,
+        outer: BatchFuture,
+        writer: Mapping[str, Any] | None,
+        retry: bool,
     ) -> None:
         try:
             if self.batch_supported is None and not self._probe():
-                self._fan_out(run_id, batch, outer)
+                self._fan_out(run_id, batch, outer, retry)
                 return
-            result = self._post_batch(run_id, batch, key, writer)
+            result = self._post_batch(run_id, batch, key, writer, retry)
             if result is None:  # the server has no such endpoint after all
                 self._use_batches(False)
-                self._fan_out(run_id, batch, outer)
+                self._fan_out(run_id, batch, outer, retry)
                 return
             outer.set_result(result)
         except ApiError as exc:
@@ -144,7 +155,7 @@ class MetricsPoster:
             outer.set_exception(exc)
 
     def _post_batch(
-        self, run_id: int, batch: MetricBatch, key: str, writer: Mapping[str, Any] | None
+        self, run_id: int, batch: MetricBatch, key: str, writer: Mapping[str, Any] | None, retry: bool
     ) -> BatchResult | None:
         """Post ``batch`` to the batch endpoint (in parts past its limit); None when the
         server answers that it has no such endpoint (404, 405) to the first part. The
@@ -161,7 +172,9 @@ class MetricsPoster:
             kind, payload = ("packed", pack(part)) if self._packed else ("columns", columns(part))
             body = json.dumps({"run_id": run_id, "batch_id": part_key, kind: payload, **alive}).encode()
             try:
-                response = self._transport.call("POST", "metrics/batch/", body=body, headers=JSON, idempotent=True)
+                response = self._transport.call(
+                    "POST", "metrics/batch/", body=body, headers=JSON, idempotent=True, retry=retry
+                )
             except ApiError as exc:
                 failed.update(dict.fromkeys(range(start, start + len(part)), exc))
                 continue
@@ -179,7 +192,7 @@ class MetricsPoster:
                 failed.update(dict.fromkeys(range(start, start + len(part)), error))
         return BatchResult(n, stored, duplicate, failed, key)
 
-    def _fan_out(self, run_id: int, batch: MetricBatch, outer: BatchFuture) -> None:
+    def _fan_out(self, run_id: int, batch: MetricBatch, outer: BatchFuture, retry: bool) -> None:
         """One single post per metric, in parallel; ``outer`` tells which are stored."""
         gather = Gather(outer)
         transport = self._transport
@@ -197,7 +210,9 @@ class MetricsPoster:
                 )
             )
             try:
-                future = transport.submit(transport.call, "POST", "metrics/", body=body, headers=FORM, idempotent=False)
+                future = transport.submit(
+                    transport.call, "POST", "metrics/", body=body, headers=FORM, idempotent=False, retry=retry
+                )
             except (ClosedError, RuntimeError) as exc:  # closed, or closing (the executor refuses)
                 gather.failed(index, TransientApiError(f"not sent: {exc}"))
                 continue

@@ -37,10 +37,10 @@ class BatchResult:
         duplicate: the server had stored this ``batch_id`` before: nothing was lost.
         failed: index of each metric that was not stored -> why.
         batch_id: the idempotency key the batch was sent with (None for single posts).
-        folded: indices of the metrics not sent as they are but folded into aggregate
-            points the server stored (see ``delivery/aggregator.py``); their raw copies
-            are on disk. Neither stored nor failed.
-        aggregates: how many aggregate points the server stored for this batch.
+        kept: indices of the metrics a deliverer wrapping the client's settled by keeping
+            them on disk instead of sending them as they are (the aggregator: the server
+            stored aggregates of them). Neither stored nor failed; they count as spooled.
+        stand_ins: how many points the server stored standing in for the ``kept`` ones.
     """
 
     total: int
@@ -48,12 +48,12 @@ class BatchResult:
     duplicate: bool = False
     failed: Mapping[int, ApiError] = field(default_factory=dict)
     batch_id: str | None = None
-    folded: tuple[int, ...] = ()
-    aggregates: int = 0
+    kept: tuple[int, ...] = ()
+    stand_ins: int = 0
 
     @property
     def ok(self) -> bool:
-        """True when every metric is stored (now, or before as a duplicate), or folded."""
+        """True when every metric is stored (now, or before as a duplicate), or kept."""
         return not self.failed
 
     @property

@@ -356,13 +356,20 @@ class Transport:
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool,
+        retry: bool = True,
     ) -> requests.Response:
         """One call with retries, in the calling thread; returns the last answer whatever its status.
+
+        Args:
+            retry: False makes one attempt whatever the policy says: the caller decides
+                when to try again (the dispatcher does, for the batches it delivers).
 
         Raises:
             ApiError: no answer came (the transport's errors, after retries).
         """
         try:
+            if not retry:
+                return self._attempt(method, self.endpoint + path, params, body, headers)
             return self.retry.call(
                 self._attempt,
                 method,

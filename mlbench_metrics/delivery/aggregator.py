@@ -16,9 +16,10 @@ answered, the next batches wait and are folded together, so the slower the serve
 wider the windows. A raw send that turns out too slow is cut short (its posts not started
 yet are cancelled, and folded in the next send).
 
-The future of each batch answers per record: stored (sent raw), *folded* (its aggregate
-was stored; it counts as spooled, its raw copy being on disk), or failed (the dispatcher
-sends it again later, or keeps it for ``sync``). Against a server with the batch
+The future of each batch answers per record: stored (sent raw), *kept* (folded: its
+aggregate was stored, its raw copy is on disk, so the dispatcher counts it as spooled and
+knows nothing of folding), or failed (the dispatcher sends it again later, or keeps it for
+``sync``). Against a server with the batch
 endpoint, or with ``aggregate="off"``, batches go straight to the client.
 
 No threads: sends start on the dispatcher's thread (:meth:`Aggregator.__call__`,
@@ -37,9 +38,9 @@ from typing import Callable, Iterator, Sequence
 from ..client.result import BatchFuture, BatchResult
 from ..errors import ApiError, ClientApiError, ClosedError, TransientApiError
 from ..records import MetricBatch
-from .dispatcher import Deliver
 from .fold import plan_fold, rows_of
 from .pace import FoldPolicy
+from .seam import Deliver
 
 __all__ = ["Aggregator"]
 
@@ -98,7 +99,12 @@ class _Delivery:
             if i not in stored and i not in folded and i not in failed:
                 failed[i] = waiting
         return BatchResult(
-            len(self.batch), len(stored), False, failed, self.batch.batch_id, tuple(sorted(folded)), self.aggregates
+            len(self.batch),
+            len(stored),
+            failed=failed,
+            batch_id=self.batch.batch_id,
+            kept=tuple(sorted(folded)),  # their raw copies are on disk: settled, as spooled
+            stand_ins=self.aggregates,
         )
 
 
@@ -134,12 +140,12 @@ class Aggregator:
     Example::
 
         aggregator = Aggregator(
-            functools.partial(client.post_metrics, run_id),
+            deliver_to(client, run_id),
             FoldPolicy("auto"),
             batch_supported=lambda: client.batch_supported,
             keep=raw_copies.keep_one,
         )
-        dispatcher = Dispatcher(aggregator, store, on_drained=aggregator.tick)
+        dispatcher = start_dispatcher(aggregator, store, settings, on_drained=aggregator.tick)
 
     Args:
         deliver: the client's ``post_metrics`` for the run.

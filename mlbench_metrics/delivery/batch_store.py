@@ -23,6 +23,7 @@ from typing import Protocol, Sequence
 
 from ..records import MetricBatch, encode
 from ..records.batch import Record
+from .reasons import DropReason
 
 __all__ = ["BatchStore", "MemoryStore", "Parcel", "base_batch_id", "next_batch_id"]
 
@@ -101,7 +102,7 @@ class BatchStore(Protocol):
     def settle(self, parcel: Parcel) -> None:
         """The parcel is done (stored, or refused for good): forget it."""
 
-    def lost(self, parcel: Parcel) -> tuple[int, str]:
+    def lost(self, parcel: Parcel) -> tuple[int, DropReason | None]:
         """How many of the parcel's records the store has lost, and the reason."""
 
     def deletions(self) -> int:
@@ -169,9 +170,9 @@ class MemoryStore:
         parcel.records = None
         parcel.batch = None
 
-    def lost(self, parcel: Parcel) -> tuple[int, str]:
+    def lost(self, parcel: Parcel) -> tuple[int, DropReason | None]:
         """Memory loses nothing by itself."""
-        return 0, ""
+        return 0, None
 
     def deletions(self) -> int:
         """Never: memory has no size bound that deletes (overflow is counted as it happens)."""

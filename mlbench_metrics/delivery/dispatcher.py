@@ -10,8 +10,10 @@ happens in the ``mlbench-dispatcher`` thread owned by :class:`Dispatcher`:
   into batches (:class:`~.store.Parcel`), oldest first;
 * hand batches to ``deliver`` (``ApiClient.post_metrics``), at most ``max_in_flight``
   at a time; answers arrive on the client's threads and only wake this one;
-* send a batch that failed again after a backoff (also while closing), under the same
-  id; keep only the metrics not stored yet when an answer is partial;
+* send a batch that failed again after a backoff, or as long as the server's
+  ``Retry-After`` asks (also while closing), under the same id; keep only the metrics
+  not stored yet when an answer is partial. This is the one place batches are tried
+  again: ``deliver`` makes one attempt per call (:func:`deliver_to`);
 * keep memory under ``max_buffer``: what it cannot hold goes to the store's disk, or is
   dropped and counted when there is none;
 * resolve flush markers; at ``close`` leave what is undelivered to the store before the
@@ -30,27 +32,21 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Final
+from typing import Callable
 
 from .._threads import start_thread
 from ..client.result import BatchFuture, BatchResult
 from ..errors import ClosedError
-from ..records import MetricBatch
+from . import notices
+from .accounts import Accounts
 from .batch_store import BatchStore, Parcel
 from .ledger import Ledger, Marker, Stats
+from .reasons import DropReason
+from .seam import Deliver, DispatchSettings, asked_to_wait, next_try_in
 
-__all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "Deliver", "Dispatcher", "Stats"]
+__all__ = ["Dispatcher", "Stats", "start_dispatcher"]
 
 _log = logging.getLogger("mlbench_metrics")
-
-BACKOFF_FIRST: Final = 0.1
-"""Seconds before a failed batch is sent again the first time; doubled each time."""
-
-BACKOFF_MAX: Final = 10.0
-"""The longest wait between two sends of a failed batch."""
-
-Deliver = Callable[[MetricBatch], BatchFuture]
-"""Sends one batch; the Future resolves to what was stored (``ApiClient.post_metrics``)."""
 
 Wait = Callable[[threading.Event, float], bool]
 """Waits on an event for at most some seconds; True when it was set."""
@@ -60,26 +56,37 @@ def _event_wait(event: threading.Event, seconds: float) -> bool:
     return event.wait(seconds)
 
 
-class Dispatcher:
+def start_dispatcher(
+    deliver: Deliver,
+    store: BatchStore,
+    settings: DispatchSettings,
+    on_drained: Callable[[], None] | None = None,
+    on_closed: Callable[[Stats], None] | None = None,
+) -> Dispatcher:
+    """A dispatcher for ``store`` within ``settings``, its thread started: how the
+    logger, the delivery agent and the agent's link each build theirs."""
+    dispatcher = Dispatcher(deliver, store, settings, on_drained=on_drained, on_closed=on_closed)
+    dispatcher.start()
+    return dispatcher
+
+
+class Dispatcher(Accounts):
     """Owns the ``mlbench-dispatcher`` thread that delivers what its store's buffer holds.
 
     Example::
 
         store = MemoryStore(prefix="writer-1")
-        dispatcher = Dispatcher(functools.partial(client.post_metrics, run_id), store)
-        dispatcher.start()
+        dispatcher = start_dispatcher(deliver_to(client, run_id), store, logger_config)
         store.buffer.append(("loss", 0.5, time.time_ns(), None, Context(None, 0, None)))
         dispatcher.flush(10)
         dispatcher.close(5)
 
     Args:
-        deliver: sends one batch (``functools.partial(client.post_metrics, run_id)``).
+        deliver: sends one batch (:func:`deliver_to`: one attempt per call).
         store: where batches wait, in memory or on disk; owns the buffer.
-        batch_size: most records in one batch; also how many wake the thread early.
-        flush_interval: seconds between deliveries when fewer records arrive.
-        max_buffer: most records held in memory (buffered, waiting or in flight).
-        max_in_flight: batches sent and not answered yet, at most.
+        settings: ``batch_size``, ``flush_interval``, ``max_buffer``, ``max_in_flight``.
         on_drained: called by the thread each time it has emptied the buffer.
+        on_closed: called with the final counts once everything is settled or left on disk.
         clock: monotonic seconds (``time.monotonic``).
         wait: waits on an event with a timeout in the clock's seconds.
     """
@@ -88,23 +95,22 @@ class Dispatcher:
         self,
         deliver: Deliver,
         store: BatchStore,
+        settings: DispatchSettings,
         *,
-        batch_size: int = 1000,
-        flush_interval: float = 1.0,
-        max_buffer: int = 500_000,
-        max_in_flight: int = 4,
         on_drained: Callable[[], None] | None = None,
+        on_closed: Callable[[Stats], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wait: Wait = _event_wait,
     ) -> None:
         self._deliver = deliver
         self._store = store
         self._buffer = store.buffer
-        self._batch_size = batch_size
-        self._flush_interval = flush_interval
-        self._max_buffer = max_buffer
-        self._max_in_flight = max_in_flight
+        self._batch_size = settings.batch_size
+        self._flush_interval = settings.flush_interval
+        self._max_buffer = settings.max_buffer
+        self._max_in_flight = settings.max_in_flight
         self._on_drained = on_drained
+        self._on_closed = on_closed
         self._clock = clock
         self._wait = wait
         self._wake_event = threading.Event()
@@ -122,7 +128,7 @@ class Dispatcher:
         self._outbox: deque[Parcel] = deque()  # waiting to be sent, oldest first (the thread's)
         self._in_flight: dict[int, tuple[Parcel, BatchFuture]] = {}
         self._answered: deque[tuple[Parcel, BatchFuture]] = deque()
-        self._warned: set[str] = set()
+        self._notices = notices.Notices(_log, clock)
         self._closing = False  # at close, what is kept is said once, by _finish
         self._deletions = 0  # the store's size-bound deletions counted so far
         self._last_take = clock()
@@ -159,7 +165,7 @@ class Dispatcher:
                 return
             parcels = self._take(excess)
         if self._ledger.in_memory() > self._max_buffer:  # (the parcels are counted already)
-            self._put_out_of_memory(parcels, "overflow", queued=False)
+            self._put_out_of_memory(parcels, DropReason.OVERFLOW, queued=False)
             parcels = [p for p in parcels if p.on_disk]
         self._overflow.extend(parcels)  # a deque: safe to extend here while the thread pops
         self._wake_event.set()
@@ -302,7 +308,7 @@ class Dispatcher:
             parcels.append(self._overflow.popleft())
         if parcels:
             self._outbox.extend(parcels)
-            self._put_out_of_memory([p for p in parcels if not p.on_disk], "overflow")
+            self._put_out_of_memory([p for p in parcels if not p.on_disk], DropReason.OVERFLOW)
 
     def _take_buffer(self) -> None:
         with self._drain_lock:
@@ -323,28 +329,7 @@ class Dispatcher:
             if not parcel.on_disk:
                 spill.append(parcel)
                 over -= parcel.count
-        self._put_out_of_memory(spill, "overflow")
-
-    def _put_on_disk(self, parcels: list[Parcel]) -> int | None:
-        """Spill ``parcels`` to the store's disk where it can; the rest stay in memory.
-        Returns how many it kept, or None when the spool failed."""
-        if not parcels:
-            return 0
-        try:
-            kept = self._store.spill(parcels)
-        except Exception as exc:
-            self._note_error("spool", exc)
-            return None
-        self._ledger.parked(parcels[:kept])
-        return kept
-
-    def _put_out_of_memory(self, parcels: list[Parcel], reason: str, *, queued: bool = True) -> None:
-        """Spill ``parcels`` to the store's disk; drop (and count) what it cannot keep."""
-        kept = self._put_on_disk(parcels)
-        if kept is None:
-            kept, reason = 0, "spool_failed"
-        for parcel in parcels[kept:]:
-            self._drop(parcel, reason, queued=queued)
+        self._put_out_of_memory(spill, DropReason.OVERFLOW)
 
     def _send(self) -> None:
         now = self._clock()
@@ -362,43 +347,13 @@ class Dispatcher:
             except Exception as exc:  # the client refused the batch itself: nothing can fix it
                 self._note_error("deliver", exc)
                 self._outbox.popleft()
-                self._drop(head, "rejected")
+                self._drop(head, DropReason.REJECTED)
                 continue
             self._outbox.popleft()
             head.attempts += 1
             self._in_flight[head.seq] = (head, future)
             self._ledger.flying(head.count)
             future.add_done_callback(functools.partial(self._on_answer, head))
-
-    def _count_deleted(self) -> None:
-        """After the store's size bound deleted records: count the parcels waiting on
-        disk that are all gone now, so ``stats.spooled`` says what is on disk (one only
-        partly gone is counted when it is loaded)."""
-        deletions = self._store.deletions()
-        if deletions == self._deletions:
-            return
-        self._deletions = deletions
-        for parcel in [p for p in self._outbox if p.on_disk and not p.in_memory]:
-            lost, reason = self._store.lost(parcel)
-            if lost >= parcel.count > 0:
-                self._drop(parcel, reason)
-
-    def _load(self, parcel: Parcel) -> MetricBatch | None:
-        """The parcel's batch to send; counts what the store lost of it (None: all)."""
-        try:
-            batch = self._store.load(parcel)
-        except Exception as exc:
-            self._note_error("spool", exc)
-            batch = None
-        gone = parcel.count - (len(batch) if batch is not None else 0)
-        if gone > 0:
-            _, reason = self._store.lost(parcel)
-            self._count(parcel, gone, reason or "spool_failed")
-        if batch is None or not len(batch):
-            self._outbox.remove(parcel)
-            self._forget(parcel)
-            return None
-        return batch
 
     def _on_answer(self, parcel: Parcel, future: BatchFuture) -> None:
         """Runs on a client thread: hand the answer over and wake the dispatcher."""
@@ -407,7 +362,7 @@ class Dispatcher:
 
     def _settle(self) -> None:
         """Account for answered batches and queue again what may succeed later."""
-        retry: list[Parcel] = []
+        retry: list[tuple[Parcel, float]] = []  # and the wait the server asked for
         while self._answered:
             parcel, future = self._answered.popleft()
             if self._in_flight.pop(parcel.seq, None) is None:
@@ -418,11 +373,10 @@ class Dispatcher:
                 self._note_error("deliver", exc)
                 result = BatchResult.unanswered(parcel.count, f"{type(exc).__name__}: {exc}")
             if self._apply(parcel, result):
-                retry.append(parcel)
+                retry.append((parcel, asked_to_wait(result)))
         now = self._clock()
-        for parcel in sorted(retry, key=lambda p: p.seq, reverse=True):
-            # 2**attempts, capped before it can overflow a float (a batch may fail for days)
-            parcel.due = now + min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** min(parcel.attempts - 1, 30))
+        for parcel, asked in sorted(retry, key=lambda item: item[0].seq, reverse=True):
+            parcel.due = now + next_try_in(parcel.attempts, asked)
             self._outbox.appendleft(parcel)  # oldest first, ahead of newer batches
             try:
                 self._store.failed(parcel)
@@ -431,52 +385,6 @@ class Dispatcher:
             if parcel.place is not None:
                 self._ledger.parked([parcel])
         self._ledger.resolve_markers(self._seq)
-
-    def _apply(self, parcel: Parcel, result: BatchResult) -> bool:
-        """Count an answer for an in-flight parcel; True when some of it is to be sent again."""
-        self._ledger.flying(-parcel.count)
-        again = result.retryable()
-        rejected = len(result.rejected())
-        if result.failed:  # at close, what is kept is said by the line on where it waits
-            self._note_error("deliver", result.error, warn=rejected > 0 or not self._closing)
-        folded = len(result.folded)  # into aggregates the server stored; raw copies on disk
-        stored = parcel.count - len(again) - rejected - folded
-        if rejected:
-            self._warn_once("rejected", f"mlbench-metrics: the server refused {rejected} records: {result.error}")
-        if again and (stored or rejected or folded):
-            try:
-                self._store.remainder(parcel, again)
-            except Exception as exc:  # the whole batch will be sent again: at least once
-                self._note_error("spool", exc)
-                again, stored, rejected, folded = list(range(parcel.count)), 0, 0, 0
-        self._count(parcel, stored, None)
-        self._count(parcel, rejected, "rejected")
-        self._ledger.folded(parcel, folded, result.aggregates)
-        if not again:
-            self._forget(parcel)
-            return False
-        self._ledger.retried(len(again))
-        return True
-
-    def _count(self, parcel: Parcel, n: int, reason: str | None) -> None:
-        """``n`` of the parcel's records are done: stored (no reason) or dropped."""
-        self._ledger.settled(parcel, n, reason)
-        if n > 0 and reason is not None:
-            self._warn_once(f"drop:{reason}", f"mlbench-metrics: dropped {n} records ({reason}); see stats.dropped")
-
-    def _drop(self, parcel: Parcel, reason: str, *, queued: bool = True) -> None:
-        """Give the parcel up; ``queued``: it may be in the outbox (only the thread's)."""
-        self._count(parcel, parcel.count, reason)
-        if queued and parcel in self._outbox:
-            self._outbox.remove(parcel)
-        self._forget(parcel)
-
-    def _forget(self, parcel: Parcel) -> None:
-        try:
-            self._store.settle(parcel)
-        except Exception as exc:
-            self._note_error("spool", exc)
-        self._ledger.forget(parcel)
 
     def _finish(self) -> None:
         """At the end: put what waits on disk, give what is in flight until its last
@@ -487,7 +395,7 @@ class Dispatcher:
         self._outbox.extend(parcels)
         self._take_overflow()
         self._settle()
-        self._put_out_of_memory(self._waiting_in_memory(), "shutdown")
+        self._put_out_of_memory(self._waiting_in_memory(), DropReason.SHUTDOWN)
         flying = [future for _, future in self._in_flight.values()]
         for future in flying:
             future.abandon()  # a fan-out sends no more single posts: its answers are final
@@ -497,30 +405,23 @@ class Dispatcher:
             del self._in_flight[parcel.seq]
             if self._apply(parcel, future.partial()):  # only what it did not store is kept
                 self._outbox.append(parcel)
-        self._put_out_of_memory(self._waiting_in_memory(), "shutdown")
+        self._put_out_of_memory(self._waiting_in_memory(), DropReason.SHUTDOWN)
         for parcel in list(self._outbox):
             lost, reason = self._store.lost(parcel)
-            self._count(parcel, lost, reason)
+            self._count(parcel, lost, reason or DropReason.SPOOL_FAILED)
         try:
             self._store.close(everything_settled=self._ledger.everything_settled())
         except Exception as exc:
             self._note_error("spool", exc)
         self._ledger.release_markers()
-        stats = self._ledger.stats(0)
-        left = stats.spooled - stats.folded
+        left = self._ledger.on_disk()
         where = self._store.location
         if left and where is not None:
             _log.warning(
                 "mlbench-metrics: %d records wait in %s; deliver them with: mlbench-metrics sync %s", left, where, where
             )
-        if stats.folded and where is not None:
-            _log.warning(
-                "mlbench-metrics: the server has aggregates of %d records whose raw copies are in %s; upload them "
-                "to a server with the batch endpoint with: mlbench-metrics sync %s --to URL",
-                stats.folded,
-                where,
-                where,
-            )
+        if self._on_closed is not None:
+            self._on_closed(self._ledger.stats(0))
 
     def _waiting_in_memory(self) -> list[Parcel]:
         return sorted((p for p in self._outbox if not p.on_disk), key=lambda p: p.seq)
@@ -538,18 +439,3 @@ class Dispatcher:
         self._ledger.abandon(uncut)
         self._ledger.release_markers()
         _log.warning("mlbench-metrics: delivery did not finish within the close timeout; see stats.dropped")
-
-    # -- errors -------------------------------------------------------------------------
-
-    def _note_error(self, kind: str, exc: BaseException | None, *, warn: bool = True) -> None:
-        if exc is None:
-            return
-        text = f"{type(exc).__name__}: {exc}"
-        self._ledger.error(text)
-        if warn:
-            self._warn_once(f"{kind}:{type(exc).__name__}", f"mlbench-metrics: {kind} failed: {text}")
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            _log.warning(message)

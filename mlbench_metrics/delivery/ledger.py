@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from .batch_store import Parcel
+from .reasons import DropReason
 
 __all__ = ["Ledger", "Marker", "Stats"]
 
@@ -30,9 +31,10 @@ class Stats:
         logged: records accepted by ``log``/``increment``/timers.
         stored: records the server has stored (a re-sent duplicate counts once).
         retried: records sent again after a failure.
-        dropped: records given up, by reason: ``"overflow"`` (memory was full and no
-            spool could take them), ``"rejected"`` (the server refused them for good),
-            ``"shutdown"`` (undelivered when ``close`` ran out of time, and not on disk),
+        dropped: records given up, by reason (a :class:`~.reasons.DropReason`'s value):
+            ``"overflow"`` (memory was full and no spool could take them),
+            ``"rejected"`` (the server refused them for good), ``"shutdown"``
+            (undelivered when ``close`` ran out of time, and not on disk),
             ``"spool_full"`` (the spool's size bound), ``"spool_failed"`` (the disk
             could not be written or read back).
         spooled: records waiting on disk (after ``close()``: left for ``sync``), and the
@@ -96,8 +98,8 @@ class Ledger:
         self._parked = 0
         self._flying = 0
         self._stored = 0
-        self._folded = 0
-        self._aggregates = 0
+        self._kept = 0  # settled on disk by the deliverer (Stats.folded: the aggregator's)
+        self._stand_ins = 0
         self._retried = 0
         self._dropped: dict[str, int] = {}
         self._abandoned = False
@@ -114,7 +116,7 @@ class Ledger:
         with self._lock:
             self._cut += records
             if self._abandoned:
-                self._drop("shutdown", records, None)
+                self._drop(DropReason.SHUTDOWN, records, None)
                 return False
             self._held += records
             for parcel in parcels:
@@ -132,7 +134,7 @@ class Ledger:
                     if not self._abandoned:
                         self._parked += parcel.count
 
-    def settled(self, parcel: Parcel, n: int, reason: str | None) -> None:
+    def settled(self, parcel: Parcel, n: int, reason: DropReason | None) -> None:
         """``n`` of the parcel's records are done: stored (no reason) or dropped."""
         if n <= 0:
             return
@@ -144,15 +146,15 @@ class Ledger:
             else:
                 self._drop(reason, n, parcel.seq)
 
-    def folded(self, parcel: Parcel, n: int, points: int) -> None:
-        """``n`` of the parcel's records were folded into ``points`` aggregate points the
-        server stored; their raw copies are on disk (so they count as spooled)."""
-        if n <= 0 and points <= 0:
+    def kept(self, parcel: Parcel, n: int, stand_ins: int) -> None:
+        """``n`` of the parcel's records were settled by the deliverer keeping them on disk
+        (so they count as spooled), and the server stored ``stand_ins`` points for them."""
+        if n <= 0 and stand_ins <= 0:
             return
         with self._lock:
             if self._release(parcel, n):
-                self._folded += n
-                self._aggregates += points
+                self._kept += n
+                self._stand_ins += stand_ins
 
     def _release(self, parcel: Parcel, n: int) -> bool:
         """Under the lock: ``n`` of the parcel's records leave it; False when nothing
@@ -165,8 +167,8 @@ class Ledger:
             self._parked -= n
         return True
 
-    def _drop(self, reason: str, n: int, seq: int | None) -> None:
-        self._dropped[reason] = self._dropped.get(reason, 0) + n
+    def _drop(self, reason: DropReason, n: int, seq: int | None) -> None:
+        self._dropped[reason.value] = self._dropped.get(reason.value, 0) + n
         if seq is not None:
             self._lost_seqs.append(seq)
 
@@ -191,6 +193,11 @@ class Ledger:
         with self._lock:
             self._last_error = text
 
+    def on_disk(self) -> int:
+        """Records waiting in the store's files to be sent (not those kept by the deliverer)."""
+        with self._lock:
+            return self._parked
+
     def in_memory(self) -> int:
         """Records cut and not settled that are not on disk."""
         with self._lock:
@@ -212,7 +219,7 @@ class Ledger:
             self._held = self._parked
             self._flying = 0
             if lost:
-                self._drop("shutdown", lost, None)
+                self._drop(DropReason.SHUTDOWN, lost, None)
 
     def stats(self, buffered: int) -> Stats:
         """A snapshot, with ``buffered`` records still in the buffer."""
@@ -222,12 +229,12 @@ class Ledger:
                 stored=self._stored,
                 retried=self._retried,
                 dropped=dict(self._dropped),
-                spooled=self._parked + self._folded,
+                spooled=self._parked + self._kept,
                 in_flight=self._flying,
                 pending=self._held + buffered,
                 last_error=self._last_error,
-                folded=self._folded,
-                aggregates=self._aggregates,
+                folded=self._kept,
+                aggregates=self._stand_ins,
             )
 
     # -- flushes ------------------------------------------------------------------------

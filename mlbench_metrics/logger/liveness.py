@@ -69,7 +69,9 @@ class Liveness:
         self._run_id = run_id
         self._rank = rank
         self._clock = clock
-        self._post = functools.partial(client.post_metrics, run_id, writer={"id": self.writer, "rank": rank})
+        self._post = functools.partial(
+            client.post_metrics, run_id, writer={"id": self.writer, "rank": rank}, retry=False
+        )
         self._lock = threading.Lock()
         self._sent_at: float | None = None  # last batch or report sent (None: nothing yet)
         self._heartbeat = _FIRST_HEARTBEAT
@@ -79,7 +81,8 @@ class Liveness:
         self.conflict: str | None = None
 
     def deliver(self, batch: MetricBatch) -> BatchFuture:
-        """``ApiClient.post_metrics`` for the run, carrying the writer: a sign of life."""
+        """``ApiClient.post_metrics`` for the run, carrying the writer (a sign of life); one
+        attempt per call, as :func:`~mlbench_metrics.delivery.deliver_to`: the dispatcher retries."""
         self._sent_at = self._clock()
         return self._post(batch)
 

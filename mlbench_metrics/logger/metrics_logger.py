@@ -6,9 +6,10 @@ plain path. A record that would be refused later is refused here, at the call, w
 error naming the field and the limit; once accepted, a record is stored, spooled, or
 counted in ``stats.dropped``, never silently lost.
 
-The logger builds its parts and passes them in: a :class:`LoggerConfig`, a store
-(memory, spool or durable: see ``delivery/store.py``), a :class:`Dispatcher` that owns
-the one delivery thread, and ``deliver`` (``ApiClient.post_metrics`` for its run). Exit,
+What a record carries (its final name, rank, epoch, step) is ``stamping.py``'s; how the
+logger is wired to its delivery (the parts ``parts.py`` builds from its settings: a
+store, a :class:`Dispatcher` that owns the one delivery thread, or the link to an agent,
+and the :class:`Inlet` records go in by) is ``wiring.py``'s. Exit,
 SIGTERM and fork hooks are ``_lifecycle``'s; the module-level API (``init``, ``log``,
 ``finish``...) is ``current``'s. After ``os.fork()`` the child starts empty and builds
 its own parts on its first record. This module starts no threads itself.
@@ -16,32 +17,28 @@ its own parts on its first record. This module starts no threads itself.
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import math
 import os
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Final, Mapping, Protocol, TypeVar
 
 from .. import _lifecycle
 from ..client.api import ApiClient
-from ..client.transport import endpoint_of
-from ..delivery import Stats
-from ..env import ENV_URL, env_str
-from ..errors import ClosedError, ConfigError
-from ..records import Context, check_name, check_number, check_step, coerce_value
-from ..records.batch import Record
-from ..records.checks import Value
+from ..delivery import deliver_to
+from ..errors import ClosedError
+from ..records import check_number, check_step
 from ..timing import Timer, timed
+from .inlet import Inlet
 from .liveness import Liveness
 from .own_run import check_run, create_own_run, mark_own_run
-from .parts import Parts, open_parts, placeholder_parts
+from .parts import placeholder_parts
 from .run_config import check_config, send_config
-from .settings import LoggerConfig
+from .settings import LoggerConfig, elsewhere
+from .stamping import checked_value
+from .wiring import Wiring
 
 __all__ = ["MetricsLogger", "Sampler"]
 
@@ -49,7 +46,6 @@ _log = logging.getLogger("mlbench_metrics")
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 _time_ns: Final = time.time_ns
-_RESERVED_METADATA: Final = frozenset({"rank", "epoch", "step"})
 
 
 class Sampler(Protocol):
@@ -59,27 +55,7 @@ class Sampler(Protocol):
         """Stop recording and join the thread."""
 
 
-class _Buffer(Protocol):
-    """What the hot path appends to: the store's deque, or the closed stand-in."""
-
-    def append(self, item: Record, /) -> None:
-        """Add one record (or raise: closed)."""
-
-    def __len__(self) -> int:
-        """Records waiting."""
-
-
-class _ClosedBuffer:
-    """Stands in for the buffer after ``close()``: appending raises, at no cost before."""
-
-    def append(self, item: object) -> None:
-        raise ClosedError("this MetricsLogger is closed; create a new one (or call init()) to log more")
-
-    def __len__(self) -> int:
-        return 0
-
-
-class MetricsLogger:
+class MetricsLogger(Wiring):
     """Record metrics from a training loop to an MLBench dashboard.
 
     Example::
@@ -144,7 +120,7 @@ class MetricsLogger:
             ``serve --exec`` sets it), that run is used instead.
         config: the run's configuration (hyperparameters), a JSON-serialisable mapping
             stored once with the run where the server can (the embedded server; the
-            dashboard cannot, and a warning says so). See :mod:`mlbench_metrics.run_config`.
+            dashboard cannot, and a warning says so). See :mod:`mlbench_metrics.logger.run_config`.
         delivery: ``"thread"`` (else ``MLBENCH_METRICS_DELIVERY``, else the default): a
             thread in this process delivers; ``"process"``: this process only writes
             each record to the durable log (as ``durable=True``) and a delivery agent
@@ -163,27 +139,27 @@ class MetricsLogger:
         url: str | None = None,
         rank: int | None = None,
         flush_interval: float | None = None,
-        batch_size: int = 1000,
-        max_buffer: int = 500_000,
-        max_in_flight: int = 4,
-        shutdown_timeout: float = 10.0,
-        handle_sigterm: bool = True,
+        batch_size: int = LoggerConfig.batch_size,
+        max_buffer: int = LoggerConfig.max_buffer,
+        max_in_flight: int = LoggerConfig.max_in_flight,
+        shutdown_timeout: float = LoggerConfig.shutdown_timeout,
+        handle_sigterm: bool = LoggerConfig.handle_sigterm,
         token: str | None = None,
-        spool: bool = True,
+        spool: bool = LoggerConfig.spool,
         spool_dir: str | os.PathLike[str] | None = None,
-        spool_max_bytes: int = 1 << 30,
-        durable: bool = False,
+        spool_max_bytes: int = LoggerConfig.spool_max_bytes,
+        durable: bool = LoggerConfig.durable,
         aggregate: str | float | None = None,
         new_run: str | None = None,
         config: Mapping[str, Any] | None = None,
         delivery: str | None = None,
     ) -> None:
-        self.settings = LoggerConfig.resolve(
+        settings = LoggerConfig.resolve(
             run_id,
             rank=rank,
             flush_interval=flush_interval,
             new_run=new_run,
-            elsewhere=_elsewhere(url, client),
+            elsewhere=elsewhere(url, client),
             delivery=delivery,
             batch_size=batch_size,
             max_buffer=max_buffer,
@@ -197,6 +173,7 @@ class MetricsLogger:
             aggregate=aggregate,
             run_config=None if config is None else check_config(config),
         )
+        super().__init__(settings)
         self._own_client = client is None
         self._token = token
         # The logger keeps its strict checks: it refuses at the call what the dashboard would.
@@ -215,61 +192,13 @@ class MetricsLogger:
         self._lock = threading.Lock()
         self._close_lock = threading.RLock()
         self._closed = False
-        self._names: dict[object, str] = {}
         self._totals: dict[str, float] = {}
-        self._epoch = 0
-        self._step: int | None = None
         self._samplers: list[Sampler] = []
-        self._last_step: int | None = None  # the newest step given: timers and totals carry it
-        world_size = self.settings.world_size
-        self._placed = "" if world_size is None else f', "world_size": {world_size}'
-        self._rebuild_contexts()
         # The run's state follows its writers (the embedded server); the agent delivers for "process".
         self._liveness = Liveness(self.client, self.run_id, self.rank) if self.settings.delivery != "process" else None
         self._open_parts()
         _lifecycle.at_fork_in_child(self._after_fork_in_child)
         _lifecycle.register(self, self.settings.handle_sigterm)
-
-    # -- the parts ------------------------------------------------------------------------
-
-    def _open_parts(self) -> None:
-        """Build the store and the dispatcher; point the hot path at the store's buffer."""
-        client = self.client  # not self: the dispatcher's thread must not keep the logger alive
-        liveness, reset = self._liveness, _lifecycle.weak_call(self._reset_wake_threshold)
-
-        def drained() -> None:  # each interval's tick: the heartbeat rides on it
-            reset()
-            if liveness is not None:
-                liveness.tick()
-
-        self._use(
-            open_parts(
-                self.settings,
-                liveness.deliver if liveness is not None else functools.partial(client.post_metrics, self.run_id),
-                batch_supported=lambda: client.batch_supported,
-                run_id=self.run_id,
-                endpoint=client.endpoint,
-                on_frozen=self._on_log_frozen,
-                on_drained=drained,
-                client=self.client,
-                token=self._token,
-            )
-        )
-        self._wake_at = self.settings.batch_size
-
-    def _use(self, parts: Parts) -> None:
-        self._store = parts.store
-        self._dispatcher = parts.dispatcher
-        self._agent = parts.agent
-        self._adoption = parts.adoption
-        self._buf: _Buffer = parts.store.buffer
-        self._append = parts.append
-        self._write = parts.write
-
-    def _on_log_frozen(self) -> None:
-        """The durable log cannot grow: from now on the hot path appends to memory."""
-        self._write = None
-        self._append = self._store.buffer.append
 
     # -- the hot path -------------------------------------------------------------------
 
@@ -295,18 +224,18 @@ class MetricsLogger:
             final = self._name(name)
         kind = type(value)
         if kind is not float and kind is not int:
-            value = _value(final, value)
+            value = checked_value(final, value)
         if step is not None:
             if type(step) is not int:
                 step = check_step(step)
             self._last_step = step
         ctx = self._ctx if not metadata else self._context_with(metadata)
-        write = self._write
-        if write is None:
-            self._buf.append((final, value, _time_ns(), step, ctx))
+        buffer, write = self._in.for_log
+        if write is None:  # then the buffer's own append is the way in
+            buffer.append((final, value, _time_ns(), step, ctx))
         else:  # durable: straight to disk, without a tuple
             write(final, value, _time_ns(), step, ctx)
-        if len(self._buf) >= self._wake_at:
+        if len(buffer) >= self._wake_at:
             self._threshold()
 
     def log_many(self, values: Mapping[str, float | int | str], step: int | None = None, **metadata: Any) -> None:
@@ -326,12 +255,13 @@ class MetricsLogger:
             if final is None:
                 final = self._name(name)
             kind = type(value)
-            checked.append((final, value if kind is float or kind is int else _value(final, value)))
+            checked.append((final, value if kind is float or kind is int else checked_value(final, value)))
         now = _time_ns()
-        append = self._append
+        inlet = self._in
+        append = inlet.append
         for final, value in checked:
             append((final, value, now, step, ctx))
-        if len(self._buf) >= self._wake_at:
+        if len(inlet.buffer) >= self._wake_at:
             self._threshold()
 
     def increment(self, name: str, delta: float | int = 1) -> float | int:
@@ -359,8 +289,8 @@ class MetricsLogger:
         with self._lock:  # totals and their order in the buffer must agree across threads
             total = self._totals.get(final, 0) + delta
             self._totals[final] = total
-            self._append((final, total, _time_ns(), self._last_step, self._cum_ctx))
-        if len(self._buf) >= self._wake_at:
+            self._in.append((final, total, _time_ns(), self._last_step, self._cum_ctx))
+        if len(self._in.buffer) >= self._wake_at:
             self._threshold()
         return total
 
@@ -375,8 +305,8 @@ class MetricsLogger:
             total = check_number(total, "total")
         if step is not None and type(step) is not int:
             step = check_step(step)
-        self._append((final, total, _time_ns(), step, self._cum_ctx))
-        if len(self._buf) >= self._wake_at:
+        self._in.append((final, total, _time_ns(), step, self._cum_ctx))
+        if len(self._in.buffer) >= self._wake_at:
             self._threshold()
 
     def timer(self, name: str, cumulative: bool = False) -> Timer:
@@ -399,144 +329,31 @@ class MetricsLogger:
         return timed(self._record_total if cumulative else self._record_duration, self._name(name), cumulative)
 
     def _record_duration(self, final: str, seconds: float, cumulative: bool) -> None:
-        self._append((final, seconds, _time_ns(), self._last_step, self._ctx))
-        if len(self._buf) >= self._wake_at:
+        self._in.append((final, seconds, _time_ns(), self._last_step, self._ctx))
+        if len(self._in.buffer) >= self._wake_at:
             self._threshold()
 
     def _record_total(self, final: str, seconds: float, cumulative: bool) -> None:
         with self._lock:
             total = self._totals.get(final, 0.0) + seconds
             self._totals[final] = total
-            self._append((final, total, _time_ns(), self._last_step, self._cum_ctx))
-        if len(self._buf) >= self._wake_at:
+            self._in.append((final, total, _time_ns(), self._last_step, self._cum_ctx))
+        if len(self._in.buffer) >= self._wake_at:
             self._threshold()
 
     # -- slow paths -------------------------------------------------------------------------
-
-    def _name(self, name: object) -> str:
-        """Check a new metric name and remember its final form."""
-        if not isinstance(name, str):
-            raise TypeError(f"a metric name must be a string, not {type(name).__name__}")
-        suffix = f" @ {self.rank}" if self.rank is not None else ""
-        final = name if not suffix or name.endswith(suffix) or not name.strip() else name + suffix
-        self._names[name] = check_name(final)
-        return final
-
-    def _context_with(self, metadata: Mapping[str, Any]) -> Context:
-        reserved = _RESERVED_METADATA.intersection(metadata)
-        if reserved:
-            raise ValueError(
-                f"metadata key(s) {sorted(reserved)} are set by the logger: pass step=, set logger.epoch or rank="
-            )
-        try:
-            text = json.dumps(dict(metadata), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"metadata must be JSON-serialisable (finite numbers, strings, lists, dicts): {exc}"
-            ) from None
-        if self._placed and "world_size" in metadata:
-            raise ValueError("metadata key 'world_size' is set by the logger (the job's world size was found)")
-        return Context(self.rank, self._epoch, self._step, False, self._placed + ", " + text[1:-1])
 
     def _threshold(self) -> None:
         """A batch's worth is waiting (or the buffer is full): wake the dispatcher."""
         if not self._dispatcher.started:  # the first record in a forked child
             self._start_in_child()
         dispatcher = self._dispatcher
-        if len(self._buf) >= self.settings.max_buffer:
+        if len(self._in.buffer) >= self.settings.max_buffer:
             dispatcher.trim()
-        self._wake_at = len(self._buf) + self.settings.batch_size
+        self._wake_at = len(self._in.buffer) + self.settings.batch_size
         dispatcher.wake()
 
-    def _reset_wake_threshold(self) -> None:
-        self._wake_at = self.settings.batch_size
-
-    def _rebuild_contexts(self) -> None:
-        self._ctx = Context(self.rank, self._epoch, self._step, False, self._placed)
-        self._cum_ctx = Context(self.rank, self._epoch, self._step, True, self._placed)
-
-    # -- settings and state ------------------------------------------------------------------
-
-    @property
-    def rank(self) -> int | None:
-        """This process's rank (None: names are kept as given)."""
-        return self.settings.rank
-
-    @property
-    def world_size(self) -> int | None:
-        """The number of processes in the job, where it was found (see ``rank``)."""
-        return self.settings.world_size
-
-    @property
-    def batch_size(self) -> int:
-        """Records per batch."""
-        return self.settings.batch_size
-
-    @property
-    def flush_interval(self) -> float:
-        """Seconds between deliveries when fewer than a batch arrive."""
-        return self.settings.flush_interval
-
-    @property
-    def max_buffer(self) -> int:
-        """Records held in memory at most."""
-        return self.settings.max_buffer
-
-    @property
-    def shutdown_timeout(self) -> float:
-        """Seconds ``close()`` (and the exit hook) may take."""
-        return self.settings.shutdown_timeout
-
-    @property
-    def durable(self) -> bool:
-        """Whether every record is written to disk before ``log()`` returns."""
-        return self._write is not None
-
-    @property
-    def epoch(self) -> int:
-        """The current epoch, in every record's metadata (starts at 0)."""
-        return self._epoch
-
-    @epoch.setter
-    def epoch(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise TypeError(f"epoch must be a non-negative integer, got {value!r}")
-        self._epoch = value
-        self._rebuild_contexts()
-
-    def epoch_end(self) -> int:
-        """Move on to the next epoch; returns the new epoch number."""
-        self.epoch = self._epoch + 1
-        return self._epoch
-
-    @property
-    def step(self) -> int | None:
-        """The default step for records logged without ``step=`` (None: no step).
-
-        Timers and :meth:`increment` record the newest step given, here or to ``log(step=)``,
-        so that their charts share the x axis of the metrics logged with steps."""
-        return self._step
-
-    @step.setter
-    def step(self, value: int | None) -> None:
-        self._step = self._last_step = None if value is None else check_step(value)
-        self._rebuild_contexts()
-
-    @property
-    def delivery(self) -> str:
-        """``"process"`` when the agent delivers (in its process, or, when none could
-        start, in a thread here); ``"thread"`` when this process's dispatcher does."""
-        return "process" if self._agent is not None else "thread"
-
-    @property
-    def agent_pid(self) -> int | None:
-        """The delivery agent's process id (``delivery="process"``), while it runs."""
-        return self._agent.agent_pid if self._agent is not None else None
-
-    @property
-    def spool_dir(self) -> Path | None:
-        """This process's spool directory, when something was written there."""
-        return self._store.location
+    # -- state ------------------------------------------------------------------------------
 
     def attach(self, sampler: Sampler) -> None:
         """Stop ``sampler`` when the logger closes, before the last records are taken."""
@@ -548,11 +365,6 @@ class MetricsLogger:
             self._samplers.remove(sampler)
 
     # -- delivery and lifecycle ---------------------------------------------------------------
-
-    @property
-    def stats(self) -> Stats:
-        """Counters: logged, stored, retried, dropped (by reason), spooled, in flight, ..."""
-        return self._dispatcher.stats()
 
     @property
     def closed(self) -> bool:
@@ -571,7 +383,7 @@ class MetricsLogger:
         """
         if self._closed:
             raise ClosedError("this MetricsLogger is closed")
-        if not self._dispatcher.started and len(self._buf):
+        if not self._dispatcher.started and len(self._in.buffer):
             self._start_in_child()
         return self._dispatcher.flush(timeout)
 
@@ -608,9 +420,7 @@ class MetricsLogger:
         marking = min(0.5, 0.2 * total) if reporting else 0.0  # kept for telling the server the run's end
         for sampler in list(self._samplers):  # before the buffer closes: a sample may be under way
             sampler.stop(max(0.0, deadline - marking - time.monotonic()) / 2)
-        self._write = None
-        self._buf = _ClosedBuffer()
-        self._append = self._buf.append
+        self._in = Inlet.closed()
         if self._adoption is not None:  # what it did not deliver waits for the next logger
             self._adoption.close(min(0.1, max(0.0, deadline - marking - time.monotonic())))
         self._dispatcher.close(max(0.0, deadline - marking - time.monotonic()))
@@ -652,7 +462,7 @@ class MetricsLogger:
         self._liveness = None  # nor is a child a writer of its own: its records are the parent's
         if self._closed:
             return
-        self._use(placeholder_parts(functools.partial(self.client.post_metrics, self.run_id)))
+        self._use(placeholder_parts(self.settings, deliver_to(self.client, self.run_id)))
         self._wake_at = 1
         self._samplers = []
 
@@ -660,10 +470,9 @@ class MetricsLogger:
         """Build this process's own parts, and hand them what was logged since the fork."""
         waiting = self._store.buffer  # the placeholder's
         self._open_parts()
-        append = self._append
+        append = self._in.append
         while waiting:
-            record = waiting.popleft()
-            append(record)  # type: ignore[arg-type]
+            append(waiting.popleft())  # type: ignore[arg-type]
         _lifecycle.register_in_child(self)
 
     def __enter__(self) -> MetricsLogger:
@@ -676,22 +485,3 @@ class MetricsLogger:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"MetricsLogger(run_id={self.run_id}, rank={self.rank}, endpoint={self.client.endpoint!r}, {state})"
-
-
-def _value(name: str, value: object) -> Value:
-    """A value that is not exactly an int or a float: convert it, or refuse it clearly."""
-    try:
-        return coerce_value(value)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"metric {name!r}: {exc}") from None
-
-
-def _elsewhere(url: str | None, client: ApiClient | None) -> bool:
-    """Whether the logger is pointed at another server than ``MLBENCH_METRICS_URL`` names."""
-    env_url = env_str(ENV_URL)
-    if env_url is None or (url is None and client is None):
-        return False
-    try:
-        return (client.endpoint if client is not None else endpoint_of(str(url))) != endpoint_of(env_url)
-    except ConfigError:  # a bad address: the client says so, clearly, in a moment
-        return False

@@ -18,12 +18,11 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from ..delivery import BatchStore, Dispatcher, MemoryStore, Stats
-from ..delivery.dispatcher import Deliver
+from ..delivery import BatchStore, Dispatcher, MemoryStore, Stats, start_dispatcher
+from ..delivery.seam import Deliver
 from ..errors import SpoolError
-from ..records.batch import Record
 from ..spool import DurableStore, SpoolDir, SpoolStore
-from ..spool.durable.range_store import Writer
+from .inlet import Inlet
 from .settings import LoggerConfig
 
 if TYPE_CHECKING:
@@ -64,10 +63,9 @@ class Parts:
     """What a logger's hot path and lifecycle use.
 
     Attributes:
-        store: where batches wait; its ``buffer`` is what the hot path appends to.
+        store: where batches wait.
         dispatcher: the delivery thread's owner (or the link to the agent process).
-        append: appends (or, durable, writes) one record tuple.
-        write: durable mode's writer for ``log()`` (no tuple built), else None.
+        inlet: the way the hot path puts records into ``store``.
         agent: the link to the delivery agent (``delivery="process"``), else None.
         adoption: delivering what dead processes of the run left (thread delivery; an
             agent does it itself), else None.
@@ -75,8 +73,7 @@ class Parts:
 
     store: BatchStore
     dispatcher: Delivery
-    append: Callable[[Record], None]
-    write: Writer | None
+    inlet: Inlet
     agent: AgentLink | None = None
     adoption: Adoption | None = None
 
@@ -116,15 +113,14 @@ def open_parts(
         config = dataclasses.replace(config, delivery="thread", durable=False, spool=False)  # said once
     prefix = uuid.uuid4().hex
     store: BatchStore = MemoryStore(prefix)
-    append: Callable[[Record], None] = store.buffer.append
-    write: Writer | None = None
+    inlet = Inlet.memory(store.buffer)
     directory: SpoolDir | None = None
     if config.spool:
         meta = {"endpoint": endpoint, "durable": config.durable, "batch_size": config.batch_size}
         directory = SpoolDir(config.spool_dir, run_id, meta)
         if not config.durable:
             store = SpoolStore(directory, config.spool_max_bytes, prefix)
-            append = store.buffer.append
+            inlet = Inlet.memory(store.buffer)
         else:
             try:
                 durable = DurableStore(directory, config.spool_max_bytes, prefix, on_frozen)
@@ -132,23 +128,17 @@ def open_parts(
                 _log.warning("mlbench-metrics: %s; records are kept in memory only (not durable)", exc)
                 directory = None
             else:
-                store, append, write = durable, durable.append, durable.write
+                store, inlet = durable, Inlet(durable.buffer, durable.append, durable.write)
+    on_closed = None
     if directory is not None and directory.problem() is None and batch_supported is not None:
-        deliver, store, on_drained = with_aggregation(config, deliver, store, directory, batch_supported, on_drained)
-    dispatcher = Dispatcher(
-        deliver,
-        store,
-        batch_size=config.batch_size,
-        flush_interval=config.flush_interval,
-        max_buffer=config.max_buffer,
-        max_in_flight=config.max_in_flight,
-        on_drained=on_drained,
-    )
-    dispatcher.start()
+        deliver, store, on_drained, on_closed = with_aggregation(
+            config, deliver, store, directory, batch_supported, on_drained
+        )
+    dispatcher = start_dispatcher(deliver, store, config, on_drained, on_closed)
     adoption = None
     if directory is not None and client is not None:
         adoption = _adoption(directory, endpoint, client, config.batch_size)
-    return Parts(store, dispatcher, append, write, None, adoption)
+    return Parts(store, dispatcher, inlet, None, adoption)
 
 
 def _adoption(directory: SpoolDir, endpoint: str, client: ApiClient, batch_size: int) -> Adoption | None:
@@ -194,13 +184,13 @@ def _process_parts(
         store.close(everything_settled=True)
         directory.release(remove=True)
         return None
-    return Parts(store, links[0], store.append, store.write, links[0])
+    return Parts(store, links[0], Inlet(store.buffer, store.append, store.write), links[0])
 
 
-def placeholder_parts(deliver: Deliver) -> Parts:
+def placeholder_parts(config: LoggerConfig, deliver: Deliver) -> Parts:
     """Parts for a forked child until its first record: memory only, no thread."""
     store = MemoryStore(uuid.uuid4().hex)
-    return Parts(store, Dispatcher(deliver, store), store.buffer.append, None)
+    return Parts(store, Dispatcher(deliver, store, config), Inlet.memory(store.buffer))
 
 
 def with_aggregation(
@@ -210,11 +200,12 @@ def with_aggregation(
     directory: SpoolDir,
     batch_supported: Callable[[], bool | None],
     on_drained: Callable[[], None],
-) -> tuple[Deliver, BatchStore, Callable[[], None]]:
+) -> tuple[Deliver, BatchStore, Callable[[], None], Callable[[Stats], None] | None]:
     """``deliver`` folding when the server falls behind, ``store`` copying what the folds
-    stand for, and ``on_drained`` ticking the folding too (unchanged with
-    ``aggregate="off"``). Whoever builds a dispatcher (a logger, an agent process) passes
-    these three to it.
+    stand for, ``on_drained`` ticking the folding too, and what to say at close about the
+    raw copies (unchanged, and nothing to say, with ``aggregate="off"``). Whoever builds a
+    dispatcher (a logger, an agent process) passes these four to it: the dispatcher only
+    sees a ``deliver`` that keeps some records on disk.
 
     Args:
         config: the settings (``aggregate``, ``spool_max_bytes``).
@@ -229,7 +220,7 @@ def with_aggregation(
 
     policy = FoldPolicy(config.aggregate)
     if policy.off:
-        return deliver, store, on_drained
+        return deliver, store, on_drained, None
     copies = RawCopies(directory, config.spool_max_bytes)
     aggregator = Aggregator(
         deliver, policy, batch_supported=batch_supported, keep=copies.keep_one, on_fold=copies.mark_folded
@@ -240,4 +231,15 @@ def with_aggregation(
         on_drained()
         aggregator.tick()
 
-    return aggregator, kept, drained
+    def closed(stats: Stats) -> None:
+        where = kept.location
+        if stats.folded and where is not None:
+            _log.warning(
+                "mlbench-metrics: the server has aggregates of %d records whose raw copies are in %s; upload them "
+                "to a server with the batch endpoint with: mlbench-metrics sync %s --to URL",
+                stats.folded,
+                where,
+                where,
+            )
+
+    return aggregator, kept, drained, closed

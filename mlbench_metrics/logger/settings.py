@@ -12,8 +12,9 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Final, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Final, Mapping
 
+from ..client.transport import endpoint_of
 from ..delivery.pace import Aggregate, check_aggregate
 from ..env import (
     DELIVERY_MODES,
@@ -21,13 +22,17 @@ from ..env import (
     ENV_DELIVERY,
     ENV_FLUSH_INTERVAL,
     ENV_RUN_ID,
+    ENV_URL,
     env_float,
     env_str,
 )
 from ..errors import ConfigError
 from .ranks import find_placement
 
-__all__ = ["LoggerConfig"]
+if TYPE_CHECKING:
+    from ..client.api import ApiClient
+
+__all__ = ["LoggerConfig", "elsewhere"]
 
 _log = logging.getLogger("mlbench_metrics")
 
@@ -55,7 +60,7 @@ class LoggerConfig:
 
     run_id: int | None
     rank: int | None
-    flush_interval: float
+    flush_interval: float = 1.0
     world_size: int | None = None  # found with the rank (see ranks.py), kept in each record's metadata
     batch_size: int = 1000
     max_buffer: int = 500_000
@@ -95,7 +100,7 @@ class LoggerConfig:
         elsewhere: bool = False,
         delivery: str | None = None,
         environ: Mapping[str, str] | None = None,
-        **settings: object,
+        **settings: Any,
     ) -> LoggerConfig:
         """The settings from explicit arguments, then the environment, then defaults.
 
@@ -129,7 +134,7 @@ class LoggerConfig:
         if aggregate is None:
             aggregate = _env_aggregate(environ)
         if flush_interval is None:
-            flush_interval = env_float(ENV_FLUSH_INTERVAL, 1.0, environ)
+            flush_interval = env_float(ENV_FLUSH_INTERVAL, cls.flush_interval, environ)
         if delivery is None:
             delivery = _env_delivery(environ, spool=settings.get("spool", True) is not False)
         return cls(
@@ -140,7 +145,7 @@ class LoggerConfig:
             flush_interval=float(flush_interval) if _is_seconds(flush_interval) else flush_interval,
             new_run=new_run,
             delivery=delivery,
-            **settings,  # type: ignore[arg-type]
+            **settings,
         )
 
 
@@ -149,13 +154,13 @@ def _env_delivery(environ: Mapping[str, str] | None, *, spool: bool) -> str:
     ``process`` for a logger without a spool (it has no log to deliver from)."""
     raw = env_str(ENV_DELIVERY, environ)
     if raw is None:
-        return "thread"
+        return LoggerConfig.delivery
     if raw not in DELIVERY_MODES:
         _log.warning("ignoring %s=%r: not one of %s; using thread", ENV_DELIVERY, raw, ", ".join(DELIVERY_MODES))
-        return "thread"
+        return LoggerConfig.delivery
     if raw == "process" and not spool:
         _log.info("%s=process does not apply to a logger with spool=False: delivering from a thread", ENV_DELIVERY)
-        return "thread"
+        return LoggerConfig.delivery
     return raw
 
 
@@ -171,16 +176,17 @@ def _run_number(run_id: object) -> int:
     return number
 
 
-_CHECKS: Final[tuple[tuple[str, Callable[[object, LoggerConfig], bool], str], ...]] = (
-    ("rank", lambda v, c: v is None or (_is_int(v) and v >= 0), "a non-negative integer or None"),  # type: ignore[operator]
-    ("world_size", lambda v, c: v is None or (_is_int(v) and v >= 1), "a positive integer or None"),  # type: ignore[operator]
+# The value is Any: each check tests its type before comparing it.
+_CHECKS: Final[tuple[tuple[str, Callable[[Any, LoggerConfig], bool], str], ...]] = (
+    ("rank", lambda v, c: v is None or (_is_int(v) and v >= 0), "a non-negative integer or None"),
+    ("world_size", lambda v, c: v is None or (_is_int(v) and v >= 1), "a positive integer or None"),
     ("flush_interval", lambda v, c: _is_seconds(v), "a positive number of seconds"),
-    ("batch_size", lambda v, c: _is_int(v) and 1 <= v <= 100_000, "an integer from 1 to 100000"),  # type: ignore[operator]
-    ("max_buffer", lambda v, c: _is_int(v) and v >= c.batch_size, "an integer of at least batch_size"),  # type: ignore[operator]
-    ("max_in_flight", lambda v, c: _is_int(v) and v >= 1, "a positive integer"),  # type: ignore[operator]
+    ("batch_size", lambda v, c: _is_int(v) and 1 <= v <= 100_000, "an integer from 1 to 100000"),
+    ("max_buffer", lambda v, c: _is_int(v) and v >= c.batch_size, "an integer of at least batch_size"),
+    ("max_in_flight", lambda v, c: _is_int(v) and v >= 1, "a positive integer"),
     ("shutdown_timeout", lambda v, c: _is_seconds(v), "a positive number of seconds"),
     ("aggregate", lambda v, c: _is_aggregate(v), '"auto", "off" or a positive number of seconds'),
-    ("spool_max_bytes", lambda v, c: _is_int(v) and v >= 1 << 20, "an integer of at least 1 MiB"),  # type: ignore[operator]
+    ("spool_max_bytes", lambda v, c: _is_int(v) and v >= 1 << 20, "an integer of at least 1 MiB"),
     ("new_run", lambda v, c: v is None or isinstance(v, str), "a run name"),
     ("delivery", lambda v, c: v in DELIVERY_MODES, "'thread' or 'process'"),
 )
@@ -197,9 +203,20 @@ def _is_aggregate(value: object) -> bool:
 def _env_aggregate(environ: Mapping[str, str] | None) -> Aggregate:
     raw = env_str(ENV_AGGREGATE, environ)
     if raw is None:
-        return "auto"
+        return LoggerConfig.aggregate
     try:
         return check_aggregate(raw if raw in ("auto", "off") else float(raw))
     except (ValueError, ConfigError):
         _log.warning('ignoring %s=%r: not "auto", "off" or a number of seconds; using "auto"', ENV_AGGREGATE, raw)
-        return "auto"
+        return LoggerConfig.aggregate
+
+
+def elsewhere(url: str | None, client: ApiClient | None) -> bool:
+    """Whether the logger is pointed at another server than ``MLBENCH_METRICS_URL`` names."""
+    env_url = env_str(ENV_URL)
+    if env_url is None or (url is None and client is None):
+        return False
+    try:
+        return (client.endpoint if client is not None else endpoint_of(str(url))) != endpoint_of(env_url)
+    except ConfigError:  # a bad address: the client says so, clearly, in a moment
+        return False

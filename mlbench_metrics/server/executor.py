@@ -50,6 +50,7 @@ from typing import Any, Callable, Final
 import psutil
 
 from .._threads import BLOCKED, start_thread
+from ..env import ENV_RANK, ENV_RUN_ID, ENV_TOKEN, ENV_URL
 from .store import Store
 
 __all__ = ["MAX_LOCAL_WORKERS", "ExecError", "LocalExecutor", "command_lines", "fail_abandoned_runs"]
@@ -140,9 +141,9 @@ class LocalExecutor:
             )
             return
         env = dict(os.environ)
-        env.update({"MLBENCH_METRICS_URL": self.base_url, "MLBENCH_METRICS_RUN_ID": str(run["id"])})
+        env.update({ENV_URL: self.base_url, ENV_RUN_ID: str(run["id"])})
         if self.token:
-            env["MLBENCH_METRICS_TOKEN"] = self.token
+            env[ENV_TOKEN] = self.token
         local = _LocalRun(run, commands, env)
         with self._lock:
             if self._closed:
@@ -203,7 +204,7 @@ class LocalExecutor:
             for rank, command in enumerate(local.commands):
                 if local.stopping.is_set():  # deleted while starting
                     break
-                env = dict(local.env, MLBENCH_METRICS_RANK=str(rank))
+                env = {**local.env, ENV_RANK: str(rank)}
                 try:
                     process = subprocess.Popen(
                         command,

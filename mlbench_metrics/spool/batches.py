@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Final, Sequence
 
 from ..delivery import MemoryStore, Parcel
+from ..delivery.reasons import DropReason
 from ..errors import SpoolError
 from ..records import BatchError, MetricBatch, decode_batch, encode, pack
 from .files import HEADER_SIZE, SpoolDir, frame, fsync_dir, read_frames
@@ -338,12 +339,12 @@ class SpoolStore(MemoryStore):
             self.spool.ack(parcel.place)
         super().settle(parcel)
 
-    def lost(self, parcel: Parcel) -> tuple[int, str]:
+    def lost(self, parcel: Parcel) -> tuple[int, DropReason | None]:
         """Records the size bound deleted."""
         place = parcel.place
         if isinstance(place, SpoolEntry) and place.gone:
-            return parcel.count, "spool_full"
-        return 0, "spool_failed"
+            return parcel.count, DropReason.SPOOL_FULL
+        return 0, DropReason.SPOOL_FAILED
 
     def deletions(self) -> int:
         """Files the size bound deleted so far."""

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable, Final, Sequence
 
 from ..delivery import BatchStore, Parcel, base_batch_id
+from ..delivery.reasons import DropReason
 from ..errors import SpoolError
 from ..records import MetricBatch, encode
 from .batches import BatchSpool
@@ -244,7 +245,7 @@ class KeepRaw:
         self._copies.forget(parcel.batch_id)
         self._inner.settle(parcel)
 
-    def lost(self, parcel: Parcel) -> tuple[int, str]:
+    def lost(self, parcel: Parcel) -> tuple[int, DropReason | None]:
         """As the wrapped store."""
         return self._inner.lost(parcel)
 

@@ -221,3 +221,14 @@ def test_post_metrics_with_a_batch_id_retries_like_a_get() -> None:
     posts = [r for r in fake.requests if r.method == "POST"]
     assert len(posts) == 3
     assert {json.loads(p.body)["batch_id"] for p in posts} == {"b-1"}
+
+
+def test_post_metrics_without_retry_makes_one_attempt_and_passes_on_retry_after() -> None:
+    # The dispatcher's way to deliver: it decides when to send again, not the client.
+    info = http_response(200, json.dumps({"server": {"name": "mlbench-metrics", "batch": {"max_metrics": 100000}}}))
+    with ScriptedServer(scripted(info, then=http_response(503, "{}", {"Retry-After": "7"}))) as fake:
+        with ApiClient(url=fake.address, retry=policy([])) as c:
+            result = c.post_metrics(1, [Metric("x", 1)], batch_id="b-1", retry=False).result()
+    assert [r.method for r in fake.requests] == ["GET", "POST"]
+    assert not result.ok and result.retryable() == [0]
+    assert result.error is not None and result.error.retry_after == 7.0

@@ -370,6 +370,35 @@ def test_transient_failures_are_retried_and_stored_once(fresh_server: ServerHand
     assert fresh_server.store.count_metrics(run["id"]) == 500
 
 
+def test_the_dispatcher_alone_tries_a_batch_again_honouring_retry_after_and_counts_every_attempt(
+    fresh_server: ServerHandle, run: dict[str, Any]
+) -> None:
+    # Was: the client tried a batch post up to 5 times (30 s) inside one delivery, the
+    # dispatcher saw one attempt, and stats.retried stayed 0.
+    attempts: dict[str, list[float]] = {}
+
+    def script(seen: Seen, index: int) -> bytes:
+        if seen.method == "POST" and seen.path.endswith("/batch/"):
+            times = attempts.setdefault(json.loads(seen.body)["batch_id"], [])
+            times.append(time.monotonic())
+            if len(times) <= 2:
+                return http_response(503, "{}", {"Retry-After": "1"})
+        return forward(fresh_server.url, seen)
+
+    with ScriptedServer(script) as proxy:
+        log = MetricsLogger(run["id"], url=proxy.address, batch_size=100, spool=False)
+        for i in range(100):
+            log.log("x", i)
+        assert log.flush(60)
+        log.close()
+    assert attempts and all(len(times) == 3 for times in attempts.values())  # two refusals, then stored
+    for times in attempts.values():  # each wait as long as the server asked (the backoff alone: 0.1 s)
+        assert times[1] - times[0] >= 0.9 and times[2] - times[1] >= 0.9
+    stats = log.stats
+    assert stats.stored == 100 and stats.retried == 200  # every record, once per attempt after the first
+    assert fresh_server.store.count_metrics(run["id"]) == 100
+
+
 def test_a_deleted_run_is_reported_not_retried_forever(fresh_server: ServerHandle) -> None:
     run = create_run(fresh_server.url)
     with MetricsLogger(run["id"], url=fresh_server.address) as log:

@@ -11,8 +11,9 @@ import pytest
 
 from mlbench_metrics import TransientApiError
 from mlbench_metrics.client.result import BatchFuture, BatchResult
-from mlbench_metrics.delivery import Aggregator, Dispatcher, FoldPolicy, MemoryStore
+from mlbench_metrics.delivery import Aggregator, FoldPolicy, MemoryStore, start_dispatcher
 from mlbench_metrics.errors import ApiError
+from mlbench_metrics.logger.settings import LoggerConfig
 from mlbench_metrics.records import Context, MetricBatch, encode
 
 CTX = Context(0, 0, None)
@@ -119,7 +120,7 @@ def test_records_go_raw_while_the_server_keeps_up() -> None:
     assert send.batch is b  # whole: the same batch, with its id
     send.finish()
     result = future.result(timeout=5)
-    assert (result.stored, result.folded, result.aggregates, result.ok) == (100, (), 0, True)
+    assert (result.stored, result.kept, result.stand_ins, result.ok) == (100, (), 0, True)
 
 
 def test_records_are_folded_per_series_when_the_server_falls_behind() -> None:
@@ -133,7 +134,7 @@ def test_records_are_folded_per_series_when_the_server_falls_behind() -> None:
     assert send.batch.values == [49.0, 50.0]  # means of 0, 2, ..., 98 and 1, 3, ..., 99
     send.finish()
     result = future.result(timeout=5)
-    assert (result.stored, result.folded, result.aggregates, result.ok) == (0, tuple(range(100)), 2, True)
+    assert (result.stored, result.kept, result.stand_ins, result.ok) == (0, tuple(range(100)), 2, True)
     assert agg.folded == 100
 
 
@@ -144,13 +145,13 @@ def test_one_send_at_a_time_and_batches_waiting_meanwhile_are_folded_together() 
     second, third = agg(batch("b-2", 100, T0 + 1)), agg(batch("b-3", 100, T0 + 2))
     assert len(server.sends) == 1  # the next send waits for the answer to this one
     server.sends[0].finish()
-    assert first.result(timeout=5).folded == tuple(range(100)) and not second.done()
+    assert first.result(timeout=5).kept == tuple(range(100)) and not second.done()
     [_, merged] = server.sends
     assert [m["count"] for m in merged.metadata()] == [100, 100]  # b-2 and b-3: one point per series
     merged.finish()
     second_result, third_result = second.result(timeout=5), third.result(timeout=5)
-    assert second_result.folded == third_result.folded == tuple(range(100))
-    assert second_result.aggregates + third_result.aggregates == 2  # each point counted once
+    assert second_result.kept == third_result.kept == tuple(range(100))
+    assert second_result.stand_ins + third_result.stand_ins == 2  # each point counted once
 
 
 def test_a_raw_send_too_slow_for_the_server_is_cut_short_and_its_rest_folded() -> None:
@@ -168,8 +169,8 @@ def test_a_raw_send_too_slow_for_the_server_is_cut_short_and_its_rest_folded() -
     assert [m["count"] for m in folded.metadata()] == [45 + 50, 45 + 50]
     folded.finish()
     first_result, second_result = first.result(timeout=5), second.result(timeout=5)
-    assert first_result.stored == 10 and first_result.folded == tuple(range(10, 100)) and first_result.ok
-    assert second_result.folded == tuple(range(100))
+    assert first_result.stored == 10 and first_result.kept == tuple(range(10, 100)) and first_result.ok
+    assert second_result.kept == tuple(range(100))
 
 
 def test_batches_handed_over_before_the_server_was_known_are_copied_and_folded_too() -> None:
@@ -186,7 +187,7 @@ def test_batches_handed_over_before_the_server_was_known_are_copied_and_folded_t
     [_, folded] = server.sends
     assert len(folded.batch) == 2 and [m["count"] for m in folded.metadata()] == [50, 50]
     folded.finish()
-    assert second.result(timeout=5).folded == tuple(range(100))
+    assert second.result(timeout=5).kept == tuple(range(100))
 
 
 def test_records_without_a_raw_copy_on_disk_are_never_folded() -> None:
@@ -203,7 +204,7 @@ def test_a_failed_fold_fails_its_records_so_the_dispatcher_sends_them_again() ->
     future = agg(batch("b-1", 100))
     server.sends[0].finish(TransientApiError("503"))
     result = future.result(timeout=5)
-    assert result.folded == () and result.retryable() == list(range(100)) and agg.folded == 0
+    assert result.kept == () and result.retryable() == list(range(100)) and agg.folded == 0
 
 
 def test_close_abandons_what_waits_and_tells_what_the_send_under_way_stored() -> None:
@@ -228,8 +229,7 @@ def test_the_ledger_counts_folded_records_as_spooled_and_the_invariant_holds(mod
     server = Server(auto=True)
     agg = aggregator(server, pace=0.1, mode=mode)  # far behind: everything folds
     store = MemoryStore("w")
-    dispatcher = Dispatcher(agg, store, batch_size=100, flush_interval=0.01)
-    dispatcher.start()
+    dispatcher = start_dispatcher(agg, store, LoggerConfig(1, None, batch_size=100, flush_interval=0.01))
     try:
         for i in range(1000):
             store.buffer.append(("loss @ 0", float(i), round((T0 + i / 1000) * 1e9), i, CTX))

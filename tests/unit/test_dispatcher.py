@@ -4,6 +4,7 @@ the accounting invariant."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Optional
@@ -14,6 +15,7 @@ from mlbench_metrics import TransientApiError
 from mlbench_metrics.client.result import BatchFuture, BatchResult
 from mlbench_metrics.delivery import BACKOFF_FIRST, BACKOFF_MAX, Dispatcher, MemoryStore
 from mlbench_metrics.errors import ClientApiError
+from mlbench_metrics.logger.settings import LoggerConfig
 from mlbench_metrics.records import Context, MetricBatch
 
 CTX = Context(None, 0, None)
@@ -97,7 +99,7 @@ def make(clock: FakeClock) -> Iterator[Callable[..., tuple[Dispatcher, MemorySto
         store = MemoryStore("w")
         sink = Sink(clock, answer)
         settings = {"batch_size": 10, "flush_interval": 1.0, "max_buffer": 1000, "max_in_flight": 1, **options}
-        dispatcher = Dispatcher(sink, store, clock=clock, wait=clock.wait, **settings)
+        dispatcher = Dispatcher(sink, store, LoggerConfig(1, None, **settings), clock=clock, wait=clock.wait)
         made.append(dispatcher)
         return dispatcher, store, sink
 
@@ -247,10 +249,11 @@ def test_close_ends_once_the_backoff_outlasts_its_sending_time(make: Any, clock:
     # Was: a failing server held close() until its last moment to send, although the
     # backoff of the oldest batch already ran past it and nothing more could be sent.
     dispatcher, store, sink = make(answer=lambda batch, n: BatchResult(len(batch), 0, failed=transient(len(batch))))
-    clock.movers = {"mlbench-dispatcher"}  # close() waits in real time; only the thread moves the clock
+    clock.movers = set()  # until close(): an idle thread would move the clock a second every 2 ms
     dispatcher.start()
     log(store, range(10))
     started = clock()
+    clock.movers = {"mlbench-dispatcher"}  # close() waits in real time; only the thread moves the clock
     dispatcher.close(20.0)  # 15 s of sending time: sends at 0, 0.1, 0.3, 0.7, 1.5, 3.1, 6.3 s, next at 12.7
     assert sink.times("w-0") == [0.0, 0.1, 0.3, 0.7, 1.5, 3.1, 6.3, 12.7]
     assert clock() - started < 15.0  # the next send would be at 25.5 s: no waiting for it
@@ -276,3 +279,31 @@ def test_after_close_every_record_is_accounted_for(make: Any, answer: str) -> No
     dispatcher.close(2.0)
     stats = dispatcher.stats()
     assert stats.logged == 500 and balanced(dispatcher) and stats.pending == stats.spooled == 0
+
+
+def test_warnings_about_refused_records_repeat_after_a_quiet_minute_with_the_count_since(
+    make: Any, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused = ClientApiError("400 Bad Request")
+    dispatcher, store, _ = make(
+        answer=lambda batch, n: BatchResult(len(batch), 0, failed=dict.fromkeys(range(len(batch)), refused))
+    )
+    clock.movers = set()  # time moves only when this test moves it
+    dispatcher.start()
+
+    def refuse_ten() -> list[str]:
+        caplog.clear()
+        log(store, range(10))
+        assert not dispatcher.flush(10)
+        return [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING, logger="mlbench_metrics"):
+        assert refuse_ten() == ["mlbench-metrics: the server refused 10 records: 400 Bad Request"]
+        clock.now += 30
+        assert refuse_ten() == []  # within the quiet interval: counted, not said
+        clock.now += 31
+        assert refuse_ten() == [
+            "mlbench-metrics: the server refused 20 more records since the last warning: 400 Bad Request"
+        ]
+        assert refuse_ten() == []
+    assert dispatcher.stats().dropped == {"rejected": 40}

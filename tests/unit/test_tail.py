@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mlbench_metrics.agent import AgentSettings
-from mlbench_metrics.delivery import Parcel
+from mlbench_metrics.delivery import DropReason, Parcel
 from mlbench_metrics.errors import ConfigError
 from mlbench_metrics.logger.settings import LoggerConfig
 from mlbench_metrics.records import Context
@@ -151,7 +151,7 @@ def test_slots_of_a_segment_the_size_bound_deleted_are_counted_lost(
     tail = TailStore(TailLog(w.dir.path), "t")
     assert tail.feed(10_000, final=True, end=3500) == 3500
     parcels = drain(tail, 1000)
-    assert [tail.lost(p) for p in parcels[:2]] == [(1000, "spool_full"), (1000, "spool_full")]
+    assert [tail.lost(p) for p in parcels[:2]] == [(1000, DropReason.SPOOL_FULL), (1000, DropReason.SPOOL_FULL)]
     assert values(tail, parcels[2]) == [float(v) for v in range(2000, 3000)]
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Final
 
 from ...delivery import MemoryStore, Parcel, next_batch_id
+from ...delivery.reasons import DropReason
 from ...errors import SpoolError
 from ...records import Context, MetricBatch, encode_columns
 from ...records.batch import Record
@@ -158,12 +159,12 @@ class RangeStore(MemoryStore):
         with self._lock:
             return min(min(self._outstanding, default=self._untaken), self._untaken)
 
-    def lost(self, parcel: Parcel) -> tuple[int, str]:
+    def lost(self, parcel: Parcel) -> tuple[int, DropReason | None]:
         """Slots of the range the size bound deleted."""
         place = parcel.place
         if isinstance(place, _Range):
-            return self.log.missing(place.first, place.end), "spool_full"
-        return 0, "spool_full"
+            return self.log.missing(place.first, place.end), DropReason.SPOOL_FULL
+        return 0, DropReason.SPOOL_FULL
 
     def deletions(self) -> int:
         """Segments the size bound deleted so far."""

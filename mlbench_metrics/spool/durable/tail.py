@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Final, TypeVar
 
 from ...delivery import Parcel
+from ...delivery.reasons import DropReason
 from ...errors import SpoolError
 from ...records import Context, MetricBatch
 from ..files import HEADER_SIZE, read_frames
@@ -403,10 +404,10 @@ class TailStore(RangeStore):
             self._failed_loads.add(parcel.seq)
             raise
 
-    def lost(self, parcel: Parcel) -> tuple[int, str]:
+    def lost(self, parcel: Parcel) -> tuple[int, DropReason | None]:
         """Records of the range deleted by the size bound, or not readable."""
         if parcel.seq in self._failed_loads:
-            return parcel.count, "spool_failed"
+            return parcel.count, DropReason.SPOOL_FAILED
         return super().lost(parcel)
 
     def settle(self, parcel: Parcel) -> None:
