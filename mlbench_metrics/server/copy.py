@@ -55,6 +55,7 @@ _RUN_FIELDS: Final = (
     "light_target",
 )
 _CHUNKS_PER_INSERT: Final = 500
+_STILL_GOING: Final = "still {}: points it records from now on are not copied, not even by running the copy again"
 
 
 @dataclass
@@ -104,7 +105,8 @@ def copy_database(source: Store, target: Store, progress: Callable[[str], None] 
         new_id = _copy_or_say(source, target, source_id, run["id"], run, report, what, say)
         run_ids[run["id"]] = new_id
         if new_id is not None:
-            say(f"{what} -> run {new_id}")
+            going = run["state"] in ("initialized", "started")  # each run is copied once: say it now
+            say(f"{what} -> run {new_id}" + (f" ({_STILL_GOING.format(run['state'])})" if going else ""))
     for pod in source.list_pods():
         pod = {**pod, "run_id": run_ids.get(pod["run_id"]) or _copied_as(target, source_id, pod["run_id"])}
         new_id = _copy_or_say(source, target, source_id, -pod["id"], pod, report, f"pod {pod['name']}", say)

@@ -237,3 +237,17 @@ def test_db_copy_of_a_damaged_file_copies_every_run_it_can_read_and_names_the_ot
         assert sorted(mapping) == sorted(set(before) - set(unreadable))
         for old_id in mapping:
             assert _answers(team.url, mapping[old_id]) == before[old_id]
+
+
+def test_db_copy_says_which_runs_are_still_going(postgres_url: str, tmp_path: Path) -> None:
+    source = tmp_path / "laptop.db"
+    with serve(db_path=str(source)) as laptop:
+        going, done = create_run(laptop.url, name="going")["id"], create_run(laptop.url, name="done")["id"]
+        for run_id, state in ((going, "open"), (done, "open"), (done, "closed")):
+            writer = f"{laptop.url}/api/runs/{run_id}/writers/w1/"
+            requests.put(writer, json={"state": state}, timeout=30).raise_for_status()
+    copied = cli("db", "copy", str(source), postgres_url)
+    assert copied.returncode == 0, copied.stderr
+    lines = copied.stdout.splitlines()
+    assert f"run {going} (going) -> run " in lines[0] and "still started: points it records from now on" in lines[0]
+    assert f"run {done} (done) -> run " in lines[1] and "still" not in lines[1]  # finished: nothing more to come
