@@ -51,6 +51,8 @@ _CONNECT_TIMEOUT: Final = 5
 _MAX_PARAMS: Final = 30_000  # PostgreSQL takes at most 65,535 parameters a statement
 _VALUES: Final = re.compile(r"\s+VALUES\s*\(\s*\?(?:\s*,\s*\?)*\s*\)")
 _STATEMENT_TIMEOUT_MS: Final = 60_000
+_QUERY_PASSWORD: Final = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+_NETLOC_PASSWORD: Final = re.compile(r"^([^:/]+://[^:/@]*:)[^@/]*@")
 
 
 @lru_cache(maxsize=512)
@@ -73,10 +75,6 @@ def redact(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
-_QUERY_PASSWORD: Final = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
-_NETLOC_PASSWORD: Final = re.compile(r"^([^:/]+://[^:/@]*:)[^@/]*@")
 
 
 class _PgConnection:
