@@ -144,7 +144,8 @@ class PostgresDatabase:
         try:
             first = self._connect()
         except (psycopg.Error, ValueError) as exc:  # ValueError: a URL libpq cannot parse
-            raise StoreError(f"cannot connect to the database {self.location}: {_first_line(exc)}") from None
+            why = _first_line(exc).replace(url, self.location)  # libpq quotes a URL it cannot parse, password too
+            raise StoreError(f"cannot connect to the database {self.location}: {why}") from None
         self._idle.append(first)
 
     def _connect(self) -> Any:

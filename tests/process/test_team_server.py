@@ -139,6 +139,7 @@ def test_a_count_of_processes_or_connections_below_one_is_refused(tmp_path: Path
     [
         "postgresql://mlbench@127.0.0.1:1/x?password=querysecret",  # libpq's own parameter
         "postgresql://mlbench:querysecret@127.0.0.1:notaport/x",  # a URL urlsplit cannot read
+        "postgresql://mlbench:querysecret@[::1:bad/x",  # one libpq quotes whole in its error
     ],
 )
 def test_a_database_it_cannot_reach_is_said_in_one_line_without_the_password(url: str) -> None:
