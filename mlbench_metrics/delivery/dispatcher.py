@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, Final
 
 from .._threads import start_thread
 from ..client.result import BatchFuture, BatchResult
@@ -44,9 +44,13 @@ from .ledger import Ledger, Marker, Stats
 from .reasons import DropReason
 from .seam import Deliver, DispatchSettings, asked_to_wait, next_try_in
 
-__all__ = ["Dispatcher", "Stats", "start_dispatcher"]
+__all__ = ["DISK_GRACE", "Dispatcher", "Stats", "start_dispatcher"]
 
 _log = logging.getLogger("mlbench_metrics")
+
+DISK_GRACE: Final = 1.0
+"""Seconds ``close()`` may wait past its timeout while the thread puts what is left on
+disk (local work, after the last answer): what it cannot keep by then is dropped."""
 
 Wait = Callable[[threading.Event, float], bool]
 """Waits on an event for at most some seconds; True when it was set."""
@@ -121,6 +125,8 @@ class Dispatcher(Accounts):
         # Held while items leave the buffer and are cut into parcels (by this thread or a
         # trim), so parcels are numbered in buffer order. Taken before the ledger's lock.
         self._drain_lock = threading.Lock()
+        self._disk_lock = threading.Lock()  # see Accounts: writing to disk, and giving up
+        self._local_only = False  # in _finish, past the last answer: only disk work is left
         self._ledger = Ledger()
         self._seq = 0
         self._markers_waiting = 0  # flush markers in the buffer
@@ -190,7 +196,11 @@ class Dispatcher(Accounts):
         """Deliver what is left until ``timeout`` runs out, then stop the thread.
 
         What is still undelivered then is left on the store's disk (for ``sync``), or
-        dropped and counted (``"shutdown"``). Returns within ``timeout``.
+        dropped and counted (``"shutdown"``). Sending ends within ``timeout``; when the
+        thread is still putting what is left on disk then (local work, a slow disk), this
+        waits for it up to :data:`DISK_GRACE` seconds more. What is not on disk when it
+        returns is counted dropped and is not written afterwards: ``stats.spooled`` is
+        on disk (or stored since) even when the process exits right after.
         """
         now = self._clock()
         deadline = now + max(0.0, timeout)
@@ -205,8 +215,11 @@ class Dispatcher(Accounts):
             self._finish()
         elif thread is not threading.current_thread():
             self._wait(self._finished, max(0.0, deadline - self._clock()))
+            grace_until = deadline + DISK_GRACE
+            if not self._finished.is_set() and (self._local_only or self._disk_lock.locked()):
+                self._wait(self._finished, max(0.0, grace_until - self._clock()))
             if not self._finished.is_set():
-                self._abandon()
+                self._abandon(max(0.0, grace_until - self._clock()))
 
     def stats(self) -> Stats:
         """A snapshot of the counts."""
@@ -378,12 +391,7 @@ class Dispatcher(Accounts):
         for parcel, asked in sorted(retry, key=lambda item: item[0].seq, reverse=True):
             parcel.due = now + next_try_in(parcel.attempts, asked)
             self._outbox.appendleft(parcel)  # oldest first, ahead of newer batches
-            try:
-                self._store.failed(parcel)
-            except Exception as exc:  # it stays in memory: nothing is lost
-                self._note_error("spool", exc)
-            if parcel.place is not None:
-                self._ledger.parked([parcel])
+            self._keep_safe(parcel)
         self._ledger.resolve_markers(self._seq)
 
     def _finish(self) -> None:
@@ -400,6 +408,7 @@ class Dispatcher(Accounts):
         for future in flying:
             future.abandon()  # a fan-out sends no more single posts: its answers are final
         concurrent.futures.wait(flying, timeout=max(0.0, self._answers_until - self._clock()))
+        self._local_only = True  # close() gives what follows DISK_GRACE past its deadline
         self._settle()
         for parcel, future in sorted(self._in_flight.values(), key=lambda item: item[0].seq):
             del self._in_flight[parcel.seq]
@@ -426,8 +435,12 @@ class Dispatcher(Accounts):
     def _waiting_in_memory(self) -> list[Parcel]:
         return sorted((p for p in self._outbox if not p.on_disk), key=lambda p: p.seq)
 
-    def _abandon(self) -> None:
-        """The thread did not finish in time: count what is not on disk as dropped."""
+    def _abandon(self, grace: float) -> None:
+        """The thread did not finish in time: count what is not on disk as dropped.
+
+        A write to disk under way may take ``grace`` seconds more to be counted where it
+        is; after that (a disk that hangs), what it writes is counted dropped, never spooled.
+        """
         uncut = 0
         if self._drain_lock.acquire(timeout=0.05):
             try:
@@ -436,6 +449,11 @@ class Dispatcher(Accounts):
                 self._markers_waiting = 0
             finally:
                 self._drain_lock.release()
-        self._ledger.abandon(uncut)
+        writing_done = self._disk_lock.acquire(timeout=grace) if grace > 0 else self._disk_lock.acquire(False)
+        try:
+            self._ledger.abandon(uncut)
+        finally:
+            if writing_done:
+                self._disk_lock.release()
         self._ledger.release_markers()
         _log.warning("mlbench-metrics: delivery did not finish within the close timeout; see stats.dropped")
