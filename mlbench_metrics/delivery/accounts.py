@@ -37,6 +37,11 @@ class Accounts:
     # close() when it gives up (Ledger.abandon): what is counted on disk then is on disk,
     # and nothing is written once the counts are final.
     _disk_lock: threading.Lock
+    _giving_up: bool  # set by close() before it takes _disk_lock: write nothing more
+
+    def _may_write(self) -> bool:
+        """Under ``_disk_lock``: whether writing to disk can still count."""
+        return not (self._giving_up or self._ledger.abandoned)
 
     def _put_on_disk(self, parcels: list[Parcel]) -> int | None:
         """Spill ``parcels`` to the store's disk where it can; the rest stay in memory.
@@ -44,7 +49,7 @@ class Accounts:
         if not parcels:
             return 0
         with self._disk_lock:
-            if self._ledger.abandoned:  # counted as dropped at shutdown already
+            if not self._may_write():  # counted as dropped at shutdown (or about to be)
                 return 0
             try:
                 kept = self._store.spill(parcels)
@@ -58,7 +63,7 @@ class Accounts:
         """A send failed and will be tried again: the store keeps the parcel safe meanwhile
         (on disk, for a spool), and the ledger counts it where it is."""
         with self._disk_lock:
-            if self._ledger.abandoned:
+            if not self._may_write():
                 return
             try:
                 self._store.failed(parcel)
@@ -119,7 +124,7 @@ class Accounts:
         if again and (stored or rejected or kept):
             try:
                 with self._disk_lock:  # once close() gave up, what is on disk stays as counted
-                    if not self._ledger.abandoned:
+                    if self._may_write():
                         self._store.remainder(parcel, again)
             except Exception as exc:  # the whole batch will be sent again: at least once
                 self._note_error("spool", exc)

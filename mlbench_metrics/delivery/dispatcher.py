@@ -49,8 +49,11 @@ __all__ = ["DISK_GRACE", "Dispatcher", "Stats", "start_dispatcher"]
 _log = logging.getLogger("mlbench_metrics")
 
 DISK_GRACE: Final = 1.0
-"""Seconds ``close()`` may wait past its timeout while the thread puts what is left on
-disk (local work, after the last answer): what it cannot keep by then is dropped."""
+"""Seconds ``close()`` may take past its timeout while the thread puts what is left on
+disk (local work, after the last answer), all included: what is not on disk by then is
+counted dropped."""
+
+_LOCK_WAIT = 0.05  # seconds close() waits for a lock the thread holds when it gives up
 
 Wait = Callable[[threading.Event, float], bool]
 """Waits on an event for at most some seconds; True when it was set."""
@@ -127,6 +130,7 @@ class Dispatcher(Accounts):
         self._drain_lock = threading.Lock()
         self._disk_lock = threading.Lock()  # see Accounts: writing to disk, and giving up
         self._local_only = False  # in _finish, past the last answer: only disk work is left
+        self._giving_up = False  # close() gives up: the thread writes nothing more to disk
         self._ledger = Ledger()
         self._seq = 0
         self._markers_waiting = 0  # flush markers in the buffer
@@ -215,11 +219,11 @@ class Dispatcher(Accounts):
             self._finish()
         elif thread is not threading.current_thread():
             self._wait(self._finished, max(0.0, deadline - self._clock()))
-            grace_until = deadline + DISK_GRACE
             if not self._finished.is_set() and (self._local_only or self._disk_lock.locked()):
-                self._wait(self._finished, max(0.0, grace_until - self._clock()))
+                # _abandon() may take 2 * _LOCK_WAIT of the grace
+                self._wait(self._finished, max(0.0, deadline + DISK_GRACE - 2 * _LOCK_WAIT - self._clock()))
             if not self._finished.is_set():
-                self._abandon(max(0.0, grace_until - self._clock()))
+                self._abandon()
 
     def stats(self) -> Stats:
         """A snapshot of the counts."""
@@ -435,21 +439,23 @@ class Dispatcher(Accounts):
     def _waiting_in_memory(self) -> list[Parcel]:
         return sorted((p for p in self._outbox if not p.on_disk), key=lambda p: p.seq)
 
-    def _abandon(self, grace: float) -> None:
+    def _abandon(self) -> None:
         """The thread did not finish in time: count what is not on disk as dropped.
 
-        A write to disk under way may take ``grace`` seconds more to be counted where it
-        is; after that (a disk that hangs), what it writes is counted dropped, never spooled.
+        The thread writes nothing more to disk from now on; a write under way gets
+        ``_LOCK_WAIT`` to end and be counted where it is. After that (a disk that hangs),
+        what it writes is counted dropped, never spooled.
         """
+        self._giving_up = True
         uncut = 0
-        if self._drain_lock.acquire(timeout=0.05):
+        if self._drain_lock.acquire(timeout=_LOCK_WAIT):
             try:
                 uncut = len(self._buffer) - self._markers_waiting
                 self._buffer.clear()
                 self._markers_waiting = 0
             finally:
                 self._drain_lock.release()
-        writing_done = self._disk_lock.acquire(timeout=grace) if grace > 0 else self._disk_lock.acquire(False)
+        writing_done = self._disk_lock.acquire(timeout=_LOCK_WAIT)
         try:
             self._ledger.abandon(uncut)
         finally:
