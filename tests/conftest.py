@@ -22,9 +22,45 @@ os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 
 
 @pytest.fixture(scope="session")
-def server() -> Iterator[ServerHandle]:
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for the session, dropped at its end (skips without one; see postgres.py)."""
+    from postgres import session_database
+
+    with session_database() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> Iterator[str]:
+    """An empty PostgreSQL schema for one test: a ``postgresql://`` URL whose connections use it."""
+    from postgres import fresh_schema
+
+    with fresh_schema(postgres_database) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind: a SQLite file's path, or a PostgreSQL URL (what ``Store`` and ``serve`` take)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "m.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def _default_db(request: pytest.FixtureRequest) -> str | None:
+    """``MLBENCH_METRICS_TEST_DB=postgresql`` runs the server fixtures on PostgreSQL (to check it by hand)."""
+    if os.environ.get("MLBENCH_METRICS_TEST_DB") == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return None
+
+
+@pytest.fixture(scope="session")
+def server(request: pytest.FixtureRequest) -> Iterator[ServerHandle]:
     """One embedded server for the whole session (tests create their own runs)."""
-    handle = serve()
+    on_postgres = os.environ.get("MLBENCH_METRICS_TEST_DB") == "postgresql"
+    handle = serve(db_path=request.getfixturevalue("postgres_database") if on_postgres else None)
     try:
         yield handle
     finally:
@@ -32,9 +68,9 @@ def server() -> Iterator[ServerHandle]:
 
 
 @pytest.fixture
-def fresh_server() -> Iterator[ServerHandle]:
+def fresh_server(request: pytest.FixtureRequest) -> Iterator[ServerHandle]:
     """An embedded server with an empty database, for tests that count everything."""
-    handle = serve()
+    handle = serve(db_path=_default_db(request))
     try:
         yield handle
     finally:

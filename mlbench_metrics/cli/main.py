@@ -23,6 +23,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ from .common import (
     unreachable_hint,
 )
 from .common import progress_done as _progress_done
+from .team import DB_ENV, TOKEN_ENV, add_team_options, serve_workers
 
 __all__ = ["build_parser", "main"]
 
@@ -53,7 +55,10 @@ __all__ = ["build_parser", "main"]
 def _cmd_serve(args: argparse.Namespace) -> int:
     from ..server import default_db_path, ready_line, serve
 
-    db = args.db
+    db = args.db or os.environ.get(DB_ENV)
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if args.workers > 1:
+        return serve_workers(args, db or str(default_db_path()), token)
     if db is None:
         path = default_db_path()
         try:
@@ -67,13 +72,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             args.host,
             args.port,
             db,
-            token=args.token,
+            token=token,
             allow_hosts=args.allow_host,
             max_body=args.max_body,
             extensions=not args.no_extensions,
             exec_runs=args.exec_runs,
             exec_workdir=args.exec_workdir,
             pace=args.pace,
+            pool_size=args.db_pool,
+            pool_timeout=args.db_pool_timeout,
+            listening=None if args.listen_fd is None else socket.socket(fileno=args.listen_fd),
             writer_timeout=args.writer_timeout,
         )
     except (OSError, ValueError) as exc:
@@ -90,10 +98,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from ..server.pages import page_url
 
         print(f"web UI: {page_url(handle.url, handle.token)}")  # with the token, the browser logs in once
-    print(f"database: {handle.db_path}" + ("" if args.db else " (the default; kept after exit; --db FILE for another)"))
+    print(
+        f"database: {handle.store.path}" + ("" if args.db else " (the default; kept after exit; --db FILE for another)")
+    )
     if args.exec_runs:
         print("local execution: on (runs with a custom_image_command run on this machine)")
-    if handle.token and not args.token:  # generated: shown once, as Jupyter does
+    if handle.token and not token:  # generated: shown once, as Jupyter does
         print("token: generated for --exec; clients need it (--token, or in the environment):")
         print(f"    export MLBENCH_METRICS_TOKEN={handle.token}")
     print("Ctrl-C stops the server", flush=True)
@@ -195,7 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the embedded MLBench-compatible server")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 picks a free one)")
-    serve.add_argument("--db", default=None, help="SQLite file (default: metrics.db in the user's data folder)")
+    serve.add_argument(
+        "--db",
+        default=None,
+        help="SQLite file or postgresql://USER@HOST:PORT/DB (else $MLBENCH_METRICS_DB, else metrics.db in the "
+        "user's data folder)",
+    )
     serve.add_argument(
         "--token",
         default=argparse.SUPPRESS,
@@ -237,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
+    add_team_options(serve, sub)
 
     demo = sub.add_parser("demo", help="train a small model, logging to the embedded server, and summarize")
     demo.add_argument("--url", default=argparse.SUPPRESS, help="use this server instead of starting the embedded one")

@@ -28,7 +28,7 @@ import os
 import secrets
 import shutil
 import signal
-import sqlite3
+import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +43,7 @@ from .._threads import start_thread
 from .._version import __version__
 from ._http import HttpServer
 from .access import AccessPolicy, is_loopback
+from .database import StoreError, is_database_url
 from .executor import LocalExecutor, fail_abandoned_runs
 from .pacing import Pacer
 from .parsing import error_response
@@ -143,6 +144,9 @@ def serve(
     exec_runs: bool = False,
     exec_workdir: str | None = None,
     pace: float | None = None,
+    pool_size: int | None = None,
+    pool_timeout: float | None = None,
+    listening: socket.socket | None = None,
     writer_timeout: float = 60.0,
 ) -> ServerHandle:
     """Start the embedded server in background threads of this process.
@@ -150,7 +154,8 @@ def serve(
     Args:
         host: the address to bind; loopback unless you mean otherwise.
         port: the port; 0 picks a free one (see ``handle.port``).
-        db_path: the SQLite file; None for a fresh temporary database.
+        db_path: the SQLite file, or a ``postgresql://`` URL (the ``[postgres]`` extra);
+            None for a fresh temporary SQLite database.
         token: when set, requests need ``Authorization: Bearer <token>``.
         allow_hosts: names besides loopback ones (and ``host``) that clients may reach
             the server by, checked in the ``Host`` header against DNS rebinding; ``"*"``
@@ -170,6 +175,10 @@ def serve(
         pace: store single metric posts one at a time, at most about this many a
             second, as slowly as the dashboard does (55-90 a second); None: full speed.
             See :mod:`mlbench_metrics.server.pacing`.
+        pool_size, pool_timeout: PostgreSQL: connections this process opens at most,
+            and seconds a request waits for one before a 503 (see :mod:`.postgres_db`).
+        listening: a bound, listening socket to accept on (``serve --workers``: the
+            processes share one); ``host`` and ``port`` then only name it.
         writer_timeout: seconds a logger writing a run may stay silent (it sends a heartbeat
             when idle) before the run reads as ``crashed``; see :mod:`.run_states`.
 
@@ -192,7 +201,7 @@ def serve(
     if db_path is None:
         tmpdir = tempfile.mkdtemp(prefix="mlbench-metrics-")
         db_path = os.path.join(tmpdir, "metrics.db")
-    store = _open_store(db_path, tmpdir)
+    store = _open_store(db_path, tmpdir, pool_size, pool_timeout)
     fail_abandoned_runs(store)
     access = AccessPolicy(token=token, allowed_hosts=allow_hosts, bind_host=host)
     try:
@@ -209,6 +218,7 @@ def serve(
             server_header=f"mlbench-metrics/{__version__}",
             screen=app.screen,
             serial=None if pacer is None else pacer.paces,
+            listening=listening,
         )
     except BaseException:
         store.close()
@@ -235,13 +245,19 @@ def default_db_path() -> Path:
     return Path(data) / "mlbench-metrics" / "metrics.db"
 
 
-def _open_store(db_path: str, tmpdir: str | None) -> Store:
-    """The store on ``db_path``; a clear ``OSError`` when SQLite cannot open it."""
+def _open_store(db_path: str, tmpdir: str | None, pool_size: int | None, pool_timeout: float | None) -> Store:
+    """The store on ``db_path``; a clear ``OSError`` when it cannot be opened."""
     try:
+        if is_database_url(db_path):
+            from .postgres_db import PostgresDatabase
+
+            return Store(PostgresDatabase(db_path, pool_size=pool_size, pool_timeout=pool_timeout))
         return Store(db_path)
-    except sqlite3.Error as exc:
+    except StoreError as exc:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
+        if is_database_url(db_path):
+            raise OSError(str(exc)) from None
         folder = os.path.dirname(os.path.abspath(db_path))
         hint = f" (the folder {folder} does not exist)" if not os.path.isdir(folder) else ""
         raise OSError(f"cannot open the database {db_path}: {exc}{hint}") from None

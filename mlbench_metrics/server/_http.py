@@ -45,7 +45,7 @@ from .._threads import start_blocked, start_thread
 from ._conn import RECV_SIZE, BodyBudget, BodyTooLarge, Closed, Connection, Refused, Screen
 from ._wire import BadRequest, Request, Response, encode_response
 
-__all__ = ["HttpServer", "Request", "Response"]
+__all__ = ["HttpServer", "Request", "Response", "listen_socket"]
 
 _log = logging.getLogger("mlbench_metrics.server")
 
@@ -58,6 +58,21 @@ _PAUSE_MAX: Final = 1.0
 Handler = Callable[[Request], Response]
 ErrorFactory = Callable[[int, str], Response]
 Serial = Callable[[Request], bool]
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0: any free port) and listening."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(512)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class HttpServer:
@@ -84,6 +99,8 @@ class HttpServer:
         screen: sees each request's head before its body is read and may refuse it.
         serial: requests for which it is true are handled one at a time, in arrival order,
             by one thread of their own, so those that wait their turn hold no worker.
+        listening: a socket already bound and listening (shared by several server
+            processes, see :mod:`.workers`) to accept on instead of binding ``host:port``.
     """
 
     def __init__(
@@ -104,6 +121,7 @@ class HttpServer:
         server_header: str = "mlbench-metrics",
         screen: Screen | None = None,
         serial: Serial | None = None,
+        listening: socket.socket | None = None,
     ) -> None:
         self._handler = handler
         self._screen = screen
@@ -120,16 +138,7 @@ class HttpServer:
         self._max_workers = max_workers
         self._max_connections = max_connections
         self._server_header = server_header
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, addr = infos[0]
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self._sock.bind(addr)
-            self._sock.listen(512)
-        except OSError:
-            self._sock.close()
-            raise
+        self._sock = listening if listening is not None else listen_socket(host, port)
         self._sock.setblocking(False)
         self.host = host
         self.port: int = self._sock.getsockname()[1]

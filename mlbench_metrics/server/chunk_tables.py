@@ -8,30 +8,30 @@ points), the row's own ``data``: one row to write, not two. Bodies are kept out 
 range of keys, so a run's catalog or statistics would otherwise read every point.
 Databases written before ``chunk_bodies`` existed hold each chunk's points as JSON text
 in ``data``; they are read as they are and take new chunks, so they need no migration.
-A row's ``data`` says where its points are: ``''`` for ``chunk_bodies``, else in it.
+A row's ``data`` says where its points are: empty (``''`` on SQLite, ``''::bytea`` on
+PostgreSQL) for ``chunk_bodies``, else in it. The tables' DDL is :mod:`.schema`'s.
 
-Arrival ids order what arrived (live charts ask for what came after an id). They are
-taken under SQLite's write lock past the newest an owner has and past the newest body,
-so two servers started on one database (the default file, say) do not collide: ids are
-unique among bodies and within an owner, and grow in commit order within an owner.
+Arrival ids order what arrived (live charts ask for what came after an id). The database
+gives them (:meth:`.database.Database.take_ids`): ids are unique among bodies and within
+an owner, and grow in commit order within an owner, also when several processes or
+servers write to one database.
 
 The functions here run SQL on a connection the caller owns (writes inside the caller's
-transaction); :class:`.store.Store` owns connections and locks. No threads are started.
+transaction); :class:`.store.Store` owns the database. No threads are started.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable, ContextManager, Final, Iterable, NamedTuple
 
 from .chunks import Chunk, EncodedChunk, decode_chunk
 from .columns import SeriesColumns, merge_columns, windows
+from .database import Connection, Database
 from .summaries import Summary, combine, summarize
 
 __all__ = [
     "CHUNK_ROWS",
-    "SCHEMA",
     "ChunkKey",
     "chunk_keys",
     "delete_chunks",
@@ -42,61 +42,11 @@ __all__ = [
     "series_pieces",
 ]
 
-SCHEMA: Final = """
--- One row per (batch, metric name): the keys of the points of one series that arrived
--- together; ``id`` orders arrivals. ``owner`` is a run's id or minus a pod's, so that one
--- clustered key serves both. ``data``: see chunk_tables.py.
-CREATE TABLE IF NOT EXISTS chunks (
-    owner INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    first_date INTEGER NOT NULL,
-    id INTEGER NOT NULL,
-    last_date INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    data TEXT NOT NULL,
-    PRIMARY KEY (owner, name, first_date, id)
-) WITHOUT ROWID;
--- Arrival order per owner, for reads of "what arrived after chunk N" (live charts).
-CREATE INDEX IF NOT EXISTS chunks_arrival ON chunks (owner, id);
--- The bodies of chunks larger than a few points, in the binary format of chunks.py.
-CREATE TABLE IF NOT EXISTS chunk_bodies (
-    id INTEGER PRIMARY KEY,
-    body BLOB NOT NULL
-);
--- Each series' number of points, newest date, and the value at that date (as text), its
--- smallest and largest number, kept with every insert, so that the runs page's statistics
--- and the runs table read one row per series, not one per chunk (see summaries.py).
--- last_value is NULL until the values are summarised (rows counted at open, below).
-CREATE TABLE IF NOT EXISTS series_stats (
-    owner INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    points INTEGER NOT NULL,
-    last_date INTEGER NOT NULL,
-    last_value TEXT,
-    min_value REAL,
-    max_value REAL,
-    PRIMARY KEY (owner, name)
-) WITHOUT ROWID;
--- A database written before series_stats existed gets its counts once, at open. The
--- condition is a one-row table joined first, so with counts present no chunk is read
--- (a WHERE NOT EXISTS still scanned them all: 100 ms per million chunks).
-INSERT INTO series_stats (owner, name, points, last_date)
-    SELECT owner, name, SUM(count), MAX(last_date)
-    FROM (SELECT 1 AS one WHERE NOT EXISTS (SELECT 1 FROM series_stats)) AS fresh CROSS JOIN chunks
-    GROUP BY owner, name;
-"""
-
 CHUNK_ROWS: Final = "chunks LEFT JOIN chunk_bodies b ON chunks.data = '' AND b.id = chunks.id"
 """A FROM clause: each chunk's row with its body (``data, body``, see :func:`.chunks.decode_chunk`)."""
 
 _INLINE_MAX: Final = 256  # bodies up to this many bytes stay in the chunk's row
 _INSERT: Final = "INSERT INTO chunks (owner, name, first_date, id, last_date, count, data) VALUES (?,?,?,?,?,?,?)"
-# The newest body's id, the newest id of an owner, and whether a run has the owner's id:
-# one statement, as a single POST's whole work is two.
-_NEXT_IDS: Final = (
-    "SELECT (SELECT MAX(id) FROM chunk_bodies), (SELECT MAX(id) FROM chunks WHERE owner = ?), "
-    "EXISTS (SELECT 1 FROM runs WHERE id = ?)"
-)
 
 
 # Portable upsert (SQLite >= 3.24 and PostgreSQL): no MAX(a, b) / GREATEST. Of equal dates
@@ -113,41 +63,42 @@ ON CONFLICT (owner, name) DO UPDATE SET points = series_stats.points + excluded.
     max_value = CASE WHEN series_stats.max_value IS NULL OR excluded.max_value > series_stats.max_value
         THEN excluded.max_value ELSE series_stats.max_value END
 """
-_VALUE_COLUMNS: Final = (("last_value", "TEXT"), ("min_value", "REAL"), ("max_value", "REAL"))
 
 
-def newest_id(conn: sqlite3.Connection) -> int:
+def newest_id(conn: Connection) -> int:
     """The highest arrival id in the database (0 when it holds no chunk)."""
     return int(conn.execute("SELECT MAX(id) FROM chunks").fetchone()[0] or 0)
 
 
 def insert_chunks(
-    conn: sqlite3.Connection, owner: int, chunks: list[EncodedChunk], next_id: int, *, of_run: bool
+    conn: Connection, db: Database, owner: int, chunks: list[EncodedChunk], next_id: int, *, of_run: bool
 ) -> int | None:
-    """Insert encoded chunks of ``owner`` with arrival ids from ``next_id`` on (or past what others took).
+    """Insert encoded chunks of ``owner`` with arrival ids the database gives (see :meth:`.Database.take_ids`).
 
     Args:
         conn: a connection inside a write transaction.
+        db: the database ``conn`` belongs to.
         owner: a run's id (``of_run``), or minus a pod's.
         chunks: what :func:`.chunks.encode_chunks` made.
         next_id: the lowest id to take.
         of_run: ``owner`` is a run's id, which must exist.
 
     Returns:
-        The next free id; None, and nothing inserted, when ``of_run`` and no run has that id.
+        The id after the last one taken (SQLite's next floor); None, and nothing
+        inserted, when ``of_run`` and no run has that id.
     """
-    body_max, own_max, run_exists = conn.execute(_NEXT_IDS, (owner, owner)).fetchone()
-    if of_run and not run_exists:
+    ids = db.take_ids(conn, owner, len(chunks), of_run=of_run, floor=next_id)
+    if ids is None:
         return None
-    first = max(next_id, (body_max or 0) + 1, (own_max or 0) + 1)
     if len(chunks) == 1 and len(chunks[0][4]) <= _INLINE_MAX:  # a single POST's: one row
         name, lo, hi, n, body = chunks[0]
-        conn.execute(_INSERT, (owner, name, lo, first, hi, n, body))
+        conn.execute(_INSERT, (owner, name, lo, ids[0], hi, n, body))
         conn.execute(_COUNT, (owner, name, *summarize(decode_chunk(0, "", body))))
-        return first + 1
+        return ids[0] + 1
+    empty = db.empty_data
     rows = [
-        (owner, name, lo, first + i, hi, n, body if len(body) <= _INLINE_MAX else "")
-        for i, (name, lo, hi, n, body) in enumerate(chunks)
+        (owner, name, lo, chunk_id, hi, n, body if len(body) <= _INLINE_MAX else empty)
+        for chunk_id, (name, lo, hi, n, body) in zip(ids, chunks)
     ]
     conn.executemany(_INSERT, rows)
     bodies = [(row[3], chunk[4]) for row, chunk in zip(rows, chunks) if not row[6]]
@@ -157,31 +108,26 @@ def insert_chunks(
     for name, _, _, _, body in chunks:
         totals[name] = combine(totals.get(name), summarize(decode_chunk(0, "", body)))
     conn.executemany(_COUNT, [(owner, name, *summary) for name, summary in totals.items()])
-    return first + len(chunks)
+    return ids[-1] + 1
 
 
-def delete_chunks(conn: sqlite3.Connection, owner: int) -> None:
+def delete_chunks(conn: Connection, owner: int) -> None:
     """Delete every chunk of ``owner`` with its body, inside the caller's transaction."""
     conn.execute("DELETE FROM chunk_bodies WHERE id IN (SELECT id FROM chunks WHERE owner = ? AND data = '')", (owner,))
     conn.execute("DELETE FROM chunks WHERE owner = ?", (owner,))
     conn.execute("DELETE FROM series_stats WHERE owner = ?", (owner,))
 
 
-def fill_values(conn: sqlite3.Connection) -> int:
+def fill_values(conn: Connection) -> int:
     """Summarise the values of the series that have none yet, inside the caller's transaction.
 
-    A database written before series_stats kept values gets the columns; the series
-    counted at open (the schema's INSERT) or before have their chunks read once. Where
+    The series counted before series_stats kept values (the schema adds the columns, see
+    :mod:`.schema`) have their chunks read once. Where
     every series has its values, this is one scan of series_stats (a row per series).
 
     Returns:
         How many series were summarised.
     """
-    try:
-        conn.execute("SELECT last_value FROM series_stats WHERE 1 = 0")
-    except sqlite3.OperationalError:  # the table predates the value columns
-        for column, kind in _VALUE_COLUMNS:
-            conn.execute(f"ALTER TABLE series_stats ADD COLUMN {column} {kind}")
     missing = conn.execute("SELECT owner, name FROM series_stats WHERE last_value IS NULL").fetchall()
     for owner, name in missing:
         rows = conn.execute(
@@ -200,7 +146,7 @@ def fill_values(conn: sqlite3.Connection) -> int:
 
 
 def read_chunks(
-    conn: sqlite3.Connection,
+    conn: Connection,
     owner: int,
     chunk_ids: Iterable[int],
     decode: Callable[[int, str | bytes, bytes | None], Chunk],
@@ -217,6 +163,8 @@ def read_chunks(
                 out[chunk_id] = decode(chunk_id, data, None)
             else:
                 elsewhere.append(chunk_id)
+        if not elsewhere:
+            continue  # PostgreSQL refuses an empty IN ()
         query = f"SELECT id, body FROM chunk_bodies WHERE id IN ({', '.join('?' for _ in elsewhere)})"
         for chunk_id, body in conn.execute(query, elsewhere):
             out[chunk_id] = decode(chunk_id, "", body)
@@ -234,7 +182,7 @@ class ChunkKey(NamedTuple):
 
 
 def chunk_keys(
-    read: Callable[[], ContextManager[sqlite3.Connection]],
+    read: Callable[[], ContextManager[Connection]],
     owner: int,
     names: Sequence[str] | None,
     since_us: int | None,
@@ -251,6 +199,8 @@ def chunk_keys(
     where = ["owner = ?"] + [condition for condition, value in conditions if value is not None]
     args: list[Any] = [owner] + [value for _, value in conditions if value is not None]
     if names is not None:
+        if not names:
+            return  # PostgreSQL refuses an empty IN ()
         where.append(f"name IN ({', '.join('?' for _ in names)})")
         args.extend(names)
     base = f"SELECT name, first_date, id, last_date, count FROM chunks WHERE {' AND '.join(where)}"
@@ -272,7 +222,7 @@ def chunk_keys(
 
 
 def series_pieces(
-    read: Callable[[], ContextManager[sqlite3.Connection]],
+    read: Callable[[], ContextManager[Connection]],
     owner: int,
     names: Sequence[str] | None,
     dates: tuple[int | None, int | None] = (None, None),

@@ -156,12 +156,24 @@ class LocalExecutor:
         with self._lock:
             local = self._runs.get(run_id)
         if local is None:
+            self._stop_elsewhere(run_id)
             return
         local.stopping.set()
         for process in local.processes:
             _signal_group(process, signal.SIGTERM)
         if local.thread is not None:
             local.thread.join(timeout)
+
+    def _stop_elsewhere(self, run_id: int) -> None:
+        """SIGTERM the process groups of a run another server process on this machine started
+        (``serve --workers``: the request to stop it may reach any of them)."""
+        run = self.store.get_run(run_id)
+        if run is None or run["state"] != "started" or not str(run["job_id"]).startswith("local-"):
+            return
+        for pid in run["job_metadata"].get("pids") or []:
+            if isinstance(pid, int) and pid > 0 and _pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGTERM)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop every run; no run starts afterwards."""

@@ -128,7 +128,7 @@ def error_response(
     if extra:
         payload.update(extra)
     headers = list(headers or [])
-    if status == 503:
+    if status == 503 and not any(name.lower() == "retry-after" for name, _ in headers):
         headers.append(("Retry-After", "1"))
     return json_response(status, payload, headers)
 

@@ -18,10 +18,7 @@ connection threads, and the store serialises writes.
 from __future__ import annotations
 
 import logging
-import math
 import re
-import sqlite3
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Final, Protocol
@@ -33,6 +30,7 @@ from . import pages, readback, run_states, runs_table
 from ._http import Request, Response
 from .access import AccessPolicy
 from .formats import metric_json, point_json, run_json, summarize_points, zip_metrics
+from .health import PROBE_PATHS, FailureAnswers, probe_answer
 from .parsing import (
     INT_MAX,
     INT_MIN,
@@ -55,12 +53,11 @@ from .parsing import (
     query,
     secure_filename,
 )
-from .store import DuplicateBatch, Point, RunNotFound, Store
+from .store import DuplicateBatch, Point, RunNotFound, Store, StoreError
 
 __all__ = ["App", "Handler", "RunExecutor", "run_json"]
 
 _log = logging.getLogger("mlbench_metrics.server")
-_DB_WARN_EVERY: Final = 60.0  # seconds between two log lines about one kind of database failure
 
 _RUN_NAME_RE: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _RUN_NAME_MAX: Final = 100
@@ -125,7 +122,7 @@ class App:
         self.extensions = extensions
         self._official = official_image_names()
         self._routes: list[_Route] = []
-        self._db_warned: dict[str, float] = {}  # kind of database failure -> when last logged
+        self._failures = FailureAnswers()
         if extensions:  # the web UI (public: its files carry no data) and the read-back extension
             for pattern, methods in pages.Pages().routes():
                 self.add_route(pattern, methods, public=True)
@@ -169,6 +166,9 @@ class App:
     def handle(self, request: Request) -> Response:
         """Answer one request; never raises."""
         try:
+            probe = probe_answer(request, self.store, self.store.db.kind)  # before access: see health.py
+            if probe is not None:
+                return probe
             route, match = self._route(request.path)
             refused = self.access.refuse(request, public=route is not None and route.public)
             if refused is not None:
@@ -183,13 +183,15 @@ class App:
             return handler(request, **match.groupdict())
         except ApiFailure as exc:
             return error_response(exc.status, exc.message, exc.extra)
-        except sqlite3.OperationalError as exc:
-            return self._database_unavailable(exc)
+        except StoreError as exc:
+            return self._failures.answer(exc)
 
     def screen(self, request: Request) -> Response | None:
         """The access checks on a request's head alone, before its body is read: the refusal,
         or None. The HTTP layer asks this first, so a body sent without the token (or from a
         foreign origin) is never kept in memory; :meth:`handle` checks again all the same."""
+        if request.path in PROBE_PATHS:
+            return None  # probes pass without a token (see health.py)
         route, _ = self._route(request.path)
         return self.access.refuse(request, public=route is not None and route.public)
 
@@ -199,23 +201,6 @@ class App:
             if match is not None:
                 return route, match
         return None, None
-
-    def _database_unavailable(self, exc: sqlite3.OperationalError) -> Response:
-        """A 503 (clients retry, then spool: nothing is lost) saying what is wrong, logged
-        once a minute per kind: a full disk fails every write, and each used to log a line."""
-        text = str(exc)
-        if "full" in text:
-            message = "the disk holding the database is full; writes fail until space is freed"
-        elif "readonly" in text or "read-only" in text:
-            message = f"the database cannot be written ({text}); check the file's permissions and filesystem"
-        else:
-            message = f"the database is busy ({text}); try again"
-        now = time.monotonic()
-        kind = message.split(" (", 1)[0]
-        if now - self._db_warned.get(kind, -math.inf) >= _DB_WARN_EVERY:
-            self._db_warned[kind] = now
-            _log.warning("%s (answering 503; said again at most once a minute)", message)
-        return error_response(503, message)
 
     def api_root(self, request: Request) -> Response:
         """The API root, like the dashboard's router, plus what this server is."""

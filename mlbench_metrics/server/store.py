@@ -1,10 +1,13 @@
-"""The embedded server's storage: one SQLite file in WAL mode.
+"""The server's storage: runs, pods and metrics, in SQL both SQLite and PostgreSQL run.
 
-Writes go through one connection guarded by a lock, so they are serialised in Python
-rather than by SQLite's busy handler (which sleeps and retries); reads take a
-connection from a small pool and, thanks to WAL, never wait for a writer. Dates are
-stored as integer microseconds since the epoch (UTC), so ``since`` and ordering are
-integer comparisons and every output format is derived from one value.
+One implementation, :class:`Store`, over a :class:`~.database.Database` that owns the
+engine's connections, transactions, arrival ids and errors (:mod:`.sqlite_db`, the
+default with no setup; :mod:`.postgres_db`, for a team). The tables and their version are
+:mod:`.schema`'s. Methods raise :class:`RunNotFound` and :class:`DuplicateBatch` for what
+a write found, and the :mod:`.database` errors (:class:`StoreUnavailable`, ...) when the
+database fails; never a driver's exception. Dates are stored as integer microseconds
+since the epoch (UTC), so ``since`` and ordering are integer comparisons and every
+output format is derived from one value.
 
 Metrics are stored as *chunks*: one per (batch, metric name) holding that series' points
 of the batch (their tables: :mod:`.chunk_tables`; their format: :mod:`.chunks`). A row
@@ -12,72 +15,47 @@ per point cost ~4.5 us in SQLite on the 2-core machines we measure on, capping t
 endpoint near 125,000 metrics/s end to end; a batch of 1,000 points over 10 names becomes
 10 chunks. Reads decode the chunks of a series and order its points by (date, arrival).
 
-``synchronous=NORMAL``: a commit survives the server process dying (the WAL is in the
-OS's hands); only a power cut can lose the last commits. No threads are started here.
+No threads are started here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
-import threading
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from functools import partial
 from itertools import groupby
 from operator import itemgetter
-from typing import Any, Iterator, Sequence
+from typing import Any, Union
 
 from . import chunk_tables
-from .chunk_tables import CHUNK_ROWS, SCHEMA, delete_chunks, insert_chunks, newest_id, read_chunks, series_pieces
+from .chunk_tables import CHUNK_ROWS, delete_chunks, insert_chunks, newest_id, read_chunks, series_pieces
 from .chunks import Columns, Point, decode_chunk, decode_points, encode_chunks, encode_point
 from .columns import ChunkCache, SeriesColumns, merge_columns
-from .summaries import SummaryMethods
-from .writer_tables import LIVENESS_COLUMNS, WRITERS_SCHEMA, WriterMethods
-
-__all__ = ["Columns", "DuplicateBatch", "Point", "RunNotFound", "Store"]
-
-_SCHEMA = (
-    SCHEMA
-    + WRITERS_SCHEMA
-    + """
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    finished_at INTEGER,
-    state TEXT NOT NULL DEFAULT 'initialized',
-    job_id TEXT NOT NULL DEFAULT '',
-    job_metadata TEXT NOT NULL DEFAULT '{}',
-    num_workers INTEGER NOT NULL,
-    cpu_limit TEXT NOT NULL DEFAULT '',
-    image TEXT NOT NULL DEFAULT '',
-    command TEXT NOT NULL DEFAULT '',
-    backend TEXT NOT NULL DEFAULT '',
-    run_on_all_nodes INTEGER NOT NULL DEFAULT 0,
-    gpu_enabled INTEGER NOT NULL DEFAULT 0,
-    light_target INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS pods (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    labels TEXT NOT NULL DEFAULT '{}',
-    phase TEXT NOT NULL DEFAULT '',
-    ip TEXT NOT NULL DEFAULT '',
-    run_id INTEGER
-);
--- A run's configuration (hyperparameters), as JSON text: an extension the dashboard lacks.
-CREATE TABLE IF NOT EXISTS run_configs (
-    run_id INTEGER PRIMARY KEY,
-    config TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS batches (
-    batch_id TEXT PRIMARY KEY,
-    run_id INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    stored_at INTEGER NOT NULL
-) WITHOUT ROWID;
-"""
+from .database import (
+    Connection,
+    Database,
+    SchemaError,
+    StoreError,
+    StoreUnavailable,
+    ValueRefused,
+    open_database,
 )
+from .schema import ensure_schema
+from .summaries import SummaryMethods
+from .writer_tables import LIVENESS_COLUMNS, WriterMethods
+
+__all__ = [
+    "Columns",
+    "DuplicateBatch",
+    "Point",
+    "RunNotFound",
+    "SchemaError",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "ValueRefused",
+]
 
 _RUN_KEYS = (
     "id, name, created_at, finished_at, state, job_id, job_metadata, num_workers, cpu_limit, "
@@ -104,79 +82,50 @@ def _run_dict(row: Sequence[Any]) -> dict[str, Any]:
 
 
 class Store(WriterMethods, SummaryMethods):
-    """Runs, pods, metrics and a run's writers in one SQLite database file.
+    """Runs, pods, metrics and a run's writers in one database.
 
     Args:
-        path: the database file; created with its schema when missing.
+        target: a SQLite file (created with its schema when missing), a
+            ``postgresql://`` URL, or an open :class:`~.database.Database`.
+
+    Attributes:
+        db: the database.
+        path: where the data is, to show (a file, or the URL without its password).
+        schema_found: the schema version the database had when opened (0: it was empty).
+
+    Raises:
+        StoreError: the database cannot be opened, or its schema is newer than this code.
     """
 
-    _MAX_IDLE_READERS = 8
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._write_lock = threading.Lock()
-        self._writer = self._connect()
-        self._writer.execute("PRAGMA journal_mode=WAL")
-        self._writer.executescript(_SCHEMA)
-        self._writer.commit()
-        self._next_id = newest_id(self._writer) + 1
-        self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
-        self._closed = False
-        with self._transaction() as conn:  # once, for series stored before their values were summarised
-            chunk_tables.fill_values(conn)
+    def __init__(self, target: Union[str, Database]) -> None:
+        self.db = open_database(target) if isinstance(target, str) else target
+        self.path = self.db.location
+        try:
+            with self.db.transaction() as conn:
+                self.schema_found = ensure_schema(conn, self.db.kind)
+                self._next_id = newest_id(conn) + 1 if self.db.kind == "sqlite" else 0
+            with self.db.transaction() as conn:  # once, for series stored before their values were summarised
+                chunk_tables.fill_values(conn)
+        except BaseException:
+            self.db.close()
+            raise
         self._chunk_cache = ChunkCache()  # decoded chunks for charts (series_columns)
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA cache_size=-32000")
-        conn.execute("PRAGMA temp_store=MEMORY")
-        return conn
 
     def close(self) -> None:
         """Close every connection; idempotent."""
-        with self._write_lock, self._readers_lock:
-            if self._closed:
-                return
-            self._closed = True
-            for conn in self._readers:
-                conn.close()
-            self._readers.clear()
-            self._writer.close()
+        self.db.close()
+
+    def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the database answers now (readiness)."""
+        self.db.ping()
 
     # -- connections -------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._readers_lock:
-            if self._closed:
-                raise sqlite3.ProgrammingError("the store is closed")
-            conn = self._readers.pop() if self._readers else None
-        if conn is None:
-            conn = self._connect()
-        try:
-            yield conn
-        finally:
-            with self._readers_lock:
-                if self._closed or len(self._readers) >= self._MAX_IDLE_READERS:
-                    conn.close()
-                else:
-                    self._readers.append(conn)
+    def _read(self) -> AbstractContextManager[Connection]:
+        return self.db.read()
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._write_lock:
-            if self._closed:
-                raise sqlite3.ProgrammingError("the store is closed")
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+    def _transaction(self) -> AbstractContextManager[Connection]:
+        return self.db.transaction()
 
     # -- runs --------------------------------------------------------------------
 
@@ -186,8 +135,7 @@ class Store(WriterMethods, SummaryMethods):
         values = [now_us, *(int(v) if isinstance(v, bool) else v for v in fields.values())]
         marks = ", ".join("?" for _ in columns)
         with self._transaction() as conn:
-            cur = conn.execute(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({marks})", values)
-            run_id = cur.lastrowid
+            run_id = self.db.insert_id(conn, f"INSERT INTO runs ({', '.join(columns)}) VALUES ({marks})", values)
             row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
         return _run_dict(row)
 
@@ -295,7 +243,7 @@ class Store(WriterMethods, SummaryMethods):
         owner = run_id if run_id is not None else -_require(pod_id)
         chunk = (name, date_us, date_us, 1, encode_point(date_us, value, metadata, cumulative))
         with self._transaction() as conn:
-            next_id = insert_chunks(conn, owner, [chunk], self._next_id, of_run=run_id is not None)
+            next_id = insert_chunks(conn, self.db, owner, [chunk], self._next_id, of_run=run_id is not None)
             if next_id is None:
                 raise RunNotFound(run_id)
             self._next_id = next_id
@@ -310,14 +258,17 @@ class Store(WriterMethods, SummaryMethods):
         chunks = encode_chunks(columns)
         with self._transaction() as conn:
             if batch_id is not None:
-                try:
-                    conn.execute(
-                        "INSERT INTO batches (batch_id, run_id, count, stored_at) VALUES (?, ?, ?, ?)",
-                        (batch_id, run_id, count, now_us),
-                    )
-                except sqlite3.IntegrityError:
-                    raise DuplicateBatch(batch_id) from None
-            next_id = insert_chunks(conn, run_id, chunks, self._next_id, of_run=True)
+                # The database decides: with several processes (or servers) a retried batch
+                # may reach another one while the first is still storing it; this insert
+                # then waits for that one's commit and finds its id.
+                cur = conn.execute(
+                    "INSERT INTO batches (batch_id, run_id, count, stored_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (batch_id) DO NOTHING",
+                    (batch_id, run_id, count, now_us),
+                )
+                if cur.rowcount == 0:
+                    raise DuplicateBatch(batch_id)
+            next_id = insert_chunks(conn, self.db, run_id, chunks, self._next_id, of_run=True)
             if next_id is None:
                 raise RunNotFound(run_id)  # the transaction rolls back: the batch id is not kept either
             self._next_id = next_id
@@ -387,7 +338,11 @@ class Store(WriterMethods, SummaryMethods):
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
                 raise RunNotFound(run_id)
-            conn.execute("INSERT OR REPLACE INTO run_configs (run_id, config) VALUES (?, ?)", (run_id, config_json))
+            conn.execute(
+                "INSERT INTO run_configs (run_id, config) VALUES (?, ?) "
+                "ON CONFLICT (run_id) DO UPDATE SET config = excluded.config",
+                (run_id, config_json),
+            )
 
     def get_run_config(self, run_id: int) -> str | None:
         """A run's configuration as JSON text, or None when none was stored."""
@@ -432,7 +387,10 @@ class Store(WriterMethods, SummaryMethods):
     def run_stats(self) -> dict[int, tuple[int, int, int]]:
         """For each run with metrics: ``(series, points, last date in microseconds)``, from the
         counts kept per series (one row a series: 2,000 runs of 5 series, 1M chunks, in ms)."""
-        query = "SELECT owner, COUNT(*), SUM(points), MAX(last_date) FROM series_stats WHERE owner > 0 GROUP BY owner"
+        query = (  # SUM of a BIGINT is a NUMERIC on PostgreSQL: cast back
+            "SELECT owner, COUNT(*), CAST(SUM(points) AS BIGINT), MAX(last_date) FROM series_stats "
+            "WHERE owner > 0 GROUP BY owner"
+        )
         with self._read() as conn:
             return {owner: (series, points, last) for owner, series, points, last in conn.execute(query)}
 
@@ -462,6 +420,8 @@ class Store(WriterMethods, SummaryMethods):
         where = [condition for condition, value in conditions if value is not None]
         args: list[Any] = [value for _, value in conditions if value is not None]
         if names is not None:
+            if not names:
+                return []
             where.append(f"name IN ({', '.join('?' for _ in names)})")
             args.extend(names)
         # Keys first: a chunk decoded before is not read again (its points are most of it).

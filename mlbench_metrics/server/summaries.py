@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import math
 import re
-import sqlite3
 from array import array
 from dataclasses import dataclass
 from typing import Any, ContextManager, Final, Optional, Sequence, Tuple
 
 from .chunks import Chunk
+from .database import Connection
 
 __all__ = ["SeriesSummary", "Summary", "SummaryMethods", "combine", "finite_or_text", "read_summaries", "summarize"]
 
@@ -103,7 +103,7 @@ def combine(earlier: Summary | None, later: Summary) -> Summary:
     )
 
 
-def read_summaries(conn: sqlite3.Connection) -> list[SeriesSummary]:
+def read_summaries(conn: Connection) -> list[SeriesSummary]:
     """Every run's series summaries (pods' left out), by run and name."""
     rows = conn.execute(
         "SELECT owner, name, points, last_date, COALESCE(last_value, ''), min_value, max_value FROM series_stats "
@@ -116,7 +116,7 @@ class SummaryMethods:
     """The store's reads for the runs table, mixed into :class:`~.store.Store` (which owns the
     connections): kept here beside their SQL, as :class:`~.writer_tables.WriterMethods` is."""
 
-    def _read(self) -> ContextManager[sqlite3.Connection]:
+    def _read(self) -> ContextManager[Connection]:
         raise NotImplementedError
 
     def series_summaries(self) -> list[SeriesSummary]:

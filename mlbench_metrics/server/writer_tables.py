@@ -17,7 +17,8 @@ nothing kept in memory):
 * ``crashed`` is never stored: a reader derives it from the oldest ``last_seen_at`` of the
   open writers (:data:`LIVENESS_COLUMNS`), so a late report turns it back to ``started``.
 
-The SQL is plain (no SQLite-only syntax) so that another store can run it as it is. The
+The SQL is plain (no SQLite-only syntax) so that both databases run it as it is; the
+table's DDL (``run_writers``) is :mod:`.schema`'s. The
 functions run on a connection the caller owns, inside the caller's transaction. No
 threads are started here.
 """
@@ -28,27 +29,12 @@ from typing import Any, ContextManager, Final, Optional, Protocol, Sequence, Tup
 
 __all__ = [
     "LIVENESS_COLUMNS",
-    "WRITERS_SCHEMA",
     "WRITER_KEYS",
     "WRITER_STATES",
     "WriterRow",
     "report_writer",
     "writer_rows",
 ]
-
-WRITERS_SCHEMA: Final = """
--- The loggers writing a run (an extension): see writer_tables.py.
-CREATE TABLE IF NOT EXISTS run_writers (
-    run_id INTEGER NOT NULL,
-    writer TEXT NOT NULL,
-    rank INTEGER,
-    first_seen_at INTEGER NOT NULL,
-    last_seen_at INTEGER NOT NULL,
-    closed_at INTEGER,
-    outcome TEXT,
-    PRIMARY KEY (run_id, writer)
-);
-"""
 
 LIVENESS_COLUMNS: Final = (
     "(SELECT MIN(w.first_seen_at) FROM run_writers w WHERE w.run_id = runs.id), "

@@ -1,19 +1,24 @@
-"""The server's chunked storage: ordering, filters, counts, ids across restarts."""
+"""The server's chunked storage: ordering, filters, counts, ids across restarts.
+
+Every test runs on both databases (``db_target``: a SQLite file, a PostgreSQL schema).
+"""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from itertools import repeat
 from pathlib import Path
 
 import pytest
 
-from mlbench_metrics.server.store import DuplicateBatch, RunNotFound, Store
+from mlbench_metrics.server.schema import SCHEMA_VERSION
+from mlbench_metrics.server.store import DuplicateBatch, RunNotFound, SchemaError, Store
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(str(tmp_path / "m.db"))
+def store(db_target: str) -> Iterator[Store]:
+    s = Store(db_target)
     yield s
     s.close()
 
@@ -82,12 +87,12 @@ def test_pod_and_run_series_stay_apart(store: Store) -> None:
         list(store.series())
 
 
-def test_arrival_ids_continue_after_reopening(tmp_path: Path) -> None:
-    first = Store(str(tmp_path / "m.db"))
+def test_arrival_ids_continue_after_reopening(db_target: str) -> None:
+    first = Store(db_target)
     run = _run(first)
     _batch(first, run, ["a"], [10])
     first.close()
-    second = Store(str(tmp_path / "m.db"))
+    second = Store(db_target)
     _batch(second, run, ["a"], [10])
     points = dict(second.series(run_id=run))["a"]
     assert len(points) == 2
@@ -95,10 +100,10 @@ def test_arrival_ids_continue_after_reopening(tmp_path: Path) -> None:
     second.close()  # idempotent
 
 
-def test_two_stores_on_one_file_take_turns_with_arrival_ids(tmp_path: Path) -> None:
+def test_two_stores_on_one_file_take_turns_with_arrival_ids(db_target: str) -> None:
     """Two servers started on one database (the default path, say) both store every batch, and
     arrival ids keep growing across both, so live charts that poll by cursor miss nothing."""
-    one, two = Store(str(tmp_path / "m.db")), Store(str(tmp_path / "m.db"))
+    one, two = Store(db_target), Store(db_target)
     try:
         run = _run(one)
         for i, store in enumerate([one, two, two, one, two]):
@@ -115,10 +120,10 @@ def test_two_stores_on_one_file_take_turns_with_arrival_ids(tmp_path: Path) -> N
         two.close()
 
 
-def test_two_stores_may_give_two_runs_one_id_without_mixing_their_points(tmp_path: Path) -> None:
+def test_two_stores_may_give_two_runs_one_id_without_mixing_their_points(db_target: str) -> None:
     """Ids are unique per owner: a run's small chunk and another run's large one (its body in
     chunk_bodies) may share one, and each run still reads, and deletes, only its own."""
-    one, two = Store(str(tmp_path / "m.db")), Store(str(tmp_path / "m.db"))
+    one, two = Store(db_target), Store(db_target)
     try:
         small, large = _run(one), _run(one)
         one.add_metric(run_id=small, pod_id=None, row=("a", 5, "small", "", False))
@@ -134,10 +139,34 @@ def test_two_stores_may_give_two_runs_one_id_without_mixing_their_points(tmp_pat
         two.close()
 
 
-def test_run_stats_come_from_counts_kept_with_every_write(tmp_path: Path) -> None:
+def test_the_schema_is_versioned_and_a_newer_one_is_refused(db_target: str) -> None:
+    first = Store(db_target)
+    assert first.schema_found == 0  # empty: created
+    with first.db.transaction() as conn:
+        conn.execute("UPDATE schema_version SET version = 99")
+    first.close()
+    newer = rf"schema is version 99, newer than this mlbench-metrics knows \({SCHEMA_VERSION}\)"
+    with pytest.raises(SchemaError, match=newer):
+        Store(db_target)
+
+
+def test_a_file_written_before_versions_is_brought_up_to_date(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    shutil.copy(Path(__file__).parent.parent / "data" / "chunks_v1.db", path)
+    store = Store(str(path))
+    try:
+        assert store.schema_found == 1 and store.list_runs()
+    finally:
+        store.close()
+    again = Store(str(path))
+    assert again.schema_found == SCHEMA_VERSION
+    again.close()
+
+
+def test_run_stats_come_from_counts_kept_with_every_write(db_target: str) -> None:
     """The runs page asks every 2 s; it used to scan every chunk of every run (0.6 s for
     2,000 runs and a million chunks), now one row per series."""
-    path = str(tmp_path / "m.db")
+    path = db_target
     store = Store(path)
     try:
         a, b = _run(store), _run(store)
@@ -149,8 +178,9 @@ def test_run_stats_come_from_counts_kept_with_every_write(tmp_path: Path) -> Non
         assert store.run_stats() == {a: (2, 4, 9), b: (1, 1, 7)}
         assert store.delete_run(b)
         assert store.run_stats() == {a: (2, 4, 9)}
-        with store._transaction() as conn:  # a database written before the counts existed
+        with store._transaction() as conn:  # a database written before the counts existed (version 2)
             conn.execute("DELETE FROM series_stats")
+            conn.execute("UPDATE schema_version SET version = 2")
     finally:
         store.close()
     reopened = Store(path)
