@@ -49,9 +49,9 @@ __all__ = ["DISK_GRACE", "Dispatcher", "Stats", "start_dispatcher"]
 _log = logging.getLogger("mlbench_metrics")
 
 DISK_GRACE: Final = 1.0
-"""Seconds ``close()`` may take past its timeout while the thread puts what is left on
-disk (local work, after the last answer), all included: what is not on disk by then is
-counted dropped."""
+"""Seconds ``close()`` may take past its timeout, all included, for the thread to finish
+its local work: nothing is sent after the timeout, but what is left is put on disk (a
+slow disk, a loaded machine). What is not on disk by then is counted dropped."""
 
 _LOCK_WAIT = 0.05  # seconds close() waits for a lock the thread holds when it gives up
 
@@ -129,7 +129,6 @@ class Dispatcher(Accounts):
         # trim), so parcels are numbered in buffer order. Taken before the ledger's lock.
         self._drain_lock = threading.Lock()
         self._disk_lock = threading.Lock()  # see Accounts: writing to disk, and giving up
-        self._local_only = False  # in _finish, past the last answer: only disk work is left
         self._giving_up = False  # close() gives up: the thread writes nothing more to disk
         self._ledger = Ledger()
         self._seq = 0
@@ -201,10 +200,11 @@ class Dispatcher(Accounts):
 
         What is still undelivered then is left on the store's disk (for ``sync``), or
         dropped and counted (``"shutdown"``). Sending ends within ``timeout``; when the
-        thread is still putting what is left on disk then (local work, a slow disk), this
-        waits for it up to :data:`DISK_GRACE` seconds more. What is not on disk when it
-        returns is counted dropped and is not written afterwards: ``stats.spooled`` is
-        on disk (or stored since) even when the process exits right after.
+        thread has not finished then, it has only local work left (putting what is left
+        on disk: a slow disk, a loaded machine), and this waits for it up to
+        :data:`DISK_GRACE` seconds more. What is not on disk when it returns is counted
+        dropped and is not written afterwards: ``stats.spooled`` is on disk (or stored
+        since) even when the process exits right after.
         """
         now = self._clock()
         deadline = now + max(0.0, timeout)
@@ -219,7 +219,7 @@ class Dispatcher(Accounts):
             self._finish()
         elif thread is not threading.current_thread():
             self._wait(self._finished, max(0.0, deadline - self._clock()))
-            if not self._finished.is_set() and (self._local_only or self._disk_lock.locked()):
+            if not self._finished.is_set():  # nothing is sent any more: only local work is left
                 # _abandon() may take 2 * _LOCK_WAIT of the grace
                 self._wait(self._finished, max(0.0, deadline + DISK_GRACE - 2 * _LOCK_WAIT - self._clock()))
             if not self._finished.is_set():
@@ -412,7 +412,6 @@ class Dispatcher(Accounts):
         for future in flying:
             future.abandon()  # a fan-out sends no more single posts: its answers are final
         concurrent.futures.wait(flying, timeout=max(0.0, self._answers_until - self._clock()))
-        self._local_only = True  # close() gives what follows DISK_GRACE past its deadline
         self._settle()
         for parcel, future in sorted(self._in_flight.values(), key=lambda item: item[0].seq):
             del self._in_flight[parcel.seq]

@@ -15,6 +15,7 @@ import pytest
 from mlbench_metrics import TransientApiError
 from mlbench_metrics.client.result import BatchFuture, BatchResult
 from mlbench_metrics.delivery import BACKOFF_FIRST, BACKOFF_MAX, Dispatcher, MemoryStore, Parcel
+from mlbench_metrics.delivery.dispatcher import DISK_GRACE
 from mlbench_metrics.errors import ClientApiError
 from mlbench_metrics.logger.settings import LoggerConfig
 from mlbench_metrics.records import Context, MetricBatch
@@ -233,7 +234,7 @@ def test_close_leaves_at_its_deadline_when_nothing_answers(make: Any, clock: Fak
     log(store, range(100))
     started = clock()
     dispatcher.close(5.0)
-    assert clock() - started <= 5.0 + 1e-6
+    assert clock() - started <= 5.0 + DISK_GRACE + 1e-6  # the thread's last local work may take the grace
     stats = dispatcher.stats()
     assert stats.dropped == {"shutdown": 100} and stats.pending == 0 and stats.in_flight == 0
     assert balanced(dispatcher)
