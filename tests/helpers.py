@@ -56,6 +56,16 @@ def closed_port() -> str:
         return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
+def port_8080_free() -> bool:
+    """Nothing listens on 127.0.0.1:8080, the address the CLI falls back to."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", 8080))
+        except OSError:
+            return False
+    return True
+
+
 def create_run(base_url: str, name: str | None = None, session: Any = requests, **fields: Any) -> dict[str, Any]:
     """Create a custom-image run and return its JSON."""
     data = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 import traceback
@@ -18,7 +17,7 @@ from mlbench_metrics import ApiConnectionError, ConfigError
 from mlbench_metrics.runs import Run
 from mlbench_metrics.server import ServerHandle, serve
 
-from helpers import closed_port, create_run
+from helpers import closed_port, create_run, port_8080_free
 
 
 def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
@@ -27,15 +26,6 @@ def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mlbench_metrics.cli", *args], capture_output=True, text=True, timeout=120, env=env
     )
-
-
-def port_8080_free() -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", 8080))
-        except OSError:
-            return False
-    return True
 
 
 def test_without_url_the_cli_talks_to_serves_default_address(tmp_path: Path) -> None:
