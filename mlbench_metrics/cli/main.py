@@ -20,6 +20,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
@@ -84,7 +85,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             listening=None if args.listen_fd is None else socket.socket(fileno=args.listen_fd),
             writer_timeout=args.writer_timeout,
         )
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):  # the port, not the database
+            hint = " (another program listens there: --port N, or --port 0 for a free one)"
+            hint = hint if exc.errno == errno.EADDRINUSE else ""
+            raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}{hint}", EXIT_USAGE) from None
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     stop = threading.Event()
 

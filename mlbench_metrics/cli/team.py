@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import signal
+import sys
 import threading
 from typing import Final
 
@@ -30,17 +31,21 @@ TOKEN_ENV: Final = "MLBENCH_METRICS_SERVER_TOKEN"
 
 def add_team_options(serve: argparse.ArgumentParser, sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``serve``'s options for a team's server, and the ``db`` command."""
+    from .main import _positive_float, _positive_int  # main imports this module: not at its top
+
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_positive_int,
         default=1,
         metavar="N",
         help="N server processes on one port (needs --db postgresql://...)",
     )
-    serve.add_argument("--db-pool", type=int, default=None, metavar="N", help="PostgreSQL connections per process")
+    serve.add_argument(
+        "--db-pool", type=_positive_int, default=None, metavar="N", help="PostgreSQL connections per process"
+    )
     serve.add_argument(
         "--db-pool-timeout",
-        type=float,
+        type=_positive_float,
         default=None,
         metavar="S",
         help="seconds a request waits for a free database connection before a 503 (default 5)",
@@ -150,4 +155,11 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
         f"copied {report.copied:,} run(s) and pod(s) with {report.points:,} points to {target.path}; "
         f"{report.already:,} were copied before"
     )
+    if report.unreadable:
+        print(
+            f"mlbench-metrics: error: {args.source} is damaged: {len(report.unreadable)} not copied "
+            f"({', '.join(report.unreadable)})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return EXIT_OK

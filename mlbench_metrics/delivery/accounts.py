@@ -11,6 +11,7 @@ threads.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 
 from ..client.result import BatchResult
@@ -32,19 +33,44 @@ class Accounts:
     _outbox: deque[Parcel]
     _closing: bool  # at close, what is kept is said once, by the dispatcher's _finish
     _deletions: int  # the store's size-bound deletions counted so far
+    # Held while the store writes parcels to disk and the ledger counts them there, and by
+    # close() when it gives up (Ledger.abandon): what is counted on disk then is on disk,
+    # and nothing is written once the counts are final.
+    _disk_lock: threading.Lock
+    _giving_up: bool  # set by close() before it takes _disk_lock: write nothing more
+
+    def _may_write(self) -> bool:
+        """Under ``_disk_lock``: whether writing to disk can still count."""
+        return not (self._giving_up or self._ledger.abandoned)
 
     def _put_on_disk(self, parcels: list[Parcel]) -> int | None:
         """Spill ``parcels`` to the store's disk where it can; the rest stay in memory.
-        Returns how many it kept, or None when the spool failed."""
+        Returns how many it kept (0 once ``close()`` gave up), or None when the spool failed."""
         if not parcels:
             return 0
-        try:
-            kept = self._store.spill(parcels)
-        except Exception as exc:
-            self._note_error("spool", exc)
-            return None
-        self._ledger.parked(parcels[:kept])
+        with self._disk_lock:
+            if not self._may_write():  # counted as dropped at shutdown (or about to be)
+                return 0
+            try:
+                kept = self._store.spill(parcels)
+            except Exception as exc:
+                self._note_error("spool", exc)
+                return None
+            self._ledger.parked(parcels[:kept])
         return kept
+
+    def _keep_safe(self, parcel: Parcel) -> None:
+        """A send failed and will be tried again: the store keeps the parcel safe meanwhile
+        (on disk, for a spool), and the ledger counts it where it is."""
+        with self._disk_lock:
+            if not self._may_write():
+                return
+            try:
+                self._store.failed(parcel)
+            except Exception as exc:  # it stays in memory: nothing is lost
+                self._note_error("spool", exc)
+            if parcel.place is not None:
+                self._ledger.parked([parcel])
 
     def _put_out_of_memory(self, parcels: list[Parcel], reason: DropReason, *, queued: bool = True) -> None:
         """Spill ``parcels`` to the store's disk; drop (and count) what it cannot keep."""
@@ -97,7 +123,9 @@ class Accounts:
             self._notices.note("rejected", rejected, notices.refused(result.error))
         if again and (stored or rejected or kept):
             try:
-                self._store.remainder(parcel, again)
+                with self._disk_lock:  # once close() gave up, what is on disk stays as counted
+                    if self._may_write():
+                        self._store.remainder(parcel, again)
             except Exception as exc:  # the whole batch will be sent again: at least once
                 self._note_error("spool", exc)
                 again, stored, rejected, kept = list(range(parcel.count)), 0, 0, 0

@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, Final
 
 from .._threads import start_thread
 from ..client.result import BatchFuture, BatchResult
@@ -44,9 +44,16 @@ from .ledger import Ledger, Marker, Stats
 from .reasons import DropReason
 from .seam import Deliver, DispatchSettings, asked_to_wait, next_try_in
 
-__all__ = ["Dispatcher", "Stats", "start_dispatcher"]
+__all__ = ["DISK_GRACE", "Dispatcher", "Stats", "start_dispatcher"]
 
 _log = logging.getLogger("mlbench_metrics")
+
+DISK_GRACE: Final = 1.0
+"""Seconds ``close()`` may take past its timeout, all included, for the thread to finish
+its local work: nothing is sent after the timeout, but what is left is put on disk (a
+slow disk, a loaded machine). What is not on disk by then is counted dropped."""
+
+_LOCK_WAIT = 0.05  # seconds close() waits for a lock the thread holds when it gives up
 
 Wait = Callable[[threading.Event, float], bool]
 """Waits on an event for at most some seconds; True when it was set."""
@@ -121,6 +128,8 @@ class Dispatcher(Accounts):
         # Held while items leave the buffer and are cut into parcels (by this thread or a
         # trim), so parcels are numbered in buffer order. Taken before the ledger's lock.
         self._drain_lock = threading.Lock()
+        self._disk_lock = threading.Lock()  # see Accounts: writing to disk, and giving up
+        self._giving_up = False  # close() gives up: the thread writes nothing more to disk
         self._ledger = Ledger()
         self._seq = 0
         self._markers_waiting = 0  # flush markers in the buffer
@@ -190,7 +199,12 @@ class Dispatcher(Accounts):
         """Deliver what is left until ``timeout`` runs out, then stop the thread.
 
         What is still undelivered then is left on the store's disk (for ``sync``), or
-        dropped and counted (``"shutdown"``). Returns within ``timeout``.
+        dropped and counted (``"shutdown"``). Sending ends within ``timeout``; when the
+        thread has not finished then, it has only local work left (putting what is left
+        on disk: a slow disk, a loaded machine), and this waits for it up to
+        :data:`DISK_GRACE` seconds more. What is not on disk when it returns is counted
+        dropped and is not written afterwards: ``stats.spooled`` is on disk (or stored
+        since) even when the process exits right after.
         """
         now = self._clock()
         deadline = now + max(0.0, timeout)
@@ -205,6 +219,9 @@ class Dispatcher(Accounts):
             self._finish()
         elif thread is not threading.current_thread():
             self._wait(self._finished, max(0.0, deadline - self._clock()))
+            if not self._finished.is_set():  # nothing is sent any more: only local work is left
+                # _abandon() may take 2 * _LOCK_WAIT of the grace
+                self._wait(self._finished, max(0.0, deadline + DISK_GRACE - 2 * _LOCK_WAIT - self._clock()))
             if not self._finished.is_set():
                 self._abandon()
 
@@ -378,12 +395,7 @@ class Dispatcher(Accounts):
         for parcel, asked in sorted(retry, key=lambda item: item[0].seq, reverse=True):
             parcel.due = now + next_try_in(parcel.attempts, asked)
             self._outbox.appendleft(parcel)  # oldest first, ahead of newer batches
-            try:
-                self._store.failed(parcel)
-            except Exception as exc:  # it stays in memory: nothing is lost
-                self._note_error("spool", exc)
-            if parcel.place is not None:
-                self._ledger.parked([parcel])
+            self._keep_safe(parcel)
         self._ledger.resolve_markers(self._seq)
 
     def _finish(self) -> None:
@@ -427,15 +439,26 @@ class Dispatcher(Accounts):
         return sorted((p for p in self._outbox if not p.on_disk), key=lambda p: p.seq)
 
     def _abandon(self) -> None:
-        """The thread did not finish in time: count what is not on disk as dropped."""
+        """The thread did not finish in time: count what is not on disk as dropped.
+
+        The thread writes nothing more to disk from now on; a write under way gets
+        ``_LOCK_WAIT`` to end and be counted where it is. After that (a disk that hangs),
+        what it writes is counted dropped, never spooled.
+        """
+        self._giving_up = True
         uncut = 0
-        if self._drain_lock.acquire(timeout=0.05):
+        if self._drain_lock.acquire(timeout=_LOCK_WAIT):
             try:
                 uncut = len(self._buffer) - self._markers_waiting
                 self._buffer.clear()
                 self._markers_waiting = 0
             finally:
                 self._drain_lock.release()
-        self._ledger.abandon(uncut)
+        writing_done = self._disk_lock.acquire(timeout=_LOCK_WAIT)
+        try:
+            self._ledger.abandon(uncut)
+        finally:
+            if writing_done:
+                self._disk_lock.release()
         self._ledger.release_markers()
         _log.warning("mlbench-metrics: delivery did not finish within the close timeout; see stats.dropped")

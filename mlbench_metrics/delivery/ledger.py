@@ -208,6 +208,12 @@ class Ledger:
         with self._lock:
             return not self._live
 
+    @property
+    def abandoned(self) -> bool:
+        """Whether :meth:`abandon` was called: nothing counts any more."""
+        with self._lock:
+            return self._abandoned
+
     def abandon(self, uncut: int) -> None:
         """``close()`` cannot wait any longer: what is not on disk (and the ``uncut``
         records still in the buffer) counts as dropped at shutdown, and no later change

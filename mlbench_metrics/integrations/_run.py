@@ -57,22 +57,40 @@ def scalar(value: Any) -> float | int | str | None:
     return None
 
 
+def _text(text: str) -> str:
+    """``text`` as valid Unicode: a lone surrogate (a file name's bytes that are not UTF-8,
+    through ``os.fsdecode``) as a backslash escape, since the server refuses the whole config
+    for one (``/data/caf\udce9`` -> ``/data/caf\\xe9``)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no bytes made
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def jsonable(value: Any, depth: int = 0) -> Any:
-    """``value`` as JSON can hold it: containers kept, non-finite floats and objects as text."""
-    if value is None or isinstance(value, (bool, int, str)):
+    """``value`` as JSON can hold it: containers kept, non-finite floats and objects as text
+    (and text made valid Unicode: see :func:`_text`)."""
+    if value is None or isinstance(value, (bool, int)):
         return value
+    if isinstance(value, str):
+        return _text(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if depth > 20:
-        return str(value)
+        return _text(str(value))
     if isinstance(value, Mapping):
-        return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
+        return {_text(str(k)): jsonable(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [jsonable(v, depth + 1) for v in value]
     number = scalar(value)
     if number is not None:
         return jsonable(number, depth + 1)
-    return str(value)
+    return _text(str(value))
 
 
 class RunLink:

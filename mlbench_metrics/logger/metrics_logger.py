@@ -390,8 +390,13 @@ class MetricsLogger(Wiring):
     def close(self, timeout: float | None = None, *, failed: bool | None = None) -> int:
         """Deliver what is left, then stop; calling it again does nothing.
 
-        Returns within ``timeout``. What is still undelivered then is spooled when there
-        is a spool, else dropped and counted. Afterwards ``stats.logged == stats.stored +
+        Sending ends within ``timeout``. What is still undelivered then is spooled when
+        there is a spool, else dropped and counted; putting it on disk is local work that
+        this waits for up to :data:`~mlbench_metrics.delivery.dispatcher.DISK_GRACE`
+        (1 s) past ``timeout`` on a slow disk, so it returns within ``timeout + 1`` s.
+        What it counts as spooled is on disk when it returns (an exit right after loses
+        nothing it counted there); what a hung disk could not take by then counts as
+        dropped (``"shutdown"``). Afterwards ``stats.logged == stats.stored +
         stats.spooled + stats.dropped_total`` (records folded into aggregates count as
         spooled: their raw copies are on disk).
 

@@ -14,6 +14,11 @@ a file copied or moved elsewhere is still the same source. Pods and their metric
 copied the same way (``copied_runs`` keeps them under minus the pod's id); a pod whose
 name the target already has gets the copied metrics added to it.
 
+A run whose rows the source cannot read (a damaged file: "database disk image is
+malformed") is left out, said, and counted in :attr:`CopyReport.unreadable`; the copy goes
+on with the others, since running it again meets the same damage, and would otherwise
+never reach the runs after it.
+
 Chunks in the JSON text format of old SQLite files are re-encoded in the binary one:
 a PostgreSQL database only ever holds binary chunks.
 """
@@ -23,15 +28,15 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .chunk_tables import CHUNK_ROWS, insert_chunks
 from .chunks import EncodedChunk, TextChunk, encode_chunks
-from .database import Connection
+from .database import Connection, StoreError
 from .store import Store
 
-__all__ = ["CopyReport", "copy_database", "database_id"]
+__all__ = ["CopyReport", "SourceUnreadable", "copy_database", "database_id"]
 
 _RUN_FIELDS: Final = (
     "name",
@@ -50,6 +55,7 @@ _RUN_FIELDS: Final = (
     "light_target",
 )
 _CHUNKS_PER_INSERT: Final = 500
+_STILL_GOING: Final = "still {}: points it records from now on are not copied, not even by running the copy again"
 
 
 @dataclass
@@ -59,6 +65,12 @@ class CopyReport:
     copied: int = 0
     already: int = 0
     points: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    """Runs and pods (``"run 3 (name)"``) left out: the source cannot read them."""
+
+
+class SourceUnreadable(Exception):
+    """The source cannot read one run's or pod's rows (the target's transaction is rolled back)."""
 
 
 class _AlreadyCopied(Exception):
@@ -89,16 +101,45 @@ def copy_database(source: Store, target: Store, progress: Callable[[str], None] 
     report = CopyReport()
     run_ids = {}
     for run in source.list_runs():
-        new_id = _copy_owner(source, target, source_id, run["id"], run, report)
+        what = f"run {run['id']} ({run['name']})"
+        new_id = _copy_or_say(source, target, source_id, run["id"], run, report, what, say)
         run_ids[run["id"]] = new_id
         if new_id is not None:
-            say(f"run {run['id']} ({run['name']}) -> run {new_id}")
+            going = run["state"] in ("initialized", "started")  # each run is copied once: say it now
+            say(f"{what} -> run {new_id}" + (f" ({_STILL_GOING.format(run['state'])})" if going else ""))
     for pod in source.list_pods():
         pod = {**pod, "run_id": run_ids.get(pod["run_id"]) or _copied_as(target, source_id, pod["run_id"])}
-        new_id = _copy_owner(source, target, source_id, -pod["id"], pod, report)
+        new_id = _copy_or_say(source, target, source_id, -pod["id"], pod, report, f"pod {pod['name']}", say)
         if new_id is not None:
             say(f"pod {pod['name']} -> pod {new_id}")
     return report
+
+
+def _copy_or_say(
+    source: Store,
+    target: Store,
+    source_id: str,
+    owner: int,
+    fields: dict[str, Any],
+    report: CopyReport,
+    what: str,
+    say: Callable[[str], None],
+) -> int | None:
+    """:func:`_copy_owner`, or None after saying that the source cannot read this one."""
+    try:
+        return _copy_owner(source, target, source_id, owner, fields, report)
+    except SourceUnreadable as exc:
+        report.unreadable.append(what)
+        say(f"{what} not copied: the source cannot read it ({exc}); the others are copied")
+        return None
+
+
+def _read_source(read: Callable[[], Any]) -> Any:
+    """``read()``, its store errors as :class:`SourceUnreadable`."""
+    try:
+        return read()
+    except StoreError as exc:
+        raise SourceUnreadable(str(exc)) from exc
 
 
 def _copied_as(target: Store, source_id: str, run_id: int | None) -> int | None:
@@ -159,20 +200,24 @@ def _insert_owner(target: Store, conn: Connection, owner: int, fields: dict[str,
 
 def _copy_run_extras(source: Store, conn: Connection, run_id: int, new_id: int) -> None:
     """The run's configuration, batch ids and writers, into the target's transaction ``conn``."""
-    config = source.get_run_config(run_id)
+    columns = "writer, rank, first_seen_at, last_seen_at, closed_at, outcome"
+
+    def read() -> tuple[Any, list[Any], list[Any]]:
+        with source.db.read() as src:
+            batches = src.execute("SELECT batch_id, count, stored_at FROM batches WHERE run_id = ?", (run_id,))
+            batch_rows = batches.fetchall()
+            writer_rows = src.execute(f"SELECT {columns} FROM run_writers WHERE run_id = ?", (run_id,)).fetchall()
+        return source.get_run_config(run_id), batch_rows, writer_rows
+
+    config, batches, writers = _read_source(read)
     if config is not None:
         conn.execute("INSERT INTO run_configs (run_id, config) VALUES (?, ?)", (new_id, config))
-    with source.db.read() as src:
-        batches = src.execute("SELECT batch_id, count, stored_at FROM batches WHERE run_id = ?", (run_id,)).fetchall()
     if batches:
         conn.executemany(
             "INSERT INTO batches (batch_id, run_id, count, stored_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (batch_id) DO NOTHING",
             [(b, new_id, n, at) for b, n, at in batches],
         )
-    columns = "writer, rank, first_seen_at, last_seen_at, closed_at, outcome"
-    with source.db.read() as src:
-        writers = src.execute(f"SELECT {columns} FROM run_writers WHERE run_id = ?", (run_id,)).fetchall()
     if writers:
         conn.executemany(
             f"INSERT INTO run_writers (run_id, {columns}) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -187,9 +232,14 @@ def _chunks(source: Store, owner: int) -> Iterator[list[EncodedChunk]]:
         "WHERE owner = ? AND chunks.id > ? ORDER BY chunks.id LIMIT ?"
     )
     after = 0
-    while True:
+
+    def read() -> list[Any]:
         with source.db.read() as conn:
-            rows = conn.execute(query, (owner, after, _CHUNKS_PER_INSERT)).fetchall()
+            rows: list[Any] = conn.execute(query, (owner, after, _CHUNKS_PER_INSERT)).fetchall()
+            return rows
+
+    while True:
+        rows = _read_source(read)
         if not rows:
             return
         after = rows[-1][6]

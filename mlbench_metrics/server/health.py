@@ -4,7 +4,8 @@
   restart it); ``GET /readyz``: the database answers too (readiness: 503 while it does not,
   so a load balancer sends requests elsewhere). Both are answered before the access checks:
   probes (Kubernetes') send no token and address the pod by its IP, and the answers say
-  nothing but "up" or "ready".
+  nothing but "up", "ready" or "not ready": why the database fails (its URL, user, host,
+  the driver's words) goes to the server's log, not to whoever asks without a token.
 * :class:`FailureAnswers` turns the store's errors (:mod:`.database`) into answers: a 503
   with ``Retry-After`` when the database cannot answer now (clients retry, then spool:
   nothing is lost), logged once a minute per kind (a full disk fails every write, and each
@@ -40,17 +41,19 @@ class Pingable(Protocol):
         """Raise :class:`~.database.StoreUnavailable` unless the database answers now."""
 
 
-def probe_answer(request: Request, store: Pingable, kind: str) -> Response | None:
-    """The answer to a probe, or None when ``request`` is not one.
-
-    Raises:
-        StoreError: ``/readyz`` found the database failing (the caller answers it).
-    """
+def probe_answer(request: Request, store: Pingable, kind: str, failures: FailureAnswers) -> Response | None:
+    """The answer to a probe, or None when ``request`` is not one; a failing database is
+    logged through ``failures`` and answered 503 without its details (see the module)."""
     if request.path not in PROBE_PATHS or request.method not in ("GET", "HEAD"):
         return None
     if request.path == "/healthz":
         return json_response(200, {"status": "ok"})
-    store.ping()
+    try:
+        store.ping()
+    except StoreError as exc:
+        told = failures.answer(exc)  # logged (once a minute per kind); its words stay there
+        retry = [(k, v) for k, v in told.headers if k == "Retry-After"] or [("Retry-After", "1")]
+        return error_response(503, "not ready: the database does not answer (the server's log says why)", headers=retry)
     return json_response(200, {"status": "ready", "database": kind})
 
 

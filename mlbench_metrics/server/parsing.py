@@ -52,6 +52,7 @@ __all__ = [
     "metric_value",
     "now_us",
     "parse_body",
+    "path_id",
     "query",
     "secure_filename",
 ]
@@ -147,6 +148,13 @@ def field(data: Mapping[str, Any], key: str) -> Any:
     if key not in data:
         raise ApiFailure(400, f"field '{key}' is required")
     return data[key]
+
+
+def path_id(text: str) -> int | None:
+    """An id in a path (``/api/runs/{id}/...``): ASCII digits, at most 18, as an int; else None.
+
+    Not ``str.isdigit`` alone: it accepts ``"²"``, which ``int`` refuses."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
 
 
 def as_int(value: Any, key: str, *, minimum: int | None = None) -> int:

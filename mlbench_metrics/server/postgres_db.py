@@ -51,6 +51,8 @@ _CONNECT_TIMEOUT: Final = 5
 _MAX_PARAMS: Final = 30_000  # PostgreSQL takes at most 65,535 parameters a statement
 _VALUES: Final = re.compile(r"\s+VALUES\s*\(\s*\?(?:\s*,\s*\?)*\s*\)")
 _STATEMENT_TIMEOUT_MS: Final = 60_000
+_QUERY_PASSWORD: Final = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+_NETLOC_PASSWORD: Final = re.compile(r"^([^:/]+://[^:/@]*:)[^@/]*@")
 
 
 @lru_cache(maxsize=512)
@@ -60,9 +62,15 @@ def _pg(sql: str) -> str:
 
 
 def redact(url: str) -> str:
-    """``url`` without its password, to print or log."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """``url`` without its password, to print or log: the one after the user name and
+    libpq's ``?password=`` parameter (which libpq takes as well)."""
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL urlsplit reads (a bad port, a broken IPv6 address)
+        return _NETLOC_PASSWORD.sub(r"\1***@", url)
+    if password is None:
         return url
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
@@ -136,7 +144,8 @@ class PostgresDatabase:
         try:
             first = self._connect()
         except (psycopg.Error, ValueError) as exc:  # ValueError: a URL libpq cannot parse
-            raise StoreError(f"cannot connect to the database {self.location}: {_first_line(exc)}") from None
+            why = _first_line(exc).replace(url, self.location)  # libpq quotes a URL it cannot parse, password too
+            raise StoreError(f"cannot connect to the database {self.location}: {why}") from None
         self._idle.append(first)
 
     def _connect(self) -> Any:

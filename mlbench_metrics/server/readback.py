@@ -49,7 +49,7 @@ from ..points import MetricPoint, csv_pieces, json_pieces, parse_metadata, split
 from ..records import parse_date, us_to_datetime
 from ._http import Request, Response
 from .columns import SeriesColumns
-from .parsing import ApiFailure, as_int, json_response, parse_body, secure_filename
+from .parsing import ApiFailure, as_int, json_response, parse_body, path_id, secure_filename
 from .store import RunNotFound, Store
 
 __all__ = ["EXTENSIONS", "FIELDS", "ReadBack", "minmax_indices"]
@@ -213,7 +213,8 @@ class ReadBack:
         ]
 
     def _run(self, pk: str) -> dict[str, Any]:
-        run = self.store.get_run(int(pk)) if pk.isdigit() and len(pk) < 19 else None
+        run_id = path_id(pk)
+        run = None if run_id is None else self.store.get_run(run_id)
         if run is None:
             raise ApiFailure(404, f"run {pk[:40]!r} not found")
         return run

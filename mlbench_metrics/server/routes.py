@@ -166,7 +166,7 @@ class App:
     def handle(self, request: Request) -> Response:
         """Answer one request; never raises."""
         try:
-            probe = probe_answer(request, self.store, self.store.db.kind)  # before access: see health.py
+            probe = probe_answer(request, self.store, self.store.db.kind, self._failures)  # before access: health.py
             if probe is not None:
                 return probe
             route, match = self._route(request.path)

@@ -30,7 +30,7 @@ from typing import Any, Callable, Final, Mapping
 from ..records import format_iso_date
 from ._http import Request, Response
 from .formats import run_json
-from .parsing import INT_MAX, INT_MIN, ApiFailure, json_response, now_us, parse_body
+from .parsing import INT_MAX, INT_MIN, ApiFailure, json_response, now_us, parse_body, path_id
 from .store import Store
 from .writer_tables import WRITER_KEYS, WRITER_STATES, WriterRow
 
@@ -110,7 +110,7 @@ class RunStates:
         return out
 
     def _run(self, pk: str) -> dict[str, Any]:
-        run_id = int(pk) if pk.isdigit() and len(pk) < 19 else None
+        run_id = path_id(pk)
         run = None if run_id is None else self.store.get_run(run_id)
         if run is None:
             raise ApiFailure(404, f"run {pk[:40]!r} not found")

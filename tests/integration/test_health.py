@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -37,3 +38,23 @@ def test_readiness_fails_with_503_while_the_database_cannot_answer(guarded: Serv
     ready = requests.get(guarded.url + "/readyz", timeout=10)
     assert ready.status_code == 503 and ready.headers["Retry-After"]
     assert requests.get(guarded.url + "/healthz", timeout=10).status_code == 200  # alive: no restart for it
+
+
+def test_a_failing_readiness_tells_no_one_without_a_token_where_the_database_is(postgres_url: str) -> None:
+    import psycopg
+
+    from postgres import ADMIN_URL
+
+    name = urlsplit(postgres_url).path.lstrip("/")
+    with serve(db_path=postgres_url, token="s3cret") as server, psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" CONNECTION LIMIT 0')  # no new connection (not superuser)
+        try:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            ready = requests.get(server.url + "/readyz", headers={"Host": "10.1.2.3:8080"}, timeout=30)
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" CONNECTION LIMIT -1')
+        assert ready.status_code == 503 and ready.headers["Retry-After"]
+        told = ready.text
+        for secret in (name, "127.0.0.1", "5432", "mlbench", "postgresql"):
+            assert secret not in told, told
+        assert ready.json()["message"].startswith("not ready")

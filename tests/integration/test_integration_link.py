@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -96,3 +98,17 @@ def test_configurations_land_in_the_order_given(server: ServerHandle) -> None:
     assert isinstance(run_id, int)
     link.close()
     assert Run.get(run_id, url=server.address).config() == {"step": 29}
+
+
+def test_a_hyperparameter_naming_a_file_whose_bytes_are_not_utf8_does_not_lose_the_config(
+    server: ServerHandle,
+) -> None:
+    data_dir = Path(os.fsdecode(b"/data/caf\xe9"))  # a Latin-1 file name on a UTF-8 system
+    link = RunLink(None, "link-bytes", url=server.address)
+    link.update_config({"lr": 0.1, "data_dir": data_dir, os.fsdecode(b"k\xfe"): 1})
+    link.log({"loss": 1.0}, step=0)
+    run_id = link.run_id
+    assert isinstance(run_id, int)
+    link.close()
+    stored = requests.get(f"{server.url}/api/runs/{run_id}/config/", timeout=30).json()["config"]
+    assert stored == {"lr": 0.1, "data_dir": "/data/caf\\xe9", "k\\xfe": 1}  # the server refused it whole before

@@ -163,3 +163,23 @@ def test_a_run_with_a_job_keeps_the_state_its_job_gives(quick: ServerHandle) -> 
     report(quick, other["id"], "w3")
     wait_until(lambda: state(quick, other["id"]) == "crashed", what="the run without a job to read crashed")
     assert state(quick, run["id"]) == "started"
+
+
+@pytest.mark.parametrize("pk", ["%C2%B2", "%E2%91%A0", "%C2%BD"])  # "²", "①", "½": str.isdigit's, not int's
+@pytest.mark.parametrize(
+    ("method", "tail", "body"),
+    [
+        ("PUT", "writers/w1/", {"state": "open"}),
+        ("GET", "writers/", None),
+        ("PATCH", "", {"state": "finished"}),
+        ("GET", "details/", None),
+        ("GET", "config/", None),
+        ("GET", "series/", None),
+        ("GET", "points/", None),
+    ],
+)
+def test_a_run_id_of_digits_int_refuses_is_not_found_not_a_server_error(
+    server: ServerHandle, pk: str, method: str, tail: str, body: Any
+) -> None:
+    answer = requests.request(method, f"{server.url}/api/runs/{pk}/{tail}", json=body, timeout=30)
+    assert answer.status_code == 404, answer.text

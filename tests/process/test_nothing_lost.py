@@ -18,11 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fakes import RESET, ScriptedServer, Seen, forward, http_response
 from mlbench_metrics import ApiClient, MetricsLogger, RetryPolicy
 from mlbench_metrics.server import ServerHandle, spawn
 
-from helpers import create_run, values_stored
+from helpers import closed_port, create_run, values_stored
 
 QUICK = RetryPolicy(max_attempts=2, backoff_base=0.05, backoff_max=0.2, max_delay=2)
 
@@ -189,3 +191,37 @@ def test_sync_errors(tmp_path: Path) -> None:
     (writer / "meta.json").write_text(json.dumps({"run_id": 1, "endpoint": ""}))
     result = sync(str(tmp_path))
     assert result.returncode == 1 and "pass --url" in result.stderr
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_what_close_counts_as_spooled_is_on_disk_when_the_process_exits_at_once(
+    fresh_server: ServerHandle, tmp_path: Path, durable: bool
+) -> None:
+    # A slow disk (each spool write 20 ms), a server that refuses connections, and an
+    # exit right after close(0.3): every record close() counted as spooled must be there
+    # for sync (was: counted dropped while still being written, or lost with the process).
+    run = create_run(fresh_server.url)
+    code = textwrap.dedent(f"""
+        import json, os, time
+        from mlbench_metrics import MetricsLogger
+        from mlbench_metrics.spool.batches import BatchSpool
+        put = BatchSpool.put
+        BatchSpool.put = lambda self, batches: (time.sleep(0.02), put(self, batches))[1]
+        log = MetricsLogger({run["id"]}, url={closed_port()!r}, spool_dir={str(tmp_path)!r}, batch_size=100,
+                            durable={durable})
+        for i in range(1000):
+            log.log("x", i)
+        log.close(timeout=0.3)
+        s = log.stats
+        print(json.dumps({{"logged": s.logged, "stored": s.stored, "spooled": s.spooled,
+                           "dropped": s.dropped_total}}), flush=True)
+        os._exit(0)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout)
+    assert stats["logged"] == 1000 == stats["stored"] + stats["spooled"] + stats["dropped"]
+    result = sync(str(tmp_path), "--url", fresh_server.address)
+    assert result.returncode == 0, result.stdout + result.stderr
+    stored = values_stored(fresh_server.db_path, run["id"], "x")
+    assert len(stored) == len(set(stored)) >= stats["spooled"]

@@ -74,6 +74,9 @@ def test_serve_refuses_a_port_in_use() -> None:
         assert result.returncode == 2
         assert result.stderr.startswith("mlbench-metrics: error: ")  # one line, as every command
         assert "Traceback" not in result.stderr
+        # which address, and what to do: the default port 8080 is a common one
+        assert f"cannot listen on 127.0.0.1:{server.port}: Address already in use" in result.stderr
+        assert "--port 0" in result.stderr
 
 
 def test_out_of_file_descriptors_the_server_pauses_logs_once_and_recovers(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ choice, so the tests that need "another process" send from many connections at o
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -117,6 +118,38 @@ def test_workers_on_sqlite_are_refused_with_the_reason(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--workers", "0"),
+        ("--workers", "-3"),
+        ("--db-pool", "0"),
+        ("--db-pool-timeout", "-1"),
+        ("--db-pool-timeout", "nan"),
+    ],
+)
+def test_a_count_of_processes_or_connections_below_one_is_refused(tmp_path: Path, option: str, value: str) -> None:
+    done = cli("serve", option, value, "--port", "0", "--db", str(tmp_path / "m.db"), timeout=60)
+    assert done.returncode == 2  # not a server started with one process, or none that waits
+    assert f"argument {option}: expected a" in done.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://mlbench@127.0.0.1:1/x?password=querysecret",  # libpq's own parameter
+        "postgresql://mlbench:querysecret@127.0.0.1:notaport/x",  # a URL urlsplit cannot read
+        "postgresql://mlbench:querysecret@[::1:bad/x",  # one libpq quotes whole in its error
+    ],
+)
+def test_a_database_it_cannot_reach_is_said_in_one_line_without_the_password(url: str) -> None:
+    done = cli("serve", "--port", "0", "--db", url)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mlbench-metrics: error: "), done.stderr
+    assert "querysecret" not in done.stderr + done.stdout
+
+
 def _answers(url: str, run_id: int) -> dict[str, Any]:
     """What the API answers about a run, without what a copy changes (its id)."""
     run = requests.get(f"{url}/api/runs/{run_id}/", timeout=30).json()
@@ -160,3 +193,62 @@ def test_db_copy_moves_every_run_once_and_resumes_after_a_kill(postgres_url: str
             mapping = dict(conn.execute("SELECT source_run_id, run_id FROM copied_runs WHERE source_run_id > 0"))
         for old_id, answers in before.items():
             assert _answers(team.url, mapping[old_id]) == answers
+
+
+def _readable(db: Path, run_id: int) -> bool:
+    """Whether SQLite can read every row of the run's chunks (bodies included)."""
+    query = "SELECT chunks.data, b.body FROM chunks LEFT JOIN chunk_bodies b ON b.id = chunks.id WHERE owner = ?"
+    with closing(sqlite3.connect(db)) as conn:
+        try:
+            conn.execute(query, (run_id,)).fetchall()
+        except sqlite3.DatabaseError:
+            return False
+    return True
+
+
+def test_db_copy_of_a_damaged_file_copies_every_run_it_can_read_and_names_the_others(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "laptop.db"
+    with serve(db_path=str(source)) as laptop:
+        for i in range(6):
+            run = create_run(laptop.url, name=f"run{i}")
+            body = _batch(run["id"], f"damage-{i}", list(range(20_000)))
+            requests.post(laptop.url + "/api/metrics/batch/", json=body, timeout=60).raise_for_status()
+        before = {r["id"]: _answers(laptop.url, r["id"]) for r in requests.get(laptop.url + "/api/runs/").json()}
+    with closing(sqlite3.connect(source)) as conn:  # a page of one body's overflow chain, damaged
+        overflow = [p for (p,) in conn.execute("SELECT pageno FROM dbstat WHERE pagetype = 'overflow' ORDER BY pageno")]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    with open(source, "r+b") as f:
+        assert overflow  # 20,000 points a run: bodies longer than a page
+        f.seek((overflow[len(overflow) // 2] - 1) * page_size)
+        f.write(b"\xff\xff\xff\xff")  # the next page of the chain: beyond the file
+    unreadable = [run_id for run_id in before if not _readable(source, run_id)]
+    assert unreadable and len(unreadable) < len(before)  # the damage hit some runs, not all
+    for _ in range(2):  # running it again meets the same damage and says the same
+        done = cli("db", "copy", str(source), postgres_url)
+        assert done.returncode == 1
+        named = ", ".join(f"run {i} (run{i - 1})" for i in unreadable)
+        assert done.stderr.strip().splitlines()[-1] == (
+            f"mlbench-metrics: error: {source} is damaged: {len(unreadable)} not copied ({named})"
+        )
+    with serve(db_path=postgres_url) as team, closing(Store(postgres_url)) as store:
+        with store.db.read() as conn:
+            mapping = dict(conn.execute("SELECT source_run_id, run_id FROM copied_runs WHERE source_run_id > 0"))
+        assert sorted(mapping) == sorted(set(before) - set(unreadable))
+        for old_id in mapping:
+            assert _answers(team.url, mapping[old_id]) == before[old_id]
+
+
+def test_db_copy_says_which_runs_are_still_going(postgres_url: str, tmp_path: Path) -> None:
+    source = tmp_path / "laptop.db"
+    with serve(db_path=str(source)) as laptop:
+        going, done = create_run(laptop.url, name="going")["id"], create_run(laptop.url, name="done")["id"]
+        for run_id, state in ((going, "open"), (done, "open"), (done, "closed")):
+            writer = f"{laptop.url}/api/runs/{run_id}/writers/w1/"
+            requests.put(writer, json={"state": state}, timeout=30).raise_for_status()
+    copied = cli("db", "copy", str(source), postgres_url)
+    assert copied.returncode == 0, copied.stderr
+    lines = copied.stdout.splitlines()
+    assert f"run {going} (going) -> run " in lines[0] and "still started: points it records from now on" in lines[0]
+    assert f"run {done} (done) -> run " in lines[1] and "still" not in lines[1]  # finished: nothing more to come

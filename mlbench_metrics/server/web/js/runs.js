@@ -78,7 +78,7 @@ export async function runsPage(main, query) {
     if (signature === state.signature) return void tick();
     state.answer = answer;
     state.signature = signature;
-    state.runs = answer.runs.map((r) => Object.assign(r, { flat: flatten(r.config, "", {}) }));
+    state.runs = answer.runs.map((r) => Object.assign(r, { flat: flatten(r.config) }));
     draw();
   }
 

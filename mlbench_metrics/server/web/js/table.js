@@ -5,9 +5,13 @@ import { toNumber } from "./charts.js";
 
 export const FIGURES = ["last", "min", "max"];
 
-/** Nested config as dotted keys: {"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; lists stay whole. */
+/**
+ * Nested config as dotted keys: {"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; lists stay whole.
+ * The result has no prototype: a key such as "toString" or "__proto__" (in a config, or asked
+ * about by a filter or a column in a link) is only ever the config's own key.
+ */
 export function flatten(value, prefix, out) {
-  out = out || {};
+  out = out || Object.create(null);
   if (value && typeof value === "object" && !Array.isArray(value) && Object.keys(value).length) {
     for (const [k, v] of Object.entries(value)) flatten(v, prefix ? `${prefix}.${k}` : k, out);
   } else if (prefix) {
