@@ -64,7 +64,7 @@ def add_team_options(serve: argparse.ArgumentParser, sub: argparse._SubParsersAc
 def serve_workers(args: argparse.Namespace, db: str, token: str | None) -> int:
     """``serve --workers N`` (N > 1): the parent of N server processes (see the module)."""
     from ..server import ready_line
-    from ..server._http import listen_socket
+    from ..server._conn import listen_socket
     from ..server.database import StoreError, is_database_url
     from ..server.store import Store
     from ..server.workers import Supervisor, WorkersFailed

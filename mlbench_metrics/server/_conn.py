@@ -29,6 +29,7 @@ __all__ = [
     "Connection",
     "Refused",
     "Screen",
+    "listen_socket",
 ]
 
 _log = logging.getLogger("mlbench_metrics.server")
@@ -340,3 +341,18 @@ class BodyBudget:
             with self._lock:
                 self.used -= conn.reserved
             conn.reserved = 0
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0: any free port) and listening."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(512)
+    except OSError:
+        sock.close()
+        raise
+    return sock

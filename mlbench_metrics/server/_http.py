@@ -42,7 +42,7 @@ import time
 from typing import Callable, Final
 
 from .._threads import start_blocked, start_thread
-from ._conn import RECV_SIZE, BodyBudget, BodyTooLarge, Closed, Connection, Refused, Screen
+from ._conn import RECV_SIZE, BodyBudget, BodyTooLarge, Closed, Connection, Refused, Screen, listen_socket
 from ._wire import BadRequest, Request, Response, encode_response
 
 __all__ = ["HttpServer", "Request", "Response", "listen_socket"]
@@ -58,21 +58,6 @@ _PAUSE_MAX: Final = 1.0
 Handler = Callable[[Request], Response]
 ErrorFactory = Callable[[int, str], Response]
 Serial = Callable[[Request], bool]
-
-
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (0: any free port) and listening."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(addr)
-        sock.listen(512)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class HttpServer:
