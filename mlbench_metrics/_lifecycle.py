@@ -79,7 +79,9 @@ def at_fork_in_child(method: Callable[[], None]) -> None:
 
 _live: weakref.WeakSet[Closable] = weakref.WeakSet()
 _terminating = False  # SIGTERM arrived: runs this process created end as failed
-_hooks_lock = threading.Lock()
+# Reentrant: the SIGTERM handler runs in the main thread between any two bytecodes, also
+# while that thread holds this lock in register() (init()), and closing unregisters.
+_hooks_lock = threading.RLock()
 _exit_hook_installed = False
 _sigterm_installed = False
 _finalizer_pid: int | None = None
@@ -160,7 +162,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def _reset_after_fork() -> None:
     global _hooks_lock
-    _hooks_lock = threading.Lock()  # another thread may have held it when we forked
+    _hooks_lock = threading.RLock()  # another thread may have held it when we forked
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)

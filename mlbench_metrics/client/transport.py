@@ -254,7 +254,9 @@ class Transport:
         at_fork_in_child(self._after_fork_in_child)
 
     def _start(self, session: requests.Session | None) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: a SIGTERM handler runs in the main thread between any two bytecodes,
+        # also while it holds this lock in submit(), and closing submits again.
+        self._lock = threading.RLock()
         self._pending: set[Future[Any]] = set()
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self.executor = concurrent.futures.ThreadPoolExecutor(

@@ -3,6 +3,7 @@ SIGTERM, fork, multiprocessing, and a server that never answers. Real subprocess
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import signal
@@ -19,7 +20,7 @@ from fakes import HANG, ScriptedServer
 from mlbench_metrics import Run
 from mlbench_metrics.server import ServerHandle
 
-from helpers import create_run
+from helpers import create_run, wait_until
 
 DELIVERY = pytest.mark.parametrize("delivery", ["thread", "process"])
 
@@ -35,6 +36,56 @@ def run_script(
     return subprocess.Popen(
         [sys.executable, "-c", code], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs
     )
+
+
+@functools.cache
+def _pause_syscall() -> str | None:
+    """How ``/proc/<pid>/syscall`` names a thread waiting in ``signal.pause()`` on this
+    machine (the number differs by architecture), read from a process doing only that;
+    None where there is no such file to read."""
+    if not os.path.exists(f"/proc/{os.getpid()}/syscall"):
+        return None
+    code = "import signal; print(flush=True); signal.pause()"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # then it only calls pause()
+        wait_until(lambda: _syscall(proc.pid) not in (None, "running"), timeout=30, what="a process to pause")
+        return _syscall(proc.pid)
+    except AssertionError:  # it never showed one
+        return None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _syscall(pid: int) -> str | None:
+    """The syscall number the main thread of ``pid`` waits in ("running" when it runs)."""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            return f.read().split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def signal_when_paused(proc: subprocess.Popen[str], signum: int) -> None:
+    """Send ``signum`` once the main thread of ``proc`` is inside ``signal.pause()``.
+
+    A Python-level handler (the library's, or the program's) only runs when the main
+    thread checks for signals between bytecodes. CPython checks them before it gives the
+    GIL to a busy thread (our dispatcher, delivering) and not again after taking it back:
+    a signal that arrives while the main thread waits for the GIL on its way from
+    ``print`` to ``signal.pause()`` is noted, and then ``pause()`` sleeps for ever (it
+    hung a full-suite run once). Without the library, with a plain handler and a thread
+    spinning in Python, 1 run in 100 hung that way here. No library can close that
+    window for a Python-level handler; what these tests check is that the signal reaches
+    a main thread that waits in ``pause()`` (not one of our threads), so they signal
+    only once it does.
+    """
+    expected = _pause_syscall()
+    if expected is not None:
+        wait_until(lambda: _syscall(proc.pid) == expected, timeout=60, what="the script to wait in signal.pause()")
+    proc.send_signal(signum)
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
@@ -99,7 +150,7 @@ def test_a_program_with_its_own_sigterm_handler_keeps_it(fresh_server: ServerHan
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
-    proc.send_signal(signal.SIGTERM)
+    signal_when_paused(proc, signal.SIGTERM)
     code, _, err = finish(proc)
     assert code == 42, err  # theirs ran; the exit hook still delivered
     assert fresh_server.store.count_metrics(run["id"]) == 100
@@ -225,7 +276,7 @@ def test_sigterm_is_handled_under_cpu_load(
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "logged"
-        proc.send_signal(signal.SIGTERM)
+        signal_when_paused(proc, signal.SIGTERM)
         code, _, err = finish(proc, timeout=60)
     finally:
         proc.kill()
@@ -253,3 +304,39 @@ def test_a_process_started_by_serve_exec_logs_to_its_own_run(exec_server: Server
     assert run.state == "finished", run.job_metadata
     assert [r.id for r in Run.list(url=exec_server.address)] == [run.id]
     assert exec_server.store.count_metrics(run.id) == 1
+
+
+@pytest.mark.parametrize(
+    "held",
+    [
+        "_lifecycle._hooks_lock",  # where the main thread is while init() registers a logger
+        "log.client._transport._lock",  # where it is in every call on the client (submit)
+    ],
+)
+def test_sigterm_while_the_main_thread_holds_a_lock_closing_takes_still_ends_the_process(
+    fresh_server: ServerHandle, held: str
+) -> None:
+    # Was: the handler runs in the main thread between any two bytecodes, also while that
+    # thread holds a lock that closing takes again (unregistering, submitting the writer's
+    # end): a plain Lock waited on itself for ever.
+    run = create_run(fresh_server.url)
+    proc = run_script(
+        fresh_server.address,
+        run["id"],
+        f"""
+        from mlbench_metrics import _lifecycle
+        log = mlbench_metrics.init(flush_interval=30, shutdown_timeout=3)
+        for i in range(100):
+            log.log("x", i)
+        log.flush()
+        with {held}:
+            os.kill(os.getpid(), signal.SIGTERM)  # its handler runs before the next line
+            print("the handler did not run", flush=True)
+    """,
+    )
+    try:
+        code, out, err = finish(proc, timeout=60)
+    finally:
+        proc.kill()
+    assert code == -signal.SIGTERM, (out, err)
+    assert fresh_server.store.count_metrics(run["id"]) == 100
