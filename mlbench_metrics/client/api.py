@@ -44,6 +44,7 @@ import requests
 from ..env import ENV_TOKEN, ENV_URL, env_str
 from ..errors import ApiError, ConfigError
 from ..records import Metric, MetricBatch, as_batch, batch_problem, check_name, metadata_to_str
+from .answers import run_found
 from .dropin import (
     BAD_COUNT,
     BEYOND_SCHEMA,
@@ -338,15 +339,16 @@ class ApiClient(ExtensionCalls):
         """Whether run ``run_id`` exists on the server, asked once (no retries).
 
         Returns:
-            True or False as the server answers (200, 404); None when no clear answer came
-            within ``timeout`` seconds (the server is down, slow, or answered otherwise).
+            True or False as the server answers (:func:`.answers.run_found`: the run's
+            JSON, or a 404 in the API's JSON); None when no clear answer came within
+            ``timeout`` seconds (the server is down, slow, or answered otherwise).
         """
         try:
             future = self._transport.submit(self._transport.once, "GET", f"runs/{quote(str(run_id), safe='')}/")
             response = future.result(timeout)
         except (ApiError, concurrent.futures.TimeoutError):
             return None
-        return {200: True, 404: False}.get(response.status_code)
+        return run_found(response, run_id, self._info.odd)
 
     def create_run(
         self,

@@ -21,12 +21,13 @@ import logging
 import threading
 import uuid
 from concurrent.futures import Future
-from typing import Any, Final, Mapping
+from typing import Any, Callable, Final, Mapping
 
 import requests
 
 from ..errors import ApiError, ClosedError, TransientApiError
 from ..records import MetricBatch, columns, format_str_datetime, pack, value_to_str
+from .answers import OddServerNotice, api_object, looks_odd
 from .result import BatchFuture, BatchResult, Gather
 from .transport import FORM, JSON, Transport, form, post_error, status_error
 
@@ -35,6 +36,7 @@ __all__ = ["MetricsPoster", "ServerInfo"]
 _log = logging.getLogger("mlbench_metrics.client.api")
 
 _BATCH_CHUNK: Final = 10_000
+_KEPT: Final = "metrics sent to it are kept: sent again, and spooled for sync at close, as while a server is down"
 _NO_SUCH_ROUTE: Final = (404, 405)
 
 
@@ -49,6 +51,8 @@ class ServerInfo:
         self._transport = transport
         self._lock = threading.Lock()
         self._server: dict[str, Any] | None = None
+        self.odd = OddServerNotice(transport.endpoint)
+        """Says once that the server does not look like an MLBench server."""
 
     def server(self) -> dict[str, Any]:
         """The root's ``"server"`` object (empty for the dashboard, which has none).
@@ -63,10 +67,9 @@ class ServerInfo:
                 if response.status_code not in _NO_SUCH_ROUTE:
                     if response.status_code != 200:
                         raise status_error(response, transient=True)
-                    try:
-                        info = response.json()
-                    except ValueError:
-                        info = None
+                    info = api_object(response)
+                    if info is None:  # a page (a directory listing), not the API's root
+                        self.odd.say(response, _KEPT)
                 server = info.get("server") if isinstance(info, dict) else None
                 self._server = server if isinstance(server, dict) else {}
             return self._server
@@ -188,9 +191,16 @@ class MetricsPoster:
             elif response.status_code in _NO_SUCH_ROUTE and start == 0 and not _run_not_found(response):
                 return None
             else:  # a 5xx is worth another try later: the batch id makes re-sending safe
-                error = post_error(response, transient=True)
+                error = self._error(response)
                 failed.update(dict.fromkeys(range(start, start + len(part)), error))
         return BatchResult(n, stored, duplicate, failed, key)
+
+    def _error(self, response: requests.Response) -> ApiError:
+        """What a POST of metrics answered other than 2xx means (:func:`post_error`); an
+        answer no MLBench server gives is also said, once."""
+        if looks_odd(response):
+            self._info.odd.say(response, _KEPT)
+        return post_error(response)
 
     def _fan_out(self, run_id: int, batch: MetricBatch, outer: BatchFuture, retry: bool) -> None:
         """One single post per metric, in parallel; ``outer`` tells which are stored."""
@@ -217,7 +227,7 @@ class MetricsPoster:
                 gather.failed(index, TransientApiError(f"not sent: {exc}"))
                 continue
             gather.sent(future)
-            future.add_done_callback(functools.partial(_single_answer, gather, index))
+            future.add_done_callback(functools.partial(_single_answer, self._error, gather, index))
 
 
 def _stored_told(response: requests.Response, sent: int) -> int | ApiError:
@@ -254,7 +264,9 @@ def _run_not_found(response: requests.Response) -> bool:
     return isinstance(answer, dict) and answer.get("error") == "run_not_found"
 
 
-def _single_answer(gather: Gather, index: int, future: Future[requests.Response]) -> None:
+def _single_answer(
+    error_of: Callable[[requests.Response], ApiError], gather: Gather, index: int, future: Future[requests.Response]
+) -> None:
     """The answer to one single post of a fan-out, for its :class:`Gather`."""
     try:
         response = future.result()
@@ -268,4 +280,4 @@ def _single_answer(gather: Gather, index: int, future: Future[requests.Response]
         if response.status_code == 201:
             gather.stored(index)
         else:
-            gather.failed(index, post_error(response))
+            gather.failed(index, error_of(response))

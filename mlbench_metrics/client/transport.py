@@ -39,6 +39,7 @@ from ..errors import (
     ConfigError,
     TransientApiError,
 )
+from .answers import is_refusal
 from .fast_poster import FastPoster, ack_promptly
 from .retry import RETRYABLE_STATUSES, RetryableResponse, RetryPolicy, parse_retry_after
 from .timeouts import Timeouts
@@ -184,12 +185,15 @@ def status_error(response: requests.Response, *, transient: bool = False) -> Api
     return ClientApiError(message, **kwargs)
 
 
-def post_error(response: requests.Response, *, transient: bool = False) -> ApiError:
+def post_error(response: requests.Response) -> ApiError:
     """The error a POST of metrics answered with other than 2xx means.
 
-    A redirect is a configuration error (the URL leads to a proxy or a login page): the
-    metrics are kept (and spooled) while the logger reports it, not refused.
-    ``transient``: any 5xx may pass (a batch with an id can be sent again safely).
+    Only an MLBench server refusing the records (a 4xx with the API's JSON error object,
+    :func:`.answers.is_refusal`) is a :class:`ClientApiError`: they are dropped. Anything
+    else keeps them (transient: sent again, spooled): a 5xx (a batch carries its id, and a
+    single post answered 5xx was not stored), a redirect (the URL leads to a proxy or a
+    login page: a configuration error the logger reports), and a 4xx that is not the API's
+    JSON (an HTML 404 of another program at the URL): it says nothing about the records.
     """
     status = response.status_code
     if 300 <= status < 400:
@@ -201,7 +205,17 @@ def post_error(response: requests.Response, *, transient: bool = False) -> ApiEr
             method="POST",
             url=str(response.request.url),
         )
-    return status_error(response, transient=transient)
+    error = status_error(response, transient=True)
+    if isinstance(error, TransientApiError) or is_refusal(response):
+        return error
+    return TransientApiError(
+        f"{error}: not an answer of the MLBench API; the metrics are kept",
+        status_code=error.status_code,
+        body=error.body,
+        method=error.method,
+        url=error.url,
+        retry_after=error.retry_after,
+    )
 
 
 # -- the transport ----------------------------------------------------------------------

@@ -25,6 +25,7 @@ import requests
 
 from ..client.api import ApiClient
 from ..errors import ConfigError
+from ..records import text_problem
 
 __all__ = ["MAX_CONFIG_BYTES", "check_config", "send_config"]
 
@@ -35,11 +36,13 @@ _log = logging.getLogger(__name__)
 
 
 def check_config(config: Any) -> dict[str, Any]:
-    """A copy of ``config`` if it can be stored: a mapping with string keys, JSON, at most 64 KiB.
+    """A copy of ``config`` if it can be stored: a mapping with string keys, JSON, at most
+    64 KiB, its keys and strings valid text (no lone surrogate: ``records.text_problem``).
 
     Raises:
         ConfigError: it is not a mapping, holds something JSON cannot (objects, NaN), is
-            nested too deeply, or is too large.
+            nested too deeply, is too large, or a key or string holds a lone surrogate
+            (the message names it).
     """
     if not isinstance(config, Mapping):
         raise ConfigError(f"config must be a mapping (a dict of hyperparameters), not {type(config).__name__}")
@@ -53,7 +56,36 @@ def check_config(config: Any) -> dict[str, Any]:
     if size > MAX_CONFIG_BYTES:
         raise ConfigError(f"config is {size:,} bytes as JSON; the limit is {MAX_CONFIG_BYTES:,}")
     result: dict[str, Any] = json.loads(text)
+    problem = _text_problem(result)
+    if problem:
+        raise ConfigError(problem)
     return result
+
+
+def _text_problem(config: dict[str, Any]) -> str | None:
+    """What the shared text rule (``records.text_problem``) finds wrong in a key or a
+    string of ``config`` (already plain JSON), naming where; None when nothing.
+
+    ``json.dumps`` escapes a lone surrogate as ``\\udcff`` without complaint, so without
+    this the server would refuse the whole configuration later, far from the script.
+    """
+    todo: list[tuple[str, Any]] = [("config", config)]
+    while todo:  # a loop, not recursion: the nesting is as deep as json allowed
+        where, value = todo.pop()
+        if isinstance(value, str):
+            problem = text_problem(value, f"the value at {where}")
+            if problem:
+                return problem
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                at = f"{where}[{key!r}]"
+                problem = text_problem(key, f"the key {at}")
+                if problem:
+                    return problem
+                todo.append((at, item))
+        elif isinstance(value, list):
+            todo.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+    return None
 
 
 def send_config(client: ApiClient, run_id: int, config: Mapping[str, Any]) -> Future[requests.Response]:

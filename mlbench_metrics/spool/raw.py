@@ -33,6 +33,7 @@ import collections
 import contextlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Callable, Final, Sequence
 
@@ -51,6 +52,7 @@ RAW_STEM: Final = "raw"
 """The raw copies' file names: ``raw-<n>.log``."""
 
 _MARKER: Final = "raw.folded"
+_COUNT: Final = re.compile(r"[0-9]{1,18}")  # ASCII digits only, and never more than an int64
 
 
 def kept_raw(path: Path) -> list[Path]:
@@ -63,12 +65,22 @@ def kept_raw(path: Path) -> list[Path]:
 
 def folded_count(path: Path) -> int | None:
     """How many records of a writer directory the server got only as aggregates, as its
-    writer said at close; None when it did not say (it died first, or nothing was folded)."""
+    writer said at close; None when it did not say (it died first, or nothing was folded)
+    or the marker is damaged (said in one warning; the copies stay for ``sync --to``)."""
     try:
         text = (path / _MARKER).read_text().strip()
     except (OSError, UnicodeDecodeError):
         return None
-    return int(text) if text.isdigit() else None
+    if not text:  # written before the first aggregate; its writer died before close
+        return None
+    if _COUNT.fullmatch(text) is None:  # not str.isdigit(): "²" is a digit to it, and int() refuses it
+        _log.warning(
+            "mlbench-metrics: %s is damaged (%r is not a count of records); its raw copies are kept",
+            path / _MARKER,
+            text[:40],
+        )
+        return None
+    return int(text)
 
 
 def drop_unneeded(path: Path, *, uploaded: bool = False) -> None:

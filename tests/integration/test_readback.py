@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import math
+import os
 from collections.abc import Iterator
 from itertools import repeat
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+import mlbench_metrics
 from mlbench_metrics import ApiClient, ConfigError, MetricsLogger, Run
 from mlbench_metrics.cli import main as cli_main
 from mlbench_metrics.points import EXPORT_COLUMNS
@@ -284,6 +286,28 @@ def test_a_bad_config_is_refused_in_the_training_script(server: ServerHandle, co
     run_id = create_run(server.url)["id"]
     with pytest.raises(ConfigError, match="config"):
         MetricsLogger(run_id, url=server.address, config=config)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("config", "where"),
+    [
+        ({"lr": 0.1, "data_dir": os.fsdecode(b"/data/caf\xe9")}, "config['data_dir']"),
+        ({os.fsdecode(b"k\xfe"): 1}, "config['k\\udcfe']"),
+        ({"opt": {"tags": ["a", "b\udcff"]}}, "config['opt']['tags'][1]"),
+    ],
+)
+def test_a_config_with_a_lone_surrogate_is_refused_in_the_script_naming_where(
+    server: ServerHandle, config: dict[str, object], where: str
+) -> None:
+    """Before: it passed the check (json.dumps escapes it), the logger ran, and the server
+    refused the whole configuration later, with one warning nobody reads."""
+    run_id = create_run(server.url)["id"]
+    with pytest.raises(ConfigError, match="lone surrogate") as info:
+        MetricsLogger(run_id, url=server.address, config=config)
+    assert where in str(info.value)
+    with pytest.raises(ConfigError, match="lone surrogate"):
+        mlbench_metrics.init(run_id, url=server.address, config=config)
+    assert Run({"id": run_id}, url=server.address).config() == {}
 
 
 @pytest.fixture

@@ -193,3 +193,21 @@ def test_stored_slots_of_a_partly_answered_batch_are_never_replayed(tmp_path: Pa
     store.remainder(parcel, [2, 7])  # the other eight were answered 201
     store.close(everything_settled=False)
     assert [r.value for r in read_durable(store.dir.path).records] == [2.0, 7.0]
+
+
+@pytest.mark.parametrize("text", ["²", "١٢", "3²", "-4", "1_000", "12 records", "9" * 40])
+def test_a_damaged_fold_marker_is_reported_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str
+) -> None:
+    """Before: ``"²".isdigit()`` is True and ``int("²")`` raised ValueError out of ``sync``."""
+    from mlbench_metrics.spool.raw import folded_count
+
+    (tmp_path / "raw.folded").write_text(text + "\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="mlbench_metrics"):
+        assert folded_count(tmp_path) is None
+    assert "raw.folded is damaged" in caplog.text
+    (tmp_path / "raw.folded").write_text("1234\n")
+    assert folded_count(tmp_path) == 1234
+    (tmp_path / "raw.folded").write_text("")  # its writer died before close: not damage
+    caplog.clear()
+    assert folded_count(tmp_path) is None and "damaged" not in caplog.text
